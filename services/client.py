@@ -1,0 +1,136 @@
+"""A small client: submit a local recording and collect what listenpost decided."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from cloudevents.core.base import BaseCloudEvent
+from pydantic import BaseModel, Field
+
+from services.events.binding import BindingError, decode, event_data_json, new_event
+from services.events.jetstream import connect, derive_msg_id, publish_event
+from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioSubmitted
+from services.settings import NatsSettings
+
+INLINE_LIMIT_BYTES = 256 * 1024  # beyond this, audio rides in the object store (claim check)
+UPLOAD_BUCKET = "listenpost-audio"
+
+
+class ReceivedEvent(BaseModel):
+    subject: str
+    type: str
+    id: str
+    attributes: dict[str, Any]
+    data: Any
+
+
+class SubmitResult(BaseModel):
+    event_id: str
+    captioned: ReceivedEvent | None = None
+    failed: ReceivedEvent | None = None
+    decisions: list[ReceivedEvent] = Field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def _received(subject: str, event: BaseCloudEvent) -> ReceivedEvent:
+    attributes = {k: v for k, v in event.get_attributes().items() if k != "data"}
+    return ReceivedEvent(
+        subject=subject, type=event.get_type(), id=event.get_id(), attributes=attributes, data=event_data_json(event)
+    )
+
+
+def _concerns(event: ReceivedEvent, ids: set[str]) -> bool:
+    """Is this output about our input, or about an output of it (a decision on its caption)?"""
+    return event.attributes.get("inputid") in ids or event.attributes.get("originalid") in ids
+
+
+async def submit_file(
+    path: Path,
+    *,
+    nats_url: str,
+    nats: NatsSettings,
+    channels: list[str] | None = None,
+    context: dict[str, Any] | None = None,
+    source: str = "urn:listenpost:cli",
+    wait_s: float = 300.0,
+    settle_s: float = 3.0,
+) -> SubmitResult:
+    """Publish an ``audio.submitted`` event for ``path`` and wait for its outcome.
+
+    Small files ride inline; larger ones go to the NATS object store. After the
+    captioned event arrives, decisions are collected for ``settle_s`` more.
+    """
+    nc = await connect(nats_url, name="listenpost-cli")
+    try:
+        js = nc.jetstream()
+        event_id = str(uuid.uuid4())
+        received: asyncio.Queue[ReceivedEvent] = asyncio.Queue()
+        related_ids = {event_id}
+
+        async def on_message(msg: Any) -> None:
+            try:
+                event = _received(msg.subject, decode(msg.data, msg.headers))
+            except BindingError:
+                return
+            if _concerns(event, related_ids):
+                related_ids.add(event.id)  # decisions name the captioned event as their input
+                await received.put(event)
+
+        # Subscribe before publishing, so nothing about our event is missed.
+        sub = await nc.subscribe(f"{nats.subject_prefix}.>", cb=on_message)
+        audio = await _audio_ref(js, path, event_id)
+        data = AudioSubmitted.model_validate(
+            {
+                "audio": audio,
+                "channels": [{"index": i, "role": r} for i, r in enumerate(channels or []) if r],
+                "context": context or {},
+            }
+        )
+        extensions = {"callid": str(context["callid"])} if context and "callid" in context else None
+        event = new_event(
+            AUDIO_SUBMITTED, source, data.model_dump(mode="json", exclude_none=True), id=event_id, subject=path.name,
+            extensions=extensions,
+        )  # fmt: skip
+        started = time.perf_counter()
+        await publish_event(js, nats.subject("in", "cli"), event, msg_id=derive_msg_id("submit", source, event_id))
+
+        result = SubmitResult(event_id=event_id)
+        settled_at = started
+        deadline = started + wait_s
+        while True:
+            done = result.captioned is not None or result.failed is not None
+            remaining = (min(deadline, settled_at + settle_s) if done else deadline) - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                got = await asyncio.wait_for(received.get(), remaining)
+            except TimeoutError:
+                break
+            if got.type == AUDIO_CAPTIONED:
+                result.captioned, settled_at = got, time.perf_counter()
+            elif got.type == AUDIO_FAILED:
+                result.failed, settled_at = got, time.perf_counter()
+            elif got.type != AUDIO_SUBMITTED:
+                result.decisions.append(got)
+                settled_at = time.perf_counter()
+        result.elapsed_s = round(time.perf_counter() - started, 3)
+        await sub.unsubscribe()
+        return result
+    finally:
+        await nc.drain()
+
+
+async def _audio_ref(js: Any, path: Path, event_id: str) -> dict[str, Any]:
+    data = path.read_bytes()
+    fmt = path.suffix.lstrip(".").lower() or None
+    if len(data) <= INLINE_LIMIT_BYTES:
+        return {"data_base64": base64.b64encode(data).decode(), "format": fmt}
+    store = await js.create_object_store(UPLOAD_BUCKET)  # idempotent
+    name = f"{event_id}/{path.name}"
+    await store.put(name, data)
+    return {"object": {"bucket": UPLOAD_BUCKET, "name": name}, "format": fmt}

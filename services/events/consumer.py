@@ -1,0 +1,178 @@
+"""A JetStream pull-consumer loop with at-least-once semantics.
+
+The loop owns acknowledgement so every consumer in listenpost behaves alike:
+
+- the handler returns normally      -> ``ack`` (its outputs are already stored);
+- it raises :class:`RetryLater`     -> ``nak`` with a delay (transient fault);
+- it raises :class:`Poison`         -> dead-letter with stage and reason, then ``term``;
+- anything else                     -> ``nak``, and dead-letter once MaxDeliver is reached,
+                                       so a bug never loops forever nor loses the event.
+
+While a handler runs, ``in_progress`` heartbeats keep the message from being
+redelivered to another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+log = logging.getLogger(__name__)
+
+
+class RetryLater(Exception):
+    """A transient fault: redeliver the message after ``delay_s``."""
+
+    def __init__(self, reason: str, delay_s: float = 5.0) -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+class Poison(Exception):
+    """The message can never succeed: dead-letter it with ``stage`` and ``reason``."""
+
+    def __init__(self, stage: str, reason: str, error: str | None = None) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+        self.error = error or type(self).__name__
+
+
+Handler = Callable[[Msg], Awaitable[None]]
+DeadLetter = Callable[[Msg, Poison], Awaitable[None]]
+
+
+@dataclass
+class ConsumerStats:
+    acked: int = 0
+    naked: int = 0
+    dead_lettered: int = 0
+    fetch_errors: int = 0
+
+
+class PullConsumer:
+    """Runs ``handler`` over a durable pull consumer until :meth:`stop`."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        stream: str,
+        durable: str,
+        handler: Handler,
+        dead_letter: DeadLetter,
+        max_deliver: int,
+        max_in_flight: int = 16,
+        batch: int = 8,
+        heartbeat_s: float = 10.0,
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._durable = durable
+        self._handler = handler
+        self._dead_letter = dead_letter
+        self._max_deliver = max_deliver
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._batch = batch
+        self._heartbeat_s = heartbeat_s
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.stats = ConsumerStats()
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"consumer-{self._durable}")
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the loop died, if it did (for ``check_health``)."""
+        if self._loop_task is None or not self._loop_task.done() or self._loop_task.cancelled():
+            return None
+        return self._loop_task.exception() or RuntimeError(f"consumer {self._durable} stopped")
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop fetching; let messages in flight finish (un-acked ones are redelivered later)."""
+        self._stopping.set()
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._loop_task, drain_timeout_s)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=drain_timeout_s)
+
+    async def _run(self) -> None:
+        sub = await self._js.pull_subscribe_bind(self._durable, self._stream)
+        while not self._stopping.is_set():
+            free = self._free_slots()
+            if free == 0:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                msgs = await sub.fetch(min(self._batch, free), timeout=1.0)
+            except NatsTimeoutError:
+                continue
+            except (ConnectionClosedError, OSError, asyncio.TimeoutError) as exc:
+                # While nats-server restarts the client reconnects by itself; keep asking.
+                self.stats.fetch_errors += 1
+                log.warning("fetch from %s failed (%s); retrying", self._durable, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                await self._slots.acquire()
+                task = asyncio.get_running_loop().create_task(self._process(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _free_slots(self) -> int:
+        return self._slots._value  # noqa: SLF001 - asyncio exposes no public reading
+
+    async def _process(self, msg: Msg) -> None:
+        heartbeat = asyncio.get_running_loop().create_task(self._keep_alive(msg))
+        try:
+            await self._handler(msg)
+        except RetryLater as exc:
+            await self._retry_or_give_up(msg, exc, delay_s=exc.delay_s)
+        except Poison as exc:
+            await self._poison(msg, exc)
+        except Exception as exc:  # a bug or an unforeseen fault: bounded retries, then dead-letter
+            log.exception("handler failed on %s", msg.subject)
+            await self._retry_or_give_up(msg, exc, delay_s=2.0)
+        else:
+            await msg.ack()
+            self.stats.acked += 1
+        finally:
+            heartbeat.cancel()
+            self._slots.release()
+
+    async def _retry_or_give_up(self, msg: Msg, exc: Exception, *, delay_s: float) -> None:
+        deliveries = msg.metadata.num_delivered
+        if deliveries >= self._max_deliver:
+            reason = f"gave up after {deliveries} deliveries: {type(exc).__name__}: {exc}"
+            await self._poison(msg, Poison("retry", reason, error=type(exc).__name__))
+            return
+        await msg.nak(delay=delay_s)
+        self.stats.naked += 1
+
+    async def _poison(self, msg: Msg, exc: Poison) -> None:
+        try:
+            await self._dead_letter(msg, exc)
+        except Exception:
+            # Could not store the dead letter: leave the message for redelivery rather than lose it.
+            log.exception("dead-lettering failed; message will be redelivered")
+            await msg.nak(delay=5.0)
+            return
+        await msg.term()
+        self.stats.dead_lettered += 1
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.sleep(self._heartbeat_s)
+                await msg.in_progress()

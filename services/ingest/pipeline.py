@@ -1,0 +1,131 @@
+"""One ``audio.submitted`` event -> one ``audio.captioned`` event.
+
+Plain async code over two injected calls (prepare, caption) so it is tested
+without Ray; the Serve deployment passes its handles in. Failures are sorted
+into :class:`Poison` (dead-letter) and :class:`RetryLater` (redeliver).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+from cloudevents.core.base import BaseCloudEvent
+from pydantic import ValidationError
+
+from services.captioner.errors import EmptyWindowError, WindowTooLongError
+from services.captioner.timeline import merge_timeline
+from services.events.binding import BindingError, decode, event_data_json, new_event
+from services.events.consumer import Poison
+from services.events.models import (
+    AUDIO_CAPTIONED,
+    AUDIO_SUBMITTED,
+    AudioCaptioned,
+    AudioSubmitted,
+    Facets,
+    SourceEventRef,
+    Window,
+)
+from services.preprocess.errors import PreprocessError
+from services.preprocess.pipeline import PreparedAudio
+from services.telemetry import child_traceparent
+
+Prepare = Callable[[AudioSubmitted], Awaitable[PreparedAudio]]
+Caption = Callable[[np.ndarray, str], Awaitable[Any]]  # -> CaptionResult
+
+_EXTENSION_VALUE = re.compile(r"^[\w.:@/-]{1,128}$")
+
+
+def parse_submitted(body: bytes, headers: Mapping[str, str] | None) -> tuple[BaseCloudEvent, AudioSubmitted]:
+    try:
+        event = decode(body, headers)
+    except BindingError as exc:
+        raise Poison("decode-event", str(exc), error=type(exc).__name__) from exc
+    if event.get_type() != AUDIO_SUBMITTED:
+        raise Poison("validate", f"unexpected event type {event.get_type()!r}, expected {AUDIO_SUBMITTED!r}")
+    try:
+        submitted = AudioSubmitted.model_validate(event_data_json(event))
+    except (ValidationError, ValueError) as exc:
+        raise Poison("validate", f"invalid {AUDIO_SUBMITTED} data: {exc}", error=type(exc).__name__) from exc
+    return event, submitted
+
+
+async def caption_submitted(
+    event: BaseCloudEvent,
+    submitted: AudioSubmitted,
+    *,
+    prepare: Prepare,
+    caption: Caption,
+    model: str,
+    engine: str,
+    source: str,
+) -> BaseCloudEvent:
+    started = time.perf_counter()
+    try:
+        prepared = await prepare(submitted)
+    except PreprocessError as exc:
+        raise Poison(exc.stage, str(exc), error=type(exc).__name__) from exc
+    prepared_at = time.perf_counter()
+
+    # Every window goes to the captioner at once, so its engine batches them
+    # with the windows of other events in flight.
+    request_ids = [f"{event.get_id()}/w{w.index}" for w in prepared.windows]
+    try:
+        results = await asyncio.gather(
+            *(caption(w.samples, rid) for w, rid in zip(prepared.windows, request_ids, strict=True))
+        )
+    except (EmptyWindowError, WindowTooLongError) as exc:
+        raise Poison("caption", str(exc), error=type(exc).__name__) from exc
+    captioned_at = time.perf_counter()
+
+    windows = [
+        Window(
+            index=w.index,
+            start=w.start,
+            end=w.end,
+            channel=w.channel,
+            role=w.role,
+            caption=r.text,
+            prompt_tokens=r.prompt_tokens,
+            output_tokens=r.output_tokens,
+            engine_s=round(r.engine_seconds, 4),
+        )
+        for w, r in zip(prepared.windows, results, strict=True)
+    ]
+    data = AudioCaptioned(
+        source_event=SourceEventRef(id=event.get_id(), source=event.get_source(), type=event.get_type()),
+        context=submitted.context,
+        audio=prepared.facts,
+        windows=windows,
+        caption=merge_timeline(windows),
+        facets=Facets(),
+        acoustics=prepared.acoustics,
+        model=model,
+        engine=engine,
+        timings={
+            "preprocess_s": round(prepared_at - started, 4),
+            "caption_s": round(captioned_at - prepared_at, 4),
+            "total_s": round(time.perf_counter() - started, 4),
+        },
+    )
+    return new_event(
+        AUDIO_CAPTIONED,
+        source,
+        data.model_dump(mode="json"),
+        subject=event.get_subject(),
+        extensions=correlation_extensions(event, submitted),
+    )
+
+
+def correlation_extensions(event: BaseCloudEvent, submitted: AudioSubmitted) -> dict[str, str]:
+    """Extensions that let a consumer follow the call: input id, call id, trace."""
+    attributes = event.get_attributes()
+    extensions = {"inputid": event.get_id(), "traceparent": child_traceparent(attributes.get("traceparent"))}
+    callid = attributes.get("callid") or submitted.context.get("callid") or submitted.context.get("call_id")
+    if isinstance(callid, str) and _EXTENSION_VALUE.match(callid):
+        extensions["callid"] = callid
+    return extensions

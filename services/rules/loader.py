@@ -1,0 +1,248 @@
+"""Load a rule directory: strict parse of every file, then cross-reference checks.
+
+Modelled on Alertmanager's config package: each file is parsed and validated
+on its own (YAML, then schema, then CEL and templates), then the checks that
+span files (duplicate rule ids) run over the whole set. Every error found is
+reported with file:line:column, not just the first one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .errors import RuleFileError, RuleSetError
+from .expr import ExpressionError, Template, compile_condition
+from .ruleset import CompiledAction, CompiledRule, RuleSet
+from .schema import AlertSpec, RuleFileSpec, RuleSpec
+from .source import Loc, YamlDocument, parse_yaml
+
+RULE_SUFFIXES = (".yaml", ".yml")
+# Test files (given events, expected decisions) sit beside the rules, in the
+# spirit of promtool's rule tests; they are not rules.
+TEST_SUFFIXES = ("_test.yaml", "_test.yml", ".test.yaml", ".test.yml")
+VERSION_LENGTH = 12
+
+
+def rule_files(directory: Path) -> list[Path]:
+    """The rule files of a directory, in the order that breaks priority ties."""
+    if not directory.is_dir():
+        raise NotADirectoryError(f"rules directory {directory} does not exist or is not a directory")
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file()
+        and p.name.endswith(RULE_SUFFIXES)
+        and not p.name.endswith(TEST_SUFFIXES)
+        and not p.name.startswith(".")  # editors' temp and swap files
+    )
+
+
+def load_ruleset(directory: Path) -> RuleSet:
+    """Load and compile every rule file in ``directory``.
+
+    Raises :class:`RuleSetError` with all errors of all files, or
+    ``NotADirectoryError`` when the directory is missing.
+    """
+    ruleset, errors = _load(directory)
+    if errors:
+        raise RuleSetError(errors)
+    return ruleset
+
+
+def lint(directory: Path) -> list[RuleFileError]:
+    """Every error in the rule directory, sorted by file, line and column; empty when it loads."""
+    return _load(directory)[1]
+
+
+def _load(directory: Path) -> tuple[RuleSet, list[RuleFileError]]:
+    errors: list[RuleFileError] = []
+    loaded: list[tuple[CompiledRule, YamlDocument]] = []
+    digest = hashlib.sha256()
+    files = rule_files(directory)
+    for path in files:
+        raw = path.read_bytes()
+        # Names are hashed too: renaming a file can reorder priority ties.
+        digest.update(path.name.encode() + b"\0" + raw + b"\0")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            errors.append(RuleFileError(path, 1, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
+            continue
+        rules, file_errors = load_file(path, text)
+        loaded.extend(rules)
+        errors.extend(file_errors)
+    errors.extend(_duplicate_ids(loaded))
+    files_order = {path: i for i, path in enumerate(files)}
+    ordered = sorted((rule for rule, _ in loaded), key=lambda r: (r.spec.priority, files_order[r.path], r.position))
+    ruleset = RuleSet(version=digest.hexdigest()[:VERSION_LENGTH], rules=tuple(ordered), files=tuple(files))
+    return ruleset, sorted(errors, key=RuleFileError.sort_key)
+
+
+def load_file(path: Path, text: str) -> tuple[list[tuple[CompiledRule, YamlDocument]], list[RuleFileError]]:
+    """One file: the rules that compiled (with their document, for later checks) and its errors."""
+    try:
+        doc = parse_yaml(path, text)
+    except RuleFileError as exc:
+        return [], [exc]
+    if doc.data is None:
+        return [], [RuleFileError(path, 1, 1, "empty file: expected a RuleSet (apiVersion, kind, metadata, rules)")]
+    try:
+        header = RuleFileSpec.model_validate(doc.data)
+    except ValidationError as exc:
+        errors = _schema_errors(doc, exc, (), RuleFileSpec)
+        # Still check the rules if the list itself is fine: report everything at once.
+        raw_rules = doc.data.get("rules") if isinstance(doc.data, dict) else None
+        if not isinstance(raw_rules, list):
+            return [], errors
+    else:
+        errors = []
+        raw_rules = header.rules
+
+    rules: list[tuple[CompiledRule, YamlDocument]] = []
+    for index, raw in enumerate(raw_rules):
+        loc: Loc = ("rules", index)
+        try:
+            spec = RuleSpec.model_validate(raw)
+        except ValidationError as exc:
+            errors.extend(_schema_errors(doc, exc, loc, RuleSpec))
+            continue
+        rule, rule_errors = _compile_rule(doc, loc, index, spec)
+        errors.extend(rule_errors)
+        if rule is not None:
+            rules.append((rule, doc))
+    return rules, errors
+
+
+def _compile_rule(
+    doc: YamlDocument, loc: Loc, index: int, spec: RuleSpec
+) -> tuple[CompiledRule | None, list[RuleFileError]]:
+    errors: list[RuleFileError] = []
+    program = None
+    try:
+        program = compile_condition(spec.when)
+    except ExpressionError as exc:
+        errors.append(doc.error((*loc, "when"), str(exc)))
+
+    actions: list[CompiledAction] = []
+    for i, action in enumerate(spec.actions):
+        if not isinstance(action.spec, AlertSpec):
+            actions.append(CompiledAction(index=i, spec=action))
+            continue
+        alert_loc = (*loc, "actions", i, "alert")
+        summary = _template(doc, (*alert_loc, "summary"), action.spec.summary, errors)
+        labels = [
+            (name, _template(doc, (*alert_loc, "labels", name), value, errors))
+            for name, value in sorted(action.spec.labels.items())
+        ]
+        if summary is not None and all(t is not None for _, t in labels):
+            actions.append(
+                CompiledAction(index=i, spec=action, summary=summary, labels=tuple(labels))  # type: ignore[arg-type]
+            )
+    if errors or program is None:
+        return None, errors
+    return CompiledRule(spec=spec, path=doc.path, position=index, program=program, actions=tuple(actions)), []
+
+
+def _template(doc: YamlDocument, loc: Loc, source: str, errors: list[RuleFileError]) -> Template | None:
+    try:
+        return Template.parse(source)
+    except ExpressionError as exc:
+        errors.append(doc.error(loc, str(exc)))
+        return None
+
+
+def _duplicate_ids(loaded: list[tuple[CompiledRule, YamlDocument]]) -> list[RuleFileError]:
+    # Ids name decisions, metrics and silences: one id must mean one rule,
+    # whichever file it lives in.
+    first: dict[str, tuple[CompiledRule, YamlDocument]] = {}
+    errors = []
+    for rule, doc in loaded:
+        if rule.id not in first:
+            first[rule.id] = (rule, doc)
+            continue
+        other, other_doc = first[rule.id]
+        where = other_doc.position(("rules", other.position, "id"))
+        errors.append(
+            doc.error(
+                ("rules", rule.position, "id"),
+                f"duplicate rule id {rule.id!r} (first defined at {other.path}:{where.line}:{where.column})",
+            )
+        )
+    return errors
+
+
+# --- pydantic errors -> file positions ------------------------------------------
+
+
+def _schema_errors(doc: YamlDocument, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> list[RuleFileError]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        inner: tuple[str | int, ...] = tuple(err["loc"])
+        kind = err["type"]
+        ctx = err.get("ctx") or {}
+        key = False
+        if kind == "extra_forbidden":
+            key = True
+            message = _unknown_field(model, inner)
+        elif kind == "missing":
+            message = "missing required field"
+        elif "field" in ctx:  # our custom errors that blame a key (see schema.ActionSpec)
+            inner = (*inner, ctx["field"])
+            key = True
+            message = err["msg"]
+        elif kind == "value_error":
+            message = str(ctx.get("error", err["msg"]))
+        elif kind == "literal_error":
+            message = f"{err['msg']} (got {err['input']!r})"
+        elif kind in ("model_type", "model_attributes_type", "dict_type") and not inner:
+            message = "expected a mapping with apiVersion, kind, metadata, rules"
+        else:
+            message = err["msg"]
+        errors.append(doc.error((*prefix, *inner), message, key=key))
+    return errors
+
+
+def _unknown_field(model: type[BaseModel], loc: tuple[str | int, ...]) -> str:
+    owner = _model_at(model, loc[:-1])
+    if owner is None:
+        return "unknown field"
+    known = [f.alias or name for name, f in owner.model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    if close:
+        return f"unknown field, did you mean {close[0]!r}?"
+    return f"unknown field (known: {', '.join(known)})"
+
+
+def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The pydantic model that validates the value at ``loc`` (for the list of its fields)."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _unwrap_model(annotation) if isinstance(part, str) else annotation
+        if isinstance(part, str):
+            if annotation is None:
+                return None
+            fields = {f.alias or name: f for name, f in annotation.model_fields.items()}
+            if part not in fields:
+                return None
+            annotation = fields[part].annotation
+        else:
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if typing.get_origin(annotation) is not list or not args:
+                return None
+            annotation = args[0]
+    return _unwrap_model(annotation)
+
+
+def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):  # `X | None`
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None

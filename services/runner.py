@@ -1,0 +1,66 @@
+"""Starting and stopping the whole service: embedded NATS (if needed), Ray, the Serve app.
+
+Used by ``listenpost serve`` and by the end-to-end tests, so both run the same path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import ray
+from ray import serve
+
+from services.app import APP_NAME, build_app
+from services.events.embedded import EmbeddedNatsServer
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUNTIME_FILE = Path(".cache/listenpost/runtime.json")
+
+
+def write_runtime_file(settings: Settings, path: Path = RUNTIME_FILE) -> None:
+    """Tell local clients (``listenpost submit``) where the embedded server listens."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"nats_url": settings.nats.url, "pid": os.getpid()}))
+
+
+def read_runtime_nats_url(path: Path = RUNTIME_FILE) -> str | None:
+    try:
+        return str(json.loads(path.read_text())["nats_url"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@contextlib.contextmanager
+def embedded_nats(settings: Settings) -> Iterator[Settings]:
+    """Yield settings with a NATS URL, starting nats-server when none is configured."""
+    if settings.nats.url:
+        yield settings
+        return
+    with EmbeddedNatsServer(settings.nats.data_dir) as server:
+        log.info("embedded nats-server with JetStream on %s (data in %s)", server.url, settings.nats.data_dir)
+        yield settings.model_copy(update={"nats": settings.nats.model_copy(update={"url": server.url})})
+
+
+@contextlib.contextmanager
+def running_service(settings: Settings, *, ray_num_cpus: int | None = None) -> Iterator[Settings]:
+    """Start everything, yield the effective settings, and stop it all on exit."""
+    with embedded_nats(settings) as settings:
+        started_ray = not ray.is_initialized()
+        if started_ray:
+            ray.init(address=settings.ray_address, num_cpus=ray_num_cpus, include_dashboard=None)
+        try:
+            serve.run(build_app(settings), name=APP_NAME, route_prefix=None)
+            yield settings
+        finally:
+            with contextlib.suppress(Exception):
+                serve.delete(APP_NAME)
+            if started_ray:
+                serve.shutdown()
+                ray.shutdown()

@@ -1,0 +1,28 @@
+"""Fixtures shared by the captioner tests: import them into a test module (no conftest needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.captioner.tiny_checkpoint import build_tiny_checkpoint
+
+SAMPLE_RATE = 16_000
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random-weight Qwen3-Omni checkpoint (its output is noise), built once per test session.
+
+    A fixed path under the session's base temp dir: modules importing this fixture each get their
+    own fixture instance, and the build is idempotent, so the second one returns at once.
+    """
+    return build_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny-qwen3-omni")
+
+
+def noise_window(seconds: float, seed: int = 0) -> np.ndarray:
+    """Quiet white noise, float32 mono at 16 kHz."""
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(round(seconds * SAMPLE_RATE))).astype(np.float32)

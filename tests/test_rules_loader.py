@@ -1,0 +1,163 @@
+"""Rule loading: the good files load, every bad file fails with its exact message.
+
+In the style of Alertmanager's config tests: one small file per mistake, the
+full ``file:line:column: cause`` asserted, so a change in wording or position
+is a conscious decision.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from services.rules import RuleFileError, RuleSetError, lint, load_ruleset, rule_files
+
+CASES = Path(__file__).parent / "rules_cases"
+SHIPPED = Path(__file__).parent.parent / "router_rules"
+
+CEL_EXPECTING = (
+    "expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', "
+    "NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}"
+)
+KNOWN = "(known: event, data, facets, acoustics, context, caption)"
+
+BAD = {
+    "invalid-yaml": [
+        (
+            "bad/invalid-yaml/rules.yaml:7:51: invalid YAML: expected ',' or ']', but got '}' "
+            "(while parsing a flow sequence at line 7, column 20)"
+        ),
+    ],
+    "unknown-field": [
+        "bad/unknown-field/rules.yaml:9:5: rules[0].contine: unknown field, did you mean 'continue'?",
+    ],
+    "duplicate-id": [
+        (
+            "bad/duplicate-id/b.yaml:11:9: rules[1].id: duplicate rule id 'dead-air' "
+            "(first defined at bad/duplicate-id/a.yaml:5:9)"
+        ),
+    ],
+    "cel-syntax": [
+        f"bad/cel-syntax/rules.yaml:8:11: rules[0].when: CEL syntax error: 1:26: mismatched input '<EOF>' {CEL_EXPECTING}",
+    ],
+    "unknown-variable": [
+        f"bad/unknown-variable/rules.yaml:8:11: rules[0].when: unknown CEL variable acoustic {KNOWN}",
+    ],
+    "unknown-function": [
+        "bad/unknown-function/rules.yaml:8:11: rules[0].when: unknown CEL function toLower",
+    ],
+    "bad-mode": [
+        "bad/bad-mode/rules.yaml:7:11: rules[0].mode: Input should be 'enforce', 'shadow' or 'disabled' (got 'maybe')",
+    ],
+    "unknown-action": [
+        "bad/unknown-action/rules.yaml:11:9: rules[0].actions[1].page: unknown action (expected one of: route, alert, tag)",
+    ],
+    "bad-queue": [
+        (
+            "bad/bad-queue/rules.yaml:10:24: rules[0].actions[0].route.queue: 'quality.review' is not a valid queue name "
+            "(a NATS subject token: letters, digits, '-' and '_')"
+        ),
+    ],
+    "unknown-placeholder": [
+        (
+            "bad/unknown-placeholder/rules.yaml:12:20: rules[0].actions[0].alert.summary: "
+            f"unknown template variable 'ctx' in '{{{{ ctx.callid }}}}' {KNOWN}"
+        ),
+    ],
+    "empty-file": [
+        "bad/empty-file/rules.yaml:1:1: empty file: expected a RuleSet (apiVersion, kind, metadata, rules)",
+    ],
+    # One broken rule must not hide the others' errors, nor a bad header the rules'.
+    "many-errors": [
+        "bad/many-errors/rules.yaml:1:13: apiVersion: Input should be 'listenpost/v1' (got 'listenpost/v2')",
+        "bad/many-errors/rules.yaml:5:9: rules[0].id: 'Dead_Air' is not a valid rule id (lower-case letters, digits and '-')",
+        "bad/many-errors/rules.yaml:7:15: rules[0].priority: Input should be a valid integer",
+        "bad/many-errors/rules.yaml:12:5: rules[1].when: missing required field",
+        "bad/many-errors/rules.yaml:15:14: rules[1].actions: List should have at least 1 item after validation, not 0",
+        "bad/many-errors/rules.yaml:21:9: rules[2].actions[0]: an action has exactly one of route, alert, tag (got route, tag)",
+        (
+            "bad/many-errors/rules.yaml:23:27: rules[2].actions[1].alert.severity: "
+            "Input should be 'info', 'warning' or 'critical' (got 'page')"
+        ),
+        "bad/many-errors/rules.yaml:29:42: rules[3].actions[0].alert.summary: unbalanced '{{' or '}}' in template",
+    ],
+}
+
+
+@pytest.fixture
+def in_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Relative paths keep the asserted messages short and machine-independent.
+    monkeypatch.chdir(CASES)
+
+
+def test_every_bad_case_is_listed() -> None:
+    assert sorted(p.name for p in (CASES / "bad").iterdir()) == sorted(BAD)
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_case_fails_with_exact_errors(case: str, in_cases: None) -> None:
+    with pytest.raises(RuleSetError) as caught:
+        load_ruleset(Path("bad") / case)
+    assert [str(e) for e in caught.value.errors] == BAD[case]
+    assert str(caught.value).splitlines()[1:] == BAD[case]
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_lint_reports_the_same_errors(case: str, in_cases: None) -> None:
+    assert [str(e) for e in lint(Path("bad") / case)] == BAD[case]
+
+
+def test_errors_carry_their_parts(in_cases: None) -> None:
+    [error] = lint(Path("bad/cel-syntax"))
+    assert isinstance(error, RuleFileError)
+    assert (error.path, error.line, error.column) == (Path("bad/cel-syntax/rules.yaml"), 8, 11)
+    assert error.message.startswith("rules[0].when: CEL syntax error: 1:26: ")
+
+
+def test_good_directory_loads(in_cases: None) -> None:
+    assert lint(Path("good")) == []
+    ruleset = load_ruleset(Path("good"))
+    # priority first, then file name, then position in the file; crm-escalated has the default 100.
+    assert [r.id for r in ruleset.rules] == ["dead-air", "gold-tier", "crm-escalated"]
+    # test files, dot files and non-YAML files are not rule files
+    assert [p.name for p in ruleset.files] == ["calls.yaml", "crm.yml"]
+    dead_air = ruleset.rule("dead-air")
+    assert dead_air.mode == "enforce" and not dead_air.spec.continue_
+    assert [a.kind for a in dead_air.actions] == ["route", "alert", "tag"]
+    gold = ruleset.rule("gold-tier")
+    assert gold.mode == "shadow" and gold.spec.continue_
+    assert ruleset.rule("crm-escalated").spec.match.sources == ["/crm/*"]
+    assert len(ruleset.version) == 12 and int(ruleset.version, 16) >= 0
+
+
+def test_version_follows_content_not_location(tmp_path: Path) -> None:
+    first = load_ruleset(CASES / "good").version
+    copy = shutil.copytree(CASES / "good", tmp_path / "copy")
+    assert load_ruleset(copy).version == first
+    (copy / "crm.yml").write_text((copy / "crm.yml").read_text().replace("escalated.", "escalated!"))
+    assert load_ruleset(copy).version != first
+
+
+def test_missing_directory_is_a_specific_error(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError):
+        load_ruleset(tmp_path / "nope")
+
+
+def test_empty_directory_is_an_empty_ruleset(tmp_path: Path) -> None:
+    ruleset = load_ruleset(tmp_path)
+    assert ruleset.rules == () and ruleset.files == ()
+
+
+def test_rule_files_skips_tests_and_hidden(tmp_path: Path) -> None:
+    for name in ["b.yml", "a.yaml", "a_test.yaml", "a.test.yml", ".a.yaml", "notes.txt"]:
+        (tmp_path / name).write_text("")
+    assert [p.name for p in rule_files(tmp_path)] == ["a.yaml", "b.yml"]
+
+
+def test_shipped_rules_load_cleanly() -> None:
+    assert lint(SHIPPED) == []
+    ruleset = load_ruleset(SHIPPED)
+    ids = [r.id for r in ruleset.rules]
+    assert {"dead-air", "gold-tier-priority", "angry-customer-to-escalations"} <= set(ids)
