@@ -15,7 +15,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from services.captioner.deployment import Captioner
+from services.captioner.deployment import Captioner, captioner_options
 from services.ingest.deployment import Ingress
 from services.preprocess.deployment import Preprocessor
 from services.rules.deployment import RulesEngine
@@ -42,6 +42,7 @@ def resolve_paths(settings: Settings) -> Settings:
         update={
             "captioner": settings.captioner.model_copy(update={"model": model}),
             "rules": settings.rules.model_copy(update={"directory": _absolute(settings.rules.directory)}),
+            "adapters": settings.adapters.model_copy(update={"directory": _absolute(settings.adapters.directory)}),
             "preprocess": settings.preprocess.model_copy(
                 update={"file_roots": [_absolute(p) for p in settings.preprocess.file_roots]}
             ),
@@ -61,28 +62,11 @@ def build_app(settings: Settings) -> Application:
         ray_actor_options={"num_cpus": settings.preprocess.num_cpus},
         max_ongoing_requests=64,
     ).bind(settings)
-    captioner = Captioner.options(
-        ray_actor_options={
-            "num_cpus": cap.num_cpus,
-            "num_gpus": cap.num_gpus,
-            "runtime_env": {"env_vars": cap.engine_env()},
-        },
-        # Captioning a window takes seconds: scale on queue depth, not bursts.
-        autoscaling_config={
-            "min_replicas": cap.min_replicas,
-            "max_replicas": cap.max_replicas,
-            "target_ongoing_requests": cap.target_ongoing_requests,
-            "upscale_delay_s": 30,
-            "downscale_delay_s": 600,
-        },
-        max_ongoing_requests=cap.max_ongoing_requests,
-        graceful_shutdown_timeout_s=120,
-        health_check_period_s=10,
-        health_check_timeout_s=60,
-    ).bind(settings)
+    # Resources, autoscaling (windows take seconds), draining and health checks: from settings.
+    captioner = Captioner.options(**captioner_options(cap)).bind(settings)
     rules = RulesEngine.options(num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(settings)
     return Ingress.options(
-        num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100
+        num_replicas=settings.ingest_replicas, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100
     ).bind(settings, preprocessor, captioner, rules)
 
 

@@ -16,11 +16,17 @@ from rich.table import Table
 
 from services.settings import Settings
 
+from services.ingest.cli import dlq_app
+from services.preprocess.cli import audio_app
+from services.rules.cli import rules_app
+
 app = typer.Typer(help="listenpost: turn call and media audio into decisions.", no_args_is_help=True)
 model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
-rules_app = typer.Typer(help="Routing and alert rules.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(rules_app, name="rules")
+app.add_typer(audio_app, name="audio")
+app.add_typer(dlq_app, name="dlq")
+app.command("facets")(__import__("services.captioner.cli", fromlist=["facets_command"]).facets_command)
 
 console = Console()
 err = Console(stderr=True)
@@ -153,19 +159,6 @@ def build_tiny(directory: Annotated[Path, typer.Argument(help="Where to write th
         out = build_tiny_checkpoint(directory)
     console.print(f"wrote {out}")
     console.print(f"[yellow]{TINY_NOTE}[/]")
-
-
-@rules_app.command("lint")
-def rules_lint(directory: Annotated[Path, typer.Argument()] = Path("router_rules")) -> None:
-    """Check rule files; print every error as file:line:column: cause."""
-    from services.rules import lint
-
-    errors = lint(directory)
-    for error in errors:
-        err.print(str(error))
-    if errors:
-        raise typer.Exit(1)
-    console.print(f"{directory}: ok")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from services.events.binding import BindingError, decode, event_data_json, new_event
 from services.events.jetstream import connect, derive_msg_id, publish_event
+from services.ingest.pipeline import object_dataref
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioSubmitted
 from services.settings import NatsSettings
 
@@ -91,10 +92,13 @@ async def submit_file(
                 "context": context or {},
             }
         )
-        extensions = {"callid": str(context["callid"])} if context and "callid" in context else None
+        extensions: dict[str, str] = {"callid": str(context["callid"])} if context and "callid" in context else {}
+        if "object" in audio:
+            # Claim check: the audio is elsewhere; dataref says where (CloudEvents extension).
+            extensions["dataref"] = object_dataref(audio["object"]["bucket"], audio["object"]["name"])
         event = new_event(
             AUDIO_SUBMITTED, source, data.model_dump(mode="json", exclude_none=True), id=event_id, subject=path.name,
-            extensions=extensions,
+            extensions=extensions or None,
         )  # fmt: skip
         started = time.perf_counter()
         await publish_event(js, nats.subject("in", "cli"), event, msg_id=derive_msg_id("submit", source, event_id))

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray import serve
@@ -49,14 +50,18 @@ def embedded_nats(settings: Settings) -> Iterator[Settings]:
 
 
 @contextlib.contextmanager
-def running_service(settings: Settings, *, ray_num_cpus: int | None = None) -> Iterator[Settings]:
+def running_service(
+    settings: Settings, *, ray_num_cpus: int | None = None, runtime_env: dict[str, Any] | None = None
+) -> Iterator[Settings]:
     """Start everything, yield the effective settings, and stop it all on exit."""
     with embedded_nats(settings) as settings:
         started_ray = not ray.is_initialized()
         if started_ray:
-            ray.init(address=settings.ray_address, num_cpus=ray_num_cpus, include_dashboard=None)
+            ray.init(address=settings.ray_address, num_cpus=ray_num_cpus, runtime_env=runtime_env)
         try:
-            serve.run(build_app(settings), name=APP_NAME, route_prefix=None)
+            if settings.http.enabled:
+                serve.start(http_options={"host": settings.http.host, "port": settings.http.port})
+            serve.run(build_app(settings), name=APP_NAME, route_prefix="/" if settings.http.enabled else None)
             yield settings
         finally:
             with contextlib.suppress(Exception):

@@ -8,9 +8,9 @@ nats-server"; unset Ray address means "start a local Ray".
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, Field, SecretStr, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REAL_MODEL = "Qwen/Qwen3-Omni-30B-A3B-Captioner"
@@ -27,10 +27,15 @@ class NatsSettings(BaseModel):
     in_stream: str = "LISTENPOST_IN"
     out_stream: str = "LISTENPOST_OUT"
     dlq_stream: str = "LISTENPOST_DLQ"
+    advisory_stream: str = "LISTENPOST_ADVISORIES"
+    advisory_durable: str = "listenpost-advisories"
     ingest_durable: str = "listenpost-ingest"
     rules_durable: str = "listenpost-rules"
     ack_wait_s: PositiveFloat = Field(default=300.0, description="Redelivery if not acked within this time.")
     max_deliver: PositiveInt = Field(default=5, description="Bounded redelivery; never -1 (forever).")
+    retry_delay_s: PositiveFloat = Field(default=5.0, description="First delay of a nak on a transient fault.")
+    retry_delay_max_s: PositiveFloat = Field(default=60.0, description="Cap of the doubling nak delay.")
+    fetch_batch: PositiveInt = Field(default=8, description="Messages asked for per pull.")
     max_payload_bytes: PositiveInt = Field(default=1024 * 1024)
     out_max_age_s: PositiveFloat = Field(default=7 * 24 * 3600, description="History kept for replays.")
     duplicate_window_s: PositiveFloat = Field(default=600.0, description="JetStream Nats-Msg-Id dedup window.")
@@ -40,41 +45,140 @@ class NatsSettings(BaseModel):
 
 
 class PreprocessSettings(BaseModel):
+    """Fetching, decoding, windowing and measuring audio (``LISTENPOST_PREPROCESS__*``)."""
+
+    # Windows handed to the model
     window_s: PositiveFloat = Field(default=30.0, le=30.0, description="Longest window handed to the model.")
-    min_window_s: PositiveFloat = Field(default=0.5, description="Shorter tails are merged into the previous window.")
+    window_min_pause_s: PositiveFloat = Field(default=0.2, description="Shortest gap in speech that a cut may use.")
+    window_overlap_s: float = Field(
+        default=1.0, ge=0, description="Overlap of two windows where no pause was found and a cut splits speech "
+        "(at most a quarter of window_s)."
+    )
+    min_window_s: PositiveFloat = Field(
+        default=0.5, description="Shorter windows are padded with silence to this length (the model's minimum)."
+    )
     channel_mode: Literal["split", "mix"] = Field(
         default="split", description="split: keep channels with roles apart; mix: always down-mix to mono."
     )
-    max_duration_s: PositiveFloat = Field(default=4 * 3600.0)
+    # Limits
+    max_duration_s: PositiveFloat = Field(default=4 * 3600.0, description="Longest recording accepted.")
     max_bytes: PositiveInt = Field(default=512 * 1024 * 1024, description="Largest encoded recording accepted.")
-    num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved per Preprocessor replica.")
+    max_inline_bytes: PositiveInt = Field(default=8 * 1024 * 1024, description="Largest inline data_base64 audio.")
+    max_channels: PositiveInt = Field(default=16, description="Most channels a recording may have.")
+    min_sample_rate: PositiveInt = Field(default=4_000, description="Lowest sample rate accepted.")
+    max_sample_rate: PositiveInt = Field(default=192_000, description="Highest sample rate accepted.")
+    silent_audio_dbfs: float = Field(
+        default=-60.0, description="Recordings whose loudest 20 ms is quieter than this are refused as all-silent."
+    )
+    # Acoustics
     silence_dbfs: float = Field(default=-45.0, description="Frames quieter than this count as silence.")
+    dead_air_min_s: PositiveFloat = Field(default=2.0, description="Silences at least this long count as dead air.")
+    overtalk_min_s: PositiveFloat = Field(default=0.5, description="Overlaps at least this long count as overtalk.")
+    clip_level: float = Field(
+        default=0.98, gt=0, le=1.0, description="Samples at or above this magnitude count as clipped "
+        "(0.98: the loudest mu-law code is 0.9803)."
+    )
+    # Voice activity (Silero VAD)
+    vad_threshold: float = Field(default=0.5, gt=0, lt=1, description="Speech probability that starts speech.")
+    vad_min_speech_s: float = Field(default=0.25, ge=0, description="Shorter bursts are not speech.")
+    vad_min_silence_s: float = Field(default=0.1, ge=0, description="Shorter gaps do not end a speech segment.")
+    vad_pad_s: float = Field(default=0.03, ge=0, description="Speech segments are widened by this on each side.")
+    vad_gate_dbfs: float | None = Field(
+        default=-60.0, description="Stretches quieter than this are not scored by the VAD (speed); null scores all."
+    )
+    # Sources
+    num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved per Preprocessor replica.")
     file_roots: list[Path] = Field(
         default_factory=lambda: [Path.cwd()], description="Local paths and file:// URIs must lie under one of these."
     )
+    http_allow_private: list[str] = Field(
+        default_factory=list,
+        description="Host names or networks (CIDR) that http(s) sources may reach although they are private, "
+        "loopback or link-local; by default only public addresses are fetched.",
+    )
+    http_connect_timeout_s: PositiveFloat = Field(default=5.0, description="Time to connect to an http(s) source.")
+    http_read_timeout_s: PositiveFloat = Field(default=15.0, description="Longest wait for the next bytes.")
+    http_total_timeout_s: PositiveFloat = Field(default=300.0, description="Longest time for a whole download.")
+    http_max_redirects: int = Field(default=5, ge=0, description="Redirects followed, each re-checked.")
+    http_ca_file: Path | None = Field(
+        default=None, description="CA bundle to verify https sources with (an internal CA); unset: the default."
+    )
+
+    @model_validator(mode="after")
+    def _rates_in_order(self) -> PreprocessSettings:
+        if self.min_sample_rate > self.max_sample_rate:
+            raise ValueError("min_sample_rate is above max_sample_rate")
+        return self
 
 
 class CaptionerSettings(BaseModel):
+    """The Captioner deployment: engine, engine arguments, sampling, autoscaling, facets."""
+
     engine: Literal["vllm", "transformers"] = "vllm"
     model: str = Field(default=REAL_MODEL, description="Hub id or local checkpoint path.")
+    # Resources and autoscaling. A window takes seconds: scale on sustained queue depth, and keep
+    # replicas warm (starting one loads ~63 GB of weights).
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica; 0 runs the CPU engine.")
     num_cpus: float = Field(default=0.5, ge=0)
-    min_replicas: int = Field(default=1, ge=0)
+    min_replicas: int = Field(default=1, ge=0, description="Keep >= 1: a cold start takes minutes.")
     max_replicas: int = Field(default=1, ge=1)
-    target_ongoing_requests: PositiveFloat = 32.0
-    max_ongoing_requests: PositiveInt = 256
+    target_ongoing_requests: PositiveFloat = Field(
+        default=32.0, description="Windows in flight per replica the autoscaler aims at: about max_num_seqs."
+    )
+    max_ongoing_requests: PositiveInt = Field(
+        default=256, description="Windows a replica accepts at once (the rest queue in the caller)."
+    )
+    upscale_delay_s: float = Field(default=30.0, ge=0, description="Sustained load before adding a replica.")
+    downscale_delay_s: float = Field(default=600.0, ge=0, description="Sustained idleness before removing one.")
+    look_back_period_s: PositiveFloat = Field(default=30.0, description="Window over which load is averaged.")
+    drain_timeout_s: PositiveFloat = Field(
+        default=120.0, description="On shutdown, how long windows in flight may take to finish."
+    )
+    health_check_period_s: PositiveFloat = 10.0
+    health_check_timeout_s: PositiveFloat = 60.0
+    # vLLM engine arguments.
     tensor_parallel_size: PositiveInt = 1
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     max_model_len: PositiveInt = 4096
     max_num_seqs: PositiveInt = 32
+    max_num_batched_tokens: PositiveInt | None = Field(default=None, description="None: vLLM's default.")
     dtype: str = "auto"
     enforce_eager: bool = False
+    limit_mm_per_prompt: dict[str, int] = Field(
+        default_factory=lambda: {"audio": 1, "image": 0, "video": 0},
+        description="Items per prompt; one audio clip, no images or video (saves encoder memory).",
+    )
+    cpu_kvcache_gib: PositiveInt = Field(default=4, description="KV cache of the CPU build of vLLM.")
+    # transformers engine.
+    max_batch_size: PositiveInt = Field(default=8, description="transformers: windows per generate().")
+    batch_wait_s: float = Field(default=0.05, ge=0, description="transformers: wait for more windows.")
+    # Sampling: the model card's defaults.
     temperature: float = Field(default=0.6, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
     top_k: int = 20
     max_tokens: PositiveInt = 512
     seed: int | None = None
-    cpu_kvcache_gib: PositiveInt = Field(default=4, description="KV cache of the CPU build of vLLM.")
+    # Facets.
+    facets_extractor: Literal["lexicon", "guided"] = Field(
+        default="lexicon", description="lexicon: fast, deterministic; guided: a JSON-schema pass through vLLM."
+    )
+    guided_max_tokens: PositiveInt = Field(default=1024, description="Longest guided-decoding answer per window.")
+    engine_factory: str | None = Field(
+        default=None,
+        description="Import path 'module:callable' of (engine name, config dict) -> CaptionEngine; "
+        "replaces the built-in engines (other backends, fault injection in tests).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CaptionerSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        if self.num_gpus > 0 and self.engine == "vllm" and self.tensor_parallel_size > self.num_gpus:
+            raise ValueError(
+                f"tensor_parallel_size {self.tensor_parallel_size} needs as many GPUs per replica; "
+                f"num_gpus is {self.num_gpus:g}"
+            )
+        return self
 
     def engine_env(self) -> dict[str, str]:
         """Environment the engine's process needs (vLLM reads these at import)."""
@@ -88,9 +192,67 @@ class RulesSettings(BaseModel):
         description="Subjects (below the prefix) of LISTENPOST_OUT that the rules engine evaluates.",
     )
     reload_interval_s: PositiveFloat = Field(default=2.0, description="How often rule files are checked.")
+    emit_subjects: list[str] = Field(
+        default_factory=lambda: ["rules.emit.>"],
+        description="Subject patterns (below the prefix) that `emit` actions may publish to; a stream must hold them.",
+    )
+    state_bucket: str = Field(default="LISTENPOST_RULES_STATE", description="KV: debounce, dedup, rate limits, groups.")
+    silence_bucket: str = Field(default="LISTENPOST_RULES_SILENCES", description="KV: silences.")
+    status_bucket: str = Field(default="LISTENPOST_RULES_STATUS", description="KV: replica status, last good rules.")
+    state_ttl_s: PositiveFloat = Field(default=7 * 24 * 3600.0, description="State not rewritten this long expires.")
+    flush_interval_s: PositiveFloat = Field(default=1.0, description="How often due alert groups are notified.")
+    status_interval_s: PositiveFloat = Field(default=5.0, description="How often a replica writes its status to KV.")
+    max_caption_chars: PositiveInt = Field(default=100_000, description="Longer captions are cut before evaluation.")
+    max_list_items: PositiveInt = Field(default=1_000, description="Longer windows/facet lists are cut.")
+    max_rule_ms: PositiveFloat = Field(default=250.0, description="A rule slower than this on one event is an error.")
+    max_event_ms: PositiveFloat = Field(default=2_000.0, description="Rules not evaluated within this are errors.")
+    max_hops: PositiveInt = Field(default=3, description="Events that went through this many rule engines are dropped.")
 
     def subjects(self, nats: NatsSettings) -> list[str]:
         return [nats.subject(s) for s in self.consume_subjects]
+
+    def limits(self) -> Any:
+        """The evaluation guardrails (a ``services.rules.Limits``)."""
+        from services.rules.evaluate import Limits
+
+        return Limits(
+            max_caption_chars=self.max_caption_chars,
+            max_list_items=self.max_list_items,
+            max_rule_ms=self.max_rule_ms,
+            max_event_ms=self.max_event_ms,
+        )
+
+
+class HttpSettings(BaseModel):
+    """The HTTP CloudEvents ingress (``POST /events`` on the Ingress deployment)."""
+
+    enabled: bool = Field(default=False, description="Serve POST /events; off unless asked for.")
+    host: str = Field(default="127.0.0.1", description="Where the Serve HTTP proxy listens (0.0.0.0: all interfaces).")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port of the Serve HTTP proxy.")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer API keys, any one of which is accepted (JSON list in the env var).",
+    )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Accept requests without a key. Only valid with no api_keys: an ingress "
+        "with neither refuses to start rather than silently run open.",
+    )
+    max_body_bytes: PositiveInt = Field(
+        default=1024 * 1024, description="Largest body of a single event (binary or structured mode)."
+    )
+    max_batch_bytes: PositiveInt = Field(default=4 * 1024 * 1024, description="Largest body of a batch.")
+    max_batch_events: PositiveInt = Field(default=100, description="Most events in one batch.")
+    publish_timeout_s: PositiveFloat = Field(
+        default=10.0, description="How long to wait for JetStream to store an event before answering 503."
+    )
+
+
+class AdapterSettings(BaseModel):
+    """Source adapters: declarative mappings from other CloudEvent types to audio.submitted."""
+
+    enabled: bool = Field(default=True, description="Load the adapter files in `directory`.")
+    directory: Path = Field(default=Path("adapters"), description="Adapter files (*.yaml); must exist when enabled.")
 
 
 class Settings(BaseSettings):
@@ -105,3 +267,6 @@ class Settings(BaseSettings):
     captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
     ingest_max_in_flight: PositiveInt = Field(default=16, description="Events in flight per ingress replica.")
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    adapters: AdapterSettings = Field(default_factory=AdapterSettings)
+    ingest_replicas: PositiveInt = Field(default=1, description="Ingress replicas sharing one durable consumer.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +17,20 @@ import pytest
 import soundfile
 
 from services.captioner.tiny_checkpoint import build_tiny_checkpoint
-from services.settings import CaptionerSettings, NatsSettings, PreprocessSettings, RulesSettings, Settings
+from services.events.embedded import EmbeddedNatsServer, free_port
+from pydantic import SecretStr
+
+from services.settings import (
+    CaptionerSettings,
+    HttpSettings,
+    NatsSettings,
+    PreprocessSettings,
+    RulesSettings,
+    Settings,
+)
 
 REPO = Path(__file__).resolve().parents[1]
+HTTP_API_KEY = "test-key-0123456789"
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -50,16 +62,47 @@ def tiny_engine_settings(model: Path) -> CaptionerSettings:
 
 
 @pytest.fixture(scope="session")
-def service(tiny_model: Path, audio_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shipped router_rules/ that the running service reads; tests may edit it
+    (and must restore it)."""
+    directory = tmp_path_factory.mktemp("rules") / "router_rules"
+    shutil.copytree(REPO / "router_rules", directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNatsServer]:
+    """The session's nats-server (file-backed JetStream); fault tests kill and restart it."""
+    with EmbeddedNatsServer(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def service(
+    tiny_model: Path, audio_dir: Path, rules_dir: Path, nats_server: EmbeddedNatsServer
+) -> Iterator[Settings]:
+    """The whole service, as `listenpost serve` runs it, with fault-test-friendly timings:
+    two Ingress replicas share the durable consumer; short AckWait and retry delays."""
     from services.runner import running_service
 
     settings = Settings(
-        nats=NatsSettings(data_dir=tmp_path_factory.mktemp("nats"), ack_wait_s=60, max_deliver=3),
-        captioner=tiny_engine_settings(tiny_model),
+        nats=NatsSettings(
+            url=nats_server.url,
+            data_dir=nats_server.data_dir,
+            ack_wait_s=15,
+            max_deliver=8,
+            retry_delay_s=1.0,
+            retry_delay_max_s=8.0,
+        ),
+        captioner=tiny_engine_settings(tiny_model).model_copy(update={"engine_factory": "fault_engine:flaky_engine"}),
         preprocess=PreprocessSettings(file_roots=[audio_dir]),
-        rules=RulesSettings(directory=REPO / "router_rules"),
+        rules=RulesSettings(directory=rules_dir, reload_interval_s=0.5),
+        ingest_replicas=2,
+        http=HttpSettings(enabled=True, port=free_port(), api_keys=[SecretStr(HTTP_API_KEY)]),
     )
-    with running_service(settings, ray_num_cpus=8) as effective:
+    # Replicas import tests/fault_engine.py (the injectable engine factory).
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}}
+    with running_service(settings, ray_num_cpus=8, runtime_env=runtime_env) as effective:
         yield effective
 
 

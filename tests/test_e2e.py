@@ -171,3 +171,55 @@ async def test_poison_is_dead_lettered_and_next_event_still_processed(
     input_id = await submit(nc, service, {"audio": {"uri": path.as_uri()}})
     captioned = await outputs.wait_for(input_id, AUDIO_CAPTIONED)
     assert event_data_json(captioned)["windows"]
+
+
+async def test_http_ingress_through_serve_reaches_the_pipeline(
+    service: Settings, nats_client: tuple[NATS, Outputs], audio_dir: Path
+) -> None:
+    """POST /events on the Serve HTTP proxy: stored in JetStream before the 202, then captioned."""
+    import httpx
+
+    from tests.conftest import HTTP_API_KEY
+
+    _, outputs = nats_client
+    path = audio_dir / "http-call.wav"
+    path.write_bytes(wav_bytes(tone(2.0, 16000), 16000))
+    event_id = f"http-{uuid.uuid4()}"
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-source": "urn:test:http",
+        "ce-type": AUDIO_SUBMITTED,
+        "content-type": "application/json",
+    }
+    body = {"audio": {"uri": path.as_uri()}, "context": {"callid": "http-1"}}
+    url = f"http://127.0.0.1:{service.http.port}/events"
+    async with httpx.AsyncClient(timeout=30) as client:
+        refused = await client.post(url, json=body, headers=headers)
+        accepted = await client.post(url, json=body, headers={**headers, "authorization": f"Bearer {HTTP_API_KEY}"})
+    assert refused.status_code == 401 and refused.headers["content-type"].startswith("application/problem+json")
+    assert accepted.status_code == 202 and accepted.json()["accepted"][0]["id"] == event_id
+    captioned = await outputs.wait_for(event_id, AUDIO_CAPTIONED)
+    assert event_data_json(captioned)["context"]["callid"] == "http-1"
+
+
+async def test_telephony_event_is_adapted_and_captioned(
+    service: Settings, nats_client: tuple[NATS, Outputs], audio_dir: Path
+) -> None:
+    """A PBX's own event type, mapped by adapters/telephony.yaml (no code), flows end to end."""
+    nc, outputs = nats_client
+    path = audio_dir / "pbx-call.wav"
+    stereo = np.stack([tone(2.0, 8000, 300), tone(2.0, 8000, 500)], axis=1)
+    path.write_bytes(wav_bytes(stereo, 8000, subtype="ULAW"))
+    event = new_event(
+        "com.acme.telephony.call.recorded",
+        "urn:acme:pbx",
+        {"call_id": "pbx-7", "queue": "billing", "recording": {"url": path.as_uri()},
+         "channels": {"agent": 0, "customer": 1}},
+    )  # fmt: skip
+    body, headers = encode_binary(event)
+    await publish_raw(nc, service, body, headers)
+    captioned = await outputs.wait_for(event.get_id(), AUDIO_CAPTIONED)
+    data = event_data_json(captioned)
+    assert data["context"]["callid"] == "pbx-7"
+    assert {w["role"] for w in data["windows"]} == {"agent", "customer"}

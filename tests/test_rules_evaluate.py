@@ -1,4 +1,5 @@
-"""Rule evaluation: order, first match wins, continue, shadow, disabled, errors, ids."""
+"""Rule evaluation: order, first match wins, continue, shadow, disabled, errors, ids,
+debounce over windows, evidence for templates, emit, guardrails."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from services.rules import (
+    Limits,
     ALERT_RAISED,
     ROUTE_DECIDED,
     RULE_FAILED,
@@ -45,7 +47,7 @@ def captioned(**overrides: Any) -> dict[str, Any]:
 
 
 def rules(tmp_path: Path, body: str, name: str = "rules.yaml") -> RuleSet:
-    header = "apiVersion: listenpost/v1\nkind: RuleSet\nmetadata: {name: t}\nrules:\n"
+    header = "apiVersion: listenpost/v1\nkind: RuleSet\nmetadata: {name: t, owner: qa}\nrules:\n"
     (tmp_path / name).write_text(header + textwrap.indent(textwrap.dedent(body), "  "))
     return load_ruleset(tmp_path)
 
@@ -115,7 +117,7 @@ def test_match_filters_type_and_source(tmp_path: Path) -> None:
 
 def test_runtime_error_is_isolated_and_recorded(tmp_path: Path) -> None:
     body = (
-        rule("missing-field", priority=1, when="acoustics.no_such_field > 1.0")
+        rule("missing-field", priority=1, when="context.no_such_field > 1.0")
         + rule("not-bool", priority=2, when="acoustics.silence_ratio")
         + rule("bad-types", priority=3, when="context.callid > 1")
         + rule("fine", priority=4, when="acoustics.silence_ratio > 0.4")
@@ -164,15 +166,19 @@ def test_decisions_of_each_kind(tmp_path: Path) -> None:
     assert alert.data == {
         "source_event": {"id": "evt-1", "source": "/listenpost/captioner", "type": CAPTIONED},
         "rule_id": "dead-air",
-        "description": "Long silences on the call; send it to quality review.",
+        "owner": "qa-team",
+        # an alert's own description template replaces the rule's description
+        "description": "0.5 of the call is silent; the longest gap is 12 s.",
         "ruleset_version": ruleset.version,
         "severity": "warning",
         "summary": "Dead air on call c-1",
-        "labels": {"team": "qa"},
-        "fingerprint": fingerprint("dead-air", {"team": "qa"}),
+        "labels": {"team": "qa", "callid": "c-1"},
+        "fingerprint": fingerprint("dead-air", {"team": "qa", "callid": "c-1"}),
         "callid": "c-1",
     }
     assert alert.fingerprint == alert.data["fingerprint"] and alert.ruleset_version == ruleset.version
+    assert alert.action_index == 1
+    assert dead_air[0].data["description"] == "Long silences on the call; send it to quality review."
     assert dead_air[2].data["tags"] == ["dead-air"]
     # dead-air continues; the gold customer is routed to priority too
     assert routed(result) == ["quality", "priority"]
@@ -243,10 +249,217 @@ def test_shipped_rules_on_demo_recording_with_long_silence() -> None:
 
 def test_shipped_rules_angry_customer_escalates() -> None:
     data = captioned(
-        facets={"emotions": [{"role": "customer", "label": "anger", "intensity": 0.8}], "sound_events": []},
+        windows=[{"index": 0, "start": 0.0, "end": 30.0, "channel": 1, "role": "customer", "caption": "Shouting."}],
+        facets={
+            "emotions": [{"role": "customer", "label": "anger", "intensity": 0.8, "window": 0, "start": 65.0, "end": 70.0, "span": "Enough!"}],
+            "sound_events": [],
+        },
         acoustics={"silence_ratio": 0.1, "longest_silence_s": 2.0},
         context={"callid": "c-7", "queue": "billing"},
     )
     result = evaluate(load_ruleset(SHIPPED), EVENT, data)
+    assert result.errors == []
     assert routed(result) == ["escalations"]
-    assert result.actions[1].data["summary"] == "Angry customer on call c-7 (billing queue)"
+    alert = result.actions[1]
+    assert alert.data["summary"] == "Angry customer on call c-7 (billing queue)"
+    assert alert.data["description"] == 'At 01:05 the customer said: "Enough!" (anger, intensity 0.8; held over 30 s).'
+    assert alert.data["evidence"]["span"] == "Enough!" and alert.data["evidence"]["windows"] == 1
+
+
+# --- debounce (for:) ---------------------------------------------------------------
+
+
+def windows(*spans: tuple[float, float], role: str = "customer") -> list[dict[str, Any]]:
+    return [
+        {"index": i, "start": a, "end": b, "channel": 1, "role": role, "caption": f"window {i}"}
+        for i, (a, b) in enumerate(spans)
+    ]
+
+
+def anger(window: int, start: float, intensity: float = 0.9) -> dict[str, Any]:
+    return {"role": "customer", "label": "anger", "intensity": intensity, "window": window, "start": start, "end": start + 1, "span": f"angry {window}"}
+
+
+DEBOUNCED = 'emotion("customer", ["anger"], 0.6)'
+
+
+@pytest.mark.parametrize(
+    ("spec", "held", "fires"),
+    [
+        ("{windows: 2}", [0, 1], True),
+        ("{windows: 2}", [0, 2], False),  # not consecutive
+        ("{windows: 3}", [0, 1], False),
+        ("{duration: 25s}", [0, 1], True),  # 2 x 15 s = 30 s
+        ("{duration: 25s}", [1], False),
+        ("{duration: 15s}", [2], True),
+    ],
+)
+def test_for_counts_consecutive_windows_or_call_time(tmp_path: Path, spec: str, held: list[int], fires: bool) -> None:
+    ruleset = rules(tmp_path, rule("angry", when=DEBOUNCED, extra=f"  for: {spec}"))
+    data = captioned(
+        windows=windows((0, 15), (15, 30), (30, 45)),
+        facets={"emotions": [anger(i, 15.0 * i + 2) for i in held], "sound_events": []},
+    )
+    result = evaluate(ruleset, EVENT, data)
+    assert result.errors == []
+    assert routed(result) == (["angry"] if fires else [])
+
+
+def test_for_groups_channels_of_one_span_into_one_window(tmp_path: Path) -> None:
+    ruleset = rules(tmp_path, rule("angry", when=DEBOUNCED, extra="  for: {windows: 2}"))
+    both_channels = [
+        {"index": 0, "start": 0.0, "end": 15.0, "channel": 0, "role": "agent", "caption": "agent 0"},
+        {"index": 1, "start": 0.0, "end": 15.0, "channel": 1, "role": "customer", "caption": "customer 0"},
+        {"index": 2, "start": 15.0, "end": 30.0, "channel": 0, "role": "agent", "caption": "agent 1"},
+        {"index": 3, "start": 15.0, "end": 30.0, "channel": 1, "role": "customer", "caption": "customer 1"},
+    ]
+    one_span = captioned(windows=both_channels, facets={"emotions": [anger(1, 2.0)], "sound_events": []})
+    assert routed(evaluate(ruleset, EVENT, one_span)) == []  # two channels of one span are one window
+    two_spans = captioned(windows=both_channels, facets={"emotions": [anger(1, 2.0), anger(3, 16.0)], "sound_events": []})
+    result = evaluate(ruleset, EVENT, two_spans)
+    assert routed(result) == ["angry"]
+    assert result.decisions[0].data["evidence"]["span"] == "angry 1"
+
+
+def test_for_sees_each_window_caption_and_facets_alone(tmp_path: Path) -> None:
+    body = rule("words", when='any_words(caption, ["refund"]) && size(facets.emotions) == 1', extra="  for: {windows: 2}")
+    ws = windows((0, 15), (15, 30))
+    ws[0]["caption"], ws[1]["caption"] = "wants a refund", "refund again"
+    data = captioned(windows=ws, caption="no such word here", facets={"emotions": [anger(0, 1.0), anger(1, 16.0)], "sound_events": []})
+    result = evaluate(rules(tmp_path, body), EVENT, data)
+    assert routed(result) == ["words"]
+    evidence = result.decisions[0].data["evidence"]
+    assert (evidence["label"], evidence["caption"], evidence["at"], evidence["windows"]) == ("refund", "wants a refund", "00:00", 2)
+
+
+def test_for_streak_carries_across_events_and_breaks_on_gaps(tmp_path: Path) -> None:
+    ruleset = rules(tmp_path, rule("angry", when=DEBOUNCED, extra="  for: {windows: 3}"))
+    first = evaluate(ruleset, EVENT, captioned(windows=windows((0, 15), (15, 30)), facets={"emotions": [anger(0, 1), anger(1, 16)]}))
+    assert routed(first) == [] and first.streaks["angry"].windows == 2
+    streak = first.streaks["angry"]
+    # The next event of the call continues where the last ended: a third window fires.
+    nxt = captioned(windows=[{**windows((30, 45))[0], "index": 2}], facets={"emotions": [anger(2, 31)]})
+    assert routed(evaluate(ruleset, {**EVENT, "id": "evt-2"}, nxt, streaks={"angry": streak})) == ["angry"]
+    # A gap (the next event starts at 60 s) breaks the streak.
+    later = captioned(windows=[{**windows((60, 75))[0], "index": 4}], facets={"emotions": [anger(4, 61)]})
+    after_gap = evaluate(ruleset, {**EVENT, "id": "evt-3"}, later, streaks={"angry": streak})
+    assert routed(after_gap) == [] and after_gap.streaks["angry"].windows == 1
+    # A window without anger resets it.
+    calm = captioned(windows=[{**windows((30, 45))[0], "index": 2}], facets={"emotions": []})
+    assert evaluate(ruleset, EVENT, calm, streaks={"angry": streak}).streaks["angry"].windows == 0
+
+
+def test_for_counts_events_without_windows(tmp_path: Path) -> None:
+    body = rule("crm", when='data.status == "escalated"', extra="  for: {windows: 2}").replace(
+        f"{{types: [{CAPTIONED}]}}", "{types: [com.example.crm.case.updated]}"
+    )
+    ruleset = rules(tmp_path, body)
+    crm = {"id": "1", "source": "/crm", "type": "com.example.crm.case.updated", "callid": "c-1"}
+    first = evaluate(ruleset, crm, {"status": "escalated"})
+    assert routed(first) == [] and first.streaks["crm"].windows == 1
+    second = evaluate(ruleset, {**crm, "id": "2"}, {"status": "escalated"}, streaks=first.streaks)
+    assert routed(second) == ["crm"]
+
+
+# --- evidence and templates -----------------------------------------------------------
+
+
+def test_helpers_record_evidence_for_templates(tmp_path: Path) -> None:
+    body = """
+    - id: glass
+      description: glass
+      match: {types: [com.listenpost.audio.captioned]}
+      when: 'sound(["glass_breaking"], 0.5) && any_words(caption, ["window"])'
+      actions:
+        - alert:
+            severity: critical
+            summary: "{{ match.label }} at {{ match.at }} ({{ match.confidence }}) by rule {{ rule.id }} of {{ rule.owner }}"
+            description: '"{{ match.span }}" in window {{ match.window }}, {{ match.start }}-{{ match.end }} s'
+    """
+    data = captioned(
+        caption="Someone smashes a window.",
+        facets={"emotions": [], "sound_events": [{"label": "glass_breaking", "confidence": 0.75, "window": 3, "start": 95.5, "end": 96.0, "span": "glass shatters"}]},
+    )
+    [alert] = evaluate(rules(tmp_path, body), EVENT, data).decisions
+    assert alert.data["summary"] == "glass_breaking at 01:35 (0.75) by rule glass of qa"
+    assert alert.data["description"] == '"glass shatters" in window 3, 95.5-96 s'
+    assert alert.data["evidence"]["kind"] == "sound"
+
+
+def test_without_helpers_the_first_matching_window_is_quoted(tmp_path: Path) -> None:
+    body = """
+    - id: crying
+      description: crying
+      match: {types: [com.listenpost.audio.captioned]}
+      when: 'facets.sound_events.exists(s, s.label == "crying")'
+      actions:
+        - alert: {severity: info, summary: "crying at {{ match.at }}: {{ match.caption }}"}
+    """
+    ws = windows((0, 30), (30, 60))
+    ws[1]["caption"] = "A child cries in the background."
+    data = captioned(windows=ws, facets={"emotions": [], "sound_events": [{"label": "crying", "confidence": 0.9, "window": 1}]})
+    [alert] = evaluate(rules(tmp_path, body), EVENT, data).decisions
+    assert alert.data["summary"] == "crying at 00:30: A child cries in the background."
+
+
+def test_emit_renders_data_with_json_types(tmp_path: Path) -> None:
+    body = """
+    - id: callback
+      description: callback
+      match: {types: [com.listenpost.audio.captioned]}
+      when: "true"
+      actions:
+        - emit:
+            type: com.acme.callback.requested
+            subject: rules.emit.crm
+            data:
+              callid: "{{ context.callid }}"
+              silence: "{{ acoustics.silence_ratio }}"
+              text: "call {{ context.callid }}: {{ acoustics.silence_ratio }}"
+              missing: "{{ context.nope }}"
+              nested: {langs: "{{ facets.languages }}", fixed: [1, true, null]}
+    """
+    [emit] = evaluate(rules(tmp_path, body), EVENT, captioned(), prefix="acme").decisions
+    assert (emit.kind, emit.type, emit.subject, emit.rule_id) == ("emit", "com.acme.callback.requested", "acme.rules.emit.crm", "callback")
+    assert emit.data == {
+        "callid": "c-1", "silence": 0.5, "text": "call c-1: 0.5", "missing": None,
+        "nested": {"langs": ["en"], "fixed": [1, True, None]},
+    }  # fmt: skip
+
+
+# --- guardrails ------------------------------------------------------------------------
+
+
+def test_oversized_inputs_are_capped_and_reported(tmp_path: Path) -> None:
+    ruleset = rules(tmp_path, rule("size", when="size(caption) == 10 && size(facets.emotions) == 3"))
+    data = captioned(caption="x" * 50, facets={"emotions": [anger(0, 1.0)] * 5, "sound_events": []}, windows=windows(*[(i, i + 1) for i in range(5)]))
+    result = evaluate(ruleset, EVENT, data, limits=Limits(max_caption_chars=10, max_list_items=3))
+    assert routed(result) == ["size"]
+    assert set(result.truncated) == {"caption", "windows", "facets.emotions"}
+    assert len(data["caption"]) == 50  # the input itself is not modified
+
+
+def test_time_limits_turn_into_rule_errors(tmp_path: Path) -> None:
+    ruleset = rules(tmp_path, rule("a", priority=1, when="false") + rule("b", priority=2, when="false"))
+    spent = evaluate(ruleset, EVENT, captioned(), limits=Limits(max_event_ms=-1.0))
+    assert [e.rule_id for e in spent.errors] == ["a", "b"]
+    assert spent.errors[0].message == "not evaluated: the event's evaluation budget of -1 ms was spent"
+    slow = evaluate(ruleset, EVENT, captioned(), limits=Limits(max_rule_ms=-1.0))
+    assert [e.message.split(",")[1].strip() for e in slow.errors] == ["over the limit of -1 ms"] * 2
+
+
+def test_helper_errors_are_rule_errors_not_false(tmp_path: Path) -> None:
+    ruleset = rules(tmp_path, rule("e", priority=1, when='emotion("customer", ["anger"], 0.5)', extra="  continue: true") + rule("ok", priority=2))
+    broken = captioned(facets={"emotions": [{"role": "customer", "label": "anger", "intensity": "high"}], "sound_events": []})
+    result = evaluate(ruleset, EVENT, broken)
+    assert result.errors == [RuleError(rule_id="e", message="intensity of emotion 'anger' must be a number, got str")]
+    assert routed(result) == ["ok"]
+    missing = evaluate(ruleset, EVENT, captioned(facets={}))
+    assert [e.message for e in missing.errors] == ["facets.emotions is missing, not a list"]
+
+
+def test_a_value_cel_cannot_take_fails_every_rule_visibly(tmp_path: Path) -> None:
+    ruleset = rules(tmp_path, rule("a", priority=1, when="size(context) > 0", extra="  continue: true") + rule("b", priority=2, when="true"))
+    result = evaluate(ruleset, EVENT, captioned(context={"ids": {1, 2}}))  # a set: not JSON, not CEL
+    assert [e.rule_id for e in result.errors] == ["a", "b"]
+    assert result.errors[0].message.startswith("event cannot be given to CEL")

@@ -41,7 +41,7 @@ def test_supported_expressions_compile_and_hold(source: str) -> None:
         ("context.?tier", "CEL syntax error: 1:8: unsupported syntax '.?'"),  # optionals: not in the library
         ("1 not in [1]", "CEL syntax error: 1:3: mismatched input 'not'"),
         ("callid == 'x'", "unknown CEL variable callid"),
-        ("[1].exists(x, x > 0) && x > 0", None),  # bound names are read from the source: see the quirk note
+        ("[1].exists(x, x > 0) && x > 0", "unknown CEL variable x"),  # x is bound only inside exists()
         ("caption.lower() == 'a'", "unknown CEL function lower"),
         ("optional.of(1).hasValue()", "unknown CEL variable optional"),
     ],

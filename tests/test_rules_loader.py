@@ -22,6 +22,7 @@ CEL_EXPECTING = (
     "NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}"
 )
 KNOWN = "(known: event, data, facets, acoustics, context, caption)"
+KNOWN_TEMPLATE = "(known: event, data, facets, acoustics, context, caption, match, rule)"
 
 BAD = {
     "invalid-yaml": [
@@ -52,7 +53,7 @@ BAD = {
         "bad/bad-mode/rules.yaml:7:11: rules[0].mode: Input should be 'enforce', 'shadow' or 'disabled' (got 'maybe')",
     ],
     "unknown-action": [
-        "bad/unknown-action/rules.yaml:11:9: rules[0].actions[1].page: unknown action (expected one of: route, alert, tag)",
+        "bad/unknown-action/rules.yaml:11:9: rules[0].actions[1].page: unknown action (expected one of: route, alert, tag, emit)",
     ],
     "bad-queue": [
         (
@@ -63,11 +64,55 @@ BAD = {
     "unknown-placeholder": [
         (
             "bad/unknown-placeholder/rules.yaml:12:20: rules[0].actions[0].alert.summary: "
-            f"unknown template variable 'ctx' in '{{{{ ctx.callid }}}}' {KNOWN}"
+            f"unknown template variable 'ctx' in '{{{{ ctx.callid }}}}' {KNOWN_TEMPLATE}"
         ),
     ],
     "empty-file": [
         "bad/empty-file/rules.yaml:1:1: empty file: expected a RuleSet (apiVersion, kind, metadata, rules)",
+    ],
+    "unknown-field-path": [
+        "bad/unknown-field-path/rules.yaml:8:11: rules[0].when: 1:1: unknown field 'silence_ration' of acoustics, did you mean 'silence_ratio'?",
+    ],
+    "template-unknown-field": [
+        (
+            "bad/template-unknown-field/rules.yaml:12:20: rules[0].actions[0].alert.summary: unknown field "
+            "'silense_ratio' of acoustics, did you mean 'silence_ratio'? in '{{ acoustics.silense_ratio }}'"
+        ),
+        (
+            "bad/template-unknown-field/rules.yaml:13:24: rules[0].actions[0].alert.description: unknown field 'time' "
+            "of match (known: kind, span, start, end, at, window, role, label, intensity, confidence, caption, windows, "
+            "held_s) in '{{ match.time }}'"
+        ),
+    ],
+    "emit-subject": [
+        (
+            "bad/emit-subject/rules.yaml:10:60: rules[0].actions[0].emit.subject: subject 'crm.callbacks' is outside "
+            "the allowed subjects (rules.emit.>; setting LISTENPOST_RULES__EMIT_SUBJECTS)"
+        ),
+        (
+            "bad/emit-subject/rules.yaml:16:60: rules[1].actions[0].emit.subject: 'rules.emit.*' is not a valid subject "
+            "(dot-separated tokens of letters, digits, '-', '_'; no wildcards)"
+        ),
+    ],
+    "no-owner": [
+        "bad/no-owner/rules.yaml:5:9: rules[0].id: no owner: set `owner` on the rule, or `metadata.owner` for the file",
+    ],
+    "alert-hygiene": [
+        "bad/alert-hygiene/rules.yaml:9:10: rules[0].for: `for` takes exactly one of windows, duration",
+        "bad/alert-hygiene/rules.yaml:14:19: rules[0].actions[0].alert.labels: label 'rule' is set by the engine (built-in labels: rule, severity)",
+        "bad/alert-hygiene/rules.yaml:15:28: rules[0].actions[0].alert.repeat_interval: '5x' is not a duration like 30s, 5m, 1h30m or 250ms",
+        "bad/alert-hygiene/rules.yaml:16:29: rules[0].actions[0].alert.rate_limit.max: Input should be greater than or equal to 1",
+        (
+            "bad/alert-hygiene/rules.yaml:18:11: rules[0].actions[1].alert: group_by names 'queue', which is not a label "
+            "of this alert (labels: team, rule, severity)"
+        ),
+    ],
+    "helper-arity": [
+        (
+            "bad/helper-arity/rules.yaml:8:11: rules[0].when: 1:1: emotion() takes 3 arguments (role, labels, "
+            "min_intensity), got 2; 1:35: facets.emotions is a list: it has no field 'label' (test its items with "
+            "exists(), all() or filter())"
+        ),
     ],
     # One broken rule must not hide the others' errors, nor a bad header the rules'.
     "many-errors": [
@@ -76,7 +121,7 @@ BAD = {
         "bad/many-errors/rules.yaml:7:15: rules[0].priority: Input should be a valid integer",
         "bad/many-errors/rules.yaml:12:5: rules[1].when: missing required field",
         "bad/many-errors/rules.yaml:15:14: rules[1].actions: List should have at least 1 item after validation, not 0",
-        "bad/many-errors/rules.yaml:21:9: rules[2].actions[0]: an action has exactly one of route, alert, tag (got route, tag)",
+        "bad/many-errors/rules.yaml:21:9: rules[2].actions[0]: an action has exactly one of route, alert, tag, emit (got route, tag)",
         (
             "bad/many-errors/rules.yaml:23:27: rules[2].actions[1].alert.severity: "
             "Input should be 'info', 'warning' or 'critical' (got 'page')"
@@ -161,3 +206,38 @@ def test_shipped_rules_load_cleanly() -> None:
     ruleset = load_ruleset(SHIPPED)
     ids = [r.id for r in ruleset.rules]
     assert {"dead-air", "gold-tier-priority", "angry-customer-to-escalations"} <= set(ids)
+    assert {p.name for p in ruleset.files} == {"contact-centre.yaml", "emotional.yaml", "quality.yaml", "security.yaml"}
+
+
+def test_load_sources_matches_the_directory() -> None:
+    from services.rules import load_sources
+
+    ruleset = load_ruleset(SHIPPED)
+    again = load_sources(dict(ruleset.sources), directory=SHIPPED)
+    assert again.version == ruleset.version and [r.id for r in again.rules] == [r.id for r in ruleset.rules]
+
+
+def test_emit_subjects_come_from_settings(tmp_path: Path) -> None:
+    shutil.copy(CASES / "bad" / "emit-subject" / "rules.yaml", tmp_path / "rules.yaml")
+    text = (tmp_path / "rules.yaml").read_text()
+    (tmp_path / "rules.yaml").write_text(text[: text.index("  - id: wildcard")])
+    assert lint(tmp_path, emit_subjects=["crm.>"]) == []
+    assert len(lint(tmp_path)) == 1
+
+
+def test_exported_json_schema_is_current_and_validates_the_shipped_rules() -> None:
+    import json
+
+    import jsonschema
+    from ruamel.yaml import YAML
+
+    from services.rules.schema import json_schema_text
+
+    committed = (SHIPPED / "rules.schema.json").read_text()
+    assert committed == json_schema_text(), "run `listenpost rules schema -o router_rules/rules.schema.json`"
+    schema = json.loads(committed)
+    for path in rule_files(SHIPPED):
+        jsonschema.validate(YAML(typ="safe").load(path.read_text()), schema)
+    broken = YAML(typ="safe").load((CASES / "bad" / "unknown-field" / "rules.yaml").read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)

@@ -1,53 +1,165 @@
 """The Captioner Serve deployment: one caption engine per replica, one window per call.
 
-Windows arrive as separate calls so that Serve's autoscaling sees the real
-queue and vLLM's continuous batching mixes windows of every event in flight.
+Windows arrive as separate calls so that Serve's autoscaling sees the real queue and vLLM's
+continuous batching mixes windows of every event in flight. Replicas scale on windows in flight
+(:func:`captioner_options`); a dead engine fails the health check so Serve replaces the replica;
+shutdown drains the windows in flight before the engine stops.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 from ray import serve
 
+from services.captioner.engine_base import TextEngine
 from services.captioner.engines import CaptionEngine, CaptionResult, SamplingConfig, build_engine
+from services.captioner.errors import GuidedExtractionError
+from services.captioner.facets import extract_facets
+from services.captioner.facets_guided import GuidedFacetExtractor
+from services.events.models import Facets, Window
 from services.settings import CaptionerSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+def sampling_config(cap: CaptionerSettings) -> SamplingConfig:
+    return SamplingConfig(
+        temperature=cap.temperature, top_p=cap.top_p, top_k=cap.top_k, max_tokens=cap.max_tokens, seed=cap.seed
+    )
 
 
 def engine_config(cap: CaptionerSettings, max_window_s: float) -> dict[str, Any]:
     """The chosen engine's config fields, from settings."""
-    sampling = SamplingConfig(
-        temperature=cap.temperature, top_p=cap.top_p, top_k=cap.top_k, max_tokens=cap.max_tokens, seed=cap.seed
-    )
-    common: dict[str, Any] = {"model": cap.model, "max_window_s": max_window_s, "sampling": sampling}
+    common: dict[str, Any] = {
+        "model": cap.model,
+        "max_window_s": max_window_s,
+        "sampling": sampling_config(cap),
+        "drain_timeout_s": cap.drain_timeout_s,
+    }
     if cap.engine == "vllm":
         return common | {
             "tensor_parallel_size": cap.tensor_parallel_size,
             "gpu_memory_utilization": cap.gpu_memory_utilization,
             "max_model_len": cap.max_model_len,
             "max_num_seqs": cap.max_num_seqs,
+            "max_num_batched_tokens": cap.max_num_batched_tokens,
             "dtype": cap.dtype,
             "enforce_eager": cap.enforce_eager,
+            "limit_mm_per_prompt": dict(cap.limit_mm_per_prompt),
         }
     dtype = "auto" if cap.dtype in ("auto", "bf16") else cap.dtype
-    return common | {"dtype": dtype, "device": "cuda" if cap.num_gpus > 0 else "cpu"}
+    return common | {
+        "dtype": dtype,
+        "device": "cuda" if cap.num_gpus > 0 else "cpu",
+        "max_batch_size": cap.max_batch_size,
+        "batch_wait_s": cap.batch_wait_s,
+    }
+
+
+def make_engine(cap: CaptionerSettings, max_window_s: float) -> CaptionEngine:
+    """The engine from settings: a configured factory (import path) or a built-in engine."""
+    factory = build_engine
+    if cap.engine_factory:
+        module, _, name = cap.engine_factory.partition(":")
+        factory = getattr(importlib.import_module(module), name)
+    return factory(cap.engine, engine_config(cap, max_window_s))
+
+
+def captioner_options(cap: CaptionerSettings) -> dict[str, Any]:
+    """``Captioner.options(...)`` from settings: resources, autoscaling, draining, health checks.
+
+    A window takes seconds to caption and a replica minutes to start (weights load), so the
+    autoscaler aims each replica at about one full vLLM batch of windows in flight
+    (target_ongoing_requests ~ max_num_seqs), waits for sustained load before adding one and
+    keeps replicas warm for long after it goes; max_ongoing_requests lets a replica queue more
+    than a batch so the engine never waits for its next window.
+    """
+    return {
+        "ray_actor_options": {
+            "num_cpus": cap.num_cpus,
+            "num_gpus": cap.num_gpus,
+            "runtime_env": {"env_vars": cap.engine_env()},
+        },
+        "autoscaling_config": {
+            "min_replicas": cap.min_replicas,
+            "initial_replicas": max(cap.min_replicas, 1),
+            "max_replicas": cap.max_replicas,
+            "target_ongoing_requests": cap.target_ongoing_requests,
+            "upscale_delay_s": cap.upscale_delay_s,
+            "downscale_delay_s": cap.downscale_delay_s,
+            "look_back_period_s": cap.look_back_period_s,
+        },
+        "max_ongoing_requests": cap.max_ongoing_requests,
+        # Serve stops routing to a stopping replica, waits this long for its calls, then runs
+        # __del__ (which drains the engine itself): a little more than the engine's drain.
+        "graceful_shutdown_timeout_s": cap.drain_timeout_s + 30,
+        "health_check_period_s": cap.health_check_period_s,
+        "health_check_timeout_s": cap.health_check_timeout_s,
+    }
+
+
+class SamplingOverrides(BaseModel):
+    """``user_config`` of the Captioner deployment: sampling changed in place, no restart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: NonNegativeFloat | None = None
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = None
+    max_tokens: PositiveInt | None = None
+    seed: int | None = None
 
 
 @serve.deployment(name="Captioner")
 class Captioner:
     async def __init__(self, settings: Settings, engine: CaptionEngine | None = None) -> None:
         # `engine` is injectable (tests, other backends); by default it comes from settings.
-        cap = settings.captioner
-        self._engine = engine or build_engine(cap.engine, engine_config(cap, settings.preprocess.window_s))
+        self._settings = settings.captioner
+        self._engine = engine or make_engine(settings.captioner, settings.preprocess.window_s)
         await self._engine.start()
 
     async def caption(self, samples: np.ndarray, request_id: str) -> CaptionResult:
         return await self._engine.caption(samples, request_id)
 
+    async def facets(self, windows: list[Window], request_id: str) -> Facets:
+        """Facets of a call's captioned windows, by the configured extractor.
+
+        The guided extractor runs through this replica's engine; if it fails the lexicon
+        extractor answers (facets are never the reason an event is lost).
+        """
+        engine = self._engine
+        if self._settings.facets_extractor == "guided" and isinstance(engine, TextEngine):
+            extractor = GuidedFacetExtractor(engine, self._settings.model, max_tokens=self._settings.guided_max_tokens)
+            try:
+                return await extractor.extract(windows, request_id)
+            except GuidedExtractionError as exc:
+                log.warning("guided facets failed for %s, using the lexicon extractor: %s", request_id, exc)
+        return extract_facets(windows)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Sampling overrides from the deployment's ``user_config`` (``serve deploy`` applies them live)."""
+        overrides = SamplingOverrides.model_validate(user_config or {}).model_dump(exclude_none=True)
+        config = getattr(self._engine, "config", None)
+        if config is None or not overrides:
+            return
+        sampling = config.sampling.model_copy(update=overrides)
+        self._engine.config = config.model_copy(update={"sampling": sampling})  # type: ignore[attr-defined]
+        log.info("captioner sampling now %s", sampling)
+
+    async def stats(self) -> dict[str, Any]:
+        stats = getattr(self._engine, "stats", None)
+        return stats() if callable(stats) else {"engine": self._engine.name, "in_flight": self._engine.in_flight}
+
     async def check_health(self) -> None:
+        # Raises EngineDeadError when the engine loop has died: Serve then replaces the replica.
         await self._engine.check_health()
 
     async def __del__(self) -> None:
-        # Serve has already drained in-flight calls (graceful_shutdown_timeout_s) when this runs.
+        # Serve has stopped routing here and waited for calls in flight (graceful_shutdown_timeout_s);
+        # the engine drains whatever is still running before it stops.
         await self._engine.shutdown()

@@ -20,18 +20,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from typing import Any
+
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from services.events.jetstream import TRANSIENT_NATS_ERRORS
 
 log = logging.getLogger(__name__)
 
 
 class RetryLater(Exception):
-    """A transient fault: redeliver the message after ``delay_s``."""
+    """A transient fault: redeliver the message later (after ``delay_s``, else the consumer's delay)."""
 
-    def __init__(self, reason: str, delay_s: float = 5.0) -> None:
+    def __init__(self, reason: str, delay_s: float | None = None) -> None:
         super().__init__(reason)
         self.delay_s = delay_s
 
@@ -73,6 +77,8 @@ class PullConsumer:
         max_in_flight: int = 16,
         batch: int = 8,
         heartbeat_s: float = 10.0,
+        retry_delay_s: float = 5.0,
+        retry_delay_max_s: float = 60.0,
     ) -> None:
         self._js = js
         self._stream = stream
@@ -83,7 +89,10 @@ class PullConsumer:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._batch = batch
         self._heartbeat_s = heartbeat_s
+        self._retry_delay_s = retry_delay_s
+        self._retry_delay_max_s = retry_delay_max_s
         self._stopping = asyncio.Event()
+        self._resubscribe = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self.stats = ConsumerStats()
@@ -107,22 +116,47 @@ class PullConsumer:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=drain_timeout_s)
 
+    def resubscribe(self) -> None:
+        """Make a fresh pull subscription before the next fetch (call after a reconnect).
+
+        A pull subscription can go quiet after nats-server restarts (nats.py has an
+        open report of it); a new one is cheap and always works.
+        """
+        self._resubscribe.set()
+
+    async def _subscribe(self) -> Any:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT_NATS_ERRORS),
+            wait=wait_exponential(multiplier=0.2, max=3.0),
+            stop=stop_after_delay(3600),
+            reraise=True,
+        ):
+            with attempt:
+                return await self._js.pull_subscribe_bind(self._durable, self._stream)
+        raise AssertionError("unreachable")
+
     async def _run(self) -> None:
-        sub = await self._js.pull_subscribe_bind(self._durable, self._stream)
+        sub = await self._subscribe()
         while not self._stopping.is_set():
+            if self._resubscribe.is_set():
+                self._resubscribe.clear()
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+                sub = await self._subscribe()
             free = self._free_slots()
             if free == 0:
                 await asyncio.sleep(0.05)
                 continue
             try:
                 msgs = await sub.fetch(min(self._batch, free), timeout=1.0)
-            except NatsTimeoutError:
-                continue
-            except (ConnectionClosedError, OSError, asyncio.TimeoutError) as exc:
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                continue  # nothing to do for now
+            except TRANSIENT_NATS_ERRORS as exc:
                 # While nats-server restarts the client reconnects by itself; keep asking.
                 self.stats.fetch_errors += 1
-                log.warning("fetch from %s failed (%s); retrying", self._durable, exc)
+                log.warning("fetch from %s failed (%r); retrying", self._durable, exc)
                 await asyncio.sleep(1.0)
+                self._resubscribe.set()
                 continue
             for msg in msgs:
                 await self._slots.acquire()
@@ -138,15 +172,15 @@ class PullConsumer:
         try:
             await self._handler(msg)
         except RetryLater as exc:
-            await self._retry_or_give_up(msg, exc, delay_s=exc.delay_s)
+            await self._retry_or_give_up(msg, exc, delay_s=exc.delay_s or self._retry_delay_s)
         except Poison as exc:
             await self._poison(msg, exc)
         except Exception as exc:  # a bug or an unforeseen fault: bounded retries, then dead-letter
             log.exception("handler failed on %s", msg.subject)
-            await self._retry_or_give_up(msg, exc, delay_s=2.0)
+            await self._retry_or_give_up(msg, exc, delay_s=self._retry_delay_s)
         else:
-            await msg.ack()
-            self.stats.acked += 1
+            if await _settle(msg.ack()):
+                self.stats.acked += 1
         finally:
             heartbeat.cancel()
             self._slots.release()
@@ -157,8 +191,10 @@ class PullConsumer:
             reason = f"gave up after {deliveries} deliveries: {type(exc).__name__}: {exc}"
             await self._poison(msg, Poison("retry", reason, error=type(exc).__name__))
             return
-        await msg.nak(delay=delay_s)
-        self.stats.naked += 1
+        # Doubling delays: a restarting engine gets room, a blip costs little.
+        delay_s = min(delay_s * 2 ** (deliveries - 1), self._retry_delay_max_s)
+        if await _settle(msg.nak(delay=delay_s)):
+            self.stats.naked += 1
 
     async def _poison(self, msg: Msg, exc: Poison) -> None:
         try:
@@ -166,13 +202,24 @@ class PullConsumer:
         except Exception:
             # Could not store the dead letter: leave the message for redelivery rather than lose it.
             log.exception("dead-lettering failed; message will be redelivered")
-            await msg.nak(delay=5.0)
+            await _settle(msg.nak(delay=5.0))
             return
-        await msg.term()
+        await _settle(msg.term())
         self.stats.dead_lettered += 1
 
     async def _keep_alive(self, msg: Msg) -> None:
+        # in_progress resets the server's AckWait timer: a long recording is not redelivered mid-work.
         with contextlib.suppress(Exception):
             while True:
                 await asyncio.sleep(self._heartbeat_s)
                 await msg.in_progress()
+
+
+async def _settle(reply: Awaitable[None]) -> bool:
+    """Send an ack/nak/term; if the connection is down, the server redelivers after AckWait."""
+    try:
+        await reply
+    except TRANSIENT_NATS_ERRORS as exc:
+        log.warning("could not settle message (%s); it will be redelivered", exc)
+        return False
+    return True

@@ -8,8 +8,10 @@ stream's dedup window.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import nats
@@ -24,7 +26,10 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.errors import ConnectionClosedError, ConnectionReconnectingError, NoRespondersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.events.binding import encode_binary, encode_structured
 from services.settings import NatsSettings
@@ -32,11 +37,30 @@ from services.settings import NatsSettings
 log = logging.getLogger(__name__)
 
 
-async def connect(url: str, *, name: str) -> NATS:
+# What a nats-server restart looks like from the client: worth retrying, not worth failing an event.
+TRANSIENT_NATS_ERRORS: tuple[type[BaseException], ...] = (
+    NatsTimeoutError,
+    asyncio.TimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    ConnectionReconnectingError,
+    ConnectionClosedError,
+    OutboundBufferLimitError,
+    OSError,
+)
+
+
+async def connect(url: str, *, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None) -> NATS:
     """Connect with unbounded reconnects: a replica outlives nats-server restarts."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats %s: %s", name, exc)
+
+    async def on_reconnected() -> None:
+        log.info("nats %s: reconnected", name)
+        if on_reconnect is not None:
+            await on_reconnect()
 
     return await nats.connect(
         servers=[url],
@@ -45,7 +69,13 @@ async def connect(url: str, *, name: str) -> NATS:
         reconnect_time_wait=0.5,
         connect_timeout=5,
         error_cb=on_error,
+        reconnected_cb=on_reconnected,
     )
+
+
+def advisory_subjects(cfg: NatsSettings) -> list[str]:
+    """JetStream advisories about input messages that failed for good (see ingest/advisories.py)."""
+    return [f"$JS.EVENT.ADVISORY.CONSUMER.{kind}.{cfg.in_stream}.*" for kind in ("MAX_DELIVERIES", "MSG_TERMINATED")]
 
 
 def stream_configs(cfg: NatsSettings) -> list[StreamConfig]:
@@ -82,6 +112,14 @@ def stream_configs(cfg: NatsSettings) -> list[StreamConfig]:
             storage=StorageType.FILE,
             duplicate_window=cfg.duplicate_window_s,
         ),
+        # Advisories are core messages, lost when nobody listens: a stream keeps them.
+        StreamConfig(
+            name=cfg.advisory_stream,
+            subjects=advisory_subjects(cfg),
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_age=cfg.out_max_age_s,
+        ),
     ]
 
 
@@ -99,6 +137,7 @@ def consumer_configs(cfg: NatsSettings, rules_subjects: list[str]) -> dict[str, 
         cfg.out_stream: ConsumerConfig(
             durable_name=cfg.rules_durable, filter_subjects=rules_subjects, **common
         ),
+        cfg.advisory_stream: ConsumerConfig(durable_name=cfg.advisory_durable, **common),
     }
 
 
@@ -131,10 +170,22 @@ async def publish_event(
     *,
     msg_id: str,
     mode: Literal["binary", "structured"] = "binary",
-    timeout_s: float = 10.0,
+    timeout_s: float = 5.0,
+    retry_for_s: float = 60.0,
 ) -> bool:
-    """Publish and await the stream's ack. Returns False when JetStream saw a duplicate."""
+    """Publish and await the stream's ack. Returns False when JetStream saw a duplicate.
+
+    Retries transient faults (a restarting server) for ``retry_for_s``: the same
+    ``Nats-Msg-Id`` makes a retry of a publish that did land harmless.
+    """
     body, headers = encode_binary(event) if mode == "binary" else encode_structured(event)
     headers["Nats-Msg-Id"] = msg_id
-    ack = await js.publish(subject, body, headers=headers, timeout=timeout_s)
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT_NATS_ERRORS),
+        stop=stop_after_delay(retry_for_s),
+        wait=wait_exponential(multiplier=0.2, max=3.0),
+        reraise=True,
+    ):
+        with attempt:
+            ack = await js.publish(subject, body, headers=headers, timeout=timeout_s)
     return not ack.duplicate

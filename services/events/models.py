@@ -31,10 +31,18 @@ class ObjectRef(_Strict):
 class AudioRef(_Strict):
     """Where the audio is: exactly one of ``uri``, ``object`` or ``data_base64``."""
 
-    uri: str | None = None
+    uri: str | None = Field(
+        default=None,
+        description="A local path or file:// URI under the configured roots, or an http(s):// URL "
+        "(public addresses only, unless allow-listed).",
+    )
     object: ObjectRef | None = None
-    data_base64: str | None = None
-    format: str | None = Field(default=None, description="Declared container/codec hint, e.g. 'wav'.")
+    data_base64: str | None = Field(default=None, description="The encoded audio itself, for small clips.")
+    format: str | None = Field(
+        default=None,
+        description="Declared format, e.g. 'wav', 'mp3', 'opus', 'm4a', 'webm' or 'audio/mpeg'; "
+        "audio whose content is another format is refused.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_location(self) -> AudioRef:
@@ -79,8 +87,9 @@ class SourceEventRef(BaseModel):
 class AudioFacts(BaseModel):
     duration_s: float
     sample_rate: int = Field(description="Rate of the recording as received.")
-    channels: int
-    format: str | None = None
+    channels: int = Field(description="Channels of the recording as received.")
+    format: str | None = Field(default=None, description="Container: wav, flac, ogg, mp3, m4a, aac, webm, aiff, caf.")
+    codec: str | None = Field(default=None, description="Codec or sample encoding, e.g. pcm_16, ulaw, opus, aac.")
 
 
 class Window(BaseModel):
@@ -96,33 +105,84 @@ class Window(BaseModel):
 
 
 class ChannelAcoustics(BaseModel):
-    channel: int | None
-    role: str | None
+    """Acoustics of one kept channel (or of the down-mix), measured on the 16 kHz signal the model hears;
+    peak and clipping on the samples as received."""
+
+    channel: int | None = Field(description="Source channel; None for a down-mix of all channels.")
+    role: str | None = Field(description="The role the event gave this channel (agent, customer...), if any.")
     duration_s: float
-    rms_dbfs: float
-    peak_dbfs: float
-    silence_ratio: float
-    longest_silence_s: float
-    talk_time_s: float
+    rms_dbfs: float = Field(description="RMS level over the whole channel, dB full scale.")
+    peak_dbfs: float = Field(description="Largest sample magnitude as received, dB full scale.")
+    silence_ratio: float = Field(description="Share of 20 ms frames quieter than the silence floor (silence_dbfs).")
+    longest_silence_s: float = Field(description="Longest run of frames quieter than the silence floor.")
+    talk_time_s: float = Field(description="Seconds of speech (Silero VAD).")
+    speech_ratio: float = Field(default=0.0, description="talk_time_s / duration_s.")
+    speech_segments: int = Field(default=0, description="Number of separate stretches of speech.")
+    loudness_lufs: float = Field(
+        default=-70.0, description="Integrated loudness (ITU-R BS.1770-4, LUFS); -70 when nothing is louder."
+    )
+    clipping_ratio: float = Field(
+        default=0.0, description="Share of samples as received at or above the clip level (|x| >= clip_level)."
+    )
+    noise_dbfs: float | None = Field(
+        default=None, description="Background level: median RMS of 20 ms frames without speech, dB full scale."
+    )
+    snr_db: float | None = Field(
+        default=None, description="Speech-to-noise ratio estimate (speech frames against noise_dbfs, capped at "
+        "100); null when the channel has no speech.",
+    )
 
 
 class Acoustics(BaseModel):
+    """Acoustics of the call, for rules (``acoustics.*``). Per-channel detail is in ``channels``."""
+
     duration_s: float
     silence_ratio: float = Field(description="Share of the call where no channel is above the silence floor.")
-    longest_silence_s: float
-    dead_air_s: float
-    peak_dbfs: float
+    longest_silence_s: float = Field(description="Longest stretch where no channel is above the silence floor.")
+    dead_air_s: float = Field(description="Total of the silences (as above) lasting at least dead_air_min_s.")
+    peak_dbfs: float = Field(description="Largest sample magnitude of any channel as received, dB full scale.")
     channels: list[ChannelAcoustics]
+    speech_ratio: float = Field(default=0.0, description="Share of the call where someone speaks (Silero VAD).")
+    talk_time_s: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds of speech per role; channels without a role are keyed ch<N>, a down-mix 'all'.",
+    )
+    non_talk_s: float = Field(default=0.0, description="Seconds where nobody speaks (silence, hold music, noise).")
+    longest_non_talk_s: float = Field(default=0.0, description="Longest stretch where nobody speaks.")
+    overtalk_s: float = Field(
+        default=0.0, description="Seconds where two or more channels speak at once; 0 for a down-mix."
+    )
+    overtalk_ratio: float = Field(default=0.0, description="overtalk_s / duration_s.")
+    overtalk_count: int = Field(
+        default=0, description="Episodes of overtalk lasting at least overtalk_min_s (backchannels are shorter)."
+    )
+    loudness_lufs: float = Field(
+        default=-70.0, description="Integrated loudness of all kept channels together (BS.1770-4, LUFS)."
+    )
+    clipping_ratio: float = Field(default=0.0, description="Clipping ratio of the most clipped channel.")
+    snr_db: float | None = Field(
+        default=None, description="SNR estimate of the noisiest channel with speech; null when nobody speaks."
+    )
+
+
+# The facet records and their fixed taxonomy live beside the extractor that fills them.
+from services.captioner.facets_model import EmotionFacet, SoundEventFacet  # noqa: E402
 
 
 class Facets(BaseModel):
-    """Structured facts for rules. Filled by the facet extractor (issue 4)."""
+    """Structured facts for rules, extracted from the window captions (docs/facets.md).
 
-    emotions: list[dict[str, Any]] = Field(default_factory=list)
-    sound_events: list[dict[str, Any]] = Field(default_factory=list)
-    languages: list[str] = Field(default_factory=list)
+    Every emotion and sound event points at its window (index and times) and the caption
+    span that supports it. ``speech_present`` / ``music_present`` are None only when no
+    extractor ran.
+    """
+
+    emotions: list[EmotionFacet] = Field(default_factory=list)
+    sound_events: list[SoundEventFacet] = Field(default_factory=list)
+    languages: list[str] = Field(default_factory=list, description="ISO 639-1 codes (yue for Cantonese), first seen first.")
     speech_present: bool | None = None
     music_present: bool | None = None
+    extractor: str | None = Field(default=None, description="'lexicon' or 'guided'; None when none ran.")
 
 
 class AudioCaptioned(BaseModel):
@@ -138,6 +198,7 @@ class AudioCaptioned(BaseModel):
     model: str
     engine: str
     timings: dict[str, float]
+    deliveries: int = Field(default=1, description="JetStream deliveries the input needed; >1 means it was retried.")
 
 
 Stage = Literal["decode-event", "validate", "fetch", "decode-audio", "preprocess", "caption", "publish", "rules", "retry"]

@@ -11,26 +11,38 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI
 from nats.aio.msg import Msg
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
-from services.captioner.errors import EngineDeadError
-from services.events.consumer import PullConsumer, RetryLater
+from services.captioner.errors import CaptionGenerationError, EngineDeadError
+from services.events.consumer import Poison, PullConsumer, RetryLater
 from services.events.deadletter import dead_letter
 from services.events.jetstream import connect, derive_msg_id, provision, publish_event
-from services.events.models import AudioSubmitted
-from services.ingest.pipeline import caption_submitted, parse_submitted
+from services.events.models import AudioSubmitted, Facets, Window
+from services.ingest.adapters import AdapterSet, load_adapters
+from services.ingest.advisories import handle_advisory
+from services.ingest.http import HttpIngest, app_for
+from services.ingest.pipeline import caption_submitted, lexicon_facets, parse_submitted
 from services.preprocess.pipeline import PreparedAudio
 from services.settings import Settings
 
 # Faults of the serving system, not of the event: try again later.
-_TRANSIENT = (RayActorError, BackPressureError, RequestCancelledError, EngineDeadError, TimeoutError)
+_TRANSIENT = (
+    RayActorError,
+    BackPressureError,
+    RequestCancelledError,
+    EngineDeadError,
+    CaptionGenerationError,
+    TimeoutError,
+)
 
 
 @serve.deployment(name="Ingress")
+@serve.ingress()  # the app comes from __serve_build_asgi_app__ (see services/ingest/http.py)
 class Ingress:
     async def __init__(
         self,
@@ -44,19 +56,52 @@ class Ingress:
         self._preprocessor = preprocessor
         self._captioner = captioner
         self._rules = rules
-        self._nc = await connect(settings.nats.url, name="listenpost-ingress")
+        self._nc = await connect(settings.nats.url, name="listenpost-ingress", on_reconnect=self._on_reconnect)
         self._js = self._nc.jetstream()
-        await provision(self._js, settings.nats, settings.rules.subjects(settings.nats))
+        self._adapters = load_adapters(settings.adapters.directory) if settings.adapters.enabled else AdapterSet()
+        cfg = settings.nats
+        await provision(self._js, cfg, settings.rules.subjects(cfg))
+        consumer_options = {
+            "max_deliver": cfg.max_deliver,
+            "heartbeat_s": cfg.ack_wait_s / 3,
+            "retry_delay_s": cfg.retry_delay_s,
+            "retry_delay_max_s": cfg.retry_delay_max_s,
+            "batch": cfg.fetch_batch,
+        }
         self._consumer = PullConsumer(
             self._js,
-            stream=settings.nats.in_stream,
-            durable=settings.nats.ingest_durable,
+            stream=cfg.in_stream,
+            durable=cfg.ingest_durable,
             handler=self._handle,
-            dead_letter=lambda msg, poison: dead_letter(self._js, settings.nats, settings.source, msg, poison),
-            max_deliver=settings.nats.max_deliver,
+            dead_letter=self._dead_letter,
             max_in_flight=settings.ingest_max_in_flight,
+            **consumer_options,
+        )
+        self._advisories = PullConsumer(
+            self._js,
+            stream=cfg.advisory_stream,
+            durable=cfg.advisory_durable,
+            handler=lambda msg: handle_advisory(self._js, cfg, settings.source, msg),
+            dead_letter=self._dead_letter,
+            max_in_flight=4,
+            **consumer_options,
         )
         self._consumer.start()
+        self._advisories.start()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """POST /events (HTTP CloudEvents ingress) when enabled; unrouted otherwise."""
+        cfg = self._settings
+        if not cfg.http.enabled:
+            return app_for(None)
+        return app_for(HttpIngest(js=self._js, nats=cfg.nats, http=cfg.http, adapters=self._adapters))
+
+    async def _on_reconnect(self) -> None:
+        for consumer in (self._consumer, self._advisories):
+            consumer.resubscribe()
+
+    async def _dead_letter(self, msg: Msg, poison: Poison) -> None:
+        await dead_letter(self._js, self._settings.nats, self._settings.source, msg, poison)
 
     async def _prepare(self, submitted: AudioSubmitted) -> PreparedAudio:
         return await self._preprocessor.prepare.remote(submitted)
@@ -64,8 +109,13 @@ class Ingress:
     async def _caption(self, samples: np.ndarray, request_id: str) -> Any:
         return await self._captioner.caption.remote(samples, request_id)
 
+    async def _facets(self, windows: list[Window], request_id: str) -> Facets:
+        if self._settings.captioner.facets_extractor == "guided":
+            return await self._captioner.facets.remote(windows, request_id)  # through the same engine
+        return await lexicon_facets(windows, request_id)
+
     async def _handle(self, msg: Msg) -> None:
-        event, submitted = parse_submitted(msg.data, msg.headers)
+        event, submitted = parse_submitted(msg.data, msg.headers, self._adapters)
         cfg = self._settings
         try:
             captioned = await caption_submitted(
@@ -76,9 +126,11 @@ class Ingress:
                 model=cfg.captioner.model,
                 engine=cfg.captioner.engine,
                 source=cfg.source,
+                deliveries=msg.metadata.num_delivered,
+                facets=self._facets,
             )
         except _TRANSIENT as exc:
-            raise RetryLater(f"{type(exc).__name__}: {exc}", delay_s=10.0) from exc
+            raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
         msg_id = derive_msg_id("captioned", event.get_source(), event.get_id())
         await publish_event(self._js, cfg.nats.subject("captioned"), captioned, msg_id=msg_id)
 
@@ -91,9 +143,11 @@ class Ingress:
         }
 
     async def check_health(self) -> None:
-        if (failure := self._consumer.failure) is not None:
-            raise RuntimeError(f"ingest consumer loop died: {failure!r}")
+        for consumer in (self._consumer, self._advisories):
+            if (failure := consumer.failure) is not None:
+                raise RuntimeError(f"ingest consumer loop died: {failure!r}")
 
     async def __del__(self) -> None:
+        await self._advisories.stop()
         await self._consumer.stop()
         await self._nc.drain()

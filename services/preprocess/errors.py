@@ -1,12 +1,24 @@
-"""Errors of preprocessing. Each maps to a dead-letter ``stage`` and a specific reason."""
+"""Errors of preprocessing. Each maps to a dead-letter ``stage`` and a specific reason.
+
+The ingress dead-letters a :class:`PreprocessError` with ``stage`` and ``str(exc)``.
+``retryable`` marks the few failures that may pass on a later delivery (a
+server timing out, an HTTP 503): the ingress may redeliver those instead of
+dead-lettering them.
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class PreprocessError(Exception):
-    """Base: the input cannot be turned into windows. Never worth a redelivery."""
+    """Base: the input cannot be turned into windows."""
 
-    stage = "preprocess"
+    stage: ClassVar[str] = "preprocess"
+    retryable: bool = False
+
+
+# --- fetch: getting the encoded bytes ---------------------------------------------------------------
 
 
 class SourceError(PreprocessError):
@@ -22,7 +34,7 @@ class PathOutsideRootsError(SourceError):
 
 
 class SourceNotFoundError(SourceError):
-    """The file or object named by the event does not exist."""
+    """The file, URL (HTTP 404/410) or object named by the event does not exist."""
 
 
 class InlineAudioError(SourceError):
@@ -33,25 +45,92 @@ class SourceTooLargeError(SourceError):
     """The audio is larger than the configured byte limit."""
 
 
+class BlockedAddressError(SourceError):
+    """An http(s) URL (or a redirect) points at a private, loopback, link-local or reserved address."""
+
+
+class RedirectError(SourceError):
+    """Too many redirects, a redirect without a Location, or one to a scheme we do not fetch."""
+
+
+class HttpStatusError(SourceError):
+    """The server answered with an error status other than 404/410."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = status == 429 or status >= 500
+
+
+class SourceTimeoutError(SourceError):
+    """The server did not answer or send data within the configured time."""
+
+    retryable = True
+
+
+class SourceUnavailableError(SourceError):
+    """The host could not be resolved or reached, or the object store failed."""
+
+    retryable = True
+
+
+# --- decode-audio: turning bytes into samples -------------------------------------------------------
+
+
 class AudioDecodeError(PreprocessError):
-    """The bytes are not audio we can decode (corrupt, truncated or unknown format)."""
+    """The bytes are not audio we can decode (corrupt or of an unknown kind)."""
 
     stage = "decode-audio"
 
 
+class UnsupportedFormatError(AudioDecodeError):
+    """The content (or the declared format) is no container we decode."""
+
+
+class FormatMismatchError(AudioDecodeError):
+    """The event declares one format (``audio.format``) and the bytes are another."""
+
+
+class TruncatedAudioError(AudioDecodeError):
+    """The audio ends before its header says, or breaks off while decoding."""
+
+
 class EmptyAudioError(AudioDecodeError):
-    """The audio decodes to zero samples or zero channels."""
+    """The audio is 0 bytes or decodes to zero samples."""
+
+
+class ZeroChannelsError(EmptyAudioError):
+    """The header declares zero channels, or the container holds no audio stream."""
 
 
 class InvalidSamplesError(AudioDecodeError):
     """The decoded samples contain NaN or infinite values."""
 
 
-class AudioTooLongError(PreprocessError):
+# --- validate: audio that decodes, but that we refuse ----------------------------------------------
+
+
+class AudioRejectedError(PreprocessError):
+    """Decodable audio outside what this deployment accepts."""
+
+    stage = "validate"
+
+
+class AudioTooLongError(AudioRejectedError):
     """The recording is longer than the configured maximum duration."""
 
 
-class ChannelRoleError(PreprocessError):
-    """The event names a channel the recording does not have."""
+class TooManyChannelsError(AudioRejectedError):
+    """More channels than the configured maximum."""
 
-    stage = "validate"
+
+class SampleRateError(AudioRejectedError):
+    """A sample rate outside the configured range."""
+
+
+class AllSilentError(AudioRejectedError):
+    """Nothing in the recording is louder than the all-silent floor: there is nothing to caption."""
+
+
+class ChannelRoleError(AudioRejectedError):
+    """The event names a channel the recording does not have."""

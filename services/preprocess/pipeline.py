@@ -1,4 +1,10 @@
-"""Bytes + the submitted event -> model windows and acoustics. Pure: no I/O."""
+"""Bytes + the submitted event -> model windows and acoustics. Pure: no I/O.
+
+The stages, in order: sniff the container and check the declared format;
+decode in blocks, keeping or down-mixing channels and resampling each kept
+channel to 16 kHz as the blocks come; refuse what is too long, cut short or
+silent; find speech (Silero VAD); cut windows in pauses; measure the call.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.events.models import Acoustics, AudioFacts, AudioSubmitted
-from services.preprocess.acoustics import measure
-from services.preprocess.channels import MODEL_RATE, split_channels
-from services.preprocess.decode import decode_audio
-from services.preprocess.errors import AudioTooLongError
-from services.preprocess.windows import plan_windows
+from services.preprocess.acoustics import FRAME_S, AcousticLimits, ChannelMeasure, frame_power, measure
+from services.preprocess.channels import MODEL_RATE, ChannelAudio, ChannelCollector, plan_channels
+from services.preprocess.decode import StreamInfo, check_complete, open_audio
+from services.preprocess.errors import AllSilentError, AudioTooLongError, SampleRateError, TooManyChannelsError
+from services.preprocess.formats import check_declared, sniff
+from services.preprocess.vad import SpeechDetector, VadParams, default_detector
+from services.preprocess.windows import WindowSpan, plan_speech_windows
 from services.settings import PreprocessSettings
 
 
@@ -30,30 +38,122 @@ class PreparedAudio:
     facts: AudioFacts
     windows: list[ModelWindow]
     acoustics: Acoustics
+    # Speech segments ((n, 2) seconds) of each kept channel, in the order of acoustics.channels.
+    speech: tuple[np.ndarray, ...] = ()
 
 
-def prepare(data: bytes, submitted: AudioSubmitted, settings: PreprocessSettings) -> PreparedAudio:
-    decoded = decode_audio(data)
-    if decoded.duration_s > settings.max_duration_s:
-        raise AudioTooLongError(
-            f"audio is {decoded.duration_s:.1f} s long, over the limit of {settings.max_duration_s:.0f} s"
-        )
-    channels = split_channels(decoded, submitted.channels, settings.channel_mode)
-    min_samples = int(settings.min_window_s * MODEL_RATE)
-    windows: list[ModelWindow] = []
-    for ch in channels:
-        for span in plan_windows(ch.duration_s, settings.window_s):
-            samples = ch.samples[int(round(span.start * MODEL_RATE)) : int(round(span.end * MODEL_RATE))]
-            if samples.shape[0] < min_samples:
-                # The model needs a minimum of audio to form one token; silence pads a blip.
-                samples = np.pad(samples, (0, min_samples - samples.shape[0]))
-            windows.append(
-                ModelWindow(len(windows), round(span.start, 3), round(span.end, 3), ch.channel, ch.role, samples)
-            )
-    facts = AudioFacts(
-        duration_s=round(decoded.duration_s, 3),
-        sample_rate=decoded.sample_rate,
-        channels=decoded.channels,
-        format=decoded.format,
+def prepare(
+    data: bytes,
+    submitted: AudioSubmitted,
+    settings: PreprocessSettings,
+    *,
+    detector: SpeechDetector | None = None,
+) -> PreparedAudio:
+    info, channels = decode_channels(data, submitted, settings)
+    powers = [frame_power(ch.samples) for ch in channels]
+    _check_not_silent(channels, powers, settings.silent_audio_dbfs)
+    detector = detector or default_detector()
+    params = VadParams(
+        threshold=settings.vad_threshold,
+        min_speech_s=settings.vad_min_speech_s,
+        min_silence_s=settings.vad_min_silence_s,
+        pad_s=settings.vad_pad_s,
+        gate_dbfs=settings.vad_gate_dbfs,
     )
-    return PreparedAudio(facts=facts, windows=windows, acoustics=measure(channels, settings.silence_dbfs))
+    measures = [
+        ChannelMeasure(audio=ch, power=power, speech=detector.segments(ch.samples, params))
+        for ch, power in zip(channels, powers, strict=True)
+    ]
+    windows: list[ModelWindow] = []
+    for m in measures:
+        for span in _spans(m, settings):
+            windows.append(_window(len(windows), m.audio, span, settings.min_window_s))
+    facts = AudioFacts(
+        duration_s=round(channels[0].source_frames / info.sample_rate, 3),
+        sample_rate=info.sample_rate,
+        channels=info.channels,
+        format=info.container,
+        codec=info.codec,
+    )
+    limits = AcousticLimits(
+        silence_dbfs=settings.silence_dbfs,
+        dead_air_min_s=settings.dead_air_min_s,
+        overtalk_min_s=settings.overtalk_min_s,
+    )
+    return PreparedAudio(
+        facts=facts, windows=windows, acoustics=measure(measures, limits), speech=tuple(m.speech for m in measures)
+    )
+
+
+def decode_channels(
+    data: bytes, submitted: AudioSubmitted, settings: PreprocessSettings
+) -> tuple[StreamInfo, list[ChannelAudio]]:
+    """Decode block by block into the kept (or down-mixed) channels at 16 kHz, within the limits."""
+    container = sniff(data)
+    check_declared(submitted.audio.format, container)
+    with open_audio(data, container) as reader:
+        info = reader.info
+        _check_stream(info, settings)
+        limit = int(settings.max_duration_s * info.sample_rate)
+        collector = ChannelCollector(
+            plan_channels(info.channels, submitted.channels, settings.channel_mode),
+            rate=info.sample_rate,
+            clip_level=settings.clip_level,
+            # Room for what the header declares, up to an hour: a lying header cannot reserve more.
+            expected_frames=min(info.declared_frames or limit, limit, 3600 * info.sample_rate),
+        )
+        for block in reader.blocks():
+            collector.add(block)
+            if collector.frames > limit:  # stop decoding: memory stays bounded by the limit
+                raise AudioTooLongError(
+                    f"audio is longer than the limit of {settings.max_duration_s:.0f} s "
+                    f"(decoding stopped at {collector.frames / info.sample_rate:.1f} s)"
+                )
+        check_complete(info, collector.frames)
+        return info, collector.finish()
+
+
+def _check_stream(info: StreamInfo, settings: PreprocessSettings) -> None:
+    """Refuse, from the header alone, what we would refuse after decoding."""
+    if info.channels > settings.max_channels:
+        raise TooManyChannelsError(f"audio has {info.channels} channels, over the limit of {settings.max_channels}")
+    if not settings.min_sample_rate <= info.sample_rate <= settings.max_sample_rate:
+        raise SampleRateError(
+            f"audio sample rate {info.sample_rate} Hz is outside the accepted "
+            f"{settings.min_sample_rate}-{settings.max_sample_rate} Hz"
+        )
+    declared = info.declared_duration_s
+    if declared is not None and declared > settings.max_duration_s:
+        raise AudioTooLongError(f"audio is {declared:.1f} s long, over the limit of {settings.max_duration_s:.0f} s")
+
+
+def _check_not_silent(channels: list[ChannelAudio], powers: list[np.ndarray], floor_dbfs: float) -> None:
+    loudest = max(float(p.max(initial=0.0)) for p in powers)
+    if loudest < 10 ** (floor_dbfs / 10):
+        level = 10 * np.log10(loudest) if loudest > 0 else float("-inf")
+        peak = max(ch.peak for ch in channels)
+        raise AllSilentError(
+            f"audio is silent throughout: its loudest 20 ms is {level:.1f} dBFS (peak "
+            f"{20 * np.log10(peak) if peak > 0 else float('-inf'):.1f} dBFS), below the {floor_dbfs:.0f} dBFS floor"
+        )
+
+
+def _spans(m: ChannelMeasure, settings: PreprocessSettings) -> list[WindowSpan]:
+    return plan_speech_windows(
+        m.audio.duration_s,
+        m.speech,
+        m.levels_dbfs,
+        FRAME_S,
+        max_window_s=settings.window_s,
+        overlap_s=min(settings.window_overlap_s, settings.window_s / 4),
+        min_pause_s=settings.window_min_pause_s,
+    )
+
+
+def _window(index: int, audio: ChannelAudio, span: WindowSpan, min_window_s: float) -> ModelWindow:
+    samples = audio.samples[int(round(span.start * MODEL_RATE)) : int(round(span.end * MODEL_RATE))]
+    min_samples = int(min_window_s * MODEL_RATE)
+    if samples.shape[0] < min_samples:
+        # The model needs a minimum of audio to form one token; silence pads a blip.
+        samples = np.pad(samples, (0, min_samples - samples.shape[0]))
+    return ModelWindow(index, round(span.start, 3), round(span.end, 3), audio.channel, audio.role, samples)

@@ -1,16 +1,25 @@
 """Fetching audio bytes from where an ``audio.submitted`` event points.
 
-Supported here: local paths and ``file://`` URIs (confined to configured
-roots), inline ``data_base64``, and the NATS object store.
+- local paths and ``file://`` URIs, confined to configured roots;
+- ``http(s)://`` URLs, see :mod:`.http_source`;
+- the NATS object store (``object: {bucket, name}``, the claim check);
+- inline ``data_base64``.
+
+Each failure is its own :class:`SourceError` subclass with a specific message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import ParseResult, unquote, urlparse
+
+from nats.js.client import JetStreamContext
+from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectDeletedError, ObjectNotFoundError
+from nats.errors import Error as NatsError
 
 from services.events.models import AudioRef, ObjectRef
 from services.preprocess.errors import (
@@ -18,18 +27,41 @@ from services.preprocess.errors import (
     PathOutsideRootsError,
     SourceNotFoundError,
     SourceTooLargeError,
+    SourceUnavailableError,
     UnsupportedSourceError,
 )
+from services.preprocess.http_source import HttpPolicy, fetch_http
+from services.settings import PreprocessSettings
 
 ObjectGetter = Callable[[ObjectRef], Awaitable[bytes]]
+
+__all__ = ["HttpPolicy", "ObjectGetter", "fetch_audio", "http_policy", "read_object", "resolve_local_path"]
+
+
+def http_policy(settings: PreprocessSettings) -> HttpPolicy:
+    return HttpPolicy(
+        allow_private=tuple(settings.http_allow_private),
+        connect_timeout_s=settings.http_connect_timeout_s,
+        read_timeout_s=settings.http_read_timeout_s,
+        total_timeout_s=settings.http_total_timeout_s,
+        max_redirects=settings.http_max_redirects,
+        ca_file=str(settings.http_ca_file) if settings.http_ca_file else None,
+    )
+
+
+def _parse(uri: str) -> ParseResult:
+    try:
+        return urlparse(uri)
+    except ValueError as exc:  # e.g. "http://[not-an-ip/": a bad URI is the input's fault, not ours
+        raise UnsupportedSourceError(f"invalid audio URL: {exc}") from exc
 
 
 def resolve_local_path(uri: str, roots: Sequence[Path]) -> Path:
     """Map a path or file:// URI to a real path, refusing anything outside ``roots``.
 
-    Symlinks and ``..`` are resolved first, so neither can escape a root.
+    Symlinks, ``..`` and percent-encoded ``%2E%2E`` are resolved first, so none can escape a root.
     """
-    parsed = urlparse(uri)
+    parsed = _parse(uri)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise UnsupportedSourceError(f"file:// URI with a remote host is not supported: {uri!r}")
@@ -38,6 +70,8 @@ def resolve_local_path(uri: str, roots: Sequence[Path]) -> Path:
         raw = uri
     else:
         raise UnsupportedSourceError(f"unsupported audio URI scheme {parsed.scheme!r} in {uri!r}")
+    if "\x00" in raw:
+        raise UnsupportedSourceError(f"audio path contains a NUL byte: {uri!r}")
     path = Path(raw).expanduser().resolve()
     resolved_roots = [Path(root).expanduser().resolve() for root in roots]
     if not any(path.is_relative_to(root) for root in resolved_roots):
@@ -55,17 +89,53 @@ def read_local(path: Path, max_bytes: int) -> bytes:
         raise SourceNotFoundError(f"audio path is not a regular file: {str(path)!r}")
     if size > max_bytes:
         raise SourceTooLargeError(f"audio file {str(path)!r} is {size} bytes, over the limit of {max_bytes}")
-    return path.read_bytes()
+    try:
+        with path.open("rb") as f:
+            # Read what stat() promised, then check the file did not grow past the limit since.
+            # (Never read(max_bytes): Python would allocate the whole limit up front.)
+            data = f.read(size)
+            while len(data) <= max_bytes and (more := f.read(1 << 20)):
+                data += more
+    except PermissionError as exc:
+        raise SourceNotFoundError(f"audio file {str(path)!r} cannot be read: permission denied") from exc
+    except OSError as exc:
+        raise SourceUnavailableError(f"audio file {str(path)!r} cannot be read: {exc}") from exc
+    if len(data) > max_bytes:
+        raise SourceTooLargeError(f"audio file {str(path)!r} is over the limit of {max_bytes} bytes")
+    return data
 
 
 def decode_inline(data_base64: str, max_bytes: int) -> bytes:
     # base64 is 4/3 of the payload: refuse before decoding a huge string.
-    if len(data_base64) * 3 // 4 > max_bytes:
+    if len(data_base64) * 3 // 4 > max_bytes + 3:
         raise InlineAudioError(f"inline audio is larger than the limit of {max_bytes} bytes")
     try:
-        return base64.b64decode(data_base64, validate=True)
+        data = base64.b64decode("".join(data_base64.split()), validate=True)  # line breaks are common
     except (binascii.Error, ValueError) as exc:
         raise InlineAudioError(f"inline audio is not valid base64: {exc}") from exc
+    if len(data) > max_bytes:
+        raise InlineAudioError(f"inline audio is larger than the limit of {max_bytes} bytes")
+    return data
+
+
+async def read_object(js: JetStreamContext, ref: ObjectRef, *, max_bytes: int) -> bytes:
+    """An object from the NATS object store; its size is checked before it is downloaded."""
+    where = f"{ref.bucket}/{ref.name}"
+    try:
+        store = await js.object_store(ref.bucket)
+        info = await store.get_info(ref.name)
+        if (info.size or 0) > max_bytes:
+            raise SourceTooLargeError(f"object {where} is {info.size} bytes, over the limit of {max_bytes}")
+        result = await store.get(ref.name)
+    except BucketNotFoundError as exc:
+        raise SourceNotFoundError(f"object store bucket {ref.bucket!r} not found") from exc
+    except ObjectDeletedError as exc:
+        raise SourceNotFoundError(f"object {where} was deleted from the NATS object store") from exc
+    except (ObjectNotFoundError, NotFoundError) as exc:
+        raise SourceNotFoundError(f"object {where} not found in the NATS object store") from exc
+    except (NatsError, TimeoutError) as exc:
+        raise SourceUnavailableError(f"could not read object {where}: {type(exc).__name__}: {exc}") from exc
+    return bytes(result.data or b"")
 
 
 async def fetch_audio(
@@ -74,10 +144,15 @@ async def fetch_audio(
     roots: Sequence[Path],
     max_bytes: int,
     get_object: ObjectGetter | None = None,
+    http: HttpPolicy | None = None,
+    max_inline_bytes: int | None = None,
 ) -> bytes:
-    """Return the raw (still encoded) audio bytes the reference points at."""
+    """Return the raw (still encoded) audio bytes the reference points at.
+
+    ``http`` None fetches http(s) URLs with the default policy (public addresses only).
+    """
     if ref.data_base64 is not None:
-        return decode_inline(ref.data_base64, max_bytes)
+        return decode_inline(ref.data_base64, min(max_bytes, max_inline_bytes or max_bytes))
     if ref.object is not None:
         if get_object is None:
             raise UnsupportedSourceError("audio in the NATS object store, but no object store is connected")
@@ -86,4 +161,8 @@ async def fetch_audio(
             raise SourceTooLargeError(f"object {ref.object.bucket}/{ref.object.name} is over {max_bytes} bytes")
         return data
     assert ref.uri is not None  # AudioRef guarantees exactly one location
-    return read_local(resolve_local_path(ref.uri, roots), max_bytes)
+    if _parse(ref.uri).scheme.lower() in ("http", "https"):
+        return await fetch_http(ref.uri, max_bytes=max_bytes, policy=http or HttpPolicy())
+    path = resolve_local_path(ref.uri, roots)
+    # A large file takes a while to read: keep the event loop free meanwhile.
+    return await asyncio.to_thread(read_local, path, max_bytes)

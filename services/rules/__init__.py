@@ -1,11 +1,15 @@
 """The rules engine's pure core: load YAML rule files, evaluate them, build decisions.
 
 No NATS, no Ray: plain functions on plain data, so lint, test, explain and
-backtest run the exact code the engine runs.
+backtest run the exact code the engine runs. The engine's state (debounce
+streaks, alert dedup, rate limits, groups, silences) sits behind the
+:class:`~services.rules.state.StateStore` interface: in memory for tests and
+tools, NATS KV in the service.
 """
 
 from .decisions import (
     ALERT_RAISED,
+    DEFAULT_EMIT_SUBJECTS,
     DEFAULT_PREFIX,
     ROUTE_DECIDED,
     RULE_FAILED,
@@ -16,15 +20,17 @@ from .decisions import (
     fingerprint,
 )
 from .errors import RuleFileError, RuleSetError
-from .evaluate import Evaluation, RuleError, RuleMatch, evaluate, rule_variables
+from .evaluate import DEFAULT_LIMITS, Evaluation, Limits, RuleError, RuleMatch, Streak, evaluate, rule_variables
 from .expr import VARIABLES
-from .loader import lint, load_ruleset, rule_files
+from .loader import lint, load_ruleset, load_sources, rule_files
 from .ruleset import CompiledAction, CompiledRule, RuleSet
-from .schema import API_VERSION, KIND, RuleFileSpec, RuleSpec
+from .schema import API_VERSION, KIND, RuleFileSpec, RuleSpec, json_schema
 
 __all__ = [
     "ALERT_RAISED",
     "API_VERSION",
+    "DEFAULT_EMIT_SUBJECTS",
+    "DEFAULT_LIMITS",
     "DEFAULT_PREFIX",
     "KIND",
     "ROUTE_DECIDED",
@@ -36,6 +42,7 @@ __all__ = [
     "CompiledRule",
     "Decision",
     "Evaluation",
+    "Limits",
     "RuleError",
     "RuleFileError",
     "RuleFileSpec",
@@ -43,11 +50,14 @@ __all__ = [
     "RuleSet",
     "RuleSetError",
     "RuleSpec",
+    "Streak",
     "decision_id",
     "evaluate",
     "fingerprint",
+    "json_schema",
     "lint",
     "load_ruleset",
+    "load_sources",
     "rule_files",
     "rule_variables",
 ]

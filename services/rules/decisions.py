@@ -12,12 +12,11 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from .ruleset import CompiledAction, CompiledRule
-from .schema import AlertSpec, RouteSpec, TagSpec
+from .schema import AlertSpec, EmitSpec, RouteSpec, TagSpec
 
 ROUTE_DECIDED = "com.listenpost.route.decided"
 ALERT_RAISED = "com.listenpost.alert.raised"
@@ -25,16 +24,19 @@ TAG_ADDED = "com.listenpost.tag.added"
 RULE_SHADOW_MATCHED = "com.listenpost.rule.shadowmatched"
 RULE_FAILED = "com.listenpost.rule.failed"
 DEFAULT_PREFIX = "listenpost"
+#: Where `emit` may publish (below the prefix) unless settings say otherwise:
+#: inside what the LISTENPOST_OUT stream stores.
+DEFAULT_EMIT_SUBJECTS: tuple[str, ...] = ("rules.emit.>",)
 
-DecisionKind = Literal["route", "alert", "tag", "shadow", "error"]
+DecisionKind = Literal["route", "alert", "tag", "emit", "shadow", "error"]
+ACTION_DECISIONS = ("route", "alert", "tag", "emit")
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$")
 
 
-class Decision(BaseModel):
-    """One output event to publish."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One output event to publish (a plain dataclass: built for every match, on the hot path)."""
 
     id: str
     kind: DecisionKind
@@ -44,6 +46,11 @@ class Decision(BaseModel):
     ruleset_version: str
     data: dict[str, Any]
     fingerprint: str | None = None  # alerts only: same rule + labels -> same alert
+    action_index: int | None = None  # which action of the rule (alerts: its hygiene settings)
+
+    def model_dump(self, *, exclude_none: bool = False) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in out.items() if v is not None} if exclude_none else out
 
 
 def check_prefix(prefix: str) -> str:
@@ -52,9 +59,27 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def subject_allowed(subject: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    """NATS wildcard matching of a literal subject against ``*``/``>`` patterns."""
+    tokens = subject.split(".")
+    for pattern in patterns:
+        parts = pattern.split(".")
+        for i, part in enumerate(parts):
+            if part == ">":
+                if len(tokens) > i:
+                    return True
+                break
+            if i >= len(tokens) or (part != "*" and part != tokens[i]):
+                break
+        else:
+            if len(parts) == len(tokens):
+                return True
+    return False
+
+
 def decision_id(rule_id: str, version: str, source: str, event_id: str, slot: int | str) -> str:
-    # JSON, not string concatenation: ("a-b", "c") and ("a", "b-c") must not collide.
-    key = json.dumps([rule_id, version, source, event_id, slot], separators=(",", ":"))
+    # Length-prefixed parts, not plain concatenation: ("a-b", "c") and ("a", "b-c") must not collide.
+    key = "".join(f"{len(part)}:{part};" for part in (rule_id, version, source, event_id, str(slot)))
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -78,64 +103,97 @@ class DecisionBuilder:
         # The CloudEvents extension `callid` carries it for events without data.context.
         self.callid = callid if callid is not None else event.get("callid")
 
-    def action(self, rule: CompiledRule, action: CompiledAction) -> Decision:
-        params = self.render(rule, action)
+    def action(self, rule: CompiledRule, action: CompiledAction, evidence: Mapping[str, Any] | None = None) -> Decision:
+        params = self.render(rule, action, evidence)
         spec = action.spec.spec
         if isinstance(spec, RouteSpec):
-            return self._decision(rule, action.index, "route", ROUTE_DECIDED, f"routes.{spec.queue}", params)
+            return self._decision(rule, action, "route", ROUTE_DECIDED, f"routes.{spec.queue}", params, evidence)
         if isinstance(spec, AlertSpec):
             return self._decision(
-                rule, action.index, "alert", ALERT_RAISED, f"alerts.{spec.severity}", params,
+                rule, action, "alert", ALERT_RAISED, f"alerts.{spec.severity}", params, evidence,
                 alert_fingerprint=params["fingerprint"],
             )  # fmt: skip
+        if isinstance(spec, EmitSpec):
+            # The author's data, as written: the consumer of an emitted type owns its schema.
+            return Decision(
+                id=decision_id(rule.id, self.version, self.source, self.event_id, action.index),
+                kind="emit",
+                type=spec.type,
+                subject=f"{self.prefix}.{spec.subject}",
+                rule_id=rule.id,
+                ruleset_version=self.version,
+                data=params["data"],
+                action_index=action.index,
+            )
         assert isinstance(spec, TagSpec)
-        return self._decision(rule, action.index, "tag", TAG_ADDED, "tags", params)
+        return self._decision(rule, action, "tag", TAG_ADDED, "tags", params, evidence)
 
-    def shadow(self, rule: CompiledRule) -> Decision:
+    def shadow(self, rule: CompiledRule, evidence: Mapping[str, Any] | None = None) -> Decision:
         # What the rule would have done: lets it prove itself before it acts.
-        would = [{"kind": a.kind, **self.render(rule, a)} for a in rule.actions]
-        return self._decision(rule, "shadow", "shadow", RULE_SHADOW_MATCHED, "rules.shadow", {"actions": would})
+        would = [{"kind": a.kind, **self.render(rule, a, evidence)} for a in rule.actions]
+        return self._decision(rule, "shadow", "shadow", RULE_SHADOW_MATCHED, "rules.shadow", {"actions": would}, evidence)
 
     def error(self, rule: CompiledRule, message: str) -> Decision:
         return self._decision(
-            rule, "error", "error", RULE_FAILED, "rules.errors", {"mode": rule.mode, "error": message}
+            rule, "error", "error", RULE_FAILED, "rules.errors", {"mode": rule.mode, "error": message}, None
         )
 
-    def render(self, rule: CompiledRule, action: CompiledAction) -> dict[str, Any]:
+    def template_variables(self, rule: CompiledRule, evidence: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {
+            **self.variables,
+            "match": dict(evidence or {}),
+            "rule": {"id": rule.id, "owner": rule.owner, "description": rule.spec.description, "priority": rule.spec.priority},
+        }
+
+    def render(
+        self, rule: CompiledRule, action: CompiledAction, evidence: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The action's parameters with templates filled in."""
         spec = action.spec.spec
         if isinstance(spec, RouteSpec):
             return {"queue": spec.queue}
-        if isinstance(spec, AlertSpec):
-            assert action.summary is not None
-            labels = {name: template.render(self.variables) for name, template in action.labels}
-            return {
-                "severity": spec.severity,
-                "summary": action.summary.render(self.variables),
-                "labels": labels,
-                "fingerprint": fingerprint(rule.id, labels),
-            }
-        return {"tags": list(spec.tags)}
+        if isinstance(spec, TagSpec):
+            return {"tags": list(spec.tags)}
+        variables = self.template_variables(rule, evidence)
+        if isinstance(spec, EmitSpec):
+            assert action.data is not None
+            return {"type": spec.type, "subject": f"{self.prefix}.{spec.subject}", "data": action.data.render(variables)}
+        assert isinstance(spec, AlertSpec) and action.summary is not None
+        labels = {name: template.render(variables) for name, template in action.labels}
+        out: dict[str, Any] = {
+            "severity": spec.severity,
+            "summary": action.summary.render(variables),
+            "labels": labels,
+            "fingerprint": fingerprint(rule.id, labels),
+        }
+        if action.description is not None:
+            out["description"] = action.description.render(variables)
+        return out
 
     def _decision(
         self,
         rule: CompiledRule,
-        slot: int | str,
+        action: CompiledAction | str,
         kind: DecisionKind,
         event_type: str,
         subject: str,
         params: dict[str, Any],
+        evidence: Mapping[str, Any] | None,
         alert_fingerprint: str | None = None,
     ) -> Decision:
+        slot = action.index if isinstance(action, CompiledAction) else action
         data: dict[str, Any] = {
             "source_event": dict(self.source_event),
             "rule_id": rule.id,
             "description": rule.spec.description,
+            "owner": rule.owner,
             "ruleset_version": self.version,
             **params,
         }
         if self.callid is not None:
             data["callid"] = self.callid
+        if evidence:
+            data["evidence"] = dict(evidence)
         return Decision(
             id=decision_id(rule.id, self.version, self.source, self.event_id, slot),
             kind=kind,
@@ -145,4 +203,5 @@ class DecisionBuilder:
             ruleset_version=self.version,
             data=data,
             fingerprint=alert_fingerprint,
+            action_index=slot if isinstance(slot, int) else None,
         )

@@ -1,10 +1,26 @@
 """The RulesEngine Serve deployment: where decisions leave listenpost.
 
-It consumes CloudEvents from LISTENPOST_OUT (``audio.captioned`` by default)
-with its own durable consumer, evaluates router_rules/ on each, and publishes
-every decision as a CloudEvent with a deterministic id before acking. Rule files
-are re-read when they change; a broken edit is logged and the last good rules
-stay active.
+It consumes CloudEvents from LISTENPOST_OUT (``audio.captioned`` by default,
+``LISTENPOST_RULES__CONSUME_SUBJECTS``) with its own durable consumer, runs
+them through :class:`~services.rules.engine.RulesProcessor` and publishes every
+decision as a CloudEvent with a deterministic id before acking.
+
+- **Errors**: a rule that fails on an event is a ``rule.failed`` event and a
+  counter, never a nak. Only infrastructure faults (NATS, KV) raise, so the
+  consumer naks and the event is retried (then dead-lettered after MaxDeliver).
+- **State** (debounce streaks, alert dedup, rate limits, groups, silences) lives
+  in NATS KV buckets the engine creates at start, so restarts and replicas agree.
+- **Hot reload**: the rule files are checked every ``reload_interval_s``; a
+  good edit is swapped in whole, a broken one is logged with file:line:column
+  and the last good rules stay active.
+- **Start with a broken directory**: the replica does not fail (a crash loop
+  would help no one). It runs the last good rules that a replica stored in KV
+  (``ruleset.last-good``), and if there are none it does not consume at all:
+  events wait, durably, in the stream until the files are fixed; ``status``
+  says why.
+- **Status**: every replica writes its status (ruleset version, rule count,
+  last error, counters) to the status bucket, which ``listenpost rules status``
+  reads; the Ingress's ``status()`` includes it too.
 """
 
 from __future__ import annotations
@@ -12,7 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import socket
+import time
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -22,21 +41,29 @@ from services.events.binding import BindingError, decode, event_attributes, even
 from services.events.consumer import Poison, PullConsumer
 from services.events.deadletter import dead_letter
 from services.events.jetstream import connect, provision, publish_event
-from services.rules import Decision, RuleSet, RuleSetError, evaluate, load_ruleset, rule_files
+from services.rules import Decision, RuleSet, RuleSetError, load_ruleset, load_sources, rule_files
+from services.rules.engine import HOPS_EXTENSION, RulesProcessor, hops
+from services.rules.state import Stores, open_stores
+from services.rules.status import LAST_GOOD_KEY, STATUS_PREFIX
 from services.settings import Settings
 from services.telemetry import child_traceparent
 
 log = logging.getLogger(__name__)
+# The cel library logs a warning for every exception a Python helper raises; the
+# engine reports those itself (a rule.failed event, a counter, one log line).
+logging.getLogger("cel").setLevel(logging.ERROR)
 _EXTENSION_VALUE = re.compile(r"^[\w.:@/-]{1,128}$")
 
 
-def decision_event(decision: Decision, input_attributes: dict[str, Any], source: str) -> Any:
+def decision_event(decision: Decision, input_attributes: dict[str, Any] | None, source: str) -> Any:
     extensions = {
-        "inputid": str(input_attributes.get("id", "")),
         "rulesetver": decision.ruleset_version,
-        "traceparent": child_traceparent(input_attributes.get("traceparent")),
+        "traceparent": child_traceparent((input_attributes or {}).get("traceparent")),
+        HOPS_EXTENSION: str(hops(input_attributes or {}) + 1),
     }
-    callid = decision.data.get("callid") or input_attributes.get("callid")
+    if input_attributes is not None:
+        extensions["inputid"] = str(input_attributes.get("id", ""))
+    callid = decision.data.get("callid") or (input_attributes or {}).get("callid")
     if isinstance(callid, str) and _EXTENSION_VALUE.match(callid):
         extensions["callid"] = callid
     return new_event(decision.type, source, decision.data, id=decision.id, subject=decision.rule_id, extensions=extensions)
@@ -45,11 +72,22 @@ def decision_event(decision: Decision, input_attributes: dict[str, Any], source:
 def files_signature(directory: Any) -> tuple[tuple[str, int, int], ...]:
     """Cheap change detection: names, sizes and mtimes of the rule files."""
     signature = []
-    for path in rule_files(directory):
+    try:
+        paths = rule_files(directory)
+    except NotADirectoryError:
+        return ()
+    for path in paths:
         with contextlib.suppress(OSError):
             stat = path.stat()
             signature.append((str(path), stat.st_size, stat.st_mtime_ns))
     return tuple(signature)
+
+
+def replica_name() -> str:
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except Exception:  # noqa: BLE001 -- outside Serve (tests, tools)
+        return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @serve.deployment(name="RulesEngine")
@@ -57,14 +95,26 @@ class RulesEngine:
     async def __init__(self, settings: Settings) -> None:
         assert settings.nats.url, "the app builder always sets the NATS URL"
         self._settings = settings
-        directory = settings.rules.directory
-        # At start there are no last good rules to fall back on: a broken file fails the replica, loudly.
-        self._signature = files_signature(directory)
-        self._ruleset: RuleSet = load_ruleset(directory)
+        cfg = settings.rules
+        self._replica = replica_name()
+        self._ruleset: RuleSet | None = None
+        self._origin: str | None = None  # "files" or "last good (KV)"
+        self._loaded_at: float | None = None
         self._last_error: str | None = None
+        self._last_error_at: float | None = None
         self._nc = await connect(settings.nats.url, name="listenpost-rules")
         self._js = self._nc.jetstream()
-        await provision(self._js, settings.nats, settings.rules.subjects(settings.nats))
+        await provision(self._js, settings.nats, cfg.subjects(settings.nats))
+        self._stores: Stores = await open_stores(
+            self._js,
+            state_bucket=cfg.state_bucket,
+            silence_bucket=cfg.silence_bucket,
+            status_bucket=cfg.status_bucket,
+            state_ttl_s=cfg.state_ttl_s,
+        )
+        self._processor = RulesProcessor(
+            self._stores, prefix=settings.nats.subject_prefix, limits=cfg.limits(), max_hops=cfg.max_hops
+        )
         self._consumer = PullConsumer(
             self._js,
             stream=settings.nats.out_stream,
@@ -75,8 +125,57 @@ class RulesEngine:
             max_in_flight=64,
             batch=32,
         )
-        self._consumer.start()
-        self._reloader = asyncio.get_running_loop().create_task(self._watch_rules())
+        self._consuming = False
+        self._signature = files_signature(cfg.directory)
+        await self._initial_load()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._watch_rules(), name="rules-reload"),
+            loop.create_task(self._flush_groups(), name="rules-flush"),
+            loop.create_task(self._report_status(), name="rules-status"),
+        ]
+
+    # --- rules ----------------------------------------------------------------
+
+    def _load_from_files(self) -> RuleSet:
+        cfg = self._settings.rules
+        return load_ruleset(cfg.directory, emit_subjects=cfg.emit_subjects)
+
+    async def _initial_load(self) -> None:
+        try:
+            ruleset = await asyncio.to_thread(self._load_from_files)
+        except (RuleSetError, NotADirectoryError) as exc:
+            self._error(exc)
+            log.error("rule files do not load at start:\n%s", exc)
+            snapshot = await self._stores.status.get(LAST_GOOD_KEY)
+            if snapshot is None:
+                log.error("no last good rules in KV either: not consuming until the rule files load")
+                await self._write_status()
+                return
+            cfg = self._settings.rules
+            sources = snapshot.value["sources"]
+            ruleset = await asyncio.to_thread(
+                lambda: load_sources(sources, directory=cfg.directory, emit_subjects=cfg.emit_subjects)
+            )
+            await self._activate(ruleset, origin="last good (KV)")
+            return
+        await self._activate(ruleset, origin="files")
+
+    async def _activate(self, ruleset: RuleSet, *, origin: str) -> None:
+        self._ruleset, self._origin, self._loaded_at = ruleset, origin, time.time()
+        if origin == "files":
+            self._last_error = self._last_error_at = None
+            await self._stores.status.put(
+                LAST_GOOD_KEY, {"version": ruleset.version, "saved_at": self._loaded_at, "sources": dict(ruleset.sources)}
+            )
+        log.info("rules active: version %s, %d rules, from %s", ruleset.version, len(ruleset.rules), origin)
+        if not self._consuming:
+            self._consumer.start()
+            self._consuming = True
+        await self._write_status()
+
+    def _error(self, exc: BaseException) -> None:
+        self._last_error, self._last_error_at = str(exc), time.time()
 
     async def _watch_rules(self) -> None:
         while True:
@@ -84,19 +183,27 @@ class RulesEngine:
             signature = await asyncio.to_thread(files_signature, self._settings.rules.directory)
             if signature != self._signature:
                 self._signature = signature
-                await asyncio.to_thread(self.reload)
+                try:
+                    await self.reload()
+                except Exception:  # noqa: BLE001 -- keep watching; the error is in the log and status
+                    log.exception("rules reload failed")
 
-    def reload(self) -> str:
+    async def reload(self) -> str | None:
         """Validate the rule files, then swap them in whole; on error keep the last good rules."""
         try:
-            ruleset = load_ruleset(self._settings.rules.directory)
-        except RuleSetError as exc:
-            self._last_error = str(exc)
-            log.error("rules not reloaded, keeping version %s:\n%s", self._ruleset.version, exc)
-            return self._ruleset.version
-        self._ruleset, self._last_error = ruleset, None
-        log.info("rules reloaded: version %s, %d rules", ruleset.version, len(ruleset.rules))
+            ruleset = await asyncio.to_thread(self._load_from_files)
+        except (RuleSetError, NotADirectoryError) as exc:
+            self._error(exc)
+            current = self._ruleset.version if self._ruleset else "none"
+            log.error("rules not reloaded, keeping version %s:\n%s", current, exc)
+            await self._write_status()
+            return self._ruleset.version if self._ruleset else None
+        if self._ruleset is not None and ruleset.version == self._ruleset.version and self._origin == "files":
+            return ruleset.version
+        await self._activate(ruleset, origin="files")
         return ruleset.version
+
+    # --- events -----------------------------------------------------------------
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -109,28 +216,83 @@ class RulesEngine:
         except ValueError as exc:
             raise Poison("rules", f"event data is not JSON: {exc}", error=type(exc).__name__) from exc
         ruleset = self._ruleset  # one ruleset for the whole event, even if a reload lands meanwhile
-        evaluation = evaluate(ruleset, attributes, data, prefix=self._settings.nats.subject_prefix)
-        for error in evaluation.errors:
+        assert ruleset is not None, "the consumer starts only once rules are active"
+        outcome = await self._processor.process(ruleset, attributes, data)
+        if outcome.skipped:
+            log.warning("event %s not evaluated: %s", event.get_id(), outcome.skipped)
+        for error in outcome.evaluation.errors if outcome.evaluation else []:
             log.warning("rule %s failed on event %s: %s", error.rule_id, event.get_id(), error.message)
-        for decision in evaluation.decisions:
-            out = decision_event(decision, attributes, self._settings.source)
-            await publish_event(self._js, decision.subject, out, msg_id=decision.id)
+        # Concurrent acks, ordered sends: each publish is written to the connection when its
+        # coroutine starts, in list order, so the stream keeps the evaluation order.
+        await asyncio.gather(
+            *(
+                publish_event(self._js, d.subject, decision_event(d, attributes, self._settings.source), msg_id=d.id)
+                for d in outcome.publish
+            )
+        )
+
+    async def _publish_notification(self, decision: Decision) -> None:
+        out = decision_event(decision, None, self._settings.source)
+        await publish_event(self._js, decision.subject, out, msg_id=decision.id)
+
+    async def _flush_groups(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.rules.flush_interval_s)
+            try:
+                await self._processor.flush(self._publish_notification)
+            except Exception:  # noqa: BLE001 -- retried on the next tick; groups stay in KV
+                log.exception("alert group flush failed")
+
+    # --- status -------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
         stats = self._consumer.stats
+        ruleset = self._ruleset
         return {
-            "ruleset_version": self._ruleset.version,
-            "rules": len(self._ruleset.rules),
+            "replica": self._replica,
+            "ruleset_version": ruleset.version if ruleset else None,
+            "rules": len(ruleset.rules) if ruleset else 0,
+            "files": [p.name for p in ruleset.files] if ruleset else [],
+            "origin": self._origin,
+            "loaded_at": self._loaded_at,
             "last_reload_error": self._last_error,
+            "last_reload_error_at": self._last_error_at,
+            "consuming": self._consuming,
             "acked": stats.acked,
+            "naked": stats.naked,
             "dead_lettered": stats.dead_lettered,
+            "counters": self._processor.counters.to_json(),
+            "updated_at": time.time(),
         }
 
+    async def _write_status(self) -> None:
+        try:
+            await self._stores.status.put(f"{STATUS_PREFIX}{_key(self._replica)}", await self.status())
+        except Exception:  # noqa: BLE001 -- status is best effort; the next tick retries
+            log.warning("could not write rules status", exc_info=True)
+
+    async def _report_status(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.rules.status_interval_s)
+            await self._write_status()
+
     async def check_health(self) -> None:
-        if (failure := self._consumer.failure) is not None:
+        if self._consuming and (failure := self._consumer.failure) is not None:
             raise RuntimeError(f"rules consumer loop died: {failure!r}")
 
     async def __del__(self) -> None:
-        self._reloader.cancel()
-        await self._consumer.stop()
-        await self._nc.drain()
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self._stores.status.delete(f"{STATUS_PREFIX}{_key(self._replica)}")
+        if self._consuming:
+            await self._consumer.stop()
+        # Every publish was awaited, and the consumer has stopped: flush and close.
+        # (drain() would wait 30 s on the pull subscription's unread status message.)
+        with contextlib.suppress(Exception):
+            await self._nc.flush(timeout=2)
+        await self._nc.close()
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^-/_=.a-zA-Z0-9]", "_", text)

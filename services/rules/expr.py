@@ -1,27 +1,33 @@
 """CEL conditions and ``{{ path }}`` templates: compile-time checks and runtime helpers.
 
-Both read the same variables, so both are checked against the same names at
-load time: a typo (``acoustic.silence_ratio``) must fail the load, not turn
-into an evaluation error on every event in production.
+Both read the same variables, so both are checked against the same names and
+fields at load time: a typo (``acoustic.silence_ratio``,
+``acoustics.silence_ration``) must fail the load, not turn into an evaluation
+error on every event in production.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import cel
 import cel.stdlib
 
-#: Names a rule's ``when`` and templates may use.
-VARIABLES: tuple[str, ...] = ("event", "data", "facets", "acoustics", "context", "caption")
+from . import fields
+from .analysis import Analysis, analyse, unknown_variables
+from .fields import ListOf, MapOf, Open, Record, Scalar, Shape
+from .helpers import HELPERS
 
-# Program.variables() reports more than our variables: CEL type names used as
-# values (`type(x) == string`) and the namespaces of cel.stdlib's dotted
-# functions (`math.greatest` shows up as variable `math`).
+#: Names a rule's ``when`` may use.
+VARIABLES: tuple[str, ...] = tuple(fields.VARIABLES)
+#: Names templates may use: the condition's, plus the evidence (``match``) and ``rule``.
+TEMPLATE_VARIABLES: tuple[str, ...] = tuple(fields.TEMPLATE_VARIABLES)
+
 _TYPE_NAMES = frozenset({"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type"})
 _NAMESPACES = frozenset(name.split(".")[0] for name in cel.stdlib.STDLIB_FUNCTIONS if "." in name)
 # Functions the Rust core implements. The library resolves functions only at
@@ -36,11 +42,13 @@ _NATIVE_FUNCTIONS = frozenset(
     }
 )  # fmt: skip
 _STDLIB_FUNCTIONS = frozenset(name.split(".")[-1] for name in cel.stdlib.STDLIB_FUNCTIONS)
-_KNOWN_FUNCTIONS = _NATIVE_FUNCTIONS | _STDLIB_FUNCTIONS
+KNOWN_FUNCTIONS = _NATIVE_FUNCTIONS | _STDLIB_FUNCTIONS | frozenset(HELPERS)
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # operators (`_&&_`, `@in`, `!_`) are not
-# Comprehension macros bind a name (`e` in `x.exists(e, ...)`) that variables()
-# also lists; the library exposes no AST, so the bound names are read from the source.
+# Fallback only (when the analysis parser cannot read an expression the library
+# compiled): comprehension macros bind a name that variables() also lists.
 _MACRO_BINDING = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
+# How the library reports an exception raised by a Python function (our helpers).
+_FUNCTION_ERROR = re.compile(r"^Function '\w+' error: Python function call failed: \w+: ", re.DOTALL)
 _PARSE_ERROR = re.compile(r"ERROR: <input>:(\d+):(\d+): (?:Syntax error: )?(.*)")
 
 
@@ -48,28 +56,54 @@ class ExpressionError(ValueError):
     """A condition or template that cannot be accepted; the message is for the rule author."""
 
 
-def compile_condition(source: str) -> cel.Program:
-    """Compile a ``when`` expression and check every name it uses."""
+@dataclass(frozen=True)
+class Condition:
+    """A compiled ``when``: the library's program and what the loader learned about it."""
+
+    program: cel.Program
+    analysis: Analysis
+
+    @property
+    def source(self) -> str:
+        return self.analysis.source
+
+    def execute(self, context: Any) -> Any:
+        return self.program.execute(context)
+
+
+def compile_condition(source: str) -> Condition:
+    """Compile a ``when`` expression and check every name, field and function it uses."""
     try:
         program = cel.compile(source)
     except ValueError as exc:
         raise ExpressionError(_syntax_message(str(exc))) from exc
     refs = program.references()
-    bound = set(_MACRO_BINDING.findall(source))
-    unknown = sorted(
-        name
-        for name in refs["variables"]
-        if name not in VARIABLES and name not in bound and name not in _TYPE_NAMES and name not in _NAMESPACES
-    )
+    unknown = unknown_variables(source, VARIABLES)
+    if unknown is None:  # the analysis parser could not read it: the library's list, as before
+        bound = set(_MACRO_BINDING.findall(source))
+        unknown = sorted(
+            name
+            for name in refs["variables"]
+            if name not in VARIABLES and name not in bound and name not in _TYPE_NAMES and name not in _NAMESPACES
+        )
     if unknown:
         raise ExpressionError(
             f"unknown CEL variable{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
             f"(known: {', '.join(VARIABLES)})"
         )
-    bad_functions = sorted(f for f in refs["functions"] if _IDENT.match(f) and f not in _KNOWN_FUNCTIONS)
+    bad_functions = sorted(f for f in refs["functions"] if _IDENT.match(f) and f not in KNOWN_FUNCTIONS)
     if bad_functions:
         raise ExpressionError(f"unknown CEL function{'s' if len(bad_functions) > 1 else ''} {', '.join(bad_functions)}")
-    return program
+    analysis, findings = analyse(source)
+    if findings:
+        raise ExpressionError("; ".join(f"{_line_col(source, f.offset)}: {f.message}" for f in findings[:3]))
+    return Condition(program=program, analysis=analysis)
+
+
+def _line_col(source: str, offset: int) -> str:
+    line = source.count("\n", 0, offset) + 1
+    column = offset - (source.rfind("\n", 0, offset) + 1) + 1
+    return f"{line}:{column}"
 
 
 def _syntax_message(text: str) -> str:
@@ -84,7 +118,11 @@ def _syntax_message(text: str) -> str:
 
 
 def new_context(variables: Mapping[str, Any]) -> cel.Context:
-    """An evaluation context: our variables plus cel.stdlib's extra functions."""
+    """A one-off evaluation context: our variables plus cel.stdlib's extra functions.
+
+    The engine itself keeps one context per rule set and thread (see
+    :mod:`services.rules.evaluate`); this is for tests and tools.
+    """
     context = cel.Context(dict(variables))
     # Opt-in in the library; without them common string helpers (lowerAscii,
     # split, join) used on captions are "undefined" at run time.
@@ -98,6 +136,7 @@ def runtime_message(exc: BaseException) -> str:
         # The library raises a bare KeyError('field') for a missing map key.
         return f"no such key: {exc.args[0] if exc.args else '?'}"
     text = str(exc).strip() or type(exc).__name__
+    text = _FUNCTION_ERROR.sub("", text)
     # Some messages carry a paragraph of advice after the first sentence.
     return text.split(". ", 1)[0].rstrip(".")
 
@@ -109,6 +148,36 @@ _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]
 NO_VALUE = "<no value>"  # what Go templates (Alertmanager's) print for a missing field
 
 
+def check_path(path: Sequence[str], known: Mapping[str, Shape]) -> str | None:
+    """Why a template path cannot exist, or None."""
+    shape: Shape = known[path[0]]
+    where = path[0]
+    for part in path[1:]:
+        if isinstance(shape, Open):
+            return None
+        if isinstance(shape, MapOf):
+            shape = shape.value
+        elif isinstance(shape, ListOf):
+            if not part.isdigit():
+                return f"{where} is a list: use an index, like {where}.0.{part}"
+            shape = shape.item
+        elif isinstance(shape, Record):
+            if part in shape.fields:
+                shape = shape.fields[part]
+            elif shape.extension is not None and shape.extension.match(part):
+                return None
+            else:
+                import difflib
+
+                close = difflib.get_close_matches(part, list(shape.fields), n=1)
+                hint = f", did you mean {close[0]!r}?" if close else f" (known: {', '.join(shape.fields)})"
+                return f"unknown field {part!r} of {where}{hint}"
+        elif isinstance(shape, Scalar):
+            return f"{where} is a {shape.kind}: it has no field {part!r}"
+        where = f"{where}.{part}"
+    return None
+
+
 @dataclass(frozen=True)
 class Template:
     """A string with ``{{ path.to.field }}`` placeholders; substitution only, no logic."""
@@ -117,7 +186,7 @@ class Template:
     paths: tuple[tuple[str, ...], ...]
 
     @classmethod
-    def parse(cls, source: str) -> Template:
+    def parse(cls, source: str, known: Mapping[str, Shape] = fields.TEMPLATE_VARIABLES) -> Template:
         paths: list[tuple[str, ...]] = []
         for found in _PLACEHOLDER.finditer(source):
             inner = found.group(1).strip()
@@ -126,10 +195,13 @@ class Template:
                     f"template placeholder {found.group(0)!r} is not a field path like {{{{ context.callid }}}}"
                 )
             path = tuple(inner.split("."))
-            if path[0] not in VARIABLES:
+            if path[0] not in known:
                 raise ExpressionError(
-                    f"unknown template variable {path[0]!r} in {found.group(0)!r} (known: {', '.join(VARIABLES)})"
+                    f"unknown template variable {path[0]!r} in {found.group(0)!r} (known: {', '.join(known)})"
                 )
+            problem = check_path(path, known)
+            if problem:
+                raise ExpressionError(f"{problem} in {found.group(0)!r}")
             paths.append(path)
         rest = _PLACEHOLDER.sub("", source)
         if "{{" in rest or "}}" in rest:
@@ -159,6 +231,48 @@ def _format(value: Any) -> str:
         return value
     if isinstance(value, bool) or value is None:
         return json.dumps(value)  # true/false/null, as in the YAML and CEL the author wrote
-    if isinstance(value, int | float):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, int):
         return str(value)
     return json.dumps(value, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class DataTemplate:
+    """A JSON value whose strings are templates (``emit``'s data)."""
+
+    value: Any
+
+    @classmethod
+    def parse(cls, value: Any) -> DataTemplate:
+        return cls(_parse_data(value))
+
+    def render(self, variables: Mapping[str, Any]) -> Any:
+        return _render_data(self.value, variables)
+
+
+def _parse_data(value: Any) -> Any:
+    if isinstance(value, str):
+        return Template.parse(value)
+    if isinstance(value, dict):
+        return {k: _parse_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_parse_data(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    raise ExpressionError(f"emit data holds a {type(value).__name__}; only JSON values are allowed")
+
+
+def _render_data(value: Any, variables: Mapping[str, Any]) -> Any:
+    if isinstance(value, Template):
+        if len(value.paths) == 1 and _PLACEHOLDER.fullmatch(value.source.strip()):
+            # A lone placeholder keeps its JSON type: "{{ match.start }}" -> 12.5, not "12.5".
+            raw = _lookup(variables, list(value.paths[0]))
+            return None if raw is NO_VALUE else copy.deepcopy(raw)
+        return value.render(variables)
+    if isinstance(value, dict):
+        return {k: _render_data(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_data(v, variables) for v in value]
+    return value

@@ -11,15 +11,17 @@ from __future__ import annotations
 import difflib
 import hashlib
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from .decisions import DEFAULT_EMIT_SUBJECTS, subject_allowed
 from .errors import RuleFileError, RuleSetError
-from .expr import ExpressionError, Template, compile_condition
+from .expr import DataTemplate, ExpressionError, Template, compile_condition
 from .ruleset import CompiledAction, CompiledRule, RuleSet
-from .schema import AlertSpec, RuleFileSpec, RuleSpec
+from .schema import AlertSpec, EmitSpec, RuleFileSpec, RuleSpec
 from .source import Loc, YamlDocument, parse_yaml
 
 RULE_SUFFIXES = (".yaml", ".yml")
@@ -43,30 +45,53 @@ def rule_files(directory: Path) -> list[Path]:
     )
 
 
-def load_ruleset(directory: Path) -> RuleSet:
+def load_ruleset(directory: Path, *, emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS) -> RuleSet:
     """Load and compile every rule file in ``directory``.
 
+    ``emit_subjects``: subject patterns (below the prefix) that ``emit`` actions may use.
     Raises :class:`RuleSetError` with all errors of all files, or
     ``NotADirectoryError`` when the directory is missing.
     """
-    ruleset, errors = _load(directory)
+    ruleset, errors = _load(_read(directory), emit_subjects)
     if errors:
         raise RuleSetError(errors)
     return ruleset
 
 
-def lint(directory: Path) -> list[RuleFileError]:
+def load_sources(
+    sources: Mapping[str, str], *, directory: Path = Path("."), emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS
+) -> RuleSet:
+    """Load rule files given as name -> text (a replica's last good rules, kept in NATS KV)."""
+    files = [(directory / name, text.encode()) for name, text in sorted(sources.items())]
+    ruleset, errors = _load(files, emit_subjects)
+    if errors:
+        raise RuleSetError(errors)
+    return ruleset
+
+
+def load_files(paths: Sequence[Path], *, emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS) -> RuleSet:
+    """Load a chosen list of rule files (``rules test`` with ``rule_files:``)."""
+    ruleset, errors = _load([(path, path.read_bytes()) for path in paths], emit_subjects)
+    if errors:
+        raise RuleSetError(errors)
+    return ruleset
+
+
+def lint(directory: Path, *, emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS) -> list[RuleFileError]:
     """Every error in the rule directory, sorted by file, line and column; empty when it loads."""
-    return _load(directory)[1]
+    return _load(_read(directory), emit_subjects)[1]
 
 
-def _load(directory: Path) -> tuple[RuleSet, list[RuleFileError]]:
+def _read(directory: Path) -> list[tuple[Path, bytes]]:
+    return [(path, path.read_bytes()) for path in rule_files(directory)]
+
+
+def _load(files: list[tuple[Path, bytes]], emit_subjects: Sequence[str]) -> tuple[RuleSet, list[RuleFileError]]:
     errors: list[RuleFileError] = []
     loaded: list[tuple[CompiledRule, YamlDocument]] = []
     digest = hashlib.sha256()
-    files = rule_files(directory)
-    for path in files:
-        raw = path.read_bytes()
+    sources: dict[str, str] = {}
+    for path, raw in files:
         # Names are hashed too: renaming a file can reorder priority ties.
         digest.update(path.name.encode() + b"\0" + raw + b"\0")
         try:
@@ -74,17 +99,25 @@ def _load(directory: Path) -> tuple[RuleSet, list[RuleFileError]]:
         except UnicodeDecodeError as exc:
             errors.append(RuleFileError(path, 1, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
             continue
-        rules, file_errors = load_file(path, text)
+        sources[path.name] = text
+        rules, file_errors = load_file(path, text, emit_subjects=emit_subjects)
         loaded.extend(rules)
         errors.extend(file_errors)
     errors.extend(_duplicate_ids(loaded))
-    files_order = {path: i for i, path in enumerate(files)}
+    files_order = {path: i for i, (path, _) in enumerate(files)}
     ordered = sorted((rule for rule, _ in loaded), key=lambda r: (r.spec.priority, files_order[r.path], r.position))
-    ruleset = RuleSet(version=digest.hexdigest()[:VERSION_LENGTH], rules=tuple(ordered), files=tuple(files))
+    ruleset = RuleSet(
+        version=digest.hexdigest()[:VERSION_LENGTH],
+        rules=tuple(ordered),
+        files=tuple(path for path, _ in files),
+        sources=sources,
+    )
     return ruleset, sorted(errors, key=RuleFileError.sort_key)
 
 
-def load_file(path: Path, text: str) -> tuple[list[tuple[CompiledRule, YamlDocument]], list[RuleFileError]]:
+def load_file(
+    path: Path, text: str, *, emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS
+) -> tuple[list[tuple[CompiledRule, YamlDocument]], list[RuleFileError]]:
     """One file: the rules that compiled (with their document, for later checks) and its errors."""
     try:
         doc = parse_yaml(path, text)
@@ -100,9 +133,12 @@ def load_file(path: Path, text: str) -> tuple[list[tuple[CompiledRule, YamlDocum
         raw_rules = doc.data.get("rules") if isinstance(doc.data, dict) else None
         if not isinstance(raw_rules, list):
             return [], errors
+        metadata = doc.data.get("metadata") if isinstance(doc.data, dict) else None
+        file_owner = metadata.get("owner") if isinstance(metadata, dict) else None
     else:
         errors = []
         raw_rules = header.rules
+        file_owner = header.metadata.owner
 
     rules: list[tuple[CompiledRule, YamlDocument]] = []
     for index, raw in enumerate(raw_rules):
@@ -112,7 +148,7 @@ def load_file(path: Path, text: str) -> tuple[list[tuple[CompiledRule, YamlDocum
         except ValidationError as exc:
             errors.extend(_schema_errors(doc, exc, loc, RuleSpec))
             continue
-        rule, rule_errors = _compile_rule(doc, loc, index, spec)
+        rule, rule_errors = _compile_rule(doc, loc, index, spec, file_owner, emit_subjects)
         errors.extend(rule_errors)
         if rule is not None:
             rules.append((rule, doc))
@@ -120,33 +156,78 @@ def load_file(path: Path, text: str) -> tuple[list[tuple[CompiledRule, YamlDocum
 
 
 def _compile_rule(
-    doc: YamlDocument, loc: Loc, index: int, spec: RuleSpec
+    doc: YamlDocument, loc: Loc, index: int, spec: RuleSpec, file_owner: Any, emit_subjects: Sequence[str]
 ) -> tuple[CompiledRule | None, list[RuleFileError]]:
     errors: list[RuleFileError] = []
-    program = None
+    condition = None
     try:
-        program = compile_condition(spec.when)
+        condition = compile_condition(spec.when)
     except ExpressionError as exc:
         errors.append(doc.error((*loc, "when"), str(exc)))
+    owner = spec.owner or (file_owner if isinstance(file_owner, str) and file_owner else None)
+    if owner is None:
+        errors.append(doc.error((*loc, "id"), "no owner: set `owner` on the rule, or `metadata.owner` for the file"))
 
     actions: list[CompiledAction] = []
     for i, action in enumerate(spec.actions):
+        action_loc = (*loc, "actions", i, action.kind)
+        if isinstance(action.spec, EmitSpec):
+            if not subject_allowed(action.spec.subject, list(emit_subjects)):
+                errors.append(
+                    doc.error(
+                        (*action_loc, "subject"),
+                        f"subject {action.spec.subject!r} is outside the allowed subjects "
+                        f"({', '.join(emit_subjects) or 'none'}; setting LISTENPOST_RULES__EMIT_SUBJECTS)",
+                    )
+                )
+            data = _data_template(doc, (*action_loc, "data"), action.spec.data, errors)
+            if data is not None:
+                actions.append(CompiledAction(index=i, spec=action, data=data))
+            continue
         if not isinstance(action.spec, AlertSpec):
             actions.append(CompiledAction(index=i, spec=action))
             continue
-        alert_loc = (*loc, "actions", i, "alert")
-        summary = _template(doc, (*alert_loc, "summary"), action.spec.summary, errors)
+        summary = _template(doc, (*action_loc, "summary"), action.spec.summary, errors)
+        description = (
+            _template(doc, (*action_loc, "description"), action.spec.description, errors)
+            if action.spec.description is not None
+            else None
+        )
         labels = [
-            (name, _template(doc, (*alert_loc, "labels", name), value, errors))
+            (name, _template(doc, (*action_loc, "labels", name), value, errors))
             for name, value in sorted(action.spec.labels.items())
         ]
         if summary is not None and all(t is not None for _, t in labels):
             actions.append(
-                CompiledAction(index=i, spec=action, summary=summary, labels=tuple(labels))  # type: ignore[arg-type]
+                CompiledAction(index=i, spec=action, summary=summary, description=description, labels=tuple(labels))  # type: ignore[arg-type]
             )
-    if errors or program is None:
+    if errors or condition is None or owner is None:
         return None, errors
-    return CompiledRule(spec=spec, path=doc.path, position=index, program=program, actions=tuple(actions)), []
+    rule = CompiledRule(spec=spec, path=doc.path, position=index, condition=condition, actions=tuple(actions), owner=owner)
+    return rule, []
+
+
+def _data_template(doc: YamlDocument, loc: Loc, value: Any, errors: list[RuleFileError]) -> DataTemplate | None:
+    before = len(errors)
+
+    def check(v: Any, at: Loc) -> None:
+        if isinstance(v, str):
+            _template(doc, at, v, errors)
+        elif isinstance(v, dict):
+            for key, item in v.items():
+                check(item, (*at, key))
+        elif isinstance(v, list):
+            for j, item in enumerate(v):
+                check(item, (*at, j))
+
+    check(value, loc)
+    if len(errors) > before:
+        return None
+    try:
+        return DataTemplate.parse(value)
+    except ExpressionError as exc:
+        errors.append(doc.error(loc, str(exc)))
+        return None
 
 
 def _template(doc: YamlDocument, loc: Loc, source: str, errors: list[RuleFileError]) -> Template | None:

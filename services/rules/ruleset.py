@@ -1,14 +1,27 @@
-"""A loaded, compiled rule set: what the engine evaluates and swaps atomically."""
+"""A loaded, compiled rule set: what the engine evaluates and swaps atomically.
+
+Besides the rules, a rule set builds (lazily, once per event type and source)
+an evaluation *plan*: the rules that apply, the pre-filter index of their
+triggers, and which variables and fields CEL must be given. Plans and the
+per-thread CEL contexts are caches; the rule set itself never changes.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 import cel
+import cel.stdlib
 
-from .expr import Template
-from .schema import ActionKind, ActionSpec, Mode, RuleSpec
+from .analysis import Projection
+from .expr import Condition, DataTemplate, Template
+from .helpers import Facts
+from .schema import ActionKind, ActionSpec, AlertSpec, ForSpec, Mode, RuleSpec
 
 
 @dataclass(frozen=True)
@@ -16,11 +29,18 @@ class CompiledAction:
     index: int  # position in the rule's actions: part of the decision id
     spec: ActionSpec
     summary: Template | None = None  # alerts only
+    description: Template | None = None  # alerts only
     labels: tuple[tuple[str, Template], ...] = ()  # alerts only, sorted by name
+    data: DataTemplate | None = None  # emit only
 
     @property
     def kind(self) -> ActionKind:
         return self.spec.kind
+
+    @property
+    def alert(self) -> AlertSpec:
+        assert self.spec.alert is not None, f"action {self.index} is a {self.kind}"
+        return self.spec.alert
 
 
 @dataclass(frozen=True)
@@ -28,16 +48,265 @@ class CompiledRule:
     spec: RuleSpec
     path: Path
     position: int  # index in its file: the tie-breaker after priority and file
-    program: cel.Program = field(repr=False, compare=False)
+    condition: Condition = field(repr=False, compare=False)
     actions: tuple[CompiledAction, ...]
+    owner: str
+    # Plain copies of what evaluation reads per event (pydantic attribute access is slow).
+    id: str = field(init=False)
+    mode: Mode = field(init=False)
+    continue_: bool = field(init=False)
+    program: cel.Program = field(init=False, repr=False, compare=False)
+    debounce: ForSpec | None = field(init=False, repr=False, compare=False)
+    debounce_s: float | None = field(init=False, repr=False, compare=False)
+    variables: frozenset[str] = field(init=False, repr=False, compare=False)
+    trigger: frozenset[str] | None = field(init=False, repr=False, compare=False)
+    #: Whether a template of the rule quotes ``{{ match.* }}`` (then a match without
+    #: helper evidence looks for the window where the condition holds).
+    quotes_match: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        put(self, "id", self.spec.id)
+        put(self, "mode", self.spec.mode)
+        put(self, "continue_", self.spec.continue_)
+        put(self, "program", self.condition.program)
+        put(self, "debounce", self.spec.for_)
+        put(self, "debounce_s", self.spec.for_.seconds if self.spec.for_ is not None else None)
+        put(self, "variables", self.condition.analysis.variables)
+        put(self, "trigger", self.condition.analysis.trigger)
+        put(self, "quotes_match", any(_quotes_match(a) for a in self.actions))
+
+    def applies(self, event_type: str, source: str) -> bool:
+        match = self.spec.match
+        return any(fnmatchcase(event_type, p) for p in match.types) and any(fnmatchcase(source, p) for p in match.sources)
+
+    def cannot_hold(self, present: frozenset[str]) -> bool:
+        """True when the rule's trigger facts are absent from the event, so it is false in
+        every window too (a window's facets are a subset of the event's; its caption is not,
+        so word triggers do not count here)."""
+        trigger = self.trigger
+        if trigger is None or any(key.startswith("word:") for key in trigger):
+            return False
+        for key in trigger:
+            if key in present or f"{key.split(':', 1)[0]}:*" in present:
+                return False
+        return True
+
+
+def _quotes_match(action: CompiledAction) -> bool:
+    templates = [action.summary, action.description, *(t for _, t in action.labels)]
+    if any(t is not None and any(p[0] == "match" for p in t.paths) for t in templates):
+        return True
+    return action.data is not None and _data_quotes_match(action.data.value)
+
+
+def _data_quotes_match(value: Any) -> bool:
+    if isinstance(value, Template):
+        return any(p[0] == "match" for p in value.paths)
+    if isinstance(value, dict):
+        return any(_data_quotes_match(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_data_quotes_match(v) for v in value)
+    return False
+
+
+_KINDS = ("emotion", "sound", "word")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to evaluate one (event type, source): built once, reused for every such event."""
+
+    rules: tuple[CompiledRule, ...]  # applicable, not disabled, in evaluation order
+    always: frozenset[int]  # positions in `rules` without a trigger
+    by_key: Mapping[str, frozenset[int]]  # "emotion:anger" -> positions
+    by_kind: Mapping[str, frozenset[int]]  # "emotion" -> every position with an emotion key
+    words: tuple[str, ...]  # the trigger words, looked for in a caption
+    projections: Mapping[str, Projection]  # union over the rules
+    universe: frozenset[str]  # every trigger key of the rules (`for:` rules' too)
+    kinds: frozenset[str]  # the kinds of those keys
+    context_kinds: tuple[str, ...] = ()  # "context.<field>" kinds
+    _candidates: dict[frozenset[str], Candidates] = field(default_factory=dict, repr=False, compare=False)
+    #: The rules without a trigger (evaluated for every event), as one CEL program.
+    batch: Segment | None = None
+    batch_index: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, rules: Iterable[CompiledRule]) -> Plan:
+        ordered = tuple(rules)
+        always: set[int] = set()
+        by_key: dict[str, set[int]] = {}
+        by_kind: dict[str, set[int]] = {}
+        projections: dict[str, Projection] = {}
+        universe: set[str] = set()
+        for i, rule in enumerate(ordered):
+            universe |= rule.trigger or frozenset()
+            # A `for:` rule is always a candidate: a call where it is false must
+            # still reset its streak (evaluate() does that without CEL when its
+            # trigger is absent, see `debounce_skip`).
+            trigger = rule.trigger if rule.debounce is None else None
+            if trigger is None:
+                always.add(i)
+            else:
+                for key in trigger:
+                    by_key.setdefault(key, set()).add(i)
+                    by_kind.setdefault(key.split(":", 1)[0], set()).add(i)
+            for name, fields in rule.condition.analysis.projections.items():
+                if name in projections and projections[name] is None:
+                    continue
+                if fields is None:
+                    projections[name] = None
+                else:
+                    projections[name] = (projections.get(name) or frozenset()) | fields
+            if rule.condition.analysis.opaque:
+                for name in rule.variables:
+                    projections[name] = None
+        words = tuple(sorted({key.split(":", 1)[1] for key in universe if key.startswith("word:")}))
+        batched = tuple(
+            r for i, r in enumerate(ordered) if i in always and r.debounce is None and not r.condition.analysis.opaque
+        )
+        return cls(
+            rules=ordered,
+            batch=Segment(batched) if len(batched) >= 2 else None,
+            batch_index={r.id: i for i, r in enumerate(batched)} if len(batched) >= 2 else {},
+            always=frozenset(always),
+            by_key={k: frozenset(v) for k, v in by_key.items()},
+            by_kind={k: frozenset(v) for k, v in by_kind.items()},
+            words=words,
+            projections=projections,
+            universe=frozenset(universe),
+            kinds=frozenset(key.split(":", 1)[0] for key in universe),
+            context_kinds=tuple(sorted({key.split(":", 1)[0] for key in universe if key.startswith("context.")})),
+        )
+
+    def present_keys(self, facts: Facts, context: Any = None) -> frozenset[str]:
+        """The trigger keys this event has; ``"<kind>:*"`` when its facts are malformed."""
+        keys: set[str] = set()
+        for kind in self.context_kinds:
+            value = context.get(kind[8:]) if type(context) is dict else None
+            # A missing or non-string value: the rule decides (it may fail, visibly).
+            keys.add(f"{kind}:{value}" if type(value) is str else f"{kind}:*")
+        if "emotion" in self.kinds:
+            _labels(facts.emotions, "emotion", keys)
+        if "sound" in self.kinds:
+            _labels(facts.sounds, "sound", keys)
+        if self.words:
+            if isinstance(facts.caption, str):
+                # A substring test: weaker than "a whole word", so a superset of the rules
+                # that can hold (the pre-filter only needs a necessary condition) and far
+                # cheaper than tokenising the caption.
+                lowered = facts.caption.lower()
+                keys.update(f"word:{w}" for w in self.words if w in lowered)
+            else:
+                keys.add("word:*")
+        return frozenset(k for k in keys if k in self.universe or k.endswith(":*"))
+
+    def candidates(self, present: frozenset[str]) -> Candidates:
+        """The rules to evaluate given the present keys, and the variables they read."""
+        cached = self._candidates.get(present)
+        if cached is not None:
+            return cached
+        chosen = set(self.always)
+        for key in present:
+            if key.endswith(":*"):
+                chosen |= self.by_kind.get(key[:-2], frozenset())
+            else:
+                chosen |= self.by_key.get(key, frozenset())
+        found = self.subset(tuple(self.rules[i] for i in sorted(chosen)))
+        if len(self._candidates) > 1024:  # bounded: keys come from a small universe, but be safe
+            self._candidates.clear()
+        self._candidates[present] = found
+        return found
+
+    def subset(self, rules: tuple[CompiledRule, ...]) -> Candidates:
+        variables = frozenset().union(*(r.variables for r in rules)) if rules else frozenset()
+        positions = {r.id: i for i, r in enumerate(rules)}
+        # Where each batched condition's rule sits in `rules` (-1: not a candidate, never the
+        # case since batched rules have no trigger), and the rules evaluated one by one.
+        in_batch = tuple(positions.get(r.id, -1) for r in (self.batch.rules if self.batch else ()))
+        alone = tuple(i for i, r in enumerate(rules) if r.id not in self.batch_index)
+        return Candidates(rules, variables, in_batch, alone)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    rules: tuple[CompiledRule, ...]  # in evaluation order
+    variables: frozenset[str]  # what they read
+    in_batch: tuple[int, ...]  # batch result i -> position in `rules`
+    alone: tuple[int, ...]  # positions of the rules evaluated one by one
+
+
+class Segment:
+    """Rules whose conditions one CEL program evaluates: ``[(c1), (c2), ...]``.
+
+    One call into the library instead of one per rule: the per-call overhead, not
+    the conditions, dominates simple rules. Conditions are pure, so evaluating
+    some ahead of their turn changes nothing as long as results are consumed in
+    priority order (the evaluator does: nothing after a stopping match is
+    reported). Exactness is kept by the caller: if the list fails (a condition
+    raised), each rule is evaluated alone, in its turn.
+    """
+
+    __slots__ = ("rules", "_program")
+
+    def __init__(self, rules: tuple[CompiledRule, ...]) -> None:
+        self.rules = rules
+        self._program: cel.Program | None = None
 
     @property
-    def id(self) -> str:
-        return self.spec.id
+    def batched(self) -> bool:
+        return len(self.rules) > 1
 
     @property
-    def mode(self) -> Mode:
-        return self.spec.mode
+    def program(self) -> cel.Program:
+        if self._program is None:
+            # A newline before each ')': a `//` comment in a condition must not swallow it.
+            self._program = cel.compile("[" + ", ".join(f"({r.condition.source}\n)" for r in self.rules) + "]")
+        return self._program
+
+
+def _labels(items: Any, kind: str, keys: set[str]) -> None:
+    if not isinstance(items, list):
+        keys.add(f"{kind}:*")
+        return
+    for item in items:
+        label = item.get("label") if isinstance(item, dict) else None
+        if not isinstance(label, str):
+            keys.add(f"{kind}:*")
+            return
+        keys.add(f"{kind}:{label}")
+
+
+class _Current:
+    """What the helper functions of a CEL context read: the facts of the view being evaluated."""
+
+    __slots__ = ("facts",)
+
+    def __init__(self) -> None:
+        self.facts: Facts | None = None
+
+    def get(self) -> Facts:
+        assert self.facts is not None, "helper called outside an evaluation"
+        return self.facts
+
+
+@dataclass
+class EvalContext:
+    """A CEL context with the stdlib and the helpers registered once; variables change per event."""
+
+    context: cel.Context
+    current: _Current
+
+    @classmethod
+    def new(cls) -> EvalContext:
+        context = cel.Context({})
+        cel.stdlib.add_stdlib_to_context(context)
+        current = _Current()
+        context.add_function("emotion", lambda role, labels, floor: current.get().emotion(role, labels, floor))
+        context.add_function("sound", lambda labels, floor: current.get().sound(labels, floor))
+        context.add_function("any_words", lambda text, words: current.get().any_words(text, words))
+        context.add_function("all_words", lambda text, words: current.get().all_words(text, words))
+        return cls(context=context, current=current)
 
 
 @dataclass(frozen=True)
@@ -48,9 +317,30 @@ class RuleSet:
     #: In evaluation order: priority, then file name, then position in the file.
     rules: tuple[CompiledRule, ...]
     files: tuple[Path, ...]
+    #: File name -> text, as loaded: what a replica keeps as its last good rules.
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _plans: dict[tuple[str, str], Plan] = field(default_factory=dict, repr=False, compare=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False, compare=False)
 
     def rule(self, rule_id: str) -> CompiledRule:
         for rule in self.rules:
             if rule.id == rule_id:
                 return rule
         raise KeyError(rule_id)
+
+    def plan(self, event_type: str, source: str) -> Plan:
+        key = (event_type, source)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = Plan.build(r for r in self.rules if r.mode != "disabled" and r.applies(event_type, source))
+            if len(self._plans) > 4096:  # sources may vary per caller: keep the cache bounded
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def context(self) -> EvalContext:
+        """This thread's CEL context (the library's contexts are not shared across threads)."""
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            ctx = self._local.ctx = EvalContext.new()
+        return ctx

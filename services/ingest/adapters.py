@@ -1,0 +1,642 @@
+"""Source adapters: declarative mappings from other CloudEvent types to ``audio.submitted``.
+
+Telephony and CRM systems announce recordings in their own event types. Rather
+than asking each to speak listenpost's contract, an adapter file (YAML, owned by
+whoever integrates the source) says how to build ``audio.submitted`` data from
+theirs. Every target field is a CEL expression over ``event`` (the attributes,
+extensions included) and ``data``::
+
+    apiVersion: listenpost/v1
+    kind: AdapterSet
+    metadata: {name: acme-telephony, owner: telephony}
+    adapters:
+      - id: acme-call-recorded
+        description: ACME PBX finished recording a call.
+        match: {types: [com.acme.telephony.call.recorded], sources: ["*"]}
+        map:
+          audio: {uri: data.recording.url}
+          channels: data.channels          # {role: index}, [role, ...] or [{index, role}]
+          context:
+            callid: data.call_id
+            queue: "has(data.queue) ? data.queue : null"   # null: leave the field out
+          extensions: {callid: data.call_id}
+
+Files are checked like rule files (strict schema, CEL compiled at load, every
+error reported as ``file:line:column: cause``). A missing field in an event is
+an :class:`AdapterError` naming the adapter, the target field and the
+expression, never a silently empty value: a field that may be absent must say so
+with ``has()``.
+
+The adapted event keeps the original's ``id`` and ``source`` (so JetStream
+dedup and correlation still work), takes the type ``audio.submitted`` and
+records the original type in the ``adaptedfrom`` extension.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+import cel
+import cel.stdlib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from services.events.binding import CloudEvent, MalformedEventError, event_data_json, new_event
+from services.events.models import AUDIO_SUBMITTED, AudioSubmitted
+from services.rules.errors import RuleFileError
+from services.rules.source import Loc, YamlDocument, format_loc, parse_yaml
+
+__all__ = [
+    "ADAPTED_FROM",
+    "API_VERSION",
+    "KIND",
+    "Adapter",
+    "AdapterError",
+    "AdapterLoadError",
+    "AdapterSet",
+    "lint_adapters",
+    "load_adapters",
+    "summarize",
+]
+
+API_VERSION = "listenpost/v1"
+KIND = "AdapterSet"
+SUFFIXES = (".yaml", ".yml")
+#: Extension attribute on an adapted event: the type it was adapted from.
+ADAPTED_FROM = "adaptedfrom"
+#: The names an adapter's expressions may use.
+VARIABLES = ("event", "data")
+
+_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+_CORE_ATTRIBUTES = frozenset(
+    {"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64"}
+)
+# CEL name checks, as the rules engine does them (services.rules.expr), for two variables.
+_TYPE_NAMES = frozenset({"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type"})
+_NAMESPACES = frozenset(name.split(".")[0] for name in cel.stdlib.STDLIB_FUNCTIONS if "." in name)
+_KNOWN_FUNCTIONS = frozenset(
+    {
+        "has", "size", "contains", "startsWith", "endsWith", "matches",
+        "string", "bytes", "double", "int", "uint", "dyn", "type", "timestamp", "duration",
+        "getFullYear", "getMonth", "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear",
+        "getHours", "getMinutes", "getSeconds", "getMilliseconds",
+    }
+) | frozenset(name.split(".")[-1] for name in cel.stdlib.STDLIB_FUNCTIONS)  # fmt: skip
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # operators (`_&&_`, `@in`) are not functions to check
+_MACRO_BINDING = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
+_PARSE_ERROR = re.compile(r"ERROR: <input>:(\d+):(\d+): (?:Syntax error: )?(.*)")
+
+
+class ExpressionError(ValueError):
+    """An adapter expression that cannot be accepted; the message is for the file's author."""
+
+
+class AdapterError(ValueError):
+    """An event that its adapter cannot turn into ``audio.submitted`` (the event's fault)."""
+
+
+class AdapterLoadError(Exception):
+    """Adapter files that did not load: every error found, each with file:line:column."""
+
+    def __init__(self, errors: list[RuleFileError]) -> None:
+        self.errors = sorted(errors, key=RuleFileError.sort_key)
+        count = len(self.errors)
+        super().__init__(
+            f"{count} error{'s' if count != 1 else ''} in adapters:\n" + "\n".join(str(e) for e in self.errors)
+        )
+
+
+# --- the file format --------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    # Like rule files: unknown fields and type coercion are mistakes worth reporting.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+Expr = typing.Annotated[str, Field(min_length=1)]
+
+
+class Metadata(_Strict):
+    name: str
+    owner: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _ID.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid name (lower-case letters, digits and '-')")
+        return v
+
+
+class MatchSpec(_Strict):
+    types: list[str] = Field(min_length=1)
+    sources: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+
+    @field_validator("types")
+    @classmethod
+    def _not_ours(cls, v: list[str]) -> list[str]:
+        # An adapter for our own input type would rewrite every submitted event.
+        for pattern in v:
+            if fnmatchcase(AUDIO_SUBMITTED, pattern) or pattern.startswith("com.listenpost."):
+                raise ValueError(
+                    f"type pattern {pattern!r} matches listenpost's own types; adapters are for other sources"
+                )
+        return v
+
+
+class ObjectMap(_Strict):
+    bucket: Expr
+    name: Expr
+
+
+class AudioMap(_Strict):
+    uri: Expr | None = None
+    object: ObjectMap | None = None
+    data_base64: Expr | None = None
+    format: Expr | None = None
+
+    @model_validator(mode="after")
+    def _some_location(self) -> AudioMap:
+        # At run time exactly one must yield a value; a map naming none can never work.
+        if self.uri is None and self.object is None and self.data_base64 is None:
+            raise ValueError("audio needs at least one of 'uri', 'object', 'data_base64'")
+        return self
+
+
+class MapSpec(_Strict):
+    audio: AudioMap
+    channels: Expr | None = None
+    context: dict[str, Expr] = Field(default_factory=dict)
+    language: Expr | None = None
+    extensions: dict[str, Expr] = Field(default_factory=dict)
+
+    @field_validator("extensions")
+    @classmethod
+    def _extension_names(cls, v: dict[str, Expr]) -> dict[str, Expr]:
+        for name in v:
+            # ctx["field"]: the error points at this key rather than at the whole mapping.
+            if name in _CORE_ATTRIBUTES or name == ADAPTED_FROM:
+                raise PydanticCustomError(
+                    "reserved_extension", "{field} is a core or reserved attribute, not an extension", {"field": name}
+                )
+            if not _EXTENSION_NAME.fullmatch(name):
+                raise PydanticCustomError(
+                    "extension_name",
+                    "extension names are lower-case letters and digits, at most 20 characters",
+                    {"field": name},
+                )
+        return v
+
+
+class AdapterSpec(_Strict):
+    id: str
+    description: str = Field(min_length=1)
+    match: MatchSpec
+    map: MapSpec
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid adapter id (lower-case letters, digits and '-')")
+        return v
+
+
+class AdapterFileSpec(_Strict):
+    """The envelope; adapters are validated one by one so one broken adapter hides no other error."""
+
+    api_version: Literal["listenpost/v1"] = Field(alias="apiVersion")
+    kind: Literal["AdapterSet"]
+    metadata: Metadata
+    adapters: list[Any]
+
+
+# --- compiled adapters ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Field:
+    target: str  # "audio.uri", "context.queue": what error messages call it
+    source: str
+    program: cel.Program
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One compiled adapter: which events it takes and how it maps them."""
+
+    spec: AdapterSpec
+    path: Path
+    position: int
+    fields: tuple[_Field, ...]
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def matches(self, event_type: str, source: str) -> bool:
+        match = self.spec.match
+        return any(fnmatchcase(event_type, p) for p in match.types) and any(
+            fnmatchcase(source, p) for p in match.sources
+        )
+
+    def apply(self, attributes: Mapping[str, Any], data: Any) -> AudioSubmitted:
+        """Map one event's attributes and (JSON) data to ``audio.submitted`` data."""
+        return self._map(attributes, data)[0]
+
+    def adapt(self, event: CloudEvent) -> tuple[CloudEvent, AudioSubmitted]:
+        """The ``audio.submitted`` event for ``event``: same id and source, new type and data."""
+        try:
+            data = event_data_json(event)
+        except MalformedEventError as exc:
+            raise AdapterError(f"adapter {self.id!r}: {exc}") from exc
+        attributes = dict(event.get_attributes())
+        submitted, extensions = self._map(attributes, data)
+        kept = {
+            name: value
+            for name, value in attributes.items()
+            if name not in _CORE_ATTRIBUTES and name not in extensions and value is not None
+        }
+        adapted = new_event(
+            AUDIO_SUBMITTED,
+            event.get_source(),
+            submitted.model_dump(mode="json", exclude_none=True),
+            id=event.get_id(),
+            subject=event.get_subject(),
+            extensions={**kept, **extensions, ADAPTED_FROM: event.get_type()},
+        )
+        # new_event stamps "now"; the adapted event happened when the original did, or at no stated time.
+        if attributes.get("time") is not None:
+            adapted.get_attributes()["time"] = attributes["time"]
+        else:
+            adapted.get_attributes().pop("time", None)
+        return adapted, submitted
+
+    def _map(self, attributes: Mapping[str, Any], data: Any) -> tuple[AudioSubmitted, dict[str, Any]]:
+        variables = {
+            "event": {k: v for k, v in attributes.items() if k not in ("data", "data_base64")},
+            "data": data if data is not None else {},
+        }
+        try:
+            context = _new_context(variables)
+        except Exception as exc:  # noqa: BLE001 - a value CEL cannot hold (e.g. bytes data)
+            raise AdapterError(f"adapter {self.id!r}: event cannot be given to CEL: {_runtime_message(exc)}") from exc
+        out: dict[str, Any] = {}
+        extensions: dict[str, Any] = {}
+        for field in self.fields:
+            try:
+                value = field.program.execute(context)
+            except Exception as exc:  # noqa: BLE001 - the library raises KeyError, TypeError, RuntimeError...
+                raise AdapterError(
+                    f"adapter {self.id!r}: cannot map {field.target} from `{field.source}`: {_runtime_message(exc)}"
+                ) from exc
+            if value is None:  # `null`: the author chose to leave the field out
+                continue
+            if field.target == "channels":
+                value = self._channels(value, field)
+            if field.target.startswith("extensions."):
+                extensions[field.target.removeprefix("extensions.")] = self._extension(value, field)
+                continue
+            _assign(out, field.target.split("."), value)
+        out.setdefault("audio", {})
+        try:
+            submitted = AudioSubmitted.model_validate(out)
+        except ValidationError as exc:
+            raise AdapterError(
+                f"adapter {self.id!r} produced invalid {AUDIO_SUBMITTED} data: {summarize(exc)}"
+            ) from exc
+        return submitted, extensions
+
+    def _channels(self, value: Any, field: _Field) -> list[dict[str, Any]]:
+        # Sources describe channel roles three ways; all become [{index, role}].
+        if isinstance(value, Mapping):
+            pairs = [(index, role) for role, index in value.items()]
+        elif isinstance(value, list) and all(isinstance(v, str) or v is None for v in value):
+            pairs = [(index, role) for index, role in enumerate(value) if role is not None]
+        elif isinstance(value, list) and all(isinstance(v, Mapping) for v in value):
+            return [dict(v) for v in value]
+        else:
+            raise AdapterError(
+                f"adapter {self.id!r}: channels from `{field.source}` must be a map of role to index, "
+                f"a list of roles or a list of {{index, role}}, not {_short(value)}"
+            )
+        for index, role in pairs:
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise AdapterError(
+                    f"adapter {self.id!r}: channel index of role {role!r} from `{field.source}` "
+                    f"is {_short(index)}, not an integer"
+                )
+        return [{"index": index, "role": role} for index, role in sorted(pairs, key=lambda p: p[0])]
+
+    def _extension(self, value: Any, field: _Field) -> str | int | bool:
+        if not isinstance(value, str | int | bool):
+            raise AdapterError(
+                f"adapter {self.id!r}: {field.target} from `{field.source}` is {_short(value)}; "
+                "extension values are strings, integers or booleans"
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class AdapterSet:
+    """Every loaded adapter, in file-name then file order (the order that breaks ties)."""
+
+    adapters: tuple[Adapter, ...] = ()
+    files: tuple[Path, ...] = ()
+
+    def match(self, event_type: str, source: str) -> Adapter | None:
+        # Our own input type is never adapted, whatever a file says (the schema forbids it too).
+        if event_type == AUDIO_SUBMITTED:
+            return None
+        return next((a for a in self.adapters if a.matches(event_type, source)), None)
+
+    def __len__(self) -> int:
+        return len(self.adapters)
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+def adapter_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise AdapterLoadError([RuleFileError(path, 1, 1, "adapter file or directory does not exist")])
+    return sorted(
+        p for p in path.iterdir() if p.is_file() and p.name.endswith(SUFFIXES) and not p.name.startswith(".")
+    )
+
+
+def load_adapters(path: Path) -> AdapterSet:
+    """Load a file or every ``*.yaml`` of a directory; raise :class:`AdapterLoadError` with all errors."""
+    adapters, errors = _load(path)
+    if errors:
+        raise AdapterLoadError(errors)
+    return adapters
+
+
+def lint_adapters(path: Path) -> list[RuleFileError]:
+    """Every error in the adapter files, sorted; empty when they load."""
+    try:
+        return _load(path)[1]
+    except AdapterLoadError as exc:
+        return exc.errors
+
+
+def _load(path: Path) -> tuple[AdapterSet, list[RuleFileError]]:
+    files = adapter_files(path)
+    loaded: list[tuple[Adapter, YamlDocument]] = []
+    errors: list[RuleFileError] = []
+    for file in files:
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            errors.append(RuleFileError(file, 1, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
+            continue
+        file_adapters, file_errors = _load_file(file, text)
+        loaded.extend(file_adapters)
+        errors.extend(file_errors)
+    errors.extend(_duplicates(loaded))
+    adapters = tuple(adapter for adapter, _ in loaded)
+    return AdapterSet(adapters=adapters, files=tuple(files)), sorted(errors, key=RuleFileError.sort_key)
+
+
+def _load_file(path: Path, text: str) -> tuple[list[tuple[Adapter, YamlDocument]], list[RuleFileError]]:
+    try:
+        doc = parse_yaml(path, text)
+    except RuleFileError as exc:
+        return [], [exc]
+    if doc.data is None:
+        message = "empty file: expected an AdapterSet (apiVersion, kind, metadata, adapters)"
+        return [], [RuleFileError(path, 1, 1, message)]
+    errors: list[RuleFileError] = []
+    try:
+        raw_adapters: Any = AdapterFileSpec.model_validate(doc.data).adapters
+    except ValidationError as exc:
+        errors = _schema_errors(doc, exc, (), AdapterFileSpec)
+        raw_adapters = doc.data.get("adapters") if isinstance(doc.data, dict) else None
+        if not isinstance(raw_adapters, list):
+            return [], errors
+    adapters: list[tuple[Adapter, YamlDocument]] = []
+    for index, raw in enumerate(raw_adapters):
+        loc: Loc = ("adapters", index)
+        try:
+            spec = AdapterSpec.model_validate(raw)
+        except ValidationError as exc:
+            errors.extend(_schema_errors(doc, exc, loc, AdapterSpec))
+            continue
+        fields, field_errors = _compile_fields(doc, loc, spec.map)
+        errors.extend(field_errors)
+        if not field_errors:
+            adapters.append((Adapter(spec=spec, path=path, position=index, fields=fields), doc))
+    return adapters, errors
+
+
+def _compile_fields(doc: YamlDocument, loc: Loc, spec: MapSpec) -> tuple[tuple[_Field, ...], list[RuleFileError]]:
+    sources: list[tuple[Loc, str]] = []
+    audio = spec.audio
+    for name in ("uri", "data_base64", "format"):
+        if (value := getattr(audio, name)) is not None:
+            sources.append((("audio", name), value))
+    if audio.object is not None:
+        sources.append((("audio", "object", "bucket"), audio.object.bucket))
+        sources.append((("audio", "object", "name"), audio.object.name))
+    if spec.channels is not None:
+        sources.append((("channels",), spec.channels))
+    sources += [(("context", key), value) for key, value in spec.context.items()]
+    if spec.language is not None:
+        sources.append((("language",), spec.language))
+    sources += [(("extensions", key), value) for key, value in spec.extensions.items()]
+
+    fields: list[_Field] = []
+    errors: list[RuleFileError] = []
+    for target, source in sources:
+        try:
+            program = _compile(source)
+        except ExpressionError as exc:
+            errors.append(doc.error((*loc, "map", *target), str(exc)))
+            continue
+        fields.append(_Field(target=".".join(str(t) for t in target), source=source, program=program))
+    return tuple(fields), errors
+
+
+def _compile(source: str) -> cel.Program:
+    """Compile one expression and check the names it uses against ``event`` and ``data``.
+
+    The rules' compile_condition also checks fields against the captioned-event
+    schema, which adapters (reading other systems' data) must not be held to.
+    """
+    try:
+        program = cel.compile(source)
+    except ValueError as exc:
+        raise ExpressionError(_syntax_message(str(exc))) from exc
+    refs = program.references()
+    bound = set(_MACRO_BINDING.findall(source))
+    unknown = sorted(
+        name
+        for name in refs["variables"]
+        if name not in VARIABLES and name not in bound and name not in _TYPE_NAMES and name not in _NAMESPACES
+    )
+    if unknown:
+        raise ExpressionError(
+            f"unknown CEL variable{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"(known: {', '.join(VARIABLES)})"
+        )
+    # The library resolves functions only at run time: a typo would fail every event, not the load.
+    bad = sorted(f for f in refs["functions"] if _IDENT.fullmatch(f) and f not in _KNOWN_FUNCTIONS)
+    if bad:
+        raise ExpressionError(f"unknown CEL function{'s' if len(bad) > 1 else ''} {', '.join(bad)}")
+    return program
+
+
+def _syntax_message(text: str) -> str:
+    # The library repeats the source and draws a caret; the file position already points at it.
+    found = _PARSE_ERROR.search(text)
+    if not found:
+        return f"CEL syntax error: {text.splitlines()[0] if text else 'unknown'}"
+    line, col, cause = found.groups()
+    return f"CEL syntax error: {line}:{col}: {cause.strip()}"
+
+
+def _new_context(variables: Mapping[str, Any]) -> cel.Context:
+    context = cel.Context(dict(variables))
+    cel.stdlib.add_stdlib_to_context(context)  # string helpers (lowerAscii, split...) are opt-in
+    return context
+
+
+def _runtime_message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):  # the library's bare KeyError('field') for a missing map key
+        return f"no such key: {exc.args[0] if exc.args else '?'}"
+    text = str(exc).strip() or type(exc).__name__
+    return text.split(". ", 1)[0].rstrip(".")  # some messages append a paragraph of advice
+
+
+def _duplicates(loaded: list[tuple[Adapter, YamlDocument]]) -> list[RuleFileError]:
+    errors: list[RuleFileError] = []
+    first_id: dict[str, tuple[Adapter, YamlDocument]] = {}
+    first_match: dict[tuple[str, str], tuple[Adapter, YamlDocument]] = {}
+    for adapter, doc in loaded:
+        loc: Loc = ("adapters", adapter.position)
+        if adapter.id in first_id:
+            other, other_doc = first_id[adapter.id]
+            where = _at(other, other_doc, "id")
+            errors.append(doc.error((*loc, "id"), f"duplicate adapter id {adapter.id!r} (first defined at {where})"))
+            continue
+        first_id[adapter.id] = (adapter, doc)
+        # The same (type, source) pattern twice: the second adapter could never run.
+        for event_type in adapter.spec.match.types:
+            for source in adapter.spec.match.sources:
+                key = (event_type, source)
+                if key in first_match:
+                    other, other_doc = first_match[key]
+                    errors.append(
+                        doc.error(
+                            (*loc, "match"),
+                            f"type {event_type!r} from source {source!r} is already adapted by "
+                            f"{other.id!r} ({_at(other, other_doc, 'match')})",
+                        )
+                    )
+                else:
+                    first_match[key] = (adapter, doc)
+    return errors
+
+
+def _at(adapter: Adapter, doc: YamlDocument, field: str) -> str:
+    pos = doc.position(("adapters", adapter.position, field))
+    return f"{adapter.path}:{pos.line}:{pos.column}"
+
+
+# --- pydantic errors -> file positions ---------------------------------------------
+
+
+def _schema_errors(doc: YamlDocument, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> list[RuleFileError]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        inner: tuple[str | int, ...] = tuple(err["loc"])
+        kind = err["type"]
+        ctx = err.get("ctx") or {}
+        key = False
+        if kind == "extra_forbidden":
+            key = True
+            message = _unknown_field(model, inner)
+        elif kind == "missing":
+            message = "missing required field"
+        elif "field" in ctx:  # our custom errors that blame a key
+            inner = (*inner, ctx["field"])
+            key = True
+            message = err["msg"]
+        elif kind == "value_error":
+            message = str(ctx.get("error", err["msg"]))
+        elif kind == "literal_error":
+            message = f"{err['msg']} (got {err['input']!r})"
+        elif kind in ("model_type", "model_attributes_type", "dict_type") and not inner and not prefix:
+            message = "expected a mapping with apiVersion, kind, metadata, adapters"
+        else:
+            message = err["msg"]
+        errors.append(doc.error((*prefix, *inner), message, key=key))
+    return errors
+
+
+def _unknown_field(model: type[BaseModel], loc: tuple[str | int, ...]) -> str:
+    owner = _model_at(model, loc[:-1])
+    if owner is None:
+        return "unknown field"
+    known = [f.alias or name for name, f in owner.model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    if close:
+        return f"unknown field, did you mean {close[0]!r}?"
+    return f"unknown field (known: {', '.join(known)})"
+
+
+def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None or not isinstance(part, str):
+            return None
+        fields = {f.alias or name: f for name, f in current.model_fields.items()}
+        if part not in fields:
+            return None
+        current = _unwrap_model(fields[part].annotation)
+    return current
+
+
+def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):  # `X | None`
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _assign(out: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        out = out.setdefault(part, {})
+    out[path[-1]] = value
+
+
+def summarize(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``audio: cause; channels[0].role: cause``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = format_loc(tuple(err["loc"]))
+        message = str((err.get("ctx") or {}).get("error", err["msg"]))
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

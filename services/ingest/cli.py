@@ -1,0 +1,157 @@
+"""``listenpost dlq ...``: look at dead letters and replay them once the cause is fixed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import nats
+import typer
+from nats.js import JetStreamContext
+from rich.console import Console
+from rich.table import Table
+
+from services.ingest.dlq import DeadLetter, DeadLetterError, ReplayReport, list_dead_letters, replay
+from services.settings import Settings
+
+dlq_app = typer.Typer(help="Dead letters: events that failed for good, kept whole for replay.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+T = TypeVar("T")
+
+NatsUrl = Annotated[
+    str | None, typer.Option("--nats-url", help="Default: settings, else the running `listenpost serve`.")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _url(option: str | None, settings: Settings) -> str:
+    url = option or settings.nats.url
+    if not url:
+        # Imported only when needed: services.runner brings Ray and the whole app with it.
+        from services.runner import read_runtime_nats_url
+
+        url = read_runtime_nats_url()
+    if not url:
+        err.print("[red]error:[/] no NATS URL: start `listenpost serve` or set LISTENPOST_NATS__URL")
+        raise typer.Exit(2)
+    return url
+
+
+def _run(url: str, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+    async def main() -> T:
+        errors: list[Exception] = []
+
+        async def remember(exc: Exception) -> None:  # instead of nats-py's traceback per attempt
+            errors.append(exc)
+
+        # A command line fails fast when NATS is down (services reconnect forever instead).
+        # nats-py only gives up on a first connect once attempts are bounded above zero.
+        try:
+            nc = await nats.connect(
+                servers=[url],
+                name="listenpost-dlq",
+                connect_timeout=5,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.2,
+                error_cb=remember,
+            )
+        except Exception as exc:  # noqa: BLE001 - nats-py raises several unrelated types here
+            cause = errors[-1] if errors else exc
+            err.print(f"[red]error:[/] cannot reach NATS at {url}: {cause}", highlight=False)
+            raise typer.Exit(2) from exc
+        try:
+            return await work(nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
+@dlq_app.command("list")
+def dlq_list(
+    as_json: AsJson = False,
+    stage: Annotated[str | None, typer.Option(help="Only this stage (fetch, caption, rules...).")] = None,
+    nats_url: NatsUrl = None,
+) -> None:
+    """List dead letters, oldest first: sequence, time, stage, reason and the original event id."""
+    settings = Settings()
+    letters = _run(_url(nats_url, settings), lambda js: list_dead_letters(js, settings, stage=stage))
+    if as_json:
+        console.print_json(json.dumps([letter.model_dump(mode="json") for letter in letters]))
+        return
+    if not letters:
+        console.print(f"no dead letters in {settings.nats.dlq_stream}")
+        return
+    console.print(_letters_table(letters, settings.nats.dlq_stream))
+
+
+def _letters_table(letters: list[DeadLetter], stream: str) -> Table:
+    table = Table(title=f"{stream}: {len(letters)} dead letter{'s' if len(letters) != 1 else ''}")
+    for column in ("seq", "time", "stage", "original id", "subject", "reason"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        table.add_row(
+            str(letter.seq),
+            letter.time.strftime("%Y-%m-%d %H:%M:%S") if letter.time else "",
+            letter.stage or "?",
+            letter.original_id or "",
+            letter.original_subject or "",
+            letter.reason if letter.replayable else f"{letter.reason} (not replayable)",
+        )
+    return table
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    original_id: Annotated[str | None, typer.Option("--id", help="The failed event's CloudEvents id.")] = None,
+    seq: Annotated[int | None, typer.Option("--seq", help="The dead letter's DLQ sequence (see `dlq list`).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter (of --stage, if given).")] = False,
+    stage: Annotated[str | None, typer.Option(help="With --all or --id: only this stage.")] = None,
+    as_json: AsJson = False,
+    nats_url: NatsUrl = None,
+) -> None:
+    """Republish dead letters' original messages, then delete the dead letters.
+
+    Run it once the cause is fixed: a replayed event that fails again is dead-lettered again.
+    """
+    if sum((original_id is not None, seq is not None, all_)) != 1:
+        raise typer.BadParameter("give exactly one of --id, --seq or --all")
+    if stage is not None and seq is not None:
+        raise typer.BadParameter("--stage goes with --all or --id, not --seq")
+    settings = Settings()
+
+    async def work(js: JetStreamContext) -> ReplayReport:
+        return await replay(js, settings, seq=seq, original_id=original_id, all=all_, stage=stage)
+
+    try:
+        report = _run(_url(nats_url, settings), work)
+    except DeadLetterError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    if as_json:
+        console.print_json(report.model_dump_json())
+    else:
+        _print_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_report(report: ReplayReport) -> None:
+    if report.replayed:
+        table = Table(title=f"replayed {len(report.replayed)}")
+        for column in ("seq", "original id", "subject", "stored in", "note"):
+            table.add_column(column, overflow="fold")
+        for item in report.replayed:
+            note = "already republished earlier" if item.duplicate else ""
+            stored = f"{item.stream} #{item.stream_seq}"
+            table.add_row(str(item.seq), item.original_id or "", item.subject, stored, note)
+        console.print(table)
+    elif not report.failed:
+        console.print("no dead letters to replay")
+    for failure in report.failed:
+        what = f"{failure.seq} ({failure.original_id or 'no id'})"
+        err.print(f"[red]not replayed[/] {what}: {failure.error}", highlight=False)

@@ -1,0 +1,473 @@
+"""Static analysis of a rule's condition, on the syntax tree of :mod:`celast`.
+
+What the loader learns here, once per rule:
+
+- **findings**: unknown fields (``acoustics.silence_ration``), fields of lists
+  (``facets.emotions.label``), wrong helper arity or literal types, names used
+  outside the comprehension that binds them, comprehensions nested too deep;
+- **variables**: the top-level names the condition reads, and for each the
+  fields it reads (its *projection*): the engine hands CEL only those, since
+  converting values into the library costs about a microsecond each;
+- **trigger**: facts the condition cannot be true without (an emotion label, a
+  sound label, a caption word): a rule whose trigger is absent from an event
+  is skipped without calling CEL. Only provably necessary facts are used, and
+  CEL's ``&&``/``||`` absorb errors (``false && error`` is ``false``), so the
+  skip never hides a match nor an error (see tests/test_rules_prefilter.py);
+- **clauses**: the top-level ``&&`` conjuncts, for ``rules explain``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import cel.stdlib
+
+from . import celast
+from .celast import Binary, Call, Ident, Index, ListExpr, Lit, Node, Select, Unary
+from .fields import ANY, BOOL, NUMBER, STRING, VARIABLES, ListOf, MapOf, Record, Scalar, Shape
+from .helpers import HELPERS, words_of
+
+# Names that look like variables to the library but are not: CEL type names used
+# as values (`type(x) == string`) and namespaces of cel.stdlib's functions.
+TYPE_NAMES = frozenset({"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type"})
+STDLIB_QUALIFIED = frozenset(name for name in cel.stdlib.STDLIB_FUNCTIONS if "." in name)
+NAMESPACES = frozenset(name.split(".")[0] for name in STDLIB_QUALIFIED)
+#: Allowed by the library, refused in rules: they allocate without bound.
+FORBIDDEN_FUNCTIONS = {"lists.range": "lists.range is not allowed in rules: it builds lists of any size"}
+
+MAX_COMPREHENSION_DEPTH = 2
+
+#: Fields read from a variable; ``None`` when the variable is used whole.
+Projection = frozenset[str] | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    offset: int  # in the expression source
+    message: str
+
+
+@dataclass(frozen=True)
+class Analysis:
+    source: str
+    ast: Node | None  # None: this parser could not read what the library compiled
+    variables: frozenset[str] = frozenset()
+    projections: Mapping[str, Projection] = field(default_factory=dict)
+    trigger: frozenset[str] | None = None
+    clauses: tuple[tuple[int, int], ...] = ()
+    bound: frozenset[str] = frozenset()
+    helpers: frozenset[str] = frozenset()
+    comprehension_depth: int = 0
+
+    @property
+    def opaque(self) -> bool:
+        return self.ast is None
+
+
+def analyse(source: str, known: Mapping[str, Shape] = VARIABLES) -> tuple[Analysis, list[Finding]]:
+    try:
+        ast = celast.parse(source)
+    except celast.CelSyntaxError:
+        # The library compiled it (the loader checks that first): stay permissive.
+        return Analysis(source=source, ast=None, variables=frozenset(known)), []
+    findings: list[Finding] = []
+    checker = _Checker(known, findings)
+    checker.shape(ast, {})
+    depth = _comprehension_depth(ast)
+    if depth > MAX_COMPREHENSION_DEPTH:
+        findings.append(
+            Finding(0, f"comprehensions nested {depth} deep (at most {MAX_COMPREHENSION_DEPTH}): the cost grows as a power of the list sizes")
+        )
+    projections = _projections(ast, known)
+    return (
+        Analysis(
+            source=source,
+            ast=ast,
+            variables=frozenset(projections),
+            projections=projections,
+            trigger=_trigger(ast, frozenset()),
+            clauses=tuple((n.start, n.end) for n in conjuncts(ast)),
+            bound=frozenset(checker.bound),
+            helpers=frozenset(checker.helpers),
+            comprehension_depth=depth,
+        ),
+        findings,
+    )
+
+
+def conjuncts(node: Node) -> list[Node]:
+    """``a && (b && c)`` -> ``[a, b, c]``; anything else is one clause."""
+    if isinstance(node, Binary) and node.op == "&&":
+        return conjuncts(node.left) + conjuncts(node.right)
+    return [node]
+
+
+def disjuncts(node: Node) -> list[Node]:
+    if isinstance(node, Binary) and node.op == "||":
+        return disjuncts(node.left) + disjuncts(node.right)
+    return [node]
+
+
+# --- field checks --------------------------------------------------------------
+
+
+def _path(node: Node) -> str:
+    if isinstance(node, Ident):
+        return node.name
+    if isinstance(node, Select):
+        return f"{_path(node.operand)}.{node.name}"
+    if isinstance(node, Index):
+        return f"{_path(node.operand)}[...]"
+    return "the value"
+
+
+class _Checker:
+    def __init__(self, known: Mapping[str, Shape], findings: list[Finding]) -> None:
+        self.known = known
+        self.findings = findings
+        self.bound: set[str] = set()
+        self.helpers: set[str] = set()
+        self.unknown: list[Ident] = []
+
+    def report(self, node: Node, message: str) -> None:
+        self.findings.append(Finding(node.start, message))
+
+    def shape(self, node: Node, env: Mapping[str, Shape]) -> Shape:
+        if isinstance(node, Ident):
+            if node.name in env:
+                return env[node.name]
+            if node.name in self.known:
+                return self.known[node.name]
+            if node.name not in TYPE_NAMES:
+                self.unknown.append(node)
+            return ANY
+        if isinstance(node, Select):
+            return self.select(self.shape(node.operand, env), node, node.name)
+        if isinstance(node, Index):
+            base = self.shape(node.operand, env)
+            self.shape(node.index, env)
+            if isinstance(base, ListOf):
+                return base.item
+            if isinstance(base, MapOf):
+                return base.value
+            if isinstance(base, Record) and isinstance(node.index, Lit) and node.index.kind == "string":
+                return self.select(base, node, str(node.index.value))
+            return ANY
+        if isinstance(node, Call):
+            return self.call(node, env)
+        if isinstance(node, Lit):
+            return {"string": STRING, "bool": BOOL, "int": NUMBER, "uint": NUMBER, "double": NUMBER}.get(node.kind, ANY)
+        for child in node.children():
+            self.shape(child, env)
+        return ANY
+
+    def select(self, base: Shape, node: Node, name: str) -> Shape:
+        operand = node.operand if isinstance(node, Select | Index) else node
+        where = _path(operand)
+        if isinstance(base, Record):
+            if name in base.fields:
+                return base.fields[name]
+            if base.extension is not None and base.extension.match(name):
+                return STRING
+            close = difflib.get_close_matches(name, list(base.fields), n=1)
+            if close:
+                hint = f", did you mean {close[0]!r}?"
+            elif base.extension_hint:
+                hint = f" (expected {base.extension_hint})"
+            else:
+                hint = f" (known: {', '.join(base.fields)})"
+            self.report(node, f"unknown field {name!r} of {where}{hint}")
+            return ANY
+        if isinstance(base, ListOf):
+            self.report(
+                node, f"{where} is a list: it has no field {name!r} (test its items with exists(), all() or filter())"
+            )
+            return ANY
+        if isinstance(base, Scalar):
+            self.report(node, f"{where} is a {base.kind}: it has no field {name!r}")
+            return ANY
+        if isinstance(base, MapOf):
+            return base.value
+        return ANY
+
+    def call(self, node: Call, env: Mapping[str, Shape]) -> Shape:
+        if node.is_macro:
+            assert node.target is not None
+            target = self.shape(node.target, env)
+            var = node.args[0]
+            assert isinstance(var, Ident)
+            self.bound.add(var.name)
+            if isinstance(target, ListOf):
+                item: Shape = target.item
+            elif isinstance(target, Record | MapOf):
+                item = STRING  # comprehensions over maps range over keys
+            elif isinstance(target, Scalar):
+                self.report(node, f"{_path(node.target)} is a {target.kind}: {node.function}() needs a list or a map")
+                item = ANY
+            else:
+                item = ANY
+            inner = {**env, var.name: item}
+            for arg in node.args[1:]:
+                self.shape(arg, inner)
+            if node.function == "map":
+                return ListOf("a mapped list", ANY)
+            if node.function == "filter":
+                return target
+            return BOOL
+        if node.target is None and node.function == "has":
+            if len(node.args) != 1 or not isinstance(node.args[0], Select):
+                self.report(node, "has() takes one field selection, like has(context.queue)")
+            for arg in node.args:
+                self.shape(arg, env)
+            return BOOL
+        qualified = None
+        if isinstance(node.target, Ident) and node.target.name in NAMESPACES and node.target.name not in env:
+            qualified = f"{node.target.name}.{node.function}"
+            if qualified in FORBIDDEN_FUNCTIONS:
+                self.report(node, FORBIDDEN_FUNCTIONS[qualified])
+            elif qualified not in STDLIB_QUALIFIED:
+                self.report(node, f"unknown CEL function {qualified}")
+        elif node.target is not None:
+            self.shape(node.target, env)
+        if node.target is None and node.function in HELPERS:
+            self.helpers.add(node.function)
+            self.check_helper(node)
+        for arg in node.args:
+            self.shape(arg, env)
+        if node.target is None and node.function in HELPERS:
+            return BOOL
+        return ANY
+
+    def check_helper(self, node: Call) -> None:
+        spec = HELPERS[node.function]
+        if len(node.args) != len(spec.params):
+            self.report(
+                node,
+                f"{node.function}() takes {len(spec.params)} arguments ({', '.join(spec.params)}), got {len(node.args)}",
+            )
+            return
+        for arg, kinds, name in zip(node.args, spec.kinds, spec.params, strict=True):
+            got = _literal_kind(arg)
+            if got is not None and got not in kinds:
+                self.report(arg, f"{node.function}(): {name} must be {' or '.join(kinds)}, got {got}")
+
+
+def _literal_kind(node: Node) -> str | None:
+    if isinstance(node, Lit):
+        return {"int": "number", "uint": "number", "double": "number"}.get(node.kind, node.kind)
+    if isinstance(node, ListExpr):
+        kinds = {_literal_kind(item) for item in node.items}
+        return "list of strings" if kinds <= {"string"} else "list"
+    if isinstance(node, Unary) and node.op == "-" and isinstance(node.operand, Lit):
+        return "number" if node.operand.kind in ("int", "uint", "double") else None
+    return None
+
+
+def unknown_variables(source: str, known: Iterable[str]) -> list[str] | None:
+    """Names read that are neither known variables nor bound by a comprehension in scope;
+    ``None`` when this parser cannot read the expression."""
+    try:
+        ast = celast.parse(source)
+    except celast.CelSyntaxError:
+        return None
+    names = dict.fromkeys(known)
+    checker = _Checker({name: ANY for name in names}, [])
+    checker.shape(ast, {})
+    return sorted({ident.name for ident in checker.unknown if not _is_namespace(ast, ident)})
+
+
+def _is_namespace(root: Node, ident: Ident) -> bool:
+    for node in celast.walk(root):
+        if isinstance(node, Call) and node.target is ident and ident.name in NAMESPACES:
+            return True
+    return False
+
+
+def _comprehension_depth(node: Node) -> int:
+    if isinstance(node, Call) and node.is_macro:
+        assert node.target is not None
+        body = max((_comprehension_depth(arg) for arg in node.args[1:]), default=0)
+        return max(_comprehension_depth(node.target), 1 + body)
+    return max((_comprehension_depth(child) for child in node.children()), default=0)
+
+
+# --- projections -----------------------------------------------------------------
+
+
+def _projections(root: Node, known: Mapping[str, Shape]) -> dict[str, Projection]:
+    """Per variable read: the top-level fields read, or None when used whole."""
+    used: dict[str, set[str] | None] = {}
+
+    def visit(node: Node, parent: Node | None, scope: frozenset[str]) -> None:
+        if isinstance(node, Ident) and node.name in known and node.name not in scope:
+            if node.name in TYPE_NAMES:
+                return
+            if isinstance(parent, Select) and parent.operand is node:
+                fields = used.setdefault(node.name, set())
+                if fields is not None:
+                    fields.add(parent.name)
+            else:
+                used[node.name] = None
+            return
+        if isinstance(node, Call) and node.is_macro:
+            assert node.target is not None
+            visit(node.target, node, scope)
+            inner = scope | {node.args[0].name}  # type: ignore[attr-defined]
+            for arg in node.args[1:]:
+                visit(arg, node, inner)
+            return
+        if isinstance(node, Call) and isinstance(node.target, Ident) and node.target.name in NAMESPACES:
+            for arg in node.args:
+                visit(arg, node, scope)
+            return
+        for child in node.children():
+            visit(child, node, scope)
+
+    visit(root, None, frozenset())
+    return {name: (frozenset(fields) if fields is not None else None) for name, fields in used.items()}
+
+
+# --- triggers ----------------------------------------------------------------------
+# A trigger is a set of fact keys; the rule can only be true when the event has
+# at least one of them. Keys: "emotion:<label>", "sound:<label>", "word:<word>",
+# "context.<field>:<value>". The part before the first ':' is the key's kind.
+
+_LIST_FACTS = {("facets", "emotions"): "emotion", ("facets", "sound_events"): "sound"}
+
+
+def _narrower(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if len(a) <= len(b) else b
+
+
+def _trigger(node: Node, scope: frozenset[str]) -> frozenset[str] | None:
+    if isinstance(node, Binary) and node.op == "&&":
+        # Either side is necessary: keep the narrower one.
+        return _narrower(_trigger(node.left, scope), _trigger(node.right, scope))
+    if isinstance(node, Binary) and node.op == "||":
+        left, right = _trigger(node.left, scope), _trigger(node.right, scope)
+        return None if left is None or right is None else left | right
+    if isinstance(node, Call) and node.target is None and node.function in HELPERS:
+        return _helper_trigger(node, scope)
+    if isinstance(node, Binary) and node.op in ("==", "in"):
+        return _context_trigger(node, scope)
+    if isinstance(node, Call) and node.is_macro and node.function in ("exists", "exists_one"):
+        kind = _list_fact(node.target, scope)
+        var = node.args[0]
+        if kind is not None and isinstance(var, Ident) and len(node.args) == 2:
+            return _item_trigger(node.args[1], var.name, kind, scope | {var.name})
+    return None
+
+
+def _context_trigger(node: Binary, scope: frozenset[str]) -> frozenset[str] | None:
+    """``context.queue == "billing"`` / ``context.queue in ["a", "b"]``: keys "context.queue:billing".
+
+    Only string literals: CEL's equality of a string with a string is plain; any
+    other value in the event makes the engine evaluate the rule (see Plan.present_keys).
+    """
+    field_side, other = node.left, node.right
+    if node.op == "==" and not _is_context_field(field_side, scope):
+        field_side, other = other, field_side
+    if not _is_context_field(field_side, scope):
+        return None
+    values = _string_literals(other) if node.op == "in" else (_string_literals(other) if isinstance(other, Lit) else None)
+    if not values or (node.op == "in" and not isinstance(other, ListExpr)):
+        return None
+    assert isinstance(field_side, Select)
+    return frozenset(f"context.{field_side.name}:{v}" for v in values)
+
+
+def _is_context_field(node: Node, scope: frozenset[str]) -> bool:
+    return (
+        isinstance(node, Select)
+        and isinstance(node.operand, Ident)
+        and node.operand.name == "context"
+        and "context" not in scope
+    )
+
+
+def _list_fact(node: Node | None, scope: frozenset[str]) -> str | None:
+    if isinstance(node, Select) and isinstance(node.operand, Ident) and node.operand.name not in scope:
+        return _LIST_FACTS.get((node.operand.name, node.name))
+    return None
+
+
+def _item_trigger(node: Node, var: str, kind: str, scope: frozenset[str]) -> frozenset[str] | None:
+    """Inside ``list.exists(var, node)``: labels the item must have."""
+    if isinstance(node, Binary) and node.op == "&&":
+        return _narrower(_item_trigger(node.left, var, kind, scope), _item_trigger(node.right, var, kind, scope))
+    if isinstance(node, Binary) and node.op == "||":
+        left, right = _item_trigger(node.left, var, kind, scope), _item_trigger(node.right, var, kind, scope)
+        return None if left is None or right is None else left | right
+    if isinstance(node, Binary) and node.op in ("==", "in"):
+        label_side, other = (node.left, node.right)
+        if node.op == "==" and not _is_label(label_side, var):
+            label_side, other = other, label_side
+        if not _is_label(label_side, var):
+            return _trigger(node, scope)
+        values = _string_literals(other) if node.op == "in" else _string_literals(ListExpr(0, 0, [other]))
+        return frozenset(f"{kind}:{v}" for v in values) if values is not None else None
+    return _trigger(node, scope)
+
+
+def _is_label(node: Node, var: str) -> bool:
+    return isinstance(node, Select) and node.name == "label" and isinstance(node.operand, Ident) and node.operand.name == var
+
+
+def _string_literals(node: Node) -> list[str] | None:
+    if isinstance(node, Lit) and node.kind == "string":
+        return [str(node.value)]
+    if isinstance(node, ListExpr) and all(isinstance(i, Lit) and i.kind == "string" for i in node.items):
+        return [str(i.value) for i in node.items]  # type: ignore[attr-defined]
+    return None
+
+
+def _helper_trigger(node: Call, scope: frozenset[str]) -> frozenset[str] | None:
+    spec = HELPERS[node.function]
+    if len(node.args) != len(spec.params) or spec.trigger is None:
+        return None
+    if spec.trigger in ("emotion", "sound"):
+        labels = _string_literals(node.args[spec.params.index("labels")])
+        return frozenset(f"{spec.trigger}:{v}" for v in labels) if labels else None
+    # words: only on the caption itself, whose words the engine indexes.
+    text = node.args[0]
+    if not (isinstance(text, Ident) and text.name == "caption" and "caption" not in scope):
+        return None
+    phrases = _string_literals(node.args[1])
+    if not phrases:
+        return None
+    firsts = [words_of(p) for p in phrases]
+    if any(not w for w in firsts):
+        return None  # an empty phrase: leave the helper to decide
+    if spec.trigger == "all_words":
+        return frozenset({f"word:{firsts[0][0]}"})
+    return frozenset(f"word:{w[0]}" for w in firsts)
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def clause_text(source: str, span: tuple[int, int]) -> str:
+    return _SPACE.sub(" ", source[span[0] : span[1]]).strip()
+
+
+__all__ = [
+    "FORBIDDEN_FUNCTIONS",
+    "MAX_COMPREHENSION_DEPTH",
+    "NAMESPACES",
+    "TYPE_NAMES",
+    "Analysis",
+    "Finding",
+    "analyse",
+    "clause_text",
+    "conjuncts",
+    "disjuncts",
+    "unknown_variables",
+]
+

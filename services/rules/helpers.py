@@ -1,0 +1,220 @@
+"""Helper functions for rule authors, callable in ``when``.
+
+    emotion(role, labels, min_intensity)   some emotion of `role` ("any": any role, or none)
+                                           with a label in `labels` at or above `min_intensity`
+    sound(labels, min_confidence)          some sound event with a label in `labels` at or above
+                                           `min_confidence`
+    any_words(text, words)                 `text` contains at least one of `words`
+    all_words(text, words)                 `text` contains every one of `words`
+
+`labels` and `words` are a string or a list of strings. Words match whole
+words, case-insensitively; a "word" may be a phrase ("call back"), which
+matches those words in that order.
+
+The helpers read the event's facets from the Python side, so they cost about
+a microsecond instead of converting every facet into CEL, and they record
+*evidence* (the facet's span, time and window, or the caption window holding
+a word) that alert templates quote as ``{{ match.span }}``, ``{{ match.at }}``.
+The engine also knows their literal arguments: a rule on
+``emotion("customer", ["anger"], 0.6)`` is not even evaluated on an event
+without anger (see :mod:`services.rules.analysis`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class HelperSpec:
+    params: tuple[str, ...]
+    kinds: tuple[tuple[str, ...], ...]  # accepted literal kinds, per parameter
+    trigger: str | None  # what the pre-filter may index on
+    doc: str
+
+
+_TEXT = ("string",)
+_LABELS = ("string", "list of strings")
+_NUMBER = ("number",)
+HELPERS: Mapping[str, HelperSpec] = {
+    "emotion": HelperSpec(
+        ("role", "labels", "min_intensity"), (_TEXT, _LABELS, _NUMBER), "emotion",
+        'emotion("customer", ["anger", "frustration"], 0.6): an emotion of that role ("any" for any) at or above the intensity',
+    ),
+    "sound": HelperSpec(
+        ("labels", "min_confidence"), (_LABELS, _NUMBER), "sound",
+        'sound(["glass_breaking", "gunshot"], 0.5): a sound event with one of the labels at or above the confidence',
+    ),
+    "any_words": HelperSpec(
+        ("text", "words"), (_TEXT, _LABELS), "any_words",
+        'any_words(caption, ["cancel", "call back"]): at least one of the words or phrases, whole words, any case',
+    ),
+    "all_words": HelperSpec(
+        ("text", "words"), (_TEXT, _LABELS), "all_words",
+        'all_words(caption, ["refund", "manager"]): every one of the words or phrases, whole words, any case',
+    ),
+}  # fmt: skip
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*", re.UNICODE)
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-case words, the unit of any_words/all_words and of the word index."""
+    return _WORD.findall(text.lower())
+
+
+def _normalised(text: str) -> str:
+    return " " + " ".join(words_of(text)) + " "
+
+
+class HelperError(ValueError):
+    """A helper called with values it cannot use: a rule error, never a silent false."""
+
+
+def _labels(value: Any, what: str) -> Sequence[str]:
+    if type(value) is str:
+        return (value,)
+    if type(value) is list and all(type(v) is str for v in value):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return value
+    raise HelperError(f"{what} must be a string or a list of strings, got {type(value).__name__}")
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise HelperError(f"{what} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def clock(seconds: Any) -> str:
+    """63.2 -> "01:03": the time in the call, as a person reads it."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return ""
+    whole = int(max(0.0, seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def _span_around(text: str, phrase_words: list[str], width: int = 160) -> str:
+    """The sentence (or a slice of the text) around the first occurrence of the phrase."""
+    if not phrase_words:
+        return text[:width]
+    pattern = r"\b" + r"\W+".join(re.escape(w) for w in phrase_words) + r"\b"
+    found = re.search(pattern, text, re.IGNORECASE)
+    if not found:
+        return text[:width]
+    start = max(text.rfind(".", 0, found.start()) + 1, found.start() - width // 2, 0)
+    end_dot = text.find(".", found.end())
+    end = min(end_dot + 1 if end_dot != -1 else len(text), found.end() + width // 2)
+    return text[start:end].strip()
+
+
+class Facts:
+    """What the helpers read about one event, or one window of it (for ``for:`` rules).
+
+    Built from plain Python data; the word index of the caption is built on
+    first use only. Helpers append :attr:`evidence` (cleared per rule).
+    """
+
+    __slots__ = ("caption", "emotions", "evidence", "sounds", "windows", "_norm")
+
+    def __init__(self, emotions: Any, sounds: Any, caption: Any, windows: Sequence[Mapping[str, Any]]) -> None:
+        self.emotions = emotions
+        self.sounds = sounds
+        self.caption = caption
+        self.windows = windows
+        self.evidence: list[dict[str, Any]] = []
+        self._norm: dict[str, str] = {}
+
+    # --- the helpers ---------------------------------------------------------
+
+    def emotion(self, role: Any, labels: Any, min_intensity: Any) -> bool:
+        if not isinstance(role, str):
+            raise HelperError(f"emotion(): role must be a string, got {type(role).__name__}")
+        wanted = _labels(labels, "emotion(): labels")
+        floor = _number(min_intensity, "emotion(): min_intensity")
+        for item in self._items(self.emotions, "facets.emotions"):
+            if item.get("label") not in wanted or (role != "any" and item.get("role") != role):
+                continue
+            intensity = _number(item.get("intensity"), f"intensity of emotion {item.get('label')!r}")
+            if intensity >= floor:
+                self.evidence.append({"kind": "emotion", **_quote(item), "intensity": intensity})
+                return True
+        return False
+
+    def sound(self, labels: Any, min_confidence: Any) -> bool:
+        wanted = _labels(labels, "sound(): labels")
+        floor = _number(min_confidence, "sound(): min_confidence")
+        for item in self._items(self.sounds, "facets.sound_events"):
+            if item.get("label") not in wanted:
+                continue
+            confidence = _number(item.get("confidence"), f"confidence of sound event {item.get('label')!r}")
+            if confidence >= floor:
+                self.evidence.append({"kind": "sound", **_quote(item), "confidence": confidence})
+                return True
+        return False
+
+    def any_words(self, text: Any, words: Any) -> bool:
+        return self._words(text, words, "any_words", all_of=False)
+
+    def all_words(self, text: Any, words: Any) -> bool:
+        return self._words(text, words, "all_words", all_of=True)
+
+    def functions(self) -> dict[str, Callable[..., bool]]:
+        return {"emotion": self.emotion, "sound": self.sound, "any_words": self.any_words, "all_words": self.all_words}
+
+    # --- internals -----------------------------------------------------------
+
+    @staticmethod
+    def _items(value: Any, what: str) -> list[Mapping[str, Any]]:
+        if not isinstance(value, list):
+            raise HelperError(f"{what} is {'missing' if value is None else type(value).__name__}, not a list")
+        for item in value:
+            if type(item) is not dict and not isinstance(item, Mapping):
+                raise HelperError(f"an item of {what} is a {type(item).__name__}, not a map")
+        return value
+
+    def _words(self, text: Any, words: Any, name: str, *, all_of: bool) -> bool:
+        if not isinstance(text, str):
+            raise HelperError(f"{name}(): text must be a string, got {type(text).__name__}")
+        phrases = [words_of(p) for p in _labels(words, f"{name}(): words")]
+        norm = self._norm.get(text)
+        if norm is None:
+            norm = self._norm[text] = _normalised(text)
+        found = [p for p in phrases if p and f" {' '.join(p)} " in norm]
+        ok = len(found) == len(phrases) if all_of else bool(found)
+        if ok and found:
+            self.evidence.append(self._word_evidence(text, found[0]))
+        return ok
+
+    def _word_evidence(self, text: str, phrase: list[str]) -> dict[str, Any]:
+        evidence: dict[str, Any] = {"kind": "words", "label": " ".join(phrase)}
+        if text == self.caption:
+            # Quote the window that holds the words: its caption and time.
+            for window in self.windows:
+                if not isinstance(window, Mapping):
+                    continue
+                caption = window.get("caption")
+                if isinstance(caption, str) and f" {' '.join(phrase)} " in _normalised(caption):
+                    return {**evidence, **_quote({**window, "span": _span_around(caption, phrase)}, window=window)}
+        return {**evidence, "span": _span_around(text, phrase)}
+
+
+def _quote(item: Mapping[str, Any], window: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("label", "role", "span", "start", "end"):
+        if item.get(key) is not None:
+            out[key] = item[key]
+    index = item.get("window") if window is None else window.get("index")
+    if index is not None:
+        out["window"] = index
+    if window is not None and isinstance(window.get("caption"), str):
+        out["caption"] = window["caption"]
+    if "start" in out:
+        out["at"] = clock(out["start"])
+    return out

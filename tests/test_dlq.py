@@ -1,0 +1,241 @@
+"""Dead-letter inspection and replay against a real nats-server with JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from nats.js import JetStreamContext
+from typer.testing import CliRunner
+
+from services.events.binding import encode_binary, encode_structured, new_event
+from services.events.embedded import EmbeddedNatsServer
+from services.events.jetstream import connect, derive_msg_id, provision, publish_event
+from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioFailed
+from services.ingest.cli import dlq_app
+from services.ingest.dlq import DeadLetterError, DeadLetterNotFound, list_dead_letters, replay
+from services.settings import NatsSettings, Settings
+
+DATA = {"audio": {"uri": "file:///calls/1.wav"}}
+
+
+class Env:
+    def __init__(self, js: JetStreamContext, settings: Settings, url: str) -> None:
+        self.js = js
+        self.settings = settings
+        self.url = url
+        self.cfg = settings.nats
+
+    async def fail(
+        self, event_id: str, stage: str = "fetch", *, mode: str = "binary", subject_tokens: tuple[str, ...] = ("in", "test")
+    ) -> dict[str, Any]:
+        """Store an original as a producer would, then dead-letter it as the consumer does.
+
+        Returns the original as it was stored (subject, headers, body).
+        """
+        event_type = AUDIO_CAPTIONED if subject_tokens == ("captioned",) else AUDIO_SUBMITTED
+        event = new_event(event_type, "urn:test:dlq", DATA, id=event_id)
+        body, headers = encode_binary(event) if mode == "binary" else encode_structured(event)
+        headers["Nats-Msg-Id"] = derive_msg_id("producer", event_id)
+        subject = self.cfg.subject(*subject_tokens)
+        ack = await self.js.publish(subject, body, headers=headers)
+        stored = await self.js.get_msg(ack.stream, ack.seq)
+        await self.js.delete_msg(ack.stream, ack.seq)  # consumed, then termed: only the dead letter is left
+        original = {"subject": stored.subject, "headers": stored.headers, "body_base64": base64.b64encode(stored.data).decode()}
+        failed = AudioFailed(stage=stage, reason=f"{event_id} broke", error="FetchError", deliveries=3, original=original)
+        extensions = {"originalid": event_id} if mode == "binary" else None  # as deadletter.py: from ce-id only
+        letter = new_event(AUDIO_FAILED, "urn:listenpost", failed.model_dump(mode="json"), extensions=extensions)
+        await publish_event(self.js, self.cfg.subject("dlq", stage), letter, msg_id=derive_msg_id("dlq", ack.stream, str(ack.seq)))
+        return {"subject": stored.subject, "headers": dict(stored.headers or {}), "body": stored.data, "stream": ack.stream}
+
+    async def messages(self, stream: str) -> list[Any]:
+        info = await self.js.stream_info(stream)
+        out = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            try:
+                out.append(await self.js.get_msg(stream, seq))
+            except Exception:  # noqa: BLE001 - deleted sequence
+                continue
+        return out
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    with EmbeddedNatsServer(tmp_path / "nats") as server:
+        nc = await connect(server.url, name="test-dlq")
+        settings = Settings(nats=NatsSettings(url=server.url))
+        await provision(nc.jetstream(), settings.nats)
+        try:
+            yield Env(nc.jetstream(), settings, server.url)
+        finally:
+            await nc.close()
+
+
+def assert_same_message(replayed: Any, original: dict[str, Any], seq: int, dlq_stream: str) -> None:
+    """Same subject, body and headers; only the publish control Nats-Msg-Id is new."""
+    assert replayed.subject == original["subject"]
+    assert replayed.data == original["body"]
+    headers = dict(replayed.headers)
+    assert headers.pop("Nats-Msg-Id") == derive_msg_id("replay", dlq_stream, str(seq))
+    expected = {k: v for k, v in original["headers"].items() if k != "Nats-Msg-Id"}
+    assert headers == expected
+
+
+async def test_list_shows_stage_reason_and_original_id(env: Env) -> None:
+    await env.fail("ev-a", "fetch")
+    await env.fail("ev-b", "caption", mode="structured")
+    letters = await list_dead_letters(env.js, env.settings)
+    assert [(d.seq, d.stage, d.reason, d.original_id, d.replayable) for d in letters] == [
+        (1, "fetch", "ev-a broke", "ev-a", True),
+        (2, "caption", "ev-b broke", "ev-b", True),  # read from the structured body: no ce-id header
+    ]
+    assert letters[0].subject == "listenpost.dlq.fetch"
+    assert letters[0].original_subject == "listenpost.in.test"
+    assert letters[0].deliveries == 3 and letters[0].error == "FetchError"
+    assert letters[0].time is not None
+    assert "original" not in letters[0].model_dump()  # bodies stay out of listings
+    assert [d.original_id for d in await list_dead_letters(env.js, env.settings, stage="caption")] == ["ev-b"]
+
+
+async def test_replay_one_by_id_republishes_the_original_byte_identical(env: Env) -> None:
+    original = await env.fail("ev-a")
+    await env.fail("ev-b")
+    report = await replay(env.js, env.settings, original_id="ev-a")
+    assert report.ok
+    [item] = report.replayed
+    assert (item.seq, item.original_id, item.stream, item.duplicate) == (1, "ev-a", env.cfg.in_stream, False)
+
+    # The original's own Nats-Msg-Id is still in the dedup window: the replay must not be dropped.
+    [republished] = await env.messages(env.cfg.in_stream)
+    assert_same_message(republished, original, 1, env.cfg.dlq_stream)
+    assert [d.original_id for d in await list_dead_letters(env.js, env.settings)] == ["ev-b"]
+
+
+async def test_replay_by_seq_and_all(env: Env) -> None:
+    originals = [await env.fail(f"ev-{i}", stage) for i, stage in enumerate(["fetch", "caption", "fetch"])]
+    report = await replay(env.js, env.settings, seq=2)
+    assert [r.original_id for r in report.replayed] == ["ev-1"]
+
+    report = await replay(env.js, env.settings, all=True, stage="fetch")
+    assert [r.seq for r in report.replayed] == [1, 3]
+    assert await list_dead_letters(env.js, env.settings) == []
+
+    by_id = {m.headers["ce-id"]: m for m in await env.messages(env.cfg.in_stream)}
+    for seq, original in zip((1, 2, 3), originals, strict=True):
+        event_id = f"ev-{seq - 1}"
+        assert_same_message(by_id[event_id], original, seq, env.cfg.dlq_stream)
+
+    assert (await replay(env.js, env.settings, all=True)).replayed == []
+
+
+async def test_a_rules_dead_letter_goes_back_to_the_output_stream(env: Env) -> None:
+    original = await env.fail("cap-1", "rules", subject_tokens=("captioned",))
+    report = await replay(env.js, env.settings, all=True)
+    assert [(r.stream, r.subject) for r in report.replayed] == [(env.cfg.out_stream, "listenpost.captioned")]
+    [republished] = await env.messages(env.cfg.out_stream)
+    assert_same_message(republished, original, 1, env.cfg.dlq_stream)
+
+
+async def test_replaying_again_after_an_interrupted_replay_stores_one_copy(env: Env) -> None:
+    await env.fail("ev-a")
+    letter = (await list_dead_letters(env.js, env.settings))[0]
+    # Simulate a crash between the publish and the delete: publish the replay by hand.
+    assert letter.original is not None
+    headers = {k: v for k, v in letter.original.headers.items() if k != "Nats-Msg-Id"}
+    headers["Nats-Msg-Id"] = derive_msg_id("replay", env.cfg.dlq_stream, "1")
+    await env.js.publish(letter.original.subject, letter.original.body(), headers=headers)
+
+    report = await replay(env.js, env.settings, seq=1)
+    assert report.replayed[0].duplicate is True
+    assert len(await env.messages(env.cfg.in_stream)) == 1
+    assert await list_dead_letters(env.js, env.settings) == []
+
+
+async def test_unreadable_dead_letters_are_listed_and_kept(env: Env) -> None:
+    await env.js.publish(env.cfg.subject("dlq", "fetch"), b"garbage", headers={"x": "1"})
+    broken = AudioFailed(stage="fetch", reason="r", error="E", original={"subject": "listenpost.in.x"})
+    await publish_event(env.js, env.cfg.subject("dlq", "fetch"), new_event(AUDIO_FAILED, "urn:t", broken.model_dump()), msg_id="m2")
+    letters = await list_dead_letters(env.js, env.settings)
+    assert [(d.seq, d.stage, d.replayable) for d in letters] == [(1, None, False), (2, "fetch", False)]
+    assert letters[0].reason.startswith("unreadable dead letter: not a CloudEvent")
+    assert letters[1].original_subject == "listenpost.in.x"
+
+    report = await replay(env.js, env.settings, all=True)
+    assert [(f.seq, f.error) for f in report.failed] == [
+        (1, "no readable original message to republish (unreadable dead letter: not a CloudEvent: no "
+            "'ce-specversion' header (binary mode) and no 'application/cloudevents' content type (structured mode))"),
+        (2, "no readable original message to republish (r)"),
+    ]
+    assert not report.ok and len(await list_dead_letters(env.js, env.settings)) == 2
+
+
+async def test_an_original_no_stream_stores_is_reported_and_kept(env: Env) -> None:
+    original = {"subject": "elsewhere.in.x", "headers": {}, "body_base64": base64.b64encode(b"{}").decode()}
+    failed = AudioFailed(stage="validate", reason="r", error="E", original=original)
+    await publish_event(env.js, env.cfg.subject("dlq", "validate"), new_event(AUDIO_FAILED, "urn:t", failed.model_dump()), msg_id="m")
+    report = await replay(env.js, env.settings, seq=1)
+    assert [f.error for f in report.failed] == ["no stream stores subject 'elsewhere.in.x'; dead letter kept"]
+    assert len(await list_dead_letters(env.js, env.settings)) == 1
+
+
+async def test_unknown_selections_are_clear_errors(env: Env) -> None:
+    await env.fail("ev-a")
+    with pytest.raises(DeadLetterNotFound, match=r"^no dead letter of original event id 'nope' in LISTENPOST_DLQ$"):
+        await replay(env.js, env.settings, original_id="nope")
+    with pytest.raises(DeadLetterNotFound, match=r"^no dead letter with sequence 7 in LISTENPOST_DLQ$"):
+        await replay(env.js, env.settings, seq=7)
+    with pytest.raises(DeadLetterError, match="choose exactly one"):
+        await replay(env.js, env.settings)
+    with pytest.raises(DeadLetterError, match="choose exactly one"):
+        await replay(env.js, env.settings, seq=1, all=True)
+    assert len(await list_dead_letters(env.js, env.settings)) == 1
+
+
+async def test_cli_list_and_replay(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LISTENPOST_NATS__URL", raising=False)
+    await env.fail("ev-a")
+    await env.fail("ev-b", "caption")
+    runner = CliRunner()
+
+    async def cli(*args: str) -> Any:
+        # The commands run their own event loop: keep them off the test's.
+        return await asyncio.to_thread(runner.invoke, dlq_app, [*args, "--nats-url", env.url])
+
+    listed = await cli("list", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [(d["seq"], d["stage"], d["original_id"]) for d in json.loads(listed.stdout)] == [
+        (1, "fetch", "ev-a"), (2, "caption", "ev-b"),
+    ]  # fmt: skip
+    table = await cli("list")
+    assert "ev-a" in table.stdout and "2 dead letters" in table.stdout
+
+    missing = await cli("replay", "--id", "nope")
+    assert missing.exit_code == 1
+    assert "no dead letter of original event id 'nope' in LISTENPOST_DLQ" in missing.stderr
+    assert (await cli("replay")).exit_code == 2
+    assert (await cli("replay", "--seq", "1", "--all")).exit_code == 2
+
+    replayed = await cli("replay", "--id", "ev-b", "--json")
+    assert replayed.exit_code == 0, replayed.output
+    assert [r["original_id"] for r in json.loads(replayed.stdout)["replayed"]] == ["ev-b"]
+    assert (await cli("replay", "--all")).exit_code == 0
+    assert "no dead letters" in (await cli("list")).stdout
+
+
+async def test_cli_without_a_reachable_nats_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No running `listenpost serve` to ask (and no importing Ray and the whole app to find out).
+    monkeypatch.setitem(sys.modules, "services.runner", SimpleNamespace(read_runtime_nats_url=lambda: None))
+    monkeypatch.delenv("LISTENPOST_NATS__URL", raising=False)
+    result = await asyncio.to_thread(CliRunner().invoke, dlq_app, ["list"])
+    assert result.exit_code == 2
+    assert "no NATS URL" in result.stderr
+    result = await asyncio.to_thread(CliRunner().invoke, dlq_app, ["list", "--nats-url", "nats://127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert "cannot reach NATS at nats://127.0.0.1:1" in result.stderr

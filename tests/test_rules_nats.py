@@ -1,0 +1,304 @@
+"""The rules engine's state and tools on a real nats-server (JetStream and KV), without Ray:
+the KV store, replicas sharing state, silences, backtest, status, and the RulesEngine class
+started outside Serve (start with broken files, last good rules, hot reload)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.js.errors import BucketNotFoundError
+
+from services.events.binding import decode, event_attributes, event_data_json, new_event
+from services.events.embedded import EmbeddedNatsServer
+from services.events.jetstream import provision, publish_event
+from services.rules import load_ruleset
+from services.rules.alerting import Matcher
+from services.rules.backtest import backtest
+from services.rules.engine import RulesProcessor
+from services.rules.state import Conflict, Stores, open_bucket, open_stores
+from services.rules.status import read_status
+from services.settings import NatsSettings, RulesSettings, Settings
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTIONED = "com.listenpost.audio.captioned"
+
+
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    with EmbeddedNatsServer(tmp_path_factory.mktemp("rules-nats")) as server:
+        yield server.url
+
+
+@pytest.fixture
+async def js(nats_url: str) -> AsyncIterator[Any]:
+    nc = await nats.connect(nats_url)
+    yield nc.jetstream()
+    await nc.drain()
+
+
+def unique(name: str) -> str:
+    return f"{name}_{uuid.uuid4().hex[:8]}"
+
+
+async def stores(js: Any, tag: str) -> Stores:
+    return await open_stores(
+        js, state_bucket=f"S_{tag}", silence_bucket=f"Q_{tag}", status_bucket=f"T_{tag}", state_ttl_s=3600
+    )
+
+
+async def test_kv_store_compare_and_set(js: Any) -> None:
+    store = await open_bucket(js, unique("KV"))
+    assert await store.get("a.1") is None
+    rev = await store.create("a.1", {"n": 1})
+    with pytest.raises(Conflict):
+        await store.create("a.1", {"n": 2})
+    rev2 = await store.update("a.1", {"n": 2}, rev)
+    with pytest.raises(Conflict):
+        await store.update("a.1", {"n": 3}, rev)  # stale revision
+    entry = await store.get("a.1")
+    assert entry is not None and (entry.value, entry.revision) == ({"n": 2}, rev2)
+    await store.put("a.2", {"n": 9})
+    await store.put("b.1", {"n": 0})
+    assert await store.keys("a.") == ["a.1", "a.2"]
+    await store.delete("a.1")
+    assert await store.get("a.1") is None and await store.keys("a.") == ["a.2"]
+    await store.create("a.1", {"n": 5})  # re-created after a delete
+    assert await store.keys("zzz.") == []
+
+
+async def test_buckets_open_idempotently_from_many_replicas(js: Any) -> None:
+    name = unique("KV")
+    opened = await asyncio.gather(*(open_bucket(js, name, ttl_s=60) for _ in range(4)))
+    await opened[0].put("k", {"v": 1})
+    assert (await opened[3].get("k")).value == {"v": 1}  # type: ignore[union-attr]
+
+
+RULES = """apiVersion: listenpost/v1
+kind: RuleSet
+metadata: {name: t, owner: qa}
+rules:
+  - id: angry
+    description: angry customer
+    match: {types: [com.listenpost.audio.captioned]}
+    when: 'emotion("customer", ["anger"], 0.5)'
+    for: {windows: 2}
+    actions:
+      - route: {queue: escalations}
+      - alert: {severity: warning, summary: "angry {{ context.callid }}", labels: {callid: "{{ context.callid }}"}}
+  - id: alarm
+    description: alarm
+    match: {types: [com.listenpost.audio.captioned]}
+    when: 'sound(["alarm"], 0.5)'
+    actions:
+      - alert:
+          severity: critical
+          summary: "alarm {{ context.callid }}"
+          labels: {team: security, callid: "{{ context.callid }}"}
+          group_by: [team]
+          group_wait: 1s
+"""
+
+
+def captioned(i: int, callid: str, *, angry: bool = False, alarm: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    return (
+        {"specversion": "1.0", "id": f"{callid}-{i}", "source": "/test", "type": CAPTIONED},
+        {
+            "context": {"callid": callid},
+            "caption": "x",
+            "windows": [{"index": i, "start": 10.0 * i, "end": 10.0 * (i + 1), "caption": "x"}],
+            "facets": {
+                "emotions": [{"role": "customer", "label": "anger", "intensity": 0.9, "window": i}] if angry else [],
+                "sound_events": [{"label": "alarm", "confidence": 0.9, "window": i}] if alarm else [],
+            },
+            "acoustics": {"silence_ratio": 0.1},
+        },
+    )
+
+
+async def test_two_replicas_share_streaks_dedup_groups_and_silences(nats_url: str, tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(RULES)
+    rules = load_ruleset(tmp_path)
+    tag = uuid.uuid4().hex[:8]
+    connections = [await nats.connect(nats_url) for _ in range(2)]
+    try:
+        a, b = [RulesProcessor(await stores(nc.jetstream(), tag), silence_refresh_s=0.0) for nc in connections]
+        # The call's first window lands on replica a, the second on replica b: the streak carries over.
+        assert (await a.process(rules, *captioned(0, "c-1", angry=True))).publish == []
+        fired = await b.process(rules, *captioned(1, "c-1", angry=True))
+        assert [d.kind for d in fired.publish] == ["route", "alert"]
+        # The same alert again, on the other replica: a duplicate.
+        again = await a.process(rules, *captioned(2, "c-1", angry=True))
+        assert [d.kind for d in again.publish] == ["route"] and [s.reason for s in again.suppressed] == ["duplicate"]
+        # Grouped alarms from both replicas end in one notification, whichever replica flushes.
+        assert len((await a.process(rules, *captioned(0, "c-2", alarm=True))).queued) == 1
+        assert len((await b.process(rules, *captioned(0, "c-3", alarm=True))).queued) == 1
+        sent: list[Any] = []
+
+        async def publish(decision: Any) -> None:
+            sent.append(decision)
+
+        await asyncio.sleep(1.1)
+        await asyncio.gather(a.flush(publish), b.flush(publish))
+        ids = {d.id for d in sent}
+        assert len(ids) == 1 and sent[0].data["group"]["count"] == 2  # the same notification id, at most twice
+        # A silence created through one replica's store silences the other.
+        await a.silences.add([Matcher.parse("callid=c-4")], ends_at=a.clock() + 60)
+        assert (await b.process(rules, *captioned(0, "c-4", angry=True))).publish == []
+        done = await b.process(rules, *captioned(1, "c-4", angry=True))
+        assert [s.reason for s in done.suppressed] == ["silenced"]
+    finally:
+        for nc in connections:
+            await nc.drain()
+
+
+async def test_backtest_replays_history_without_side_effects(js: Any, tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(RULES)
+    rules = load_ruleset(tmp_path)
+    cfg = NatsSettings(subject_prefix=unique("bt").lower(), out_stream=unique("OUT"), in_stream=unique("IN"), dlq_stream=unique("DLQ"))
+    await provision(js, cfg)
+    for i in range(2):
+        attrs, data = captioned(i, "c-1", angry=True)
+        await publish_event(js, cfg.subject("captioned"), new_event(CAPTIONED, "/test", data, id=attrs["id"]), msg_id=attrs["id"])
+    attrs, data = captioned(0, "c-2", alarm=True)
+    await publish_event(js, cfg.subject("captioned"), new_event(CAPTIONED, "/test", data, id=attrs["id"]), msg_id=attrs["id"])
+    await js.publish(cfg.subject("captioned"), b"not an event")
+    await publish_event(js, cfg.subject("routes", "x"), new_event("com.x", "/t", {"a": 1}), msg_id="r1")  # not replayed
+    before = await js.stream_info(cfg.out_stream)
+    buckets_before = {s.config.name for s in await js.streams_info()}
+
+    def decode_msg(body: bytes, headers: Any) -> tuple[dict[str, Any], Any]:
+        event = decode(body, headers)
+        return event_attributes(event), event_data_json(event)
+
+    report = await backtest(
+        js, rules, stream=cfg.out_stream, subjects=[cfg.subject("captioned")], since_s=3600, since_text="1h",
+        prefix=cfg.subject_prefix, decode=decode_msg,
+    )  # fmt: skip
+    assert report.events == 3 and report.undecodable == 1
+    angry, alarm = report.rules["angry"], report.rules["alarm"]
+    assert (angry.matched, dict(angry.routes), angry.alerts_notified) == (1, {"escalations": 1}, 1)
+    assert (alarm.matched, alarm.alerts_grouped, alarm.alerts_notified) == (1, 1, 1)  # notified at the end
+    after = await js.stream_info(cfg.out_stream)
+    assert after.state.messages == before.state.messages  # nothing published
+    assert after.state.consumer_count == before.state.consumer_count  # its consumer is gone
+    assert {s.config.name for s in await js.streams_info()} == buckets_before  # no KV written
+    # Nothing stored since the start time: nothing replayed.
+    empty = await backtest(
+        js, rules, stream=cfg.out_stream, subjects=[cfg.subject("captioned")], since_s=3600, since_text="1h",
+        prefix=cfg.subject_prefix, decode=decode_msg, now=time.time() + 86400,
+    )  # fmt: skip
+    assert empty.events == 0
+
+
+async def test_status_records(js: Any) -> None:
+    bucket = unique("STATUS")
+    assert await read_status(js, bucket) == []
+    store = await open_bucket(js, bucket)
+    await store.put("status.r1", {"replica": "r1", "updated_at": 1.0})
+    await store.put("status.r2", {"replica": "r2", "updated_at": 2.0})
+    await store.put("ruleset.last-good", {"sources": {}})
+    assert [r["replica"] for r in await read_status(js, bucket)] == ["r2", "r1"]
+
+
+# --- the deployment class, outside Serve ----------------------------------------------
+
+
+async def start_engine(settings: Settings) -> Any:
+    from services.rules.deployment import RulesEngine
+
+    cls = RulesEngine.func_or_class
+    engine = cls.__new__(cls)
+    await engine.__init__(settings)
+    return engine
+
+
+async def stop_engine(engine: Any) -> None:
+    """What Serve does at shutdown: await the async __del__ (then keep the GC from calling it again)."""
+    await engine.__del__()
+
+    class Stopped(type(engine)):  # type: ignore[misc]
+        def __del__(self) -> None:
+            pass
+
+    engine.__class__ = Stopped
+
+
+def engine_settings(nats_url: str, directory: Path, tag: str) -> Settings:
+    return Settings(
+        nats=NatsSettings(
+            url=nats_url, subject_prefix=f"lp{tag}", in_stream=f"IN_{tag}", out_stream=f"OUT_{tag}", dlq_stream=f"DLQ_{tag}",
+            rules_durable=f"rules-{tag}", ingest_durable=f"ingest-{tag}", ack_wait_s=5,
+        ),
+        rules=RulesSettings(
+            directory=directory, reload_interval_s=0.1, flush_interval_s=0.2, status_interval_s=0.2,
+            state_bucket=f"S_{tag}", silence_bucket=f"Q_{tag}", status_bucket=f"T_{tag}",
+        ),
+    )  # fmt: skip
+
+
+async def test_engine_starts_on_last_good_rules_and_reloads(nats_url: str, js: Any, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    directory = tmp_path / "rules"
+    shutil.copytree(REPO / "router_rules", directory)
+    settings = engine_settings(nats_url, directory, tag)
+    engine = await start_engine(settings)
+    try:
+        status = await engine.status()
+        good = status["ruleset_version"]
+        assert status["consuming"] and status["origin"] == "files" and status["last_reload_error"] is None
+    finally:
+        await stop_engine(engine)
+
+    # Restart with a broken file: the last good rules (from KV) are active, the error is reported.
+    (directory / "broken.yaml").write_text("apiVersion: listenpost/v1\nkind: RuleSet\nmetadata: {name: b, owner: x}\nrules:\n  - id: [\n")
+    engine = await start_engine(settings)
+    try:
+        status = await engine.status()
+        assert (status["ruleset_version"], status["origin"], status["consuming"]) == (good, "last good (KV)", True)
+        assert "broken.yaml:6:1: invalid YAML" in status["last_reload_error"]
+        # Fixing the file on disk: picked up without a restart.
+        (directory / "broken.yaml").unlink()
+        async with asyncio.timeout(10):
+            while (await engine.status())["origin"] != "files":
+                await asyncio.sleep(0.1)
+        assert (await engine.status())["last_reload_error"] is None
+        async def reported() -> list[dict[str, Any]]:
+            async with asyncio.timeout(10):
+                while not (records := await read_status(js, settings.rules.status_bucket)) or records[0]["origin"] != "files":
+                    await asyncio.sleep(0.2)
+            return records
+
+        [record] = await reported()
+        assert record["ruleset_version"] == good and record["origin"] == "files"
+    finally:
+        await stop_engine(engine)
+
+
+async def test_engine_without_any_good_rules_waits(nats_url: str, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    directory = tmp_path / "rules"
+    directory.mkdir()
+    (directory / "bad.yaml").write_text("nope: [\n")
+    engine = await start_engine(engine_settings(nats_url, directory, tag))
+    try:
+        status = await engine.status()
+        assert status["ruleset_version"] is None and not status["consuming"] and "invalid YAML" in status["last_reload_error"]
+        shutil.copy(REPO / "router_rules" / "quality.yaml", directory / "bad.yaml")
+        async with asyncio.timeout(10):
+            while not (await engine.status())["consuming"]:
+                await asyncio.sleep(0.1)
+    finally:
+        await stop_engine(engine)
+
+
+async def test_bucket_missing_is_not_an_error_for_status(js: Any) -> None:
+    with pytest.raises(BucketNotFoundError):
+        await js.key_value(unique("NONE"))

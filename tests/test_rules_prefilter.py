@@ -1,0 +1,114 @@
+"""The fast path (pre-filter: skip rules whose trigger facts an event lacks; batches: many
+conditions in one CEL call) never changes a result.
+
+Random rule sets and random events, some malformed on purpose, evaluated with
+and without the pre-filter: the decisions, matches and errors must be equal.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.rules import Limits, evaluate, load_ruleset
+
+EMOTIONS = ["anger", "frustration", "fear", "distress", "sadness", "calm", "neutral", "joy"]
+SOUNDS = ["glass_breaking", "alarm", "siren", "gunshot", "screaming", "crying", "music", "dog_bark"]
+WORDS = ["cancel", "refund", "manager", "lawyer", "account", "close my account", "thanks"]
+# Time limits off: on a loaded machine a slow rule would be an error in one run only.
+NO_TIME_LIMITS = Limits(max_rule_ms=600_000, max_event_ms=600_000)
+EVENT = {"specversion": "1.0", "id": "e", "source": "/s", "type": "com.listenpost.audio.captioned"}
+
+
+def _labels(rng: random.Random, pool: list[str]) -> str:
+    return "[" + ", ".join(f'"{x}"' for x in rng.sample(pool, rng.randint(1, 3))) + "]"
+
+
+def random_condition(rng: random.Random, depth: int = 0) -> str:
+    kind = rng.randrange(10 if depth < 2 else 7)
+    if kind == 0:
+        return f'emotion("{rng.choice(["customer", "agent", "any"])}", {_labels(rng, EMOTIONS)}, {rng.choice([0.0, 0.5, 0.8])})'
+    if kind == 1:
+        return f"sound({_labels(rng, SOUNDS)}, {rng.choice([0.0, 0.5, 0.9])})"
+    if kind == 2:
+        return f"{rng.choice(['any_words', 'all_words'])}(caption, {_labels(rng, WORDS)})"
+    if kind == 3:
+        return f'facets.emotions.exists(e, e.label in {_labels(rng, EMOTIONS)} && e.intensity >= {rng.choice([0.1, 0.6])})'
+    if kind == 4:
+        return f'facets.sound_events.exists(s, s.label == "{rng.choice(SOUNDS)}")'
+    if kind == 5:
+        return f"acoustics.silence_ratio > {rng.choice([0.1, 0.4, 0.9])}"
+    if kind == 6:
+        return f'context.queue == "{rng.choice(["billing", "sales"])}"'
+    left, right = random_condition(rng, depth + 1), random_condition(rng, depth + 1)
+    if kind == 7:
+        return f"({left}) && ({right})"
+    if kind == 8:
+        return f"({left}) || ({right})"
+    return f"!({left})"
+
+
+def random_rules(rng: random.Random, directory: Path, count: int) -> Path:
+    lines = ["apiVersion: listenpost/v1", "kind: RuleSet", "metadata: {name: random, owner: qa}", "rules:"]
+    for i in range(count):
+        mode = rng.choice(["enforce", "enforce", "shadow", "disabled"])
+        extra = "    continue: true\n" if rng.random() < 0.7 else ""
+        extra += "    for: {windows: 2}\n" if rng.random() < 0.15 else ""
+        lines.append(
+            f"  - id: r{i}\n    description: r{i}\n    priority: {rng.randint(1, 50)}\n    mode: {mode}\n"
+            f"    match: {{types: [com.listenpost.audio.captioned]}}\n    when: {random_condition(rng)!r}\n{extra}"
+            f"    actions: [{{route: {{queue: q{i}}}}}]"
+        )
+    (directory / "rules.yaml").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def random_event(rng: random.Random) -> dict[str, Any]:
+    def emotion() -> Any:
+        if rng.random() < 0.05:
+            return rng.choice(["not a map", {"role": "customer"}, {"label": 3, "intensity": 0.5}])
+        return {"role": rng.choice(["customer", "agent", None]), "label": rng.choice(EMOTIONS), "intensity": rng.random(), "window": rng.randrange(3)}
+
+    def sound() -> Any:
+        if rng.random() < 0.05:
+            return rng.choice([{"confidence": 0.5}, {"label": "alarm", "confidence": "high"}])
+        return {"label": rng.choice(SOUNDS), "confidence": rng.random(), "window": rng.randrange(3)}
+
+    facets: Any = {"emotions": [emotion() for _ in range(rng.randrange(4))], "sound_events": [sound() for _ in range(rng.randrange(3))]}
+    if rng.random() < 0.05:
+        facets = rng.choice([{}, {"emotions": "none"}, {"sound_events": None, "emotions": []}])
+    caption = " ".join(rng.choice(WORDS + ["the", "customer", "Cancel.", "REFUND", "manager's"]) for _ in range(rng.randrange(12)))
+    windows = [{"index": i, "start": 15.0 * i, "end": 15.0 * (i + 1), "channel": 1, "role": "customer", "caption": rng.choice(WORDS)} for i in range(3)]
+    return {
+        "context": {"callid": "c", **({"queue": rng.choice(["billing", "sales"])} if rng.random() < 0.8 else {})},
+        "caption": caption if rng.random() > 0.03 else 42,
+        "facets": facets,
+        "acoustics": {"silence_ratio": rng.random()},
+        "windows": windows,
+    }
+
+
+def outcome(result: Any) -> Any:
+    return (
+        [(d.id, d.kind, d.rule_id, d.data) for d in result.decisions],
+        result.matches,
+        result.errors,
+        {k: v.to_json() for k, v in result.streaks.items()},
+    )
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_prefilter_never_changes_the_outcome(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    ruleset = load_ruleset(random_rules(rng, tmp_path, 40))
+    skipped = 0
+    for _ in range(60):
+        data = random_event(rng)
+        fast = evaluate(ruleset, EVENT, data, limits=NO_TIME_LIMITS)
+        full = evaluate(ruleset, EVENT, data, prefilter=False, batch=False, limits=NO_TIME_LIMITS)
+        assert outcome(fast) == outcome(full), data
+        skipped += fast.skipped
+    assert skipped > 0  # the pre-filter did skip rules
