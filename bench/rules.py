@@ -17,8 +17,11 @@
    rest angry, distressed, security and quality cases.
    Three ways to evaluate, same rules, same events:
 
-   - ``engine``: what the service runs (one CEL context per rule set reused, only
-     the fields rules read converted, the trigger pre-filter);
+   - ``engine``: what the service runs: the trigger pre-filter, and each condition
+     evaluated by its native program (services/rules/native.py: Python closures
+     on the event's own values) where it has one, else by the ``cel`` library
+     (one CEL context per rule set reused, only the fields rules read converted);
+     ``native_rules`` in the results says how many rules had a native program;
    - ``no-prefilter``: the same without the pre-filter;
    - ``naive``: a fresh CEL context per event with every variable converted
      (and cel.stdlib registered), every applicable rule executed.
@@ -440,7 +443,9 @@ def main() -> None:
             ruleset = load_ruleset(rule_directory(work, count, profile="mixed" if profile == "shipped" else profile))
             for mode in ("engine", "no-prefilter", "naive"):
                 sample = events if mode != "naive" or count <= 10 else events[: max(500, len(events) // 4)]
-                row = {"rules": len(ruleset.rules), "profile": profile, **throughput(ruleset, sample, mode, args.repeat)}
+                row = {"rules": len(ruleset.rules), "profile": profile,
+                       "native_rules": sum(r.native is not None for r in ruleset.rules) if mode != "naive" else 0,
+                       **throughput(ruleset, sample, mode, args.repeat)}  # fmt: skip
                 result["throughput"].append(row)
                 print(f"{row['rules']:>4} rules {profile:<9} {mode:<13} {row['events_per_s_cpu']:>9.0f} events/s/core (cpu)  "
                       f"{row['events_per_s_wall']:>9.0f} (wall)  {row['us_per_event_cpu']:>8.1f} us/event  "

@@ -146,3 +146,18 @@ def test_projections_name_the_fields_read() -> None:
     }
     assert analysis.variables == {"acoustics", "context", "facets", "caption"}
     assert dict(analyse("math.greatest([acoustics.a_b, 1.0]) > 0.0")[0].projections) == {"acoustics": frozenset({"a_b"})}
+
+
+@pytest.mark.parametrize(
+    ("source", "requires"),
+    [
+        ('context.queue == "q1" && emotion("customer", ["anger"], 0.5)', [{"context.queue:q1"}, {"emotion:anger"}]),
+        ('has(context.tier) && context.tier == "gold" && context.queue == "q1"', [{"context.tier:gold"}, {"context.queue:q1"}]),
+        ('context.queue == "q1" || emotion("customer", ["anger"], 0.5)', [{"context.queue:q1", "emotion:anger"}]),
+        ("acoustics.silence_ratio > 0.4 && true", []),
+    ],
+)
+def test_requires_is_every_conjunct_trigger(source: str, requires: list[set[str]]) -> None:
+    analysis, _ = analyse(source)
+    assert [set(keys) for keys in analysis.requires] == requires
+    assert analysis.trigger is None or analysis.trigger in analysis.requires

@@ -463,3 +463,22 @@ def test_a_value_cel_cannot_take_fails_every_rule_visibly(tmp_path: Path) -> Non
     result = evaluate(ruleset, EVENT, captioned(context={"ids": {1, 2}}))  # a set: not JSON, not CEL
     assert [e.rule_id for e in result.errors] == ["a", "b"]
     assert result.errors[0].message.startswith("event cannot be given to CEL")
+
+
+def test_cached_hash_prefixes_give_the_reference_ids_and_fingerprints() -> None:
+    """Decision ids and fingerprints hash per-rule prefixes once (hashlib copy()): same digests."""
+    import hashlib
+    import json
+
+    from services.rules.decisions import DecisionBuilder, decision_id
+
+    for rule_id, labels in [("r", {}), ("dead-air", {"team": "qa", "callid": "c-1"}), ('q"é\\', {"ü": "\n", "a": "1"})]:
+        reference = json.dumps([rule_id, sorted(labels.items())], separators=(",", ":"))
+        assert fingerprint(rule_id, labels) == hashlib.sha256(reference.encode()).hexdigest()
+    ruleset = load_ruleset(SHIPPED)
+    rule = ruleset.rules[0]
+    for event in (EVENT, {**EVENT, "id": "é-2", "source": ""}):
+        builder = DecisionBuilder(ruleset.version, event, {}, "listenpost")
+        for slot in (0, 3, "shadow", "error"):
+            expected = decision_id(rule.id, ruleset.version, str(event["source"]), str(event["id"]), slot)
+            assert builder.decision_id(rule, slot) == expected

@@ -137,12 +137,21 @@ class PullConsumer:
 
     async def _run(self) -> None:
         sub = await self._subscribe()
+        try:
+            await self._fetch_loop(sub)
+        finally:
+            # An un-drained pull subscription makes a later nc.drain() wait out its timeout.
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _fetch_loop(self, sub: Any) -> None:
+        self._sub = sub
         while not self._stopping.is_set():
             if self._resubscribe.is_set():
                 self._resubscribe.clear()
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-                sub = await self._subscribe()
+                sub = self._sub = await self._subscribe()
             free = self._free_slots()
             if free == 0:
                 await asyncio.sleep(0.05)

@@ -34,7 +34,6 @@ records the original type in the ``adaptedfrom`` extension.
 
 from __future__ import annotations
 
-import difflib
 import re
 import typing
 from collections.abc import Mapping
@@ -51,7 +50,8 @@ from pydantic_core import PydanticCustomError
 from services.events.binding import CloudEvent, MalformedEventError, event_data_json, new_event
 from services.events.models import AUDIO_SUBMITTED, AudioSubmitted
 from services.rules.errors import RuleFileError
-from services.rules.source import Loc, YamlDocument, format_loc, parse_yaml
+from services.rules.expr import CEL_FUNCTIONS, ExpressionError, compile_checked
+from services.rules.source import Loc, YamlDocument, format_loc, parse_yaml, schema_errors
 
 __all__ = [
     "ADAPTED_FROM",
@@ -79,26 +79,6 @@ _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 _CORE_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64"}
 )
-# CEL name checks, as the rules engine does them (services.rules.expr), for two variables.
-_TYPE_NAMES = frozenset({"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type"})
-_NAMESPACES = frozenset(name.split(".")[0] for name in cel.stdlib.STDLIB_FUNCTIONS if "." in name)
-_KNOWN_FUNCTIONS = frozenset(
-    {
-        "has", "size", "contains", "startsWith", "endsWith", "matches",
-        "string", "bytes", "double", "int", "uint", "dyn", "type", "timestamp", "duration",
-        "getFullYear", "getMonth", "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear",
-        "getHours", "getMinutes", "getSeconds", "getMilliseconds",
-    }
-) | frozenset(name.split(".")[-1] for name in cel.stdlib.STDLIB_FUNCTIONS)  # fmt: skip
-_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # operators (`_&&_`, `@in`) are not functions to check
-_MACRO_BINDING = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
-_PARSE_ERROR = re.compile(r"ERROR: <input>:(\d+):(\d+): (?:Syntax error: )?(.*)")
-
-
-class ExpressionError(ValueError):
-    """An adapter expression that cannot be accepted; the message is for the file's author."""
-
-
 class AdapterError(ValueError):
     """An event that its adapter cannot turn into ``audio.submitted`` (the event's fault)."""
 
@@ -422,7 +402,7 @@ def _load_file(path: Path, text: str) -> tuple[list[tuple[Adapter, YamlDocument]
     try:
         raw_adapters: Any = AdapterFileSpec.model_validate(doc.data).adapters
     except ValidationError as exc:
-        errors = _schema_errors(doc, exc, (), AdapterFileSpec)
+        errors = schema_errors(doc, exc, (), AdapterFileSpec)
         raw_adapters = doc.data.get("adapters") if isinstance(doc.data, dict) else None
         if not isinstance(raw_adapters, list):
             return [], errors
@@ -432,7 +412,7 @@ def _load_file(path: Path, text: str) -> tuple[list[tuple[Adapter, YamlDocument]
         try:
             spec = AdapterSpec.model_validate(raw)
         except ValidationError as exc:
-            errors.extend(_schema_errors(doc, exc, loc, AdapterSpec))
+            errors.extend(schema_errors(doc, exc, loc, AdapterSpec))
             continue
         fields, field_errors = _compile_fields(doc, loc, spec.map)
         errors.extend(field_errors)
@@ -470,41 +450,12 @@ def _compile_fields(doc: YamlDocument, loc: Loc, spec: MapSpec) -> tuple[tuple[_
 
 
 def _compile(source: str) -> cel.Program:
-    """Compile one expression and check the names it uses against ``event`` and ``data``.
+    """Compile one expression, checking names against ``event`` and ``data`` only.
 
-    The rules' compile_condition also checks fields against the captioned-event
-    schema, which adapters (reading other systems' data) must not be held to.
+    Unlike a rule's condition, fields are not checked against the captioned-event
+    schema: adapters read other systems' data.
     """
-    try:
-        program = cel.compile(source)
-    except ValueError as exc:
-        raise ExpressionError(_syntax_message(str(exc))) from exc
-    refs = program.references()
-    bound = set(_MACRO_BINDING.findall(source))
-    unknown = sorted(
-        name
-        for name in refs["variables"]
-        if name not in VARIABLES and name not in bound and name not in _TYPE_NAMES and name not in _NAMESPACES
-    )
-    if unknown:
-        raise ExpressionError(
-            f"unknown CEL variable{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-            f"(known: {', '.join(VARIABLES)})"
-        )
-    # The library resolves functions only at run time: a typo would fail every event, not the load.
-    bad = sorted(f for f in refs["functions"] if _IDENT.fullmatch(f) and f not in _KNOWN_FUNCTIONS)
-    if bad:
-        raise ExpressionError(f"unknown CEL function{'s' if len(bad) > 1 else ''} {', '.join(bad)}")
-    return program
-
-
-def _syntax_message(text: str) -> str:
-    # The library repeats the source and draws a caret; the file position already points at it.
-    found = _PARSE_ERROR.search(text)
-    if not found:
-        return f"CEL syntax error: {text.splitlines()[0] if text else 'unknown'}"
-    line, col, cause = found.groups()
-    return f"CEL syntax error: {line}:{col}: {cause.strip()}"
+    return compile_checked(source, VARIABLES, CEL_FUNCTIONS)
 
 
 def _new_context(variables: Mapping[str, Any]) -> cel.Context:
@@ -556,66 +507,6 @@ def _at(adapter: Adapter, doc: YamlDocument, field: str) -> str:
 
 
 # --- pydantic errors -> file positions ---------------------------------------------
-
-
-def _schema_errors(doc: YamlDocument, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> list[RuleFileError]:
-    errors = []
-    for err in exc.errors(include_url=False):
-        inner: tuple[str | int, ...] = tuple(err["loc"])
-        kind = err["type"]
-        ctx = err.get("ctx") or {}
-        key = False
-        if kind == "extra_forbidden":
-            key = True
-            message = _unknown_field(model, inner)
-        elif kind == "missing":
-            message = "missing required field"
-        elif "field" in ctx:  # our custom errors that blame a key
-            inner = (*inner, ctx["field"])
-            key = True
-            message = err["msg"]
-        elif kind == "value_error":
-            message = str(ctx.get("error", err["msg"]))
-        elif kind == "literal_error":
-            message = f"{err['msg']} (got {err['input']!r})"
-        elif kind in ("model_type", "model_attributes_type", "dict_type") and not inner and not prefix:
-            message = "expected a mapping with apiVersion, kind, metadata, adapters"
-        else:
-            message = err["msg"]
-        errors.append(doc.error((*prefix, *inner), message, key=key))
-    return errors
-
-
-def _unknown_field(model: type[BaseModel], loc: tuple[str | int, ...]) -> str:
-    owner = _model_at(model, loc[:-1])
-    if owner is None:
-        return "unknown field"
-    known = [f.alias or name for name, f in owner.model_fields.items()]
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-    if close:
-        return f"unknown field, did you mean {close[0]!r}?"
-    return f"unknown field (known: {', '.join(known)})"
-
-
-def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    current: type[BaseModel] | None = model
-    for part in loc:
-        if current is None or not isinstance(part, str):
-            return None
-        fields = {f.alias or name: f for name, f in current.model_fields.items()}
-        if part not in fields:
-            return None
-        current = _unwrap_model(fields[part].annotation)
-    return current
-
-
-def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):  # `X | None`
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None
 
 
 # --- helpers -------------------------------------------------------------------------

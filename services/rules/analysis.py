@@ -57,6 +57,9 @@ class Analysis:
     variables: frozenset[str] = frozenset()
     projections: Mapping[str, Projection] = field(default_factory=dict)
     trigger: frozenset[str] | None = None
+    #: The trigger of every top-level conjunct that has one: each is necessary (the
+    #: rule can only be true when the event has one of its keys), ``trigger`` is one of them.
+    requires: tuple[frozenset[str], ...] = ()
     clauses: tuple[tuple[int, int], ...] = ()
     bound: frozenset[str] = frozenset()
     helpers: frozenset[str] = frozenset()
@@ -89,6 +92,7 @@ def analyse(source: str, known: Mapping[str, Shape] = VARIABLES) -> tuple[Analys
             variables=frozenset(projections),
             projections=projections,
             trigger=_trigger(ast, frozenset()),
+            requires=tuple(dict.fromkeys(t for n in conjuncts(ast) if (t := _trigger(n, frozenset())) is not None)),
             clauses=tuple((n.start, n.end) for n in conjuncts(ast)),
             bound=frozenset(checker.bound),
             helpers=frozenset(checker.helpers),

@@ -83,9 +83,37 @@ def decision_id(rule_id: str, version: str, source: str, event_id: str, slot: in
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _part(value: str) -> str:
+    return f"{len(value)}:{value};"
+
+
+#: sha256 states after the constant leading parts, per (rule id, version) and per rule id
+#: (fingerprints): copied per decision instead of hashing the whole key again.
+_ID_PREFIXES: dict[tuple[str, str], Any] = {}
+_FINGERPRINT_PREFIXES: dict[str, Any] = {}
+_CACHE_LIMIT = 65_536
+
+
+def _id_state(rule_id: str, version: str) -> Any:
+    state = _ID_PREFIXES.get((rule_id, version))
+    if state is None:
+        if len(_ID_PREFIXES) > _CACHE_LIMIT:
+            _ID_PREFIXES.clear()
+        state = _ID_PREFIXES[(rule_id, version)] = hashlib.sha256((_part(rule_id) + _part(version)).encode())
+    return state
+
+
 def fingerprint(rule_id: str, labels: Mapping[str, str]) -> str:
-    key = json.dumps([rule_id, sorted(labels.items())], separators=(",", ":"))
-    return hashlib.sha256(key.encode()).hexdigest()
+    # == sha256(json.dumps([rule_id, sorted(labels.items())], separators=(",", ":"))), with the
+    # leading '["<rule id>",' hashed once per rule.
+    state = _FINGERPRINT_PREFIXES.get(rule_id)
+    if state is None:
+        if len(_FINGERPRINT_PREFIXES) > _CACHE_LIMIT:
+            _FINGERPRINT_PREFIXES.clear()
+        state = _FINGERPRINT_PREFIXES[rule_id] = hashlib.sha256(("[" + json.dumps(rule_id) + ",").encode())
+    state = state.copy()
+    state.update((json.dumps(sorted(labels.items()), separators=(",", ":")) + "]").encode())
+    return state.hexdigest()
 
 
 class DecisionBuilder:
@@ -98,14 +126,21 @@ class DecisionBuilder:
         self.source = str(event.get("source", ""))
         self.event_id = str(event.get("id", ""))
         self.source_event = {"id": self.event_id, "source": self.source, "type": str(event.get("type", ""))}
+        self._event_part = _part(self.source) + _part(self.event_id)
         context = variables.get("context")
         callid = context.get("callid") if isinstance(context, Mapping) else None
         # The CloudEvents extension `callid` carries it for events without data.context.
         self.callid = callid if callid is not None else event.get("callid")
 
+    def decision_id(self, rule: CompiledRule, slot: int | str) -> str:
+        """decision_id(rule.id, version, source, event id, slot), from the rule's cached prefix state."""
+        state = _id_state(rule.id, self.version).copy()
+        state.update((self._event_part + _part(str(slot))).encode())
+        return state.hexdigest()
+
     def action(self, rule: CompiledRule, action: CompiledAction, evidence: Mapping[str, Any] | None = None) -> Decision:
         params = self.render(rule, action, evidence)
-        spec = action.spec.spec
+        spec = action.inner
         if isinstance(spec, RouteSpec):
             return self._decision(rule, action, "route", ROUTE_DECIDED, f"routes.{spec.queue}", params, evidence)
         if isinstance(spec, AlertSpec):
@@ -116,7 +151,7 @@ class DecisionBuilder:
         if isinstance(spec, EmitSpec):
             # The author's data, as written: the consumer of an emitted type owns its schema.
             return Decision(
-                id=decision_id(rule.id, self.version, self.source, self.event_id, action.index),
+                id=self.decision_id(rule, action.index),
                 kind="emit",
                 type=spec.type,
                 subject=f"{self.prefix}.{spec.subject}",
@@ -142,14 +177,14 @@ class DecisionBuilder:
         return {
             **self.variables,
             "match": dict(evidence or {}),
-            "rule": {"id": rule.id, "owner": rule.owner, "description": rule.spec.description, "priority": rule.spec.priority},
+            "rule": rule.template_view,
         }
 
     def render(
         self, rule: CompiledRule, action: CompiledAction, evidence: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """The action's parameters with templates filled in."""
-        spec = action.spec.spec
+        spec = action.inner
         if isinstance(spec, RouteSpec):
             return {"queue": spec.queue}
         if isinstance(spec, TagSpec):
@@ -195,7 +230,7 @@ class DecisionBuilder:
         if evidence:
             data["evidence"] = dict(evidence)
         return Decision(
-            id=decision_id(rule.id, self.version, self.source, self.event_id, slot),
+            id=self.decision_id(rule, slot),
             kind=kind,
             type=event_type,
             subject=f"{self.prefix}.{subject}",

@@ -15,11 +15,14 @@ condition held in ``windows`` consecutive slots, or for ``duration`` of call
 time. The streak carries over to the next event of the same call (the engine
 keeps it in NATS KV); an event without windows counts as one window.
 
-Speed (see bench/rules.py): one CEL context per rule set and thread with the
-stdlib and helpers registered once; per event only the variables, and of them
-only the fields, that the candidate rules read are converted into CEL; and a
-pre-filter skips rules whose trigger facts (emotion or sound labels, caption
-words) the event lacks.
+Speed (see bench/rules.py): conditions inside the native subset run as Python
+closures on the event's own dicts and lists (:mod:`services.rules.native`),
+when the values the candidate rules read are plain JSON; the rest use the
+``cel`` library: one CEL context per rule set and thread with the stdlib and
+helpers registered once, and per event only the variables, and of them only
+the fields, that those rules read are converted into CEL (only when some rule
+needs the library). A pre-filter skips rules whose trigger facts (emotion or
+sound labels, caption words) the event lacks.
 
 Guardrails, since the CEL library has no cost limits: captions and the lists
 of facets and windows are capped before evaluation (recorded in
@@ -40,13 +43,15 @@ from typing import Any, Literal
 from .decisions import DEFAULT_PREFIX, Decision, DecisionBuilder, check_prefix
 from .expr import runtime_message
 from .helpers import Facts, clock
-from .ruleset import CompiledRule, EvalContext, RuleSet, Segment
+from .native import plain_values
+from .ruleset import CompiledRule, EvalContext, RuleSet, Segment, _labels
 
 _UNSET = object()
 # Attributes that are the event's payload, not its metadata: exposed as `data`.
 _PAYLOAD_ATTRIBUTES = ("data", "data_base64")
 #: Windows further apart than this (seconds) break a debounce streak.
 STREAK_GAP_S = 1.0
+_NUMBER = (int, float)  # isinstance() with a tuple: faster than with `int | float`, same answer
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ def cap_input(data: Any, limits: Limits) -> tuple[Any, tuple[str, ...]]:
         capped = windows[: limits.max_list_items] if len(windows) > limits.max_list_items else windows
         if capped is not windows:
             cut.append("windows")
-        if any(type(w) is dict and type(c := w.get("caption")) is str and len(c) > longest for w in capped):
+        if _long_caption(capped, longest):
             capped = [
                 {**w, "caption": w["caption"][:longest]} if type(w) is dict and type(w.get("caption")) is str else w
                 for w in capped
@@ -178,6 +183,15 @@ def cap_input(data: Any, limits: Limits) -> tuple[Any, tuple[str, ...]]:
             setdata("facets", {**facets, **{k: facets[k][: limits.max_list_items] for k in long}})
             cut.extend(f"facets.{k}" for k in long)
     return (out if out is not None else data), tuple(cut)
+
+
+def _long_caption(windows: list[Any], longest: int) -> bool:
+    for w in windows:
+        if type(w) is dict:
+            c = w.get("caption")
+            if type(c) is str and len(c) > longest:
+                return True
+    return False
 
 
 def _project(value: Any, fields: frozenset[str] | None) -> Any:
@@ -212,15 +226,24 @@ def window_slots(data: Any) -> list[Slot]:
         if not (type(w) is dict or isinstance(w, Mapping)):
             return []
         start, end = w.get("start"), w.get("end")
-        if not isinstance(start, int | float) or not isinstance(end, int | float):
+        if not isinstance(start, _NUMBER) or not isinstance(end, _NUMBER):
             return []
-        spans.setdefault((round(float(start), 3), round(float(end), 3)), []).append(w)
+        key = (round(start if type(start) is float else float(start), 3), round(end if type(end) is float else float(end), 3))
+        members = spans.get(key)
+        if members is None:
+            spans[key] = [w]
+        else:
+            members.append(w)
     slots = []
     for (start, end), members in sorted(spans.items()):
         if len(members) > 1:
-            members.sort(key=lambda w: (str(w.get("channel")), str(w.get("role"))))
-        slots.append(Slot(start, end, members, frozenset(i for w in members if (i := w.get("index")) is not None)))
+            members.sort(key=_member_order)
+        slots.append(Slot(start, end, members, frozenset({i for w in members if (i := w.get("index")) is not None})))
     return slots
+
+
+def _member_order(w: Mapping[str, Any]) -> tuple[str, str]:
+    return (str(w.get("channel")), str(w.get("role")))
 
 
 def _in_slot(item: Any, slot: Slot) -> bool:
@@ -230,7 +253,7 @@ def _in_slot(item: Any, slot: Slot) -> bool:
     if window is not None:
         return window in slot.indices
     start, end = item.get("start"), item.get("end")
-    if isinstance(start, int | float) and isinstance(end, int | float) and slot.start is not None and slot.end is not None:
+    if isinstance(start, _NUMBER) and isinstance(end, _NUMBER) and slot.start is not None and slot.end is not None:
         return start < slot.end and end > slot.start
     return False
 
@@ -262,7 +285,14 @@ class _Run:
     """The state of one evaluation: the event's views and the shared CEL context."""
 
     def __init__(
-        self, ruleset: RuleSet, attributes: Mapping[str, Any], data: Any, prefix: str, limits: Limits, prefilter: bool
+        self,
+        ruleset: RuleSet,
+        attributes: Mapping[str, Any],
+        data: Any,
+        prefix: str,
+        limits: Limits,
+        prefilter: bool,
+        native: bool = True,
     ) -> None:
         self.ruleset = ruleset
         self.attributes = attributes
@@ -287,10 +317,17 @@ class _Run:
         self._builder: DecisionBuilder | None = None
         self._slots: list[Slot] | None = None
         self._views: dict[int, tuple[Any, Facts]] | None = None
+        self._slot_keys: dict[int, frozenset[str]] | None = None
+        self.prefiltered = prefilter
+        self._envs: dict[int, dict[str, Any]] = {}  # native programs' variables, per slot
         self._changed: set[str] = set()
         self._last_end: Any = _UNSET
         self.ctx: EvalContext | None = None
         self.context_error: str | None = None
+        self.allow_native = native
+        #: Whether this event's rules may run natively: set by enter() (plain JSON values only).
+        self.native = False
+        self._cel_ready = False
 
     @property
     def builder(self) -> DecisionBuilder:
@@ -305,9 +342,38 @@ class _Run:
         return self._slots
 
     def enter(self) -> None:
-        """Give the candidate rules' variables to this thread's CEL context."""
+        """Prepare evaluation: native when the values the rules read are plain JSON, and the
+        CEL context only if some candidate rule needs the library (converting is the cost)."""
         self.ctx = self.ruleset.context()
         self.ctx.current.facts = self.facts
+        self._cel_ready = False
+        self.native = self.allow_native and self._plain()
+        if not self.native or self.candidates.needs_library:
+            self.cel_context()
+
+    def _plain(self) -> bool:
+        """Whether every value the candidate rules may read is plain JSON. Otherwise the
+        library evaluates every rule of the event: it owns the conversion, and the error
+        "event cannot be given to CEL" that fails every rule, as without native programs."""
+        projections = self.plan.projections
+        for name in self.needed:
+            value = self.variables[name]
+            fields = projections.get(name)
+            if fields is None or type(value) is not dict:
+                if not plain_values(value):
+                    return False
+            else:
+                for key in fields:
+                    if key in value and not plain_values(value[key]):
+                        return False
+        return True
+
+    def cel_context(self) -> None:
+        """Give the candidate rules' variables to this thread's CEL context (once per event)."""
+        assert self.ctx is not None
+        if self._cel_ready:
+            return
+        self._cel_ready = True
         projections = self.plan.projections
         try:
             self.ctx.context.update({name: _project(self.variables[name], projections.get(name)) for name in self.needed})
@@ -322,8 +388,12 @@ class _Run:
         """(result, None) or (None, error message)."""
         assert self.ctx is not None
         self.facts.evidence.clear()
+        native = rule.native if self.native else None
         try:
-            result = rule.program.execute(self.ctx.context)
+            if native is not None:
+                result = native(self.variables, self.facts)
+            else:
+                result = rule.program.execute(self.ctx.context)
         except Exception as exc:  # noqa: BLE001 -- the library raises KeyError, TypeError, RuntimeError...: all are rule errors
             return None, runtime_message(exc)
         if not isinstance(result, bool):
@@ -348,6 +418,28 @@ class _Run:
             view = self._views[index] = (facets, facts)
         return view
 
+    def slot_present(self, index: int) -> frozenset[str]:
+        """The pre-filter keys of one slot: the event's context and word keys, the slot's
+        own emotion and sound labels (built once per slot and event)."""
+        if self._slot_keys is None:
+            self._slot_keys = {}
+        keys = self._slot_keys.get(index)
+        if keys is None:
+            # What slot_view() would give the slot's Facts, without building the view.
+            slot = self.slots[index]
+            found = {k for k in self.present if not k.startswith(("emotion:", "sound:"))}
+            facets = self.variables["facets"]
+            is_map = type(facets) is dict or isinstance(facets, Mapping)
+            kinds = self.plan.kinds
+            for name, kind in (("emotions", "emotion"), ("sound_events", "sound")):
+                if kind in kinds:
+                    items = facets.get(name) if is_map else None
+                    if type(items) is list and items:
+                        items = [item for item in items if _in_slot(item, slot)]
+                    _labels(items, kind, found)
+            keys = self._slot_keys[index] = frozenset(found)
+        return keys
+
     def execute_in(self, rule: CompiledRule, index: int) -> tuple[Any, str | None, dict[str, Any]]:
         """Evaluate ``rule`` on one slot of the call; :meth:`restore` puts the event-wide view back."""
         assert self.ctx is not None
@@ -355,16 +447,24 @@ class _Run:
         facets, facts = self.slot_view(index)
         facts.evidence.clear()
         self.ctx.current.facts = facts
-        update = {}
-        if "facets" in rule.variables:
-            update["facets"] = _project(facets, self.plan.projections.get("facets"))
-        if "caption" in rule.variables:
-            update["caption"] = slot.caption
-        if update:
-            self.ctx.context.update(update)
-            self._changed.update(update)
+        native = rule.native if self.native else None
         try:
-            result = rule.program.execute(self.ctx.context)
+            if native is not None:
+                env = self._envs.get(index)
+                if env is None:
+                    # The slot's view, once per slot and event (the event's own stays as it is).
+                    env = self._envs[index] = {**self.variables, "facets": facets, "caption": slot.caption}
+                result = native(env, facts)
+            else:
+                update = {}
+                if "facets" in rule.variables:
+                    update["facets"] = _project(facets, self.plan.projections.get("facets"))
+                if "caption" in rule.variables:
+                    update["caption"] = slot.caption
+                if update:
+                    self.ctx.context.update(update)
+                    self._changed.update(update)
+                result = rule.program.execute(self.ctx.context)
         except Exception as exc:  # noqa: BLE001
             return None, runtime_message(exc), {}
         if not isinstance(result, bool):
@@ -430,7 +530,12 @@ class _Run:
                 if not contiguous:
                     streak = Streak()
                 if windowed:
-                    held, error, seen = self.execute_in(rule, index)
+                    if self.prefiltered and rule.cannot_hold(self.slot_present(index)):
+                        # Its trigger facts are absent from this slot's facets (the same proof
+                        # as cannot_hold() for the whole event): false here, no need to run it.
+                        held, error, seen = False, None, {}
+                    else:
+                        held, error, seen = self.execute_in(rule, index)
                 else:
                     held, error = self.execute(rule)
                     seen = dict(self.facts.evidence[0]) if held and self.facts.evidence else {}
@@ -462,6 +567,8 @@ class _Run:
         return self._last_end  # type: ignore[return-value]
 
     def _find_last_end(self) -> float | None:
+        if self._slots is None and any(r.debounce is not None and not r.cannot_hold(self.present) for r in self.rules):
+            _ = self.slots  # a `for:` rule will walk them anyway: their last end is at hand
         if self._slots is not None:
             return self._slots[-1].end if self._slots else _event_time(self.attributes)
         windows = self.data.get("windows") if (type(self.data) is dict or isinstance(self.data, Mapping)) else None
@@ -471,9 +578,9 @@ class _Run:
                 if not (type(w) is dict or isinstance(w, Mapping)):
                     return _event_time(self.attributes)
                 start, end = w.get("start"), w.get("end")
-                if not isinstance(start, int | float) or not isinstance(end, int | float):
+                if not isinstance(start, _NUMBER) or not isinstance(end, _NUMBER):
                     return _event_time(self.attributes)
-                span = (round(float(start), 3), round(float(end), 3))
+                span = (round(start if type(start) is float else float(start), 3), round(end if type(end) is float else float(end), 3))
                 if last is None or span > last:
                     last = span
         return last[1] if last is not None else _event_time(self.attributes)
@@ -507,15 +614,18 @@ def evaluate(
     streaks: Mapping[str, Streak] | None = None,
     prefilter: bool = True,
     batch: bool = True,
+    native: bool = True,
 ) -> Evaluation:
     """Run every applicable rule of ``ruleset`` on one event (attributes incl. extensions, and data).
 
     ``streaks``: the debounce state of the event's call, by rule id (none: a fresh call).
     ``prefilter=False, batch=False`` evaluates every applicable rule alone: the reference
     the fast path is tested against (same results), and what ``rules explain`` uses.
+    ``native=False`` evaluates every condition with the ``cel`` library (the reference
+    the native programs are tested against).
     """
     check_prefix(prefix)
-    run = _Run(ruleset, event_attributes, data, prefix, limits, prefilter)
+    run = _Run(ruleset, event_attributes, data, prefix, limits, prefilter, native)
     decisions: list[Decision] = []
     matches: list[RuleMatch] = []
     errors: list[RuleError] = []
@@ -544,6 +654,7 @@ def evaluate(
         if results is not None and last - started > rule_budget_s and time.thread_time() - cpu_started > rule_budget_s:
             results = None  # too slow as a whole: evaluate one by one to name the slow rule
     rules = run.rules
+    facts, variables = run.facts, run.variables
     if results is not None:
         # Only what needs work, in order: batched conditions that are not plainly false,
         # and the rules evaluated one by one.
@@ -574,6 +685,17 @@ def evaluate(
                     previous = (streaks or {}).get(rule.id) or Streak()
                     result, error, streak, evidence = run.debounce(rule, previous)
                     after[rule.id] = streak
+                elif (native := rule.native if run.native else None) is not None:
+                    # run.execute() inlined for native programs (the common case).
+                    if facts.evidence:
+                        facts.evidence.clear()
+                    try:
+                        result = native(variables, facts)
+                    except Exception as exc:  # noqa: BLE001 -- as in execute()
+                        result, error = None, runtime_message(exc)
+                    else:
+                        result, error = (result, None) if isinstance(result, bool) else (None, _not_bool(result))
+                    evidence = dict(facts.evidence[0]) if result and facts.evidence else {}
                 else:
                     result, error = run.execute(rule)
                     evidence = dict(run.facts.evidence[0]) if result and run.facts.evidence else {}

@@ -9,6 +9,7 @@ error on every event in production.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,7 @@ from . import fields
 from .analysis import Analysis, analyse, unknown_variables
 from .fields import ListOf, MapOf, Open, Record, Scalar, Shape
 from .helpers import HELPERS
+from .native import NativeProgram, compile_native
 
 #: Names a rule's ``when`` may use.
 VARIABLES: tuple[str, ...] = tuple(fields.VARIABLES)
@@ -42,7 +44,9 @@ _NATIVE_FUNCTIONS = frozenset(
     }
 )  # fmt: skip
 _STDLIB_FUNCTIONS = frozenset(name.split(".")[-1] for name in cel.stdlib.STDLIB_FUNCTIONS)
-KNOWN_FUNCTIONS = _NATIVE_FUNCTIONS | _STDLIB_FUNCTIONS | frozenset(HELPERS)
+#: CEL's own functions (core and stdlib), without listenpost's rule helpers.
+CEL_FUNCTIONS = _NATIVE_FUNCTIONS | _STDLIB_FUNCTIONS | frozenset({"has"})
+KNOWN_FUNCTIONS = CEL_FUNCTIONS | frozenset(HELPERS)
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # operators (`_&&_`, `@in`, `!_`) are not
 # Fallback only (when the analysis parser cannot read an expression the library
 # compiled): comprehension macros bind a name that variables() also lists.
@@ -58,10 +62,16 @@ class ExpressionError(ValueError):
 
 @dataclass(frozen=True)
 class Condition:
-    """A compiled ``when``: the library's program and what the loader learned about it."""
+    """A compiled ``when``: the library's program and what the loader learned about it.
+
+    ``native`` is the same condition compiled to Python closures (see
+    :mod:`services.rules.native`), or None when it uses something outside the
+    native subset: then the library evaluates it.
+    """
 
     program: cel.Program
     analysis: Analysis
+    native: NativeProgram | None = None
 
     @property
     def source(self) -> str:
@@ -71,33 +81,44 @@ class Condition:
         return self.program.execute(context)
 
 
-def compile_condition(source: str) -> Condition:
-    """Compile a ``when`` expression and check every name, field and function it uses."""
+def compile_checked(source: str, variables: Sequence[str], functions: frozenset[str]) -> cel.Program:
+    """Compile with the library, then refuse names it would only reject at run time.
+
+    Shared by rule conditions and source adapters: an unknown variable or a
+    misspelt function would otherwise fail every event instead of the load.
+    """
     try:
         program = cel.compile(source)
     except ValueError as exc:
         raise ExpressionError(_syntax_message(str(exc))) from exc
     refs = program.references()
-    unknown = unknown_variables(source, VARIABLES)
+    unknown = unknown_variables(source, variables)
     if unknown is None:  # the analysis parser could not read it: the library's list, as before
         bound = set(_MACRO_BINDING.findall(source))
         unknown = sorted(
             name
             for name in refs["variables"]
-            if name not in VARIABLES and name not in bound and name not in _TYPE_NAMES and name not in _NAMESPACES
+            if name not in variables and name not in bound and name not in _TYPE_NAMES and name not in _NAMESPACES
         )
     if unknown:
         raise ExpressionError(
             f"unknown CEL variable{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-            f"(known: {', '.join(VARIABLES)})"
+            f"(known: {', '.join(variables)})"
         )
-    bad_functions = sorted(f for f in refs["functions"] if _IDENT.match(f) and f not in KNOWN_FUNCTIONS)
+    bad_functions = sorted(f for f in refs["functions"] if _IDENT.match(f) and f not in functions)
     if bad_functions:
         raise ExpressionError(f"unknown CEL function{'s' if len(bad_functions) > 1 else ''} {', '.join(bad_functions)}")
+    return program
+
+
+def compile_condition(source: str) -> Condition:
+    """Compile a ``when`` expression and check every name, field and function it uses."""
+    program = compile_checked(source, VARIABLES, KNOWN_FUNCTIONS)
     analysis, findings = analyse(source)
     if findings:
         raise ExpressionError("; ".join(f"{_line_col(source, f.offset)}: {f.message}" for f in findings[:3]))
-    return Condition(program=program, analysis=analysis)
+    native = compile_native(analysis.ast) if analysis.ast is not None else None
+    return Condition(program=program, analysis=analysis, native=native)
 
 
 def _line_col(source: str, offset: int) -> str:
@@ -208,10 +229,21 @@ class Template:
             raise ExpressionError("unbalanced '{{' or '}}' in template")
         return cls(source=source, paths=tuple(paths))
 
+    @functools.cached_property
+    def _parts(self) -> tuple[Any, ...]:
+        """(literal, path, literal, path, ..., literal): the source split once, at first render."""
+        pieces = _PLACEHOLDER.split(self.source)
+        return tuple(p if i % 2 == 0 else p.strip().split(".") for i, p in enumerate(pieces))
+
     def render(self, variables: Mapping[str, Any]) -> str:
         if not self.paths:
             return self.source
-        return _PLACEHOLDER.sub(lambda m: _format(_lookup(variables, m.group(1).strip().split("."))), self.source)
+        parts = self._parts
+        out = [parts[0]]
+        for i in range(1, len(parts), 2):
+            out.append(_format(_lookup(variables, parts[i])))
+            out.append(parts[i + 1])
+        return "".join(out)
 
 
 def _lookup(variables: Mapping[str, Any], path: list[str]) -> Any:

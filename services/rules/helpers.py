@@ -23,7 +23,7 @@ without anger (see :mod:`services.rules.analysis`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +121,7 @@ class Facts:
     first use only. Helpers append :attr:`evidence` (cleared per rule).
     """
 
-    __slots__ = ("caption", "emotions", "evidence", "sounds", "windows", "_norm")
+    __slots__ = ("caption", "emotions", "evidence", "sounds", "windows", "_norm", "_valid")
 
     def __init__(self, emotions: Any, sounds: Any, caption: Any, windows: Sequence[Mapping[str, Any]]) -> None:
         self.emotions = emotions
@@ -130,16 +130,21 @@ class Facts:
         self.windows = windows
         self.evidence: list[dict[str, Any]] = []
         self._norm: dict[str, str] = {}
+        self._valid: set[str] = set()  # facet lists already checked (`_items`): once per event
 
     # --- the helpers ---------------------------------------------------------
 
     def emotion(self, role: Any, labels: Any, min_intensity: Any) -> bool:
         if not isinstance(role, str):
             raise HelperError(f"emotion(): role must be a string, got {type(role).__name__}")
-        wanted = _labels(labels, "emotion(): labels")
-        floor = _number(min_intensity, "emotion(): min_intensity")
+        return self.emotion_of(role, _labels(labels, "emotion(): labels"), _number(min_intensity, "emotion(): min_intensity"))
+
+    def emotion_of(self, role: str, wanted: Collection[str], floor: float) -> bool:
+        """emotion() with checked arguments (the native evaluator checks literal ones once)."""
         for item in self._items(self.emotions, "facets.emotions"):
-            if item.get("label") not in wanted or (role != "any" and item.get("role") != role):
+            label = item.get("label")
+            # A label that is not a string is never wanted (and may not be hashable).
+            if type(label) is not str or label not in wanted or (role != "any" and item.get("role") != role):
                 continue
             intensity = _number(item.get("intensity"), f"intensity of emotion {item.get('label')!r}")
             if intensity >= floor:
@@ -148,10 +153,13 @@ class Facts:
         return False
 
     def sound(self, labels: Any, min_confidence: Any) -> bool:
-        wanted = _labels(labels, "sound(): labels")
-        floor = _number(min_confidence, "sound(): min_confidence")
+        return self.sound_of(_labels(labels, "sound(): labels"), _number(min_confidence, "sound(): min_confidence"))
+
+    def sound_of(self, wanted: Collection[str], floor: float) -> bool:
+        """sound() with checked arguments."""
         for item in self._items(self.sounds, "facets.sound_events"):
-            if item.get("label") not in wanted:
+            label = item.get("label")
+            if type(label) is not str or label not in wanted:
                 continue
             confidence = _number(item.get("confidence"), f"confidence of sound event {item.get('label')!r}")
             if confidence >= floor:
@@ -170,19 +178,24 @@ class Facts:
 
     # --- internals -----------------------------------------------------------
 
-    @staticmethod
-    def _items(value: Any, what: str) -> list[Mapping[str, Any]]:
+    def _items(self, value: Any, what: str) -> list[Mapping[str, Any]]:
+        if what in self._valid:
+            return value  # type: ignore[no-any-return]
         if not isinstance(value, list):
             raise HelperError(f"{what} is {'missing' if value is None else type(value).__name__}, not a list")
         for item in value:
             if type(item) is not dict and not isinstance(item, Mapping):
                 raise HelperError(f"an item of {what} is a {type(item).__name__}, not a map")
+        self._valid.add(what)
         return value
 
     def _words(self, text: Any, words: Any, name: str, *, all_of: bool) -> bool:
         if not isinstance(text, str):
             raise HelperError(f"{name}(): text must be a string, got {type(text).__name__}")
-        phrases = [words_of(p) for p in _labels(words, f"{name}(): words")]
+        return self.phrases_in(text, [words_of(p) for p in _labels(words, f"{name}(): words")], all_of=all_of)
+
+    def phrases_in(self, text: str, phrases: Sequence[list[str]], *, all_of: bool) -> bool:
+        """any_words()/all_words() with the text checked and the phrases split into words."""
         norm = self._norm.get(text)
         if norm is None:
             norm = self._norm[text] = _normalised(text)

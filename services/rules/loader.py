@@ -8,21 +8,19 @@ reported with file:line:column, not just the first one.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from .decisions import DEFAULT_EMIT_SUBJECTS, subject_allowed
 from .errors import RuleFileError, RuleSetError
 from .expr import DataTemplate, ExpressionError, Template, compile_condition
 from .ruleset import CompiledAction, CompiledRule, RuleSet
 from .schema import AlertSpec, EmitSpec, RuleFileSpec, RuleSpec
-from .source import Loc, YamlDocument, parse_yaml
+from .source import Loc, YamlDocument, parse_yaml, schema_errors
 
 RULE_SUFFIXES = (".yaml", ".yml")
 # Test files (given events, expected decisions) sit beside the rules, in the
@@ -128,7 +126,7 @@ def load_file(
     try:
         header = RuleFileSpec.model_validate(doc.data)
     except ValidationError as exc:
-        errors = _schema_errors(doc, exc, (), RuleFileSpec)
+        errors = schema_errors(doc, exc, (), RuleFileSpec)
         # Still check the rules if the list itself is fine: report everything at once.
         raw_rules = doc.data.get("rules") if isinstance(doc.data, dict) else None
         if not isinstance(raw_rules, list):
@@ -146,7 +144,7 @@ def load_file(
         try:
             spec = RuleSpec.model_validate(raw)
         except ValidationError as exc:
-            errors.extend(_schema_errors(doc, exc, loc, RuleSpec))
+            errors.extend(schema_errors(doc, exc, loc, RuleSpec))
             continue
         rule, rule_errors = _compile_rule(doc, loc, index, spec, file_owner, emit_subjects)
         errors.extend(rule_errors)
@@ -261,69 +259,3 @@ def _duplicate_ids(loaded: list[tuple[CompiledRule, YamlDocument]]) -> list[Rule
 # --- pydantic errors -> file positions ------------------------------------------
 
 
-def _schema_errors(doc: YamlDocument, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> list[RuleFileError]:
-    errors = []
-    for err in exc.errors(include_url=False):
-        inner: tuple[str | int, ...] = tuple(err["loc"])
-        kind = err["type"]
-        ctx = err.get("ctx") or {}
-        key = False
-        if kind == "extra_forbidden":
-            key = True
-            message = _unknown_field(model, inner)
-        elif kind == "missing":
-            message = "missing required field"
-        elif "field" in ctx:  # our custom errors that blame a key (see schema.ActionSpec)
-            inner = (*inner, ctx["field"])
-            key = True
-            message = err["msg"]
-        elif kind == "value_error":
-            message = str(ctx.get("error", err["msg"]))
-        elif kind == "literal_error":
-            message = f"{err['msg']} (got {err['input']!r})"
-        elif kind in ("model_type", "model_attributes_type", "dict_type") and not inner:
-            message = "expected a mapping with apiVersion, kind, metadata, rules"
-        else:
-            message = err["msg"]
-        errors.append(doc.error((*prefix, *inner), message, key=key))
-    return errors
-
-
-def _unknown_field(model: type[BaseModel], loc: tuple[str | int, ...]) -> str:
-    owner = _model_at(model, loc[:-1])
-    if owner is None:
-        return "unknown field"
-    known = [f.alias or name for name, f in owner.model_fields.items()]
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-    if close:
-        return f"unknown field, did you mean {close[0]!r}?"
-    return f"unknown field (known: {', '.join(known)})"
-
-
-def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The pydantic model that validates the value at ``loc`` (for the list of its fields)."""
-    annotation: Any = model
-    for part in loc:
-        annotation = _unwrap_model(annotation) if isinstance(part, str) else annotation
-        if isinstance(part, str):
-            if annotation is None:
-                return None
-            fields = {f.alias or name: f for name, f in annotation.model_fields.items()}
-            if part not in fields:
-                return None
-            annotation = fields[part].annotation
-        else:
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            if typing.get_origin(annotation) is not list or not args:
-                return None
-            annotation = args[0]
-    return _unwrap_model(annotation)
-
-
-def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):  # `X | None`
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None

@@ -21,6 +21,7 @@ import cel.stdlib
 from .analysis import Projection
 from .expr import Condition, DataTemplate, Template
 from .helpers import Facts
+from .native import NativeProgram
 from .schema import ActionKind, ActionSpec, AlertSpec, ForSpec, Mode, RuleSpec
 
 
@@ -32,6 +33,11 @@ class CompiledAction:
     description: Template | None = None  # alerts only
     labels: tuple[tuple[str, Template], ...] = ()  # alerts only, sorted by name
     data: DataTemplate | None = None  # emit only
+    #: spec.spec (the route/alert/tag/emit model), read once: a pydantic property per decision otherwise.
+    inner: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inner", self.spec.spec)
 
     @property
     def kind(self) -> ActionKind:
@@ -56,6 +62,8 @@ class CompiledRule:
     mode: Mode = field(init=False)
     continue_: bool = field(init=False)
     program: cel.Program = field(init=False, repr=False, compare=False)
+    #: The condition as Python closures (None: the library evaluates it), see services.rules.native.
+    native: NativeProgram | None = field(init=False, repr=False, compare=False)
     debounce: ForSpec | None = field(init=False, repr=False, compare=False)
     debounce_s: float | None = field(init=False, repr=False, compare=False)
     variables: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -63,6 +71,13 @@ class CompiledRule:
     #: Whether a template of the rule quotes ``{{ match.* }}`` (then a match without
     #: helper evidence looks for the window where the condition holds).
     quotes_match: bool = field(init=False, repr=False, compare=False)
+    #: cannot_hold()'s view of the trigger: (key, "<kind>:*") pairs; None when it never applies.
+    _holds_on: tuple[tuple[str, str], ...] | None = field(init=False, repr=False, compare=False)
+    #: The necessary triggers besides ``trigger`` (one per other top-level conjunct), as
+    #: (keys, their "<kind>:*" keys): the pre-filter drops a candidate when one is absent.
+    also_requires: tuple[tuple[frozenset[str], frozenset[str]], ...] = field(init=False, repr=False, compare=False)
+    #: ``{{ rule.* }}`` of the templates (read-only there), built once.
+    template_view: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -70,11 +85,43 @@ class CompiledRule:
         put(self, "mode", self.spec.mode)
         put(self, "continue_", self.spec.continue_)
         put(self, "program", self.condition.program)
+        put(self, "native", self.condition.native)
         put(self, "debounce", self.spec.for_)
         put(self, "debounce_s", self.spec.for_.seconds if self.spec.for_ is not None else None)
         put(self, "variables", self.condition.analysis.variables)
         put(self, "trigger", self.condition.analysis.trigger)
         put(self, "quotes_match", any(_quotes_match(a) for a in self.actions))
+        trigger = self.trigger
+        put(
+            self,
+            "_holds_on",
+            None
+            if trigger is None or any(key.startswith("word:") for key in trigger)
+            else tuple((key, f"{key.split(':', 1)[0]}:*") for key in trigger),
+        )
+
+        put(
+            self,
+            "also_requires",
+            tuple(
+                (keys, frozenset(f"{key.split(':', 1)[0]}:*" for key in keys))
+                for keys in self.condition.analysis.requires
+                if keys != trigger
+            ),
+        )
+
+        put(
+            self,
+            "template_view",
+            {"id": self.spec.id, "owner": self.owner, "description": self.spec.description, "priority": self.spec.priority},
+        )
+
+    def requirements_met(self, present: frozenset[str]) -> bool:
+        """Whether each of ``also_requires`` has a key (or its kind's ``*``) in ``present``."""
+        for keys, any_of_kind in self.also_requires:
+            if keys.isdisjoint(present) and any_of_kind.isdisjoint(present):
+                return False
+        return True
 
     def applies(self, event_type: str, source: str) -> bool:
         match = self.spec.match
@@ -84,11 +131,11 @@ class CompiledRule:
         """True when the rule's trigger facts are absent from the event, so it is false in
         every window too (a window's facets are a subset of the event's; its caption is not,
         so word triggers do not count here)."""
-        trigger = self.trigger
-        if trigger is None or any(key.startswith("word:") for key in trigger):
+        keys = self._holds_on
+        if keys is None:
             return False
-        for key in trigger:
-            if key in present or f"{key.split(':', 1)[0]}:*" in present:
+        for key, any_of_kind in keys:
+            if key in present or any_of_kind in present:
                 return False
         return True
 
@@ -127,9 +174,12 @@ class Plan:
     kinds: frozenset[str]  # the kinds of those keys
     context_kinds: tuple[str, ...] = ()  # "context.<field>" kinds
     _candidates: dict[frozenset[str], Candidates] = field(default_factory=dict, repr=False, compare=False)
-    #: The rules without a trigger (evaluated for every event), as one CEL program.
+    #: The rules without a trigger (evaluated for every event) that have no native program, as one CEL program.
     batch: Segment | None = None
     batch_index: Mapping[str, int] = field(default_factory=dict)
+    #: ("emotion:*", "anger") -> "emotion:anger", for the labels in `universe` (present_keys()
+    #: keeps only those, so it need not build the key of any other label).
+    label_keys: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, rules: Iterable[CompiledRule]) -> Plan:
@@ -141,6 +191,8 @@ class Plan:
         universe: set[str] = set()
         for i, rule in enumerate(ordered):
             universe |= rule.trigger or frozenset()
+            for keys, _ in rule.also_requires:
+                universe |= keys
             # A `for:` rule is always a candidate: a call where it is false must
             # still reset its streak (evaluate() does that without CEL when its
             # trigger is absent, see `debounce_skip`).
@@ -162,8 +214,13 @@ class Plan:
                 for name in rule.variables:
                     projections[name] = None
         words = tuple(sorted({key.split(":", 1)[1] for key in universe if key.startswith("word:")}))
+        # Only conditions the library evaluates: a native one costs about a microsecond
+        # alone, less than its share of a CEL call (and on an event that is not plain
+        # JSON it goes to the library one by one, which stays exact).
         batched = tuple(
-            r for i, r in enumerate(ordered) if i in always and r.debounce is None and not r.condition.analysis.opaque
+            r
+            for i, r in enumerate(ordered)
+            if i in always and r.debounce is None and not r.condition.analysis.opaque and r.native is None
         )
         return cls(
             rules=ordered,
@@ -177,6 +234,11 @@ class Plan:
             universe=frozenset(universe),
             kinds=frozenset(key.split(":", 1)[0] for key in universe),
             context_kinds=tuple(sorted({key.split(":", 1)[0] for key in universe if key.startswith("context.")})),
+            label_keys={
+                (f"{kind}:*", key.split(":", 1)[1]): key
+                for key in universe
+                if (kind := key.split(":", 1)[0]) in ("emotion", "sound")
+            },
         )
 
     def present_keys(self, facts: Facts, context: Any = None) -> frozenset[str]:
@@ -187,9 +249,9 @@ class Plan:
             # A missing or non-string value: the rule decides (it may fail, visibly).
             keys.add(f"{kind}:{value}" if type(value) is str else f"{kind}:*")
         if "emotion" in self.kinds:
-            _labels(facts.emotions, "emotion", keys)
+            _known_labels(facts.emotions, "emotion:*", self.label_keys, keys)
         if "sound" in self.kinds:
-            _labels(facts.sounds, "sound", keys)
+            _known_labels(facts.sounds, "sound:*", self.label_keys, keys)
         if self.words:
             if isinstance(facts.caption, str):
                 # A substring test: weaker than "a whole word", so a superset of the rules
@@ -212,6 +274,11 @@ class Plan:
                 chosen |= self.by_kind.get(key[:-2], frozenset())
             else:
                 chosen |= self.by_key.get(key, frozenset())
+        # A candidate by its trigger is still certainly false when another of its
+        # necessary triggers is absent (`context.queue == "q1" && emotion(...)`).
+        # `for:` rules have no trigger here (always candidates): they reset streaks.
+        rules = self.rules
+        chosen = {i for i in chosen if rules[i].debounce is not None or rules[i].requirements_met(present)}
         found = self.subset(tuple(self.rules[i] for i in sorted(chosen)))
         if len(self._candidates) > 1024:  # bounded: keys come from a small universe, but be safe
             self._candidates.clear()
@@ -225,7 +292,7 @@ class Plan:
         # case since batched rules have no trigger), and the rules evaluated one by one.
         in_batch = tuple(positions.get(r.id, -1) for r in (self.batch.rules if self.batch else ()))
         alone = tuple(i for i, r in enumerate(rules) if r.id not in self.batch_index)
-        return Candidates(rules, variables, in_batch, alone)
+        return Candidates(rules, variables, in_batch, alone, any(r.native is None for r in rules))
 
 
 @dataclass(frozen=True)
@@ -234,6 +301,8 @@ class Candidates:
     variables: frozenset[str]  # what they read
     in_batch: tuple[int, ...]  # batch result i -> position in `rules`
     alone: tuple[int, ...]  # positions of the rules evaluated one by one
+    #: Whether some rule has no native program (then the event's values are given to CEL).
+    needs_library: bool = True
 
 
 class Segment:
@@ -275,6 +344,23 @@ def _labels(items: Any, kind: str, keys: set[str]) -> None:
             keys.add(f"{kind}:*")
             return
         keys.add(f"{kind}:{label}")
+
+
+def _known_labels(items: Any, any_key: str, known: Mapping[tuple[str, str], str], keys: set[str]) -> None:
+    """_labels() keeping only the keys in ``known`` (and ``any_key`` for malformed facts)."""
+    if not isinstance(items, list):
+        keys.add(any_key)
+        return
+    for item in items:
+        label = item.get("label") if isinstance(item, dict) else None
+        if not isinstance(label, str):
+            keys.add(any_key)
+            return
+        key = known.get((any_key, label))
+        if key is not None:
+            keys.add(key)
+        elif label == "*" or label.endswith(":*"):
+            keys.add(any_key[:-1] + label)  # kept by present_keys() like any "<kind>:*" key
 
 
 class _Current:

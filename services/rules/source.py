@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+import difflib
+import typing
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -116,3 +120,78 @@ def to_plain(node: Any) -> Any:
     if isinstance(node, float):
         return float(node)
     return node  # None, timestamps, tagged scalars: left for the schema to reject
+
+
+# --- pydantic errors -> positions -------------------------------------------------------
+
+
+def schema_errors(doc: YamlDocument, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> list[RuleFileError]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        inner: tuple[str | int, ...] = tuple(err["loc"])
+        kind = err["type"]
+        ctx = err.get("ctx") or {}
+        key = False
+        if kind == "extra_forbidden":
+            key = True
+            message = _unknown_field(model, inner)
+        elif kind == "missing":
+            message = "missing required field"
+        elif "field" in ctx:  # our custom errors that blame a key (see schema.ActionSpec)
+            inner = (*inner, ctx["field"])
+            key = True
+            message = err["msg"]
+        elif kind == "value_error":
+            message = str(ctx.get("error", err["msg"]))
+        elif kind == "literal_error":
+            message = f"{err['msg']} (got {err['input']!r})"
+        elif kind in ("model_type", "model_attributes_type", "dict_type") and not inner:
+            message = f"expected a mapping with {', '.join(_field_names(model))}"
+        else:
+            message = err["msg"]
+        errors.append(doc.error((*prefix, *inner), message, key=key))
+    return errors
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _unknown_field(model: type[BaseModel], loc: tuple[str | int, ...]) -> str:
+    owner = _model_at(model, loc[:-1])
+    if owner is None:
+        return "unknown field"
+    known = _field_names(owner)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    if close:
+        return f"unknown field, did you mean {close[0]!r}?"
+    return f"unknown field (known: {', '.join(known)})"
+
+
+def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The pydantic model that validates the value at ``loc`` (for the list of its fields)."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _unwrap_model(annotation) if isinstance(part, str) else annotation
+        if isinstance(part, str):
+            if annotation is None:
+                return None
+            fields = {f.alias or name: f for name, f in annotation.model_fields.items()}
+            if part not in fields:
+                return None
+            annotation = fields[part].annotation
+        else:
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if typing.get_origin(annotation) is not list or not args:
+                return None
+            annotation = args[0]
+    return _unwrap_model(annotation)
+
+
+def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):  # `X | None`
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None

@@ -49,10 +49,10 @@ from .decisions import DEFAULT_EMIT_SUBJECTS, DEFAULT_PREFIX, Decision
 from .engine import RulesProcessor
 from .errors import RuleFileError, RuleSetError
 from .evaluate import DEFAULT_LIMITS
-from .loader import TEST_SUFFIXES, _schema_errors, load_files, rule_files
+from .loader import TEST_SUFFIXES, load_files, rule_files
 from .ruleset import RuleSet
 from .schema import Duration, parse_duration
-from .source import parse_yaml
+from .source import parse_yaml, schema_errors
 from .state import memory_stores
 
 CAPTIONED_TYPE = "com.listenpost.audio.captioned"
@@ -216,7 +216,7 @@ async def run_file(
         result.errors.append(str(exc))
         return result
     except ValidationError as exc:
-        result.errors.extend(str(e) for e in _schema_errors(doc, exc, (), RuleTestFile))
+        result.errors.extend(str(e) for e in schema_errors(doc, exc, (), RuleTestFile))
         return result
     try:
         files = _select_rule_files(path, directory, spec.rule_files)
