@@ -7,43 +7,28 @@ tiny random-weight checkpoint's output is noise; what is tested is the failure p
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
 import pytest
-from captioner_fixtures import noise_window, tiny_checkpoint  # noqa: F401
+from captioner_fixtures import noise_window, running_cpu_vllm_engine, tiny_checkpoint  # noqa: F401
 
-from services.captioner.engines import SamplingConfig, VllmCaptionEngine, VllmEngineConfig
+from services.captioner.engines import SamplingConfig, VllmCaptionEngine
 from services.captioner.errors import EngineDeadError
 
 
 @pytest.fixture(scope="module")
 async def doomed_engine(tiny_checkpoint: Path) -> AsyncIterator[VllmCaptionEngine]:
-    saved = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    engine = VllmCaptionEngine(
-        VllmEngineConfig(
-            model=str(tiny_checkpoint),
-            max_model_len=2048,
-            max_num_seqs=8,
-            enforce_eager=True,
-            dtype="float32",
-            # Long answers: the requests are surely mid-generation when the engine dies.
-            sampling=SamplingConfig(max_tokens=1500, min_tokens=1500),
-            drain_timeout_s=1,
-        )
-    )
-    try:
-        await engine.start()
+    async with running_cpu_vllm_engine(
+        tiny_checkpoint,
+        max_model_len=2048,
+        max_num_seqs=8,
+        # Long answers: the requests are surely mid-generation when the engine dies.
+        sampling=SamplingConfig(max_tokens=1500, min_tokens=1500),
+        drain_timeout_s=1,
+    ) as engine:
         yield engine
-    finally:
-        await engine.shutdown()
-        if saved is None:
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-        else:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = saved
 
 
 def engine_core_processes() -> list[psutil.Process]:

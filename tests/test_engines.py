@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pickle
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from captioner_fixtures import noise_window, tiny_checkpoint  # noqa: F401
+from captioner_fixtures import noise_window, running_cpu_vllm_engine, tiny_checkpoint  # noqa: F401
 
 from services.captioner.bench import bench_engine, noise_windows, ratios
 from services.captioner.engine_base import InFlight
@@ -236,29 +235,14 @@ async def test_transformers_shutdown_drains_windows_in_flight(tiny_checkpoint: P
 
 @pytest.fixture(scope="module")
 async def vllm_engine(tiny_checkpoint: Path) -> AsyncIterator[VllmCaptionEngine]:
-    # Read by vLLM's CPU worker when it starts; keeps the KV cache (GiB) small in tests.
-    saved = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    engine = VllmCaptionEngine(
-        VllmEngineConfig(
-            model=str(tiny_checkpoint),
-            max_model_len=4096,
-            max_num_seqs=16,
-            enforce_eager=True,
-            dtype="float32",
-            sampling=SamplingConfig(max_tokens=MAX_TOKENS),
-            drain_timeout_s=60,
-        )
-    )
-    try:
-        await engine.start()
+    async with running_cpu_vllm_engine(
+        tiny_checkpoint,
+        max_model_len=4096,
+        max_num_seqs=16,
+        sampling=SamplingConfig(max_tokens=MAX_TOKENS),
+        drain_timeout_s=60,
+    ) as engine:
         yield engine
-    finally:
-        await engine.shutdown()
-        if saved is None:
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-        else:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = saved
 
 
 async def test_vllm_captions_windows_concurrently(vllm_engine: VllmCaptionEngine) -> None:

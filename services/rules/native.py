@@ -727,36 +727,23 @@ def _macro(node: Call, bound: frozenset[str]) -> NativeProgram:
         # A copy per comprehension, not per item: the closures are shared across threads.
         return dict(env)
 
-    if kind == "exists":
+    if kind in ("exists", "all"):
         (pred,) = bodies
+        # exists stops at the first true, all at the first false: one loop, mirrored.
+        decisive = kind == "exists"
 
-        def exists(env: dict[str, Any], facts: Facts) -> bool:
+        def quantifier(env: dict[str, Any], facts: Facts) -> bool:
             local = scope(env)
             for item in _iterate(target(env, facts)):
                 local[name] = item
                 value = pred(local, facts)
-                if value is True:
-                    return True
-                if value is not False:
+                if value is decisive:
+                    return decisive
+                if value is not (not decisive):
                     raise _overload()
-            return False
+            return not decisive
 
-        return exists
-    if kind == "all":
-        (pred,) = bodies
-
-        def all_(env: dict[str, Any], facts: Facts) -> bool:
-            local = scope(env)
-            for item in _iterate(target(env, facts)):
-                local[name] = item
-                value = pred(local, facts)
-                if value is False:
-                    return False
-                if value is not True:
-                    raise _overload()
-            return True
-
-        return all_
+        return quantifier
     if kind == "exists_one":
         (pred,) = bodies
 
