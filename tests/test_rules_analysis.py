@@ -6,7 +6,7 @@ import cel
 import pytest
 
 from services.rules import celast
-from services.rules.analysis import analyse, conjuncts, unknown_variables
+from services.rules.analysis import FloorTest, analyse, conjuncts, unknown_variables
 from services.rules.expr import ExpressionError, compile_condition
 
 # Expressions the library compiles; the analysis parser must read every one.
@@ -109,13 +109,24 @@ def test_unknown_variables_respect_scopes() -> None:
 @pytest.mark.parametrize(
     ("source", "trigger"),
     [
-        ('emotion("customer", ["anger", "frustration"], 0.6)', {"emotion:anger", "emotion:frustration"}),
-        ('emotion("any", "fear", 0.6) && context.queue == "x"', {"emotion:fear"}),
-        ('sound(["gunshot"], 0.5) || sound("siren", 0.5)', {"sound:gunshot", "sound:siren"}),
+        # A literal floor grades the keys: the largest of 0.25, 0.5, 0.75 not above it.
+        ('emotion("customer", ["anger", "frustration"], 0.6)', {"emotion:anger@0.5", "emotion:frustration@0.5"}),
+        ('emotion("any", "fear", 0.6) && context.queue == "x"', {"emotion:fear@0.5"}),
+        ('emotion("any", "fear", 0.2)', {"emotion:fear"}),  # below the lowest grade
+        ('emotion("any", "fear", 0.75)', {"emotion:fear@0.75"}),
+        ('emotion("any", "fear", 0.99)', {"emotion:fear@0.75"}),
+        ('emotion("any", "fear", -0.5)', {"emotion:fear"}),  # not a literal number
+        ('emotion("any", "fear", context.floor)', {"emotion:fear"}),
+        ('sound(["gunshot"], 0.5) || sound("siren", 0.3)', {"sound:gunshot@0.5", "sound:siren@0.25"}),
         ('sound(["gunshot"], 0.5) || acoustics.silence_ratio > 0.5', None),  # one side can hold alone
         ('!sound(["gunshot"], 0.5)', None),
         ('sound(["a", "b", "c"], 0.5) && emotion("any", "x", 0.1)', {"emotion:x"}),  # the narrower
-        ('facets.emotions.exists(e, e.label == "anger" && e.intensity > 0.5)', {"emotion:anger"}),
+        ('facets.emotions.exists(e, e.label == "anger" && e.intensity > 0.5)', {"emotion:anger@0.5"}),
+        ('facets.emotions.exists(e, 0.8 <= e.intensity && e.role == "x" && e.label in ["a", "b"])', {"emotion:a@0.75", "emotion:b@0.75"}),
+        ('facets.emotions.exists(e, e.label == "anger" && e.start > 0.5)', {"emotion:anger"}),  # not the graded field
+        ('facets.sound_events.exists(s, s.label == "alarm" && s.confidence >= 0.3)', {"sound:alarm@0.25"}),
+        ('facets.emotions.exists(e, e.label == "anger" || e.intensity > 0.5)', None),
+        ('facets.emotions.exists(e, e.label == "anger")', {"emotion:anger"}),
         ('facets.sound_events.exists(s, "alarm" == s.label || s.label in ["siren"])', {"sound:alarm", "sound:siren"}),
         ('facets.emotions.exists(e, e.intensity > 0.5)', None),
         ('facets.emotions.all(e, e.label == "anger")', None),  # true on an empty list
@@ -151,9 +162,9 @@ def test_projections_name_the_fields_read() -> None:
 @pytest.mark.parametrize(
     ("source", "requires"),
     [
-        ('context.queue == "q1" && emotion("customer", ["anger"], 0.5)', [{"context.queue:q1"}, {"emotion:anger"}]),
+        ('context.queue == "q1" && emotion("customer", ["anger"], 0.5)', [{"context.queue:q1"}, {"emotion:anger@0.5"}]),
         ('has(context.tier) && context.tier == "gold" && context.queue == "q1"', [{"context.tier:gold"}, {"context.queue:q1"}]),
-        ('context.queue == "q1" || emotion("customer", ["anger"], 0.5)', [{"context.queue:q1", "emotion:anger"}]),
+        ('context.queue == "q1" || emotion("customer", ["anger"], 0.5)', [{"context.queue:q1", "emotion:anger@0.5"}]),
         ("acoustics.silence_ratio > 0.4 && true", []),
     ],
 )
@@ -161,3 +172,26 @@ def test_requires_is_every_conjunct_trigger(source: str, requires: list[set[str]
     analysis, _ = analyse(source)
     assert [set(keys) for keys in analysis.requires] == requires
     assert analysis.trigger is None or analysis.trigger in analysis.requires
+
+
+@pytest.mark.parametrize(
+    ("source", "floors"),
+    [
+        ('emotion("customer", ["anger", "frustration"], 0.6)', [FloorTest("emotion", "customer", frozenset({"anger", "frustration"}), 0.6)]),
+        ('emotion("any", "fear", 0.3) && sound(["alarm"], 0.5)', [FloorTest("emotion", None, frozenset({"fear"}), 0.3), FloorTest("sound", None, frozenset({"alarm"}), 0.5)]),
+        (
+            'facets.emotions.exists(e, e.label == "anger" && e.intensity > 0.7 && e.role == "agent")',
+            [FloorTest("emotion", "agent", frozenset({"anger"}), 0.7)],
+        ),
+        ('facets.sound_events.exists(s, s.label in ["alarm", "siren"] && 0.4 <= s.confidence)', [FloorTest("sound", None, frozenset({"alarm", "siren"}), 0.4)]),
+        ('emotion(context.role, ["anger"], 0.6)', []),  # the role is not a literal
+        ('emotion("customer", ["anger"], context.floor)', []),
+        ('!emotion("customer", ["anger"], 0.6)', []),
+        ('emotion("customer", ["anger"], 0.6) || sound(["alarm"], 0.5)', []),  # neither is necessary
+        ('facets.emotions.exists(e, e.label == "anger" || e.intensity > 0.7)', []),
+    ],
+)
+def test_floors_are_the_necessary_facet_thresholds(source: str, floors: list[FloorTest]) -> None:
+    analysis, findings = analyse(source)
+    assert findings == []
+    assert list(analysis.floors) == floors

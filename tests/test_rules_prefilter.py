@@ -68,13 +68,22 @@ def random_rules(rng: random.Random, directory: Path, count: int) -> Path:
 
 def random_event(rng: random.Random) -> dict[str, Any]:
     def emotion() -> Any:
-        if rng.random() < 0.05:
-            return rng.choice(["not a map", {"role": "customer"}, {"label": 3, "intensity": 0.5}])
+        if rng.random() < 0.08:
+            # Malformed, or a value the graded keys cannot compare (the rules must decide, and fail).
+            return rng.choice([
+                "not a map", {"role": "customer"}, {"label": 3, "intensity": 0.5},
+                {"role": "customer", "label": "anger", "intensity": "high"}, {"role": "agent", "label": "fear", "intensity": 1},
+                {"role": "customer", "label": "distress"}, {"role": "customer", "label": "anger", "intensity": float("nan")},
+                {"role": "customer", "label": "anger", "intensity": True, "window": 1},
+            ])  # fmt: skip
         return {"role": rng.choice(["customer", "agent", None]), "label": rng.choice(EMOTIONS), "intensity": rng.random(), "window": rng.randrange(3)}
 
     def sound() -> Any:
-        if rng.random() < 0.05:
-            return rng.choice([{"confidence": 0.5}, {"label": "alarm", "confidence": "high"}])
+        if rng.random() < 0.08:
+            return rng.choice([
+                {"confidence": 0.5}, {"label": "alarm", "confidence": "high"}, {"label": "siren", "confidence": 1},
+                {"label": "gunshot", "window": 0}, {"label": "screaming", "confidence": float("nan"), "window": 2},
+            ])  # fmt: skip
         return {"label": rng.choice(SOUNDS), "confidence": rng.random(), "window": rng.randrange(3)}
 
     facets: Any = {"emotions": [emotion() for _ in range(rng.randrange(4))], "sound_events": [sound() for _ in range(rng.randrange(3))]}
@@ -112,3 +121,37 @@ def test_prefilter_never_changes_the_outcome(tmp_path: Path, seed: int) -> None:
         assert outcome(fast) == outcome(full), data
         skipped += fast.skipped
     assert skipped > 0  # the pre-filter did skip rules
+
+
+FOR_RULES = """apiVersion: listenpost/v1
+kind: RuleSet
+metadata: {name: floors, owner: qa}
+rules:
+  - id: angry
+    description: angry for two windows
+    match: {types: [com.listenpost.audio.captioned]}
+    when: emotion("customer", ["anger"], 0.6)
+    for: {windows: 2}
+    actions: [{route: {queue: escalations}}]
+"""
+
+
+def _call(*emotions: dict[str, Any]) -> dict[str, Any]:
+    windows = [{"index": i, "start": 30.0 * i, "end": 30.0 * (i + 1), "channel": 1, "role": "customer", "caption": "x"} for i in range(3)]
+    return {"context": {"callid": "c"}, "caption": "x", "facets": {"emotions": list(emotions), "sound_events": []}, "windows": windows}
+
+
+def test_a_for_rule_below_its_floor_is_not_walked_but_errors_still_show(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(FOR_RULES)
+    ruleset = load_ruleset(tmp_path)
+    below = _call({"role": "customer", "label": "anger", "intensity": 0.55, "window": 0})
+    result = evaluate(ruleset, EVENT, below)
+    assert result.evaluated == 0 and result.streaks["angry"].windows == 0
+    assert outcome(result) == outcome(evaluate(ruleset, EVENT, below, prefilter=False, batch=False))
+    # An intensity that is not a number cannot be compared: the rule runs, and fails visibly.
+    broken = _call({"role": "customer", "label": "anger", "intensity": "high", "window": 0})
+    result = evaluate(ruleset, EVENT, broken)
+    assert [e.message for e in result.errors] == ["intensity of emotion 'anger' must be a number, got str"]
+    # At the floor in two windows in a row: it fires.
+    held = _call(*({"role": "customer", "label": "anger", "intensity": 0.6, "window": i} for i in (0, 1)))
+    assert [m.rule_id for m in evaluate(ruleset, EVENT, held).matches] == ["angry"]

@@ -51,6 +51,17 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class FloorTest:
+    """Some ``kind`` item ("emotion", "sound") with a label in ``labels``, of ``role`` (None:
+    any), whose intensity or confidence is at least ``floor``: a condition's necessary fact."""
+
+    kind: str
+    role: str | None
+    labels: frozenset[str]
+    floor: float
+
+
+@dataclass(frozen=True)
 class Analysis:
     source: str
     ast: Node | None  # None: this parser could not read what the library compiled
@@ -60,6 +71,9 @@ class Analysis:
     #: The trigger of every top-level conjunct that has one: each is necessary (the
     #: rule can only be true when the event has one of its keys), ``trigger`` is one of them.
     requires: tuple[frozenset[str], ...] = ()
+    #: Necessary facet floors (one per top-level conjunct that is a helper call or an
+    #: ``exists`` with literal labels and floor): the rule cannot hold unless an item reaches each.
+    floors: tuple[FloorTest, ...] = ()
     clauses: tuple[tuple[int, int], ...] = ()
     bound: frozenset[str] = frozenset()
     helpers: frozenset[str] = frozenset()
@@ -93,6 +107,7 @@ def analyse(source: str, known: Mapping[str, Shape] = VARIABLES) -> tuple[Analys
             projections=projections,
             trigger=_trigger(ast, frozenset()),
             requires=tuple(dict.fromkeys(t for n in conjuncts(ast) if (t := _trigger(n, frozenset())) is not None)),
+            floors=tuple(dict.fromkeys(t for n in conjuncts(ast) if (t := _floor_test(n)) is not None)),
             clauses=tuple((n.start, n.end) for n in conjuncts(ast)),
             bound=frozenset(checker.bound),
             helpers=frozenset(checker.helpers),
@@ -338,6 +353,20 @@ def _projections(root: Node, known: Mapping[str, Shape]) -> dict[str, Projection
 # A trigger is a set of fact keys; the rule can only be true when the event has
 # at least one of them. Keys: "emotion:<label>", "sound:<label>", "word:<word>",
 # "context.<field>:<value>". The part before the first ':' is the key's kind.
+# A helper's literal floor grades its keys: emotion("customer", ["anger"], 0.6)
+# needs an anger item of intensity 0.5 or more at least, key "emotion:anger@0.5".
+# A few fixed grades keep the keys of an event few (the engine caches the
+# candidates of each set of keys).
+
+#: The grades of "<kind>:<label>@<grade>" keys: an item's intensity (emotions) or
+#: confidence (sounds) at or above the grade.
+FLOOR_GRADES = (0.25, 0.5, 0.75)
+
+
+def graded_key(kind: str, label: str, floor: float | None) -> str:
+    """The trigger key of a label whose item must reach ``floor``: the largest grade not above it."""
+    grade = max((g for g in FLOOR_GRADES if floor is not None and g <= floor), default=None)
+    return f"{kind}:{label}" if grade is None else f"{kind}:{label}@{grade:g}"
 
 _LIST_FACTS = {("facets", "emotions"): "emotion", ("facets", "sound_events"): "sound"}
 
@@ -402,9 +431,16 @@ def _list_fact(node: Node | None, scope: frozenset[str]) -> str | None:
     return None
 
 
+#: The field a graded key grades, per kind of facet item.
+_GRADED_FIELD = {"emotion": "intensity", "sound": "confidence"}
+
+
 def _item_trigger(node: Node, var: str, kind: str, scope: frozenset[str]) -> frozenset[str] | None:
     """Inside ``list.exists(var, node)``: labels the item must have."""
     if isinstance(node, Binary) and node.op == "&&":
+        graded = _graded_item_trigger(conjuncts(node), var, kind)
+        if graded is not None:
+            return graded
         return _narrower(_item_trigger(node.left, var, kind, scope), _item_trigger(node.right, var, kind, scope))
     if isinstance(node, Binary) and node.op == "||":
         left, right = _item_trigger(node.left, var, kind, scope), _item_trigger(node.right, var, kind, scope)
@@ -420,8 +456,94 @@ def _item_trigger(node: Node, var: str, kind: str, scope: frozenset[str]) -> fro
     return _trigger(node, scope)
 
 
+def _graded_item_trigger(parts: list[Node], var: str, kind: str) -> frozenset[str] | None:
+    """``e.label in [...] && e.intensity >= 0.6``: graded keys, when one conjunct tests the
+    label and another the floor (CEL's ``&&`` is false when any conjunct is false, errors
+    or not, so an item below the floor cannot make the comprehension true)."""
+    labels = [values for part in parts if (values := _label_values(part, var)) is not None]
+    floors = [floor for part in parts if (floor := _floor_of(part, var, _GRADED_FIELD[kind])) is not None]
+    if not labels or not floors:
+        return None
+    return frozenset(graded_key(kind, label, max(floors)) for label in min(labels, key=len))
+
+
+def _label_values(node: Node, var: str) -> list[str] | None:
+    """``var.label == "x"``, ``"x" == var.label``, ``var.label in ["x", "y"]``: the labels."""
+    if not (isinstance(node, Binary) and node.op in ("==", "in")):
+        return None
+    label_side, other = node.left, node.right
+    if node.op == "==" and not _is_label(label_side, var):
+        label_side, other = other, label_side
+    if not _is_label(label_side, var):
+        return None
+    if node.op == "in":
+        return _string_literals(other) if isinstance(other, ListExpr) else None
+    return _string_literals(other) if isinstance(other, Lit) else None
+
+
+def _floor_of(node: Node, var: str, name: str) -> float | None:
+    """``var.<name> >= 0.6`` (or ``>``, or the literal on the left): the floor it sets."""
+    if not isinstance(node, Binary):
+        return None
+    if node.op in (">=", ">"):
+        item, literal = node.left, node.right
+    elif node.op in ("<=", "<"):
+        literal, item = node.left, node.right
+    else:
+        return None
+    is_field = isinstance(item, Select) and item.name == name and isinstance(item.operand, Ident) and item.operand.name == var
+    return _number_literal(literal) if is_field else None
+
+
+def _floor_test(node: Node) -> FloorTest | None:
+    """``emotion("customer", ["anger"], 0.6)``, ``sound(["alarm"], 0.5)``, or
+    ``facets.emotions.exists(e, e.label == "anger" && e.intensity >= 0.6 && e.role == "customer")``."""
+    if isinstance(node, Call) and node.target is None and node.function in ("emotion", "sound"):
+        spec = HELPERS[node.function]
+        if len(node.args) != len(spec.params):
+            return None
+        labels, floor = _string_literals(node.args[-2]), _number_literal(node.args[-1])
+        role: str | None = None
+        if node.function == "emotion":
+            roles = _string_literals(node.args[0])
+            if not (isinstance(node.args[0], Lit) and roles):
+                return None
+            role = None if roles[0] == "any" else roles[0]
+        if not labels or floor is None:
+            return None
+        return FloorTest(node.function, role, frozenset(labels), floor)
+    if isinstance(node, Call) and node.is_macro and node.function == "exists" and len(node.args) == 2:
+        kind, var = _list_fact(node.target, frozenset()), node.args[0]
+        if kind is None or not isinstance(var, Ident):
+            return None
+        parts = conjuncts(node.args[1])
+        labels = [values for part in parts if (values := _label_values(part, var.name)) is not None]
+        floors = [floor for part in parts if (floor := _floor_of(part, var.name, _GRADED_FIELD[kind])) is not None]
+        roles = [role for part in parts if (role := _role_of(part, var.name)) is not None] if kind == "emotion" else []
+        if not labels or not floors:
+            return None
+        return FloorTest(kind, roles[0] if roles else None, frozenset(min(labels, key=len)), max(floors))
+    return None
+
+
+def _role_of(node: Node, var: str) -> str | None:
+    """``var.role == "customer"`` (either way round): the role."""
+    if isinstance(node, Binary) and node.op == "==":
+        for field_side, other in ((node.left, node.right), (node.right, node.left)):
+            is_role = isinstance(field_side, Select) and field_side.name == "role" and isinstance(field_side.operand, Ident)
+            if is_role and field_side.operand.name == var and isinstance(other, Lit) and other.kind == "string":  # type: ignore[union-attr]
+                return str(other.value)
+    return None
+
+
 def _is_label(node: Node, var: str) -> bool:
     return isinstance(node, Select) and node.name == "label" and isinstance(node.operand, Ident) and node.operand.name == var
+
+
+def _number_literal(node: Node) -> float | None:
+    if isinstance(node, Lit) and node.kind in ("int", "uint", "double") and not isinstance(node.value, bool):
+        return float(node.value)  # type: ignore[arg-type]
+    return None
 
 
 def _string_literals(node: Node) -> list[str] | None:
@@ -438,7 +560,8 @@ def _helper_trigger(node: Call, scope: frozenset[str]) -> frozenset[str] | None:
         return None
     if spec.trigger in ("emotion", "sound"):
         labels = _string_literals(node.args[spec.params.index("labels")])
-        return frozenset(f"{spec.trigger}:{v}" for v in labels) if labels else None
+        floor = _number_literal(node.args[-1])
+        return frozenset(graded_key(spec.trigger, v, floor) for v in labels) if labels else None
     # words: only on the caption itself, whose words the engine indexes.
     text = node.args[0]
     if not (isinstance(text, Ident) and text.name == "caption" and "caption" not in scope):

@@ -13,8 +13,10 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
+from .expr import Template
 from .ruleset import CompiledAction, CompiledRule
 from .schema import AlertSpec, EmitSpec, RouteSpec, TagSpec
 
@@ -34,9 +36,10 @@ ACTION_DECISIONS = ("route", "alert", "tag", "emit")
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
-    """One output event to publish (a plain dataclass: built for every match, on the hot path)."""
+    """One output event to publish (a plain dataclass: built for every match, on the hot path;
+    not frozen, since a frozen one's __init__ costs twice as much. Treat it as read-only.)"""
 
     id: str
     kind: DecisionKind
@@ -103,17 +106,84 @@ def _id_state(rule_id: str, version: str) -> Any:
     return state
 
 
-def fingerprint(rule_id: str, labels: Mapping[str, str]) -> str:
-    # == sha256(json.dumps([rule_id, sorted(labels.items())], separators=(",", ":"))), with the
-    # leading '["<rule id>",' hashed once per rule.
+#: json.dumps(..., separators=(",", ":")) builds an encoder per call; this one is shared.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def _fingerprint_state(rule_id: str) -> Any:
     state = _FINGERPRINT_PREFIXES.get(rule_id)
     if state is None:
         if len(_FINGERPRINT_PREFIXES) > _CACHE_LIMIT:
             _FINGERPRINT_PREFIXES.clear()
         state = _FINGERPRINT_PREFIXES[rule_id] = hashlib.sha256(("[" + json.dumps(rule_id) + ",").encode())
-    state = state.copy()
-    state.update((json.dumps(sorted(labels.items()), separators=(",", ":")) + "]").encode())
+    return state
+
+
+def fingerprint(rule_id: str, labels: Mapping[str, str]) -> str:
+    # == sha256(json.dumps([rule_id, sorted(labels.items())], separators=(",", ":"))), with the
+    # leading '["<rule id>",' hashed once per rule.
+    state = _fingerprint_state(rule_id).copy()
+    state.update((_COMPACT_JSON.encode(sorted(labels.items())) + "]").encode())
     return state.hexdigest()
+
+
+class _Plan:
+    """What every decision of one (rule, action) shares, worked out at its first decision.
+
+    Only the event's parts (ids, template values, evidence) are left for each
+    decision: the spec's fields, the subject, the hash states of the id and the
+    fingerprint are read or built once.
+    """
+
+    __slots__ = (
+        "action", "rule", "version", "prefix",  # what the plan was built for (the cache check)
+        "kind", "type", "subject", "slot", "slot_key", "id_state",
+        "rule_id", "description", "owner", "value",
+        "summary", "alert_description", "labels", "fingerprint_state", "label_keys",
+    )  # fmt: skip
+
+    def __init__(self, rule: CompiledRule, action: CompiledAction, version: str, prefix: str) -> None:
+        self.action, self.rule, self.version, self.prefix = action, rule, version, prefix
+        spec = action.inner
+        self.slot = action.index
+        self.slot_key = _part(str(action.index)).encode()
+        self.id_state = _id_state(rule.id, version)
+        self.rule_id, self.description, self.owner = rule.id, rule.spec.description, rule.owner
+        #: The kind's own parameter: the queue, the tags, the severity, the emit data template.
+        self.value: Any = None
+        self.summary: Template | None = None
+        self.alert_description: Template | None = None
+        self.labels: tuple[tuple[str, Template], ...] = ()
+        #: For label sets whose fingerprint can be hashed piecewise (see _alert_fingerprint).
+        self.fingerprint_state: Any = None
+        self.label_keys: tuple[str, ...] = ()
+        if isinstance(spec, RouteSpec):
+            self.kind, self.type, self.value = "route", ROUTE_DECIDED, spec.queue
+            self.subject = f"routes.{spec.queue}"
+        elif isinstance(spec, AlertSpec):
+            self.kind, self.type, self.value = "alert", ALERT_RAISED, spec.severity
+            self.subject = f"alerts.{spec.severity}"
+            assert action.summary is not None
+            self.summary, self.alert_description, self.labels = action.summary, action.description, action.labels
+            names = [name for name, _ in action.labels]
+            if all(isinstance(name, str) for name in names) and names == sorted(set(names)):
+                # sorted(labels.items()) is then the labels in this order: the JSON between
+                # the values is fixed, and so is the hash state up to the first one.
+                self.fingerprint_state = hashlib.sha256(("[" + json.dumps(rule.id) + ",[").encode())
+                self.label_keys = tuple(
+                    ("," if i else "") + "[" + json.dumps(name) + "," for i, name in enumerate(names)
+                )
+        elif isinstance(spec, EmitSpec):
+            assert action.data is not None
+            self.kind, self.type, self.subject, self.value = "emit", spec.type, spec.subject, action.data
+        else:
+            assert isinstance(spec, TagSpec)
+            self.kind, self.type, self.subject, self.value = "tag", TAG_ADDED, "tags", tuple(spec.tags)
+        self.subject = f"{prefix}.{self.subject}"
+
+
+#: Plans by id(action); each holds its action and rule, so an id is not reused while cached.
+_PLANS: dict[int, _Plan] = {}
 
 
 class DecisionBuilder:
@@ -127,6 +197,7 @@ class DecisionBuilder:
         self.event_id = str(event.get("id", ""))
         self.source_event = {"id": self.event_id, "source": self.source, "type": str(event.get("type", ""))}
         self._event_part = _part(self.source) + _part(self.event_id)
+        self._event_key = self._event_part.encode()  # what action() hashes after the rule's part
         context = variables.get("context")
         callid = context.get("callid") if isinstance(context, Mapping) else None
         # The CloudEvents extension `callid` carries it for events without data.context.
@@ -138,30 +209,90 @@ class DecisionBuilder:
         state.update((self._event_part + _part(str(slot))).encode())
         return state.hexdigest()
 
+    def _plan(self, rule: CompiledRule, action: CompiledAction) -> _Plan:
+        plan = _PLANS.get(id(action))
+        if (
+            plan is None
+            or plan.action is not action
+            or plan.rule is not rule
+            or plan.version != self.version
+            or plan.prefix != self.prefix
+        ):
+            if len(_PLANS) > _CACHE_LIMIT:
+                _PLANS.clear()
+            plan = _PLANS[id(action)] = _Plan(rule, action, self.version, self.prefix)
+        return plan
+
+    def _overlay(self, rule: CompiledRule, evidence: Mapping[str, Any] | None) -> dict[str, Any]:
+        """What templates see on top of the variables (template_variables(), without the copy)."""
+        # A dict is read, not kept: the copy template_variables() makes only matters for others.
+        match = evidence if evidence.__class__ is dict else dict(evidence or {})
+        return {"match": match, "rule": rule.template_view}
+
     def action(self, rule: CompiledRule, action: CompiledAction, evidence: Mapping[str, Any] | None = None) -> Decision:
-        params = self.render(rule, action, evidence)
-        spec = action.inner
-        if isinstance(spec, RouteSpec):
-            return self._decision(rule, action, "route", ROUTE_DECIDED, f"routes.{spec.queue}", params, evidence)
-        if isinstance(spec, AlertSpec):
-            return self._decision(
-                rule, action, "alert", ALERT_RAISED, f"alerts.{spec.severity}", params, evidence,
-                alert_fingerprint=params["fingerprint"],
-            )  # fmt: skip
-        if isinstance(spec, EmitSpec):
+        plan = self._plan(rule, action)
+        state = plan.id_state.copy()
+        state.update(self._event_key + plan.slot_key)
+        kind = plan.kind
+        if kind == "emit":
             # The author's data, as written: the consumer of an emitted type owns its schema.
+            data = plan.value.render_over(self._overlay(rule, evidence), self.variables)
             return Decision(
-                id=self.decision_id(rule, action.index),
-                kind="emit",
-                type=spec.type,
-                subject=f"{self.prefix}.{spec.subject}",
-                rule_id=rule.id,
-                ruleset_version=self.version,
-                data=params["data"],
-                action_index=action.index,
+                state.hexdigest(), "emit", plan.type, plan.subject, plan.rule_id, self.version, data, None, plan.slot
             )
-        assert isinstance(spec, TagSpec)
-        return self._decision(rule, action, "tag", TAG_ADDED, "tags", params, evidence)
+        alert_fingerprint = None
+        # One literal per kind, in the order _decision() gives: its keys, then the parameters.
+        if kind == "route":
+            data = {
+                "source_event": self.source_event.copy(), "rule_id": plan.rule_id, "description": plan.description,
+                "owner": plan.owner, "ruleset_version": self.version, "queue": plan.value,
+            }  # fmt: skip
+        elif kind == "tag":
+            data = {
+                "source_event": self.source_event.copy(), "rule_id": plan.rule_id, "description": plan.description,
+                "owner": plan.owner, "ruleset_version": self.version, "tags": list(plan.value),
+            }  # fmt: skip
+        else:
+            overlay = self._overlay(rule, evidence)
+            summary = plan.summary.render_over(overlay, self.variables)  # type: ignore[union-attr]
+            labels = self._labels(plan, overlay)
+            alert_fingerprint = self._alert_fingerprint(plan, labels)
+            # The alert's description takes the rule's key (and its place), as **params did.
+            description = plan.description
+            if plan.alert_description is not None:
+                description = plan.alert_description.render_over(overlay, self.variables)
+            data = {
+                "source_event": self.source_event.copy(), "rule_id": plan.rule_id, "description": description,
+                "owner": plan.owner, "ruleset_version": self.version, "severity": plan.value, "summary": summary,
+                "labels": labels, "fingerprint": alert_fingerprint,
+            }  # fmt: skip
+        if self.callid is not None:
+            data["callid"] = self.callid
+        if evidence:
+            data["evidence"] = dict(evidence)
+        return Decision(
+            state.hexdigest(), kind, plan.type, plan.subject, plan.rule_id, self.version, data, alert_fingerprint,
+            plan.slot,
+        )  # fmt: skip
+
+    def _labels(self, plan: _Plan, overlay: dict[str, Any]) -> dict[str, str]:
+        labels = {}
+        for name, template in plan.labels:  # a loop, not a comprehension: cheaper for one or two
+            labels[name] = template.render_over(overlay, self.variables)
+        return labels
+
+    @staticmethod
+    def _alert_fingerprint(plan: _Plan, labels: dict[str, str]) -> str:
+        """fingerprint(rule id, labels), with the JSON around the label values precomputed."""
+        if plan.fingerprint_state is None:
+            return fingerprint(plan.rule_id, labels)
+        # The values are rendered strings: json.dumps writes each as encode_basestring_ascii does.
+        body = ""
+        for key, value in zip(plan.label_keys, labels.values()):  # a loop: one or two labels, usually
+            body += key + encode_basestring_ascii(value) + "]"
+        state = plan.fingerprint_state.copy()
+        state.update((body + "]]").encode())
+        return state.hexdigest()
 
     def shadow(self, rule: CompiledRule, evidence: Mapping[str, Any] | None = None) -> Decision:
         # What the rule would have done: lets it prove itself before it acts.
@@ -184,25 +315,24 @@ class DecisionBuilder:
         self, rule: CompiledRule, action: CompiledAction, evidence: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """The action's parameters with templates filled in."""
-        spec = action.inner
-        if isinstance(spec, RouteSpec):
-            return {"queue": spec.queue}
-        if isinstance(spec, TagSpec):
-            return {"tags": list(spec.tags)}
-        variables = self.template_variables(rule, evidence)
-        if isinstance(spec, EmitSpec):
-            assert action.data is not None
-            return {"type": spec.type, "subject": f"{self.prefix}.{spec.subject}", "data": action.data.render(variables)}
-        assert isinstance(spec, AlertSpec) and action.summary is not None
-        labels = {name: template.render(variables) for name, template in action.labels}
+        plan = self._plan(rule, action)
+        kind = plan.kind
+        if kind == "route":
+            return {"queue": plan.value}
+        if kind == "tag":
+            return {"tags": list(plan.value)}
+        overlay = self._overlay(rule, evidence)
+        if kind == "emit":
+            return {"type": plan.type, "subject": plan.subject, "data": plan.value.render_over(overlay, self.variables)}
+        labels = self._labels(plan, overlay)
         out: dict[str, Any] = {
-            "severity": spec.severity,
-            "summary": action.summary.render(variables),
+            "severity": plan.value,
+            "summary": plan.summary.render_over(overlay, self.variables),  # type: ignore[union-attr]
             "labels": labels,
-            "fingerprint": fingerprint(rule.id, labels),
+            "fingerprint": self._alert_fingerprint(plan, labels),
         }
-        if action.description is not None:
-            out["description"] = action.description.render(variables)
+        if plan.alert_description is not None:
+            out["description"] = plan.alert_description.render_over(overlay, self.variables)
         return out
 
     def _decision(
@@ -218,7 +348,7 @@ class DecisionBuilder:
     ) -> Decision:
         slot = action.index if isinstance(action, CompiledAction) else action
         data: dict[str, Any] = {
-            "source_event": dict(self.source_event),
+            "source_event": self.source_event.copy(),
             "rule_id": rule.id,
             "description": rule.spec.description,
             "owner": rule.owner,
@@ -230,13 +360,6 @@ class DecisionBuilder:
         if evidence:
             data["evidence"] = dict(evidence)
         return Decision(
-            id=self.decision_id(rule, slot),
-            kind=kind,
-            type=event_type,
-            subject=f"{self.prefix}.{subject}",
-            rule_id=rule.id,
-            ruleset_version=self.version,
-            data=data,
-            fingerprint=alert_fingerprint,
-            action_index=slot if isinstance(slot, int) else None,
-        )
+            self.decision_id(rule, slot), kind, event_type, f"{self.prefix}.{subject}", rule.id, self.version, data,
+            alert_fingerprint, slot if isinstance(slot, int) else None,
+        )  # fmt: skip

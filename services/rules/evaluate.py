@@ -34,19 +34,20 @@ into rule errors).
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .decisions import DEFAULT_PREFIX, Decision, DecisionBuilder, check_prefix
 from .expr import runtime_message
 from .helpers import Facts, clock
+from .analysis import FloorTest
 from .native import plain_values
-from .ruleset import CompiledRule, EvalContext, RuleSet, Segment, _labels
+from .ruleset import CompiledRule, EvalContext, RuleSet, Segment, item_keys
 
-_UNSET = object()
 # Attributes that are the event's payload, not its metadata: exposed as `data`.
 _PAYLOAD_ATTRIBUTES = ("data", "data_base64")
 #: Windows further apart than this (seconds) break a debounce streak.
@@ -65,23 +66,21 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
-class RuleMatch:
+class RuleMatch(NamedTuple):
     rule_id: str
     mode: Literal["enforce", "shadow"]
 
 
-@dataclass(frozen=True)
-class RuleError:
+class RuleError(NamedTuple):
     """A rule that could not be evaluated for this event (a record, not an exception)."""
 
     rule_id: str
     message: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Streak:
-    """Debounce state of one rule on one call."""
+    """Debounce state of one rule on one call (one of no windows is the same as none)."""
 
     windows: int = 0  # consecutive slots the condition held in
     since_s: float | None = None  # call time the streak began
@@ -101,8 +100,11 @@ class Streak:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Evaluation:
+    """What evaluate() found for one event (read-only by convention: a frozen dataclass costs
+    a microsecond more per event to build)."""
+
     ruleset_version: str
     #: Every output event, in evaluation order: actions of enforce matches,
     #: shadow-match notices and rule-failure notices.
@@ -125,18 +127,13 @@ class Evaluation:
 def rule_variables(event_attributes: Mapping[str, Any], data: Any) -> dict[str, Any]:
     """The names a rule's ``when`` and templates see."""
     payload = data if type(data) is dict or isinstance(data, Mapping) else {}
-
-    def mapping(name: str) -> Any:
-        value = payload.get(name)
-        return value if value is not None else {}
-
-    caption = payload.get("caption")
+    facets, acoustics, context, caption = (payload.get(name) for name in ("facets", "acoustics", "context", "caption"))
     return {
         "event": {k: v for k, v in event_attributes.items() if k not in _PAYLOAD_ATTRIBUTES},
         "data": data if data is not None else {},
-        "facets": mapping("facets"),
-        "acoustics": mapping("acoustics"),
-        "context": mapping("context"),
+        "facets": facets if facets is not None else {},
+        "acoustics": acoustics if acoustics is not None else {},
+        "context": context if context is not None else {},
         "caption": caption if caption is not None else "",
     }
 
@@ -221,52 +218,126 @@ def window_slots(data: Any) -> list[Slot]:
     windows = data.get("windows") if (type(data) is dict or isinstance(data, Mapping)) else None
     if type(windows) is not list or not windows:
         return []
+    # The captioner lists windows in time order: group runs of equal spans in one pass,
+    # and fall back to grouping and sorting when the order is not that.
+    groups: list[tuple[tuple[float, float], list[Mapping[str, Any]]]] = []
+    previous: tuple[float, float] | None = None
+    members: list[Mapping[str, Any]] = []
+    for w in windows:
+        key = _span(w)
+        if key is None:
+            return []
+        if key == previous:
+            members.append(w)
+        elif previous is None or key > previous:
+            members = [w]
+            groups.append((key, members))
+            previous = key
+        else:
+            return _unordered_slots(windows)
+    return [_slot(key, members) for key, members in groups]
+
+
+def _unordered_slots(windows: list[Any]) -> list[Slot]:
     spans: dict[tuple[float, float], list[Mapping[str, Any]]] = {}
     for w in windows:
-        if not (type(w) is dict or isinstance(w, Mapping)):
+        key = _span(w)
+        if key is None:
             return []
-        start, end = w.get("start"), w.get("end")
-        if not isinstance(start, _NUMBER) or not isinstance(end, _NUMBER):
-            return []
-        key = (round(start if type(start) is float else float(start), 3), round(end if type(end) is float else float(end), 3))
         members = spans.get(key)
         if members is None:
             spans[key] = [w]
         else:
             members.append(w)
-    slots = []
-    for (start, end), members in sorted(spans.items()):
-        if len(members) > 1:
-            members.sort(key=_member_order)
-        slots.append(Slot(start, end, members, frozenset({i for w in members if (i := w.get("index")) is not None})))
-    return slots
+    return [_slot(key, spans[key]) for key in sorted(spans)]
+
+
+def _slot(key: tuple[float, float], members: list[Mapping[str, Any]]) -> Slot:
+    if len(members) == 1:
+        index = members[0].get("index")
+        return Slot(key[0], key[1], members, frozenset() if index is None else frozenset((index,)))
+    if len(members) == 2:  # the usual agent + customer pair: one comparison, not a sort
+        first, second = members[0].get("channel"), members[1].get("channel")
+        # Channels 0-9 in order are in order as strings too (what _member_order compares).
+        in_order = type(first) is int and type(second) is int and 0 <= first < second < 10
+        if not in_order and _member_order(members[1]) < _member_order(members[0]):
+            members.reverse()
+    else:
+        members.sort(key=_member_order)
+    return Slot(key[0], key[1], members, frozenset([i for w in members if (i := w.get("index")) is not None]))
+
+
+#: round(x, 3) of the window times seen lately: calls reuse the same few times, and
+#: round() with digits costs more than the dict lookup.
+_ROUNDED: dict[float, float] = {}
+
+
+def _rounded(value: int | float) -> float:
+    out = round(value if type(value) is float else float(value), 3)
+    if type(value) is float:
+        if len(_ROUNDED) > 4096:
+            _ROUNDED.clear()
+        _ROUNDED[value] = out
+    return out
+
+
+def _span(window: Any) -> tuple[float, float] | None:
+    """A window's (start, end), rounded to the millisecond: the key of its slot (None: no span)."""
+    if not (type(window) is dict or isinstance(window, Mapping)):
+        return None
+    start, end = window.get("start"), window.get("end")
+    if type(start) is float and type(end) is float:
+        first, last = _ROUNDED.get(start), _ROUNDED.get(end)
+        if first is not None and last is not None:
+            return (first, last)
+    elif not isinstance(start, _NUMBER) or not isinstance(end, _NUMBER):
+        return None
+    return (_rounded(start), _rounded(end))
 
 
 def _member_order(w: Mapping[str, Any]) -> tuple[str, str]:
     return (str(w.get("channel")), str(w.get("role")))
 
 
-def _in_slot(item: Any, slot: Slot) -> bool:
-    if not (type(item) is dict or isinstance(item, Mapping)):
-        return True  # keep malformed items: the rule must see (and fail on) them
+def _by_slot(items: Any, slots: list[Slot], where: Mapping[Any, tuple[int, ...]]) -> list[Any]:
+    """Per slot, the facet items that belong to it (see :func:`_slots_of`), in order;
+    ``items`` itself for every slot when it is not a non-empty list."""
+    if type(items) is not list or not items:
+        return [items] * len(slots)
+    out: list[list[Any]] = [[] for _ in slots]
+    everywhere = range(len(slots))
+    for item in items:
+        targets = _slots_of(item, slots, where) if type(item) is dict or isinstance(item, Mapping) else everywhere
+        for n in targets:
+            out[n].append(item)
+    return out
+
+
+def _slots_of(item: Mapping[str, Any], slots: list[Slot], where: Mapping[Any, tuple[int, ...]]) -> Iterable[int]:
+    """The slots a facet item belongs to: that of its ``window`` (``where``: window index ->
+    slots), or else those its ``start``/``end`` overlap. (An item that is not a map
+    belongs to every slot: the rule must see, and fail on, it.)"""
     window = item.get("window")
     if window is not None:
-        return window in slot.indices
+        try:
+            return where.get(window, ())
+        except TypeError:  # an unhashable index names no window
+            return ()
     start, end = item.get("start"), item.get("end")
-    if isinstance(start, _NUMBER) and isinstance(end, _NUMBER) and slot.start is not None and slot.end is not None:
-        return start < slot.end and end > slot.start
-    return False
+    if not (isinstance(start, _NUMBER) and isinstance(end, _NUMBER)):
+        return ()
+    return [
+        n for n, slot in enumerate(slots)
+        if slot.start is not None and slot.end is not None and start < slot.end and end > slot.start
+    ]  # fmt: skip
 
 
-def _slot_view(facets: Any, slot: Slot) -> Any:
-    if not (type(facets) is dict or isinstance(facets, Mapping)):
-        return facets
-    view = dict(facets)
-    for key in ("emotions", "sound_events"):
-        items = facets.get(key)
-        if type(items) is list:
-            view[key] = [item for item in items if _in_slot(item, slot)] if items else items
-    return view
+def _window_slots_index(slots: list[Slot]) -> dict[Any, tuple[int, ...]]:
+    where: dict[Any, tuple[int, ...]] = {}
+    for n, slot in enumerate(slots):
+        for index in slot.indices:
+            where[index] = (*where[index], n) if index in where else (n,)
+    return where
 
 
 def _event_time(attributes: Mapping[str, Any]) -> float | None:
@@ -283,6 +354,13 @@ def _event_time(attributes: Mapping[str, Any]) -> float | None:
 
 class _Run:
     """The state of one evaluation: the event's views and the shared CEL context."""
+
+    __slots__ = (
+        "ruleset", "attributes", "prefix", "limits", "data", "truncated", "variables", "windows", "facts",
+        "plan", "present", "candidates", "rules", "needed", "prefiltered", "ctx", "context_error",
+        "allow_native", "native", "_builder", "_slots", "_views", "_slot_keys", "_slot_items", "_changed",
+        "_cel_ready", "_highest_seen",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -316,12 +394,12 @@ class _Run:
         self.rules, self.needed = self.candidates.rules, self.candidates.variables
         self._builder: DecisionBuilder | None = None
         self._slots: list[Slot] | None = None
-        self._views: dict[int, tuple[Any, Facts]] | None = None
-        self._slot_keys: dict[int, frozenset[str]] | None = None
+        self._views: dict[int, tuple[Any, Facts, dict[str, Any]]] | None = None
+        self._slot_keys: list[frozenset[str]] | None = None
+        self._slot_items: dict[str, list[Any]] | None = None
+        self._highest_seen: dict[tuple[str, str | None, frozenset[str]], float] | None = None
         self.prefiltered = prefilter
-        self._envs: dict[int, dict[str, Any]] = {}  # native programs' variables, per slot
         self._changed: set[str] = set()
-        self._last_end: Any = _UNSET
         self.ctx: EvalContext | None = None
         self.context_error: str | None = None
         self.allow_native = native
@@ -400,77 +478,107 @@ class _Run:
             return None, _not_bool(result)
         return result, None
 
-    def slot_view(self, index: int) -> tuple[Any, Facts]:
-        """The facets and helper facts of one slot, built once per event."""
+    def slot_items(self) -> dict[str, list[Any]]:
+        """Per facet list ("emotions", "sound_events"), the items of each slot (built once per event)."""
+        if self._slot_items is None:
+            facets = self.variables["facets"]
+            is_map = type(facets) is dict or isinstance(facets, Mapping)
+            slots = self.slots
+            where = _window_slots_index(slots)
+            self._slot_items = {
+                name: _by_slot(facets.get(name) if is_map else None, slots, where) for name in ("emotions", "sound_events")
+            }
+        return self._slot_items
+
+    def slot_view(self, index: int) -> tuple[Any, Facts, dict[str, Any]]:
+        """The facets, helper facts and native variables of one slot, built once per event
+        (the slot's own facets and caption; the rest is the event's)."""
         if self._views is None:
             self._views = {}
         view = self._views.get(index)
         if view is None:
             slot = self.slots[index]
-            facets = _slot_view(self.variables["facets"], slot)
-            is_map = (type(facets) is dict or isinstance(facets, Mapping))
-            facts = Facts(
-                facets.get("emotions") if is_map else None,
-                facets.get("sound_events") if is_map else None,
-                slot.caption,
-                slot.windows,
-            )
-            view = self._views[index] = (facets, facts)
+            facets = self.variables["facets"]
+            if type(facets) is dict or isinstance(facets, Mapping):
+                items = self.slot_items()
+                facets = dict(facets)
+                for name in ("emotions", "sound_events"):
+                    if type(facets.get(name)) is list:
+                        facets[name] = items[name][index]
+                facts = Facts(facets.get("emotions"), facets.get("sound_events"), slot.caption, slot.windows)
+            else:
+                facts = Facts(None, None, slot.caption, slot.windows)
+            env = {**self.variables, "facets": facets, "caption": slot.caption}
+            view = self._views[index] = (facets, facts, env)
         return view
 
-    def slot_present(self, index: int) -> frozenset[str]:
-        """The pre-filter keys of one slot: the event's context and word keys, the slot's
-        own emotion and sound labels (built once per slot and event)."""
+    def slot_present(self) -> list[frozenset[str]]:
+        """The pre-filter keys of each slot: the event's context and word keys, and the
+        trigger labels among the slot's own facets (built once per event; what
+        present_keys() would give each slot's facets, without building them)."""
         if self._slot_keys is None:
-            self._slot_keys = {}
-        keys = self._slot_keys.get(index)
-        if keys is None:
-            # What slot_view() would give the slot's Facts, without building the view.
-            slot = self.slots[index]
-            found = {k for k in self.present if not k.startswith(("emotion:", "sound:"))}
+            slots = self.slots
+            shared = frozenset(k for k in self.present if not k.startswith(("emotion:", "sound:")))
+            found: list[set[str]] = [set() for _ in slots]
             facets = self.variables["facets"]
             is_map = type(facets) is dict or isinstance(facets, Mapping)
-            kinds = self.plan.kinds
+            known = self.plan.label_keys
+            where: dict[Any, tuple[int, ...]] | None = None
             for name, kind in (("emotions", "emotion"), ("sound_events", "sound")):
-                if kind in kinds:
-                    items = facets.get(name) if is_map else None
-                    if type(items) is list and items:
-                        items = [item for item in items if _in_slot(item, slot)]
-                    _labels(items, kind, found)
-            keys = self._slot_keys[index] = frozenset(found)
-        return keys
+                if kind not in self.plan.kinds:
+                    continue
+                items = facets.get(name) if is_map else None
+                any_key = f"{kind}:*"
+                if type(items) is not list:
+                    for slot_keys in found:
+                        slot_keys.add(any_key)
+                    continue
+                for item in items:
+                    keys: tuple[str, ...]
+                    if type(item) is not dict:
+                        keys, targets = (any_key,), range(len(slots))  # not a map: in every slot, the rules decide
+                    else:
+                        label = item.get("label")
+                        if type(label) is not str:
+                            keys = (any_key,)  # malformed: the rules decide
+                        else:
+                            keys = item_keys(item, label, any_key, known[any_key])
+                            if not keys:
+                                continue  # a label no trigger names
+                        if where is None:
+                            where = _window_slots_index(slots)
+                        targets = _slots_of(item, slots, where)
+                    for n in targets:
+                        found[n].update(keys)
+            self._slot_keys = [shared | slot_keys if slot_keys else shared for slot_keys in found]
+        return self._slot_keys
 
     def execute_in(self, rule: CompiledRule, index: int) -> tuple[Any, str | None, dict[str, Any]]:
         """Evaluate ``rule`` on one slot of the call; :meth:`restore` puts the event-wide view back."""
-        assert self.ctx is not None
-        slot = self.slots[index]
-        facets, facts = self.slot_view(index)
-        facts.evidence.clear()
-        self.ctx.current.facts = facts
+        facets, facts, env = self.slot_view(index)
+        if facts.evidence:
+            facts.evidence.clear()
         native = rule.native if self.native else None
         try:
             if native is not None:
-                env = self._envs.get(index)
-                if env is None:
-                    # The slot's view, once per slot and event (the event's own stays as it is).
-                    env = self._envs[index] = {**self.variables, "facets": facets, "caption": slot.caption}
                 result = native(env, facts)
             else:
+                assert self.ctx is not None
+                self.ctx.current.facts = facts
                 update = {}
                 if "facets" in rule.variables:
                     update["facets"] = _project(facets, self.plan.projections.get("facets"))
                 if "caption" in rule.variables:
-                    update["caption"] = slot.caption
+                    update["caption"] = env["caption"]
                 if update:
                     self.ctx.context.update(update)
                     self._changed.update(update)
                 result = rule.program.execute(self.ctx.context)
         except Exception as exc:  # noqa: BLE001
             return None, runtime_message(exc), {}
-        if not isinstance(result, bool):
-            return None, f"when returned {type(result).__name__} {_short(result)}, not a bool", {}
-        if not result:
-            return False, None, {}
+        if result is not True:
+            return (False, None, {}) if result is False else (None, _not_bool(result), {})
+        slot = self.slots[index]
         evidence = dict(facts.evidence[0]) if facts.evidence else {}
         if "window" not in evidence and slot.indices:
             evidence["window"] = sorted(slot.indices, key=str)[0]
@@ -512,78 +620,76 @@ class _Run:
         spec = rule.debounce
         assert spec is not None
         need_windows, need_s = spec.windows, rule.debounce_s
-        streak = Streak(streak.windows, streak.since_s, streak.last_end_s, dict(streak.evidence))
-        fired, evidence = False, {}
-        if rule.cannot_hold(self.present):
+        if not self.may_hold(rule):
             # False in every window (its trigger facts are absent): the streak ends here.
-            return False, None, Streak(last_end_s=self.last_end()), {}
+            # (A streak of no windows is no streak: where it ended does not matter.)
+            return False, None, Streak(), {}
+        # The streak as locals while walking (a Streak at the end): (windows held, since, evidence).
+        count, since, first = streak.windows, streak.since_s, dict(streak.evidence)
+        last_end = streak.last_end_s
+        fired, evidence = False, {}
         windowed = bool(self.slots)
         slots = self.slots if windowed else [_whole_event_slot(self)]
+        slot_keys = self.slot_present() if windowed and self.prefiltered else None
+        cannot_hold = rule.cannot_hold
         try:
             for index, slot in enumerate(slots):
-                contiguous = (
-                    not windowed  # events without windows follow each other
-                    or slot.start is None
-                    or streak.last_end_s is None
-                    or abs(slot.start - streak.last_end_s) <= STREAK_GAP_S
-                )
-                if not contiguous:
-                    streak = Streak()
+                start, end = slot.start, slot.end
+                if windowed and start is not None and last_end is not None and abs(start - last_end) > STREAK_GAP_S:
+                    count, since, first = 0, None, {}  # a gap in the call: the streak starts over
                 if windowed:
-                    if self.prefiltered and rule.cannot_hold(self.slot_present(index)):
+                    if slot_keys is not None and cannot_hold(slot_keys[index]):
                         # Its trigger facts are absent from this slot's facets (the same proof
                         # as cannot_hold() for the whole event): false here, no need to run it.
                         held, error, seen = False, None, {}
                     else:
                         held, error, seen = self.execute_in(rule, index)
-                else:
+                else:  # events without windows follow each other
                     held, error = self.execute(rule)
                     seen = dict(self.facts.evidence[0]) if held and self.facts.evidence else {}
                 if error is not None:
-                    return False, error, streak, {}
+                    return False, error, _streak(count, since, last_end, first), {}
                 if held:
-                    if streak.windows == 0:
-                        streak.since_s, streak.evidence = slot.start, seen
-                    streak.windows += 1
-                    held_s = (slot.end - streak.since_s) if slot.end is not None and streak.since_s is not None else 0.0
-                    if (need_windows is not None and streak.windows >= need_windows) or (
-                        need_s is not None and held_s >= need_s
+                    if count == 0:
+                        since, first = start, seen
+                    count += 1
+                    held_s = (end - since) if end is not None and since is not None else 0.0
+                    if not fired and (
+                        (need_windows is not None and count >= need_windows) or (need_s is not None and held_s >= need_s)
                     ):
-                        if not fired:
-                            evidence = {**streak.evidence, "windows": streak.windows, "held_s": round(held_s, 3)}
+                        evidence = {**first, "windows": count, "held_s": round(held_s, 3)}
                         fired = True
                 else:
-                    streak = Streak()
-                streak.last_end_s = slot.end
+                    count, since, first = 0, None, {}
+                last_end = end
         finally:
             if windowed:
                 self.restore()
-        return fired, None, streak, evidence
+        return fired, None, _streak(count, since, last_end, first), evidence
 
-    def last_end(self) -> float | None:
-        """The end of the call's last slot, without building the slots (as window_slots orders them)."""
-        if self._last_end is _UNSET:
-            self._last_end = self._find_last_end()
-        return self._last_end  # type: ignore[return-value]
+    def may_hold(self, rule: CompiledRule) -> bool:
+        """False when the pre-filter proves ``rule`` false on the whole event (its trigger facts
+        are absent, or no item reaches one of its floors)."""
+        return not (rule.cannot_hold(self.present) or (self.prefiltered and rule.floors and self.below_floor(rule)))
 
-    def _find_last_end(self) -> float | None:
-        if self._slots is None and any(r.debounce is not None and not r.cannot_hold(self.present) for r in self.rules):
-            _ = self.slots  # a `for:` rule will walk them anyway: their last end is at hand
-        if self._slots is not None:
-            return self._slots[-1].end if self._slots else _event_time(self.attributes)
-        windows = self.data.get("windows") if (type(self.data) is dict or isinstance(self.data, Mapping)) else None
-        last: tuple[float, float] | None = None
-        if isinstance(windows, list):
-            for w in windows:
-                if not (type(w) is dict or isinstance(w, Mapping)):
-                    return _event_time(self.attributes)
-                start, end = w.get("start"), w.get("end")
-                if not isinstance(start, _NUMBER) or not isinstance(end, _NUMBER):
-                    return _event_time(self.attributes)
-                span = (round(start if type(start) is float else float(start), 3), round(end if type(end) is float else float(end), 3))
-                if last is None or span > last:
-                    last = span
-        return last[1] if last is not None else _event_time(self.attributes)
+    def below_floor(self, rule: CompiledRule) -> bool:
+        """Whether no facet item of the event reaches one of the rule's floors (then it is
+        false in every window: a `for:` rule need not walk them)."""
+        for test in rule.floors:
+            if self._highest(test) < test.floor:
+                return True
+        return False
+
+    def _highest(self, test: FloorTest) -> float:
+        """The highest intensity or confidence of the items ``test`` looks at; infinity when
+        one of them cannot be compared (the rule decides, and fails visibly if it must)."""
+        key = (test.kind, test.role, test.labels)
+        if self._highest_seen is None:
+            self._highest_seen = {}
+        best = self._highest_seen.get(key)
+        if best is None:
+            best = self._highest_seen[key] = _highest(self.facts.emotions if test.kind == "emotion" else self.facts.sounds, test)
+        return best
 
     def window_evidence(self, rule: CompiledRule) -> dict[str, Any]:
         """For a match without helper evidence: the first window where the condition holds."""
@@ -597,6 +703,38 @@ class _Run:
         finally:
             self.restore()
         return {}
+
+
+def _highest(items: Any, test: FloorTest) -> float:
+    if type(items) is not list:
+        return math.inf
+    field = "intensity" if test.kind == "emotion" else "confidence"
+    best = -math.inf
+    for item in items:
+        if type(item) is not dict:
+            return math.inf
+        label = item.get("label")
+        if type(label) is not str:
+            return math.inf
+        if label not in test.labels:
+            continue
+        if test.role is not None:
+            role = item.get("role")
+            if type(role) is not str:
+                return math.inf  # `e.role == "x"` would fail on it
+            if role != test.role:
+                continue
+        value = item.get(field)
+        if type(value) is not float:
+            return math.inf
+        if value > best:  # (NaN reaches no floor)
+            best = value
+    return best
+
+
+def _streak(count: int, since: float | None, last_end: float | None, first: dict[str, Any]) -> Streak:
+    # A streak of no windows is no streak: always the same empty one.
+    return Streak(count, since, last_end, first) if count else Streak()
 
 
 def _whole_event_slot(run: _Run) -> Slot:
@@ -624,37 +762,172 @@ def evaluate(
     ``native=False`` evaluates every condition with the ``cel`` library (the reference
     the native programs are tested against).
     """
-    check_prefix(prefix)
+    if prefix is not DEFAULT_PREFIX:
+        check_prefix(prefix)
     run = _Run(ruleset, event_attributes, data, prefix, limits, prefilter, native)
-    decisions: list[Decision] = []
-    matches: list[RuleMatch] = []
-    errors: list[RuleError] = []
-    after: dict[str, Streak] = {}
-    evaluated = 0
-
-    def fail(rule: CompiledRule, message: str) -> None:
-        errors.append(RuleError(rule_id=rule.id, message=message))
-        decisions.append(run.builder.error(rule, message))
-
+    out = _Outcome(run, streaks or {})
     if run.rules:
         run.enter()
-    budget_s = limits.max_event_ms / 1000.0
-    rule_budget_s = limits.max_rule_ms / 1000.0
-    # Wall time per rule is cheap to read; CPU time is not (a syscall). A limit is
-    # crossed only if the wall time says so AND the thread's CPU time for the whole
-    # event so far agrees: a replica descheduled on a busy host is not a slow rule.
-    cpu_started = time.thread_time()
-    started = last = time.perf_counter()
-    plan = run.plan
+        clock = _Clock(limits)
+        try:
+            if run.native and not run.candidates.needs_library and run.context_error is None and not clock.spent:
+                stop = _walk_native(run, out, clock)
+            else:
+                stop = _walk(run, out, clock, batch)
+        finally:
+            run.leave()
+    else:
+        stop = None
+    # The `for:` rules the pre-filter proved false on the whole event, up to a stopping match.
+    end = len(run.plan.rules) if stop is None else run.candidates.order[stop]
+    for position, rule_id in run.candidates.resets:
+        if position > end:
+            break
+        out.after[rule_id] = Streak()
+    callid = run.builder.callid if (out.decisions or out.after) else _callid(run)
+    return Evaluation(
+        ruleset_version=ruleset.version,
+        decisions=out.decisions,
+        matches=out.matches,
+        errors=out.errors,
+        evaluated=out.evaluated,
+        skipped=len(run.plan.rules) - len(run.rules) + out.proved_false,
+        truncated=run.truncated,
+        callid=None if callid is None else str(callid),
+        streaks=out.after,
+    )
+
+
+_NO_STREAK = Streak()  # never changed: debounce() works on a copy
+
+
+class _Outcome:
+    """What an evaluation produced so far: decisions, matches, errors, streaks."""
+
+    __slots__ = ("after", "decisions", "errors", "evaluated", "matches", "proved_false", "run", "streaks")
+
+    def __init__(self, run: _Run, streaks: Mapping[str, Streak]) -> None:
+        self.run = run
+        self.streaks = streaks
+        self.decisions: list[Decision] = []
+        self.matches: list[RuleMatch] = []
+        self.errors: list[RuleError] = []
+        self.after: dict[str, Streak] = {}
+        self.evaluated = 0  # rules whose condition ran (a batch runs all its conditions)
+        self.proved_false = 0  # `for:` rules the pre-filter proved false on this event (see may_hold())
+
+    def debounce(self, rule: CompiledRule) -> tuple[bool, str | None, dict[str, Any]]:
+        """Walk the call's windows for a `for:` rule (counted as evaluated unless proved false)."""
+        if not self.run.may_hold(rule):
+            self.proved_false += 1
+            self.after[rule.id] = Streak()
+            return False, None, {}
+        self.evaluated += 1
+        held, error, streak, evidence = self.run.debounce(rule, self.streaks.get(rule.id) or _NO_STREAK)
+        self.after[rule.id] = streak
+        return held, error, evidence
+
+    def fail(self, rule: CompiledRule, message: str) -> None:
+        self.errors.append(RuleError(rule_id=rule.id, message=message))
+        self.decisions.append(self.run.builder.error(rule, message))
+
+    def matched(self, rule: CompiledRule, evidence: dict[str, Any]) -> bool:
+        """Record a match; whether evaluation stops here (an enforce match without ``continue``)."""
+        if rule.mode == "shadow":
+            self.matches.append(RuleMatch(rule_id=rule.id, mode="shadow"))
+            self.decisions.append(self.run.builder.shadow(rule, evidence))
+            return False
+        self.matches.append(RuleMatch(rule_id=rule.id, mode="enforce"))
+        builder = self.run.builder
+        self.decisions.extend([builder.action(rule, action, evidence) for action in rule.actions])
+        return not rule.continue_
+
+
+class _Clock:
+    """The time limits of one evaluation.
+
+    Wall time per rule is cheap to read; CPU time is not (a syscall). A limit is
+    crossed only if the wall time says so AND the thread's CPU time for the whole
+    event so far agrees: a replica descheduled on a busy host is not a slow rule.
+    """
+
+    __slots__ = ("budget_s", "cpu_started", "limits", "rule_budget_s", "spent", "started")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.budget_s = limits.max_event_ms / 1000.0
+        self.rule_budget_s = limits.max_rule_ms / 1000.0
+        self.spent = self.budget_s < 0 or self.rule_budget_s < 0  # (limits below zero: tests of the guardrails)
+        self.cpu_started = time.thread_time()
+        self.started = time.perf_counter()
+
+    def over_event(self, now: float) -> str | None:
+        """The error of a rule not evaluated because the event's budget is spent by ``now``."""
+        if now - self.started > self.budget_s and time.thread_time() - self.cpu_started > self.budget_s:
+            return f"not evaluated: the event's evaluation budget of {self.limits.max_event_ms:g} ms was spent"
+        return None
+
+    def over_rule(self, took: float) -> str | None:
+        """The error of a rule whose evaluation took ``took`` seconds, if that is too slow."""
+        if took > self.rule_budget_s and time.thread_time() - self.cpu_started > self.rule_budget_s:
+            return f"evaluation took {took * 1000:.0f} ms, over the limit of {self.limits.max_rule_ms:g} ms"
+        return None
+
+
+def _walk_native(run: _Run, out: _Outcome, clock: _Clock) -> int | None:
+    """The usual case: every candidate condition has a native program and the event is plain
+    JSON. Returns the position of a stopping match in ``run.rules``, if one stopped."""
+    facts, variables = run.facts, run.variables
+    seen = facts.evidence
+    started, budget_s, rule_budget_s = clock.started, clock.budget_s, clock.rule_budget_s
+    last = started
+    for position, rule in enumerate(run.rules):
+        if last - started > budget_s and (error := clock.over_event(last)) is not None:
+            out.fail(rule, error)
+            continue
+        evidence: dict[str, Any] | None = None
+        if rule.debounce is not None:
+            result, error, evidence = out.debounce(rule)
+        else:
+            out.evaluated += 1
+            if seen:
+                seen.clear()
+            try:
+                result = rule.native(variables, facts)  # type: ignore[misc]  # (needs_library is False)
+            except Exception as exc:  # noqa: BLE001 -- as in _Run.execute()
+                result, error = False, runtime_message(exc)
+            else:
+                error = None if result is True or result is False else _not_bool(result)
+        now = time.perf_counter()
+        if error is None and now - last > rule_budget_s:
+            error = clock.over_rule(now - last)
+        last = now
+        if error is not None:
+            out.fail(rule, error)
+            continue
+        if result is not True:
+            continue
+        if evidence is None:
+            evidence = dict(seen[0]) if seen else {}
+            if not evidence and rule.quotes_match:
+                evidence = run.window_evidence(rule)
+                last = time.perf_counter()
+        if out.matched(rule, evidence):
+            return position
+    return None
+
+
+def _walk(run: _Run, out: _Outcome, clock: _Clock, batch: bool) -> int | None:
+    """Any event and rules: the library for conditions without a native program (some
+    in one batch), every rule on the library when the event is not plain JSON."""
+    plan, rules = run.plan, run.rules
     results: list[Any] | None = None
-    spent = budget_s < 0 or rule_budget_s < 0  # (limits below zero: tests of the guardrails)
-    if batch and plan.batch is not None and run.rules and run.context_error is None and not spent:
+    last = clock.started
+    if batch and plan.batch is not None and run.context_error is None and not clock.spent:
         results = run.execute_batch(plan.batch)
         last = time.perf_counter()
-        if results is not None and last - started > rule_budget_s and time.thread_time() - cpu_started > rule_budget_s:
+        if results is not None and clock.over_rule(last - clock.started) is not None:
             results = None  # too slow as a whole: evaluate one by one to name the slow rule
-    rules = run.rules
-    facts, variables = run.facts, run.variables
     if results is not None:
         # Only what needs work, in order: batched conditions that are not plainly false,
         # and the rules evaluated one by one.
@@ -662,79 +935,46 @@ def evaluate(
         walk: Any = sorted(
             [candidates.in_batch[i] for i, value in enumerate(results) if value is not False] + list(candidates.alone)
         )
-        evaluated += len(candidates.in_batch)
+        out.evaluated += len(candidates.in_batch)
         batched = {pos: results[i] for i, pos in enumerate(candidates.in_batch)}
     else:
         walk, batched = range(len(rules)), {}
-    try:
-        for position in walk:
-            rule = rules[position]
-            if run.context_error is not None:
-                fail(rule, run.context_error)
+    for position in walk:
+        rule = rules[position]
+        if run.context_error is not None:
+            out.fail(rule, run.context_error)
+            continue
+        evidence: dict[str, Any] | None = None
+        if position in batched:
+            value = batched[position]
+            result, error = (value, None) if isinstance(value, bool) else (None, _not_bool(value))
+        else:
+            if (error := clock.over_event(last)) is not None:
+                out.fail(rule, error)
                 continue
-            evidence: dict[str, Any] | None = None
-            if position in batched:
-                value = batched[position]
-                result, error = (value, None) if isinstance(value, bool) else (None, _not_bool(value))
+            if rule.debounce is not None:
+                result, error, evidence = out.debounce(rule)
             else:
-                if last - started > budget_s and time.thread_time() - cpu_started > budget_s:
-                    fail(rule, f"not evaluated: the event's evaluation budget of {limits.max_event_ms:g} ms was spent")
-                    continue
-                evaluated += 1
-                if rule.debounce is not None:
-                    previous = (streaks or {}).get(rule.id) or Streak()
-                    result, error, streak, evidence = run.debounce(rule, previous)
-                    after[rule.id] = streak
-                elif (native := rule.native if run.native else None) is not None:
-                    # run.execute() inlined for native programs (the common case).
-                    if facts.evidence:
-                        facts.evidence.clear()
-                    try:
-                        result = native(variables, facts)
-                    except Exception as exc:  # noqa: BLE001 -- as in execute()
-                        result, error = None, runtime_message(exc)
-                    else:
-                        result, error = (result, None) if isinstance(result, bool) else (None, _not_bool(result))
-                    evidence = dict(facts.evidence[0]) if result and facts.evidence else {}
-                else:
-                    result, error = run.execute(rule)
-                    evidence = dict(run.facts.evidence[0]) if result and run.facts.evidence else {}
-                now = time.perf_counter()
-                took, last = now - last, now
-                if error is None and took > rule_budget_s and time.thread_time() - cpu_started > rule_budget_s:
-                    error = f"evaluation took {took * 1000:.0f} ms, over the limit of {limits.max_rule_ms:g} ms"
-            if error is not None:
-                fail(rule, error)
-                continue
-            if not result:
-                continue
-            if evidence is None:  # matched inside the batch: collect what its helpers saw
-                evidence = run.evidence_of(rule)
-            if not evidence and rule.debounce is None and rule.quotes_match:
-                evidence = run.window_evidence(rule)
-                last = time.perf_counter()
-            if rule.mode == "shadow":
-                matches.append(RuleMatch(rule_id=rule.id, mode="shadow"))
-                decisions.append(run.builder.shadow(rule, evidence))
-                continue
-            matches.append(RuleMatch(rule_id=rule.id, mode="enforce"))
-            decisions.extend(run.builder.action(rule, action, evidence) for action in rule.actions)
-            if not rule.continue_:
-                break
-    finally:
-        run.leave()
-    callid = run.builder.callid if (decisions or after) else _callid(run)
-    return Evaluation(
-        ruleset_version=ruleset.version,
-        decisions=decisions,
-        matches=matches,
-        errors=errors,
-        evaluated=evaluated,
-        skipped=len(run.plan.rules) - len(run.rules),
-        truncated=run.truncated,
-        callid=None if callid is None else str(callid),
-        streaks=after,
-    )
+                out.evaluated += 1
+                result, error = run.execute(rule)
+                evidence = dict(run.facts.evidence[0]) if result and run.facts.evidence else {}
+            now = time.perf_counter()
+            if error is None:
+                error = clock.over_rule(now - last)
+            last = now
+        if error is not None:
+            out.fail(rule, error)
+            continue
+        if not result:
+            continue
+        if evidence is None:  # matched inside the batch: collect what its helpers saw
+            evidence = run.evidence_of(rule)
+        if not evidence and rule.debounce is None and rule.quotes_match:
+            evidence = run.window_evidence(rule)
+            last = time.perf_counter()
+        if out.matched(rule, evidence):
+            return position
+    return None
 
 
 def _not_bool(value: Any) -> str:

@@ -12,7 +12,7 @@ import copy
 import functools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,29 +230,99 @@ class Template:
         return cls(source=source, paths=tuple(paths))
 
     @functools.cached_property
-    def _parts(self) -> tuple[Any, ...]:
-        """(literal, path, literal, path, ..., literal): the source split once, at first render."""
+    def _compiled(self) -> tuple[str, tuple[tuple[_Getter, str], ...]]:
+        """(leading literal, (placeholder's getter, literal after it)...): built once, at first render.
+
+        Split from ``source`` (not ``paths``), as the renderer always did.
+        """
         pieces = _PLACEHOLDER.split(self.source)
-        return tuple(p if i % 2 == 0 else p.strip().split(".") for i, p in enumerate(pieces))
+        slots = tuple((_getter(pieces[i].strip().split(".")), pieces[i + 1]) for i in range(1, len(pieces), 2))
+        return pieces[0], slots
+
+    @functools.cached_property
+    def lone_getter(self) -> _Getter | None:
+        """For a template that is one placeholder and nothing else ("{{ match.start }}"): its getter."""
+        if len(self.paths) == 1 and _PLACEHOLDER.fullmatch(self.source.strip()):
+            return _getter(self.paths[0])
+        return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The fields only: the cached getters are closures (not picklable), rebuilt at first render.
+        return {"source": self.source, "paths": self.paths}
 
     def render(self, variables: Mapping[str, Any]) -> str:
+        return self.render_over(_NO_OVERLAY, variables)
+
+    def render_over(self, overlay: Mapping[str, Any], variables: Mapping[str, Any]) -> str:
+        """render({**variables, **overlay}), without building the merged mapping per render.
+
+        Decisions render several templates against the event's variables plus the
+        rule's ``match`` and ``rule``: copying the variables for each one cost more
+        than the rendering.
+        """
         if not self.paths:
             return self.source
-        parts = self._parts
-        out = [parts[0]]
-        for i in range(1, len(parts), 2):
-            out.append(_format(_lookup(variables, parts[i])))
-            out.append(parts[i + 1])
-        return "".join(out)
+        out, slots = self._compiled
+        for get, literal in slots:
+            value = get(overlay, variables)
+            # Concatenation, not a list and join: templates have one to three placeholders.
+            out = out + (value if value.__class__ is str else _format(value)) + literal
+        return out
 
 
-def _lookup(variables: Mapping[str, Any], path: list[str]) -> Any:
-    value: Any = variables
-    for part in path:
-        if isinstance(value, Mapping) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
+#: (overlay, variables) -> the value at a placeholder's path in {**variables, **overlay}.
+_Getter = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
+#: A path as (key, list index or None) steps.
+_Steps = tuple[tuple[str, int | None], ...]
+_ABSENT: Any = object()  # not in a mapping (a field may hold None, or even NO_VALUE)
+_NO_OVERLAY: Mapping[str, Any] = {}
+
+
+def _steps(path: Sequence[str]) -> _Steps:
+    # Parts are names or [0-9]+ (see _PATH): the list index is worked out once, here.
+    return tuple((part, int(part) if part.isdigit() else None) for part in path)
+
+
+def _getter(path: Sequence[str]) -> _Getter:
+    """The value at ``path`` (NO_VALUE where a part is missing): the overlay's, else the variables'."""
+    root, steps = path[0], _steps(path)
+    rest = steps[1:]
+    if len(rest) == 1:
+        # "{{ context.callid }}", the usual shape: plain dicts read here, without _walk()'s loop.
+        key = rest[0][0]
+
+        def get_field(overlay: Mapping[str, Any], variables: Mapping[str, Any]) -> Any:
+            value = overlay.get(root, _ABSENT)
+            if value is _ABSENT:
+                if variables.__class__ is not dict:
+                    return _walk(variables, steps)
+                value = variables.get(root, _ABSENT)
+                if value is _ABSENT:
+                    return NO_VALUE
+            return value.get(key, NO_VALUE) if value.__class__ is dict else _walk(value, rest)
+
+        return get_field
+
+    def get(overlay: Mapping[str, Any], variables: Mapping[str, Any]) -> Any:
+        value = overlay.get(root, _ABSENT)
+        return _walk(variables, steps) if value is _ABSENT else _walk(value, rest)
+
+    return get
+
+
+def _walk(value: Any, steps: _Steps) -> Any:
+    """The value at ``steps`` below ``value``, NO_VALUE where a step is missing."""
+    for key, index in steps:
+        if value.__class__ is dict:  # nearly always: skips the slower Mapping ABC check
+            value = value.get(key, _ABSENT)
+            if value is _ABSENT:
+                return NO_VALUE
+        elif isinstance(value, Mapping):
+            if key not in value:
+                return NO_VALUE
+            value = value[key]
+        elif index is not None and isinstance(value, list) and index < len(value):
+            value = value[index]
         else:
             return NO_VALUE
     return value
@@ -281,7 +351,11 @@ class DataTemplate:
         return cls(_parse_data(value))
 
     def render(self, variables: Mapping[str, Any]) -> Any:
-        return _render_data(self.value, variables)
+        return _render_data(self.value, _NO_OVERLAY, variables)
+
+    def render_over(self, overlay: Mapping[str, Any], variables: Mapping[str, Any]) -> Any:
+        """render({**variables, **overlay}), like Template.render_over."""
+        return _render_data(self.value, overlay, variables)
 
 
 def _parse_data(value: Any) -> Any:
@@ -296,15 +370,16 @@ def _parse_data(value: Any) -> Any:
     raise ExpressionError(f"emit data holds a {type(value).__name__}; only JSON values are allowed")
 
 
-def _render_data(value: Any, variables: Mapping[str, Any]) -> Any:
+def _render_data(value: Any, overlay: Mapping[str, Any], variables: Mapping[str, Any]) -> Any:
     if isinstance(value, Template):
-        if len(value.paths) == 1 and _PLACEHOLDER.fullmatch(value.source.strip()):
+        get = value.lone_getter
+        if get is not None:
             # A lone placeholder keeps its JSON type: "{{ match.start }}" -> 12.5, not "12.5".
-            raw = _lookup(variables, list(value.paths[0]))
+            raw = get(overlay, variables)
             return None if raw is NO_VALUE else copy.deepcopy(raw)
-        return value.render(variables)
+        return value.render_over(overlay, variables)
     if isinstance(value, dict):
-        return {k: _render_data(v, variables) for k, v in value.items()}
+        return {k: _render_data(v, overlay, variables) for k, v in value.items()}
     if isinstance(value, list):
-        return [_render_data(v, variables) for v in value]
+        return [_render_data(v, overlay, variables) for v in value]
     return value

@@ -22,6 +22,7 @@ without anger (see :mod:`services.rules.analysis`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,15 +60,36 @@ HELPERS: Mapping[str, HelperSpec] = {
 }  # fmt: skip
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*", re.UNICODE)
+# The same words for ASCII text, at C speed: an apostrophe joins two letters or digits
+# or else separates; every other character that is not a letter or digit separates.
+_STRAY_APOSTROPHE = re.compile(r"'(?![a-z0-9])|(?<![a-z0-9])'")
+_ASCII_SEPARATORS = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isalnum() and chr(c) != "'"})
 
 
 def words_of(text: str) -> list[str]:
     """Lower-case words, the unit of any_words/all_words and of the word index."""
-    return _WORD.findall(text.lower())
+    lowered = text.lower()
+    if lowered.isascii():
+        if "'" in lowered:
+            lowered = _STRAY_APOSTROPHE.sub(" ", lowered)
+        return lowered.translate(_ASCII_SEPARATORS).split()
+    return _WORD.findall(lowered)
 
 
 def _normalised(text: str) -> str:
     return " " + " ".join(words_of(text)) + " "
+
+
+def _spaced(text: str) -> str:
+    """Like _normalised(), except that words may be apart by more than one space (ASCII
+    text: no splitting and joining). ``" word "`` is in it exactly when it is in
+    _normalised(); a phrase of several words needs _normalised()."""
+    lowered = text.lower()
+    if not lowered.isascii():
+        return _normalised(text)
+    if "'" in lowered:
+        lowered = _STRAY_APOSTROPHE.sub(" ", lowered)
+    return " " + lowered.translate(_ASCII_SEPARATORS) + " "
 
 
 class HelperError(ValueError):
@@ -100,12 +122,16 @@ def clock(seconds: Any) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+@functools.lru_cache(maxsize=1024)
+def _phrase_pattern(phrase_words: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"\b" + r"\W+".join(re.escape(w) for w in phrase_words) + r"\b", re.IGNORECASE)
+
+
 def _span_around(text: str, phrase_words: list[str], width: int = 160) -> str:
     """The sentence (or a slice of the text) around the first occurrence of the phrase."""
     if not phrase_words:
         return text[:width]
-    pattern = r"\b" + r"\W+".join(re.escape(w) for w in phrase_words) + r"\b"
-    found = re.search(pattern, text, re.IGNORECASE)
+    found = _phrase_pattern(tuple(phrase_words)).search(text)
     if not found:
         return text[:width]
     start = max(text.rfind(".", 0, found.start()) + 1, found.start() - width // 2, 0)
@@ -121,7 +147,7 @@ class Facts:
     first use only. Helpers append :attr:`evidence` (cleared per rule).
     """
 
-    __slots__ = ("caption", "emotions", "evidence", "sounds", "windows", "_norm", "_valid")
+    __slots__ = ("caption", "emotions", "evidence", "sounds", "windows", "_norm", "_spaced", "_valid")
 
     def __init__(self, emotions: Any, sounds: Any, caption: Any, windows: Sequence[Mapping[str, Any]]) -> None:
         self.emotions = emotions
@@ -129,7 +155,8 @@ class Facts:
         self.caption = caption
         self.windows = windows
         self.evidence: list[dict[str, Any]] = []
-        self._norm: dict[str, str] = {}
+        self._norm: dict[str, str] = {}  # text -> _normalised(text), built on first use
+        self._spaced: dict[str, str] = {}  # text -> _spaced(text)
         self._valid: set[str] = set()  # facet lists already checked (`_items`): once per event
 
     # --- the helpers ---------------------------------------------------------
@@ -196,14 +223,24 @@ class Facts:
 
     def phrases_in(self, text: str, phrases: Sequence[list[str]], *, all_of: bool) -> bool:
         """any_words()/all_words() with the text checked and the phrases split into words."""
-        norm = self._norm.get(text)
-        if norm is None:
-            norm = self._norm[text] = _normalised(text)
-        found = [p for p in phrases if p and f" {' '.join(p)} " in norm]
+        spaced = self._spaced.get(text)
+        if spaced is None:
+            spaced = self._spaced[text] = _spaced(text)
+        found = [p for p in phrases if p and self._has_phrase(text, spaced, p)]
         ok = len(found) == len(phrases) if all_of else bool(found)
         if ok and found:
             self.evidence.append(self._word_evidence(text, found[0]))
         return ok
+
+    def _has_phrase(self, text: str, spaced: str, phrase: list[str]) -> bool:
+        if len(phrase) == 1:
+            return f" {phrase[0]} " in spaced
+        if phrase[0] not in spaced:
+            return False
+        norm = self._norm.get(text)
+        if norm is None:
+            norm = self._norm[text] = _normalised(text)
+        return f" {' '.join(phrase)} " in norm
 
     def _word_evidence(self, text: str, phrase: list[str]) -> dict[str, Any]:
         evidence: dict[str, Any] = {"kind": "words", "label": " ".join(phrase)}
@@ -213,7 +250,13 @@ class Facts:
                 if not isinstance(window, Mapping):
                     continue
                 caption = window.get("caption")
-                if isinstance(caption, str) and f" {' '.join(phrase)} " in _normalised(caption):
+                # The phrase's first word as a substring is necessary (words_of() lowers and
+                # splits): only such captions are worth splitting into words.
+                if (
+                    isinstance(caption, str)
+                    and phrase[0] in caption.lower()
+                    and f" {' '.join(phrase)} " in _normalised(caption)
+                ):
                     return {**evidence, **_quote({**window, "span": _span_around(caption, phrase)}, window=window)}
         return {**evidence, "span": _span_around(text, phrase)}
 

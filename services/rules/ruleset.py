@@ -18,11 +18,15 @@ from typing import Any
 import cel
 import cel.stdlib
 
-from .analysis import Projection
+from .analysis import FloorTest, Projection
 from .expr import Condition, DataTemplate, Template
 from .helpers import Facts
 from .native import NativeProgram
 from .schema import ActionKind, ActionSpec, AlertSpec, ForSpec, Mode, RuleSpec
+
+
+#: A kind's trigger keys by label: (plain keys, ((graded key, grade), ...)).
+LabelKeys = Mapping[str, tuple[tuple[str, ...], tuple[tuple[str, float], ...]]]
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,15 @@ class CompiledRule:
     #: Whether a template of the rule quotes ``{{ match.* }}`` (then a match without
     #: helper evidence looks for the window where the condition holds).
     quotes_match: bool = field(init=False, repr=False, compare=False)
-    #: cannot_hold()'s view of the trigger: (key, "<kind>:*") pairs; None when it never applies.
-    _holds_on: tuple[tuple[str, str], ...] | None = field(init=False, repr=False, compare=False)
+    #: cannot_hold()'s view of the trigger: its keys, and their "<kind>:*" keys; None when it never applies.
+    _holds_on: tuple[frozenset[str], frozenset[str]] | None = field(init=False, repr=False, compare=False)
     #: The necessary triggers besides ``trigger`` (one per other top-level conjunct), as
     #: (keys, their "<kind>:*" keys): the pre-filter drops a candidate when one is absent.
     also_requires: tuple[tuple[frozenset[str], frozenset[str]], ...] = field(init=False, repr=False, compare=False)
     #: ``{{ rule.* }}`` of the templates (read-only there), built once.
     template_view: dict[str, Any] = field(init=False, repr=False, compare=False)
+    #: Necessary facet floors (see analysis.FloorTest): `for:` rules check them before walking a call.
+    floors: tuple[FloorTest, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -90,6 +96,7 @@ class CompiledRule:
         put(self, "debounce_s", self.spec.for_.seconds if self.spec.for_ is not None else None)
         put(self, "variables", self.condition.analysis.variables)
         put(self, "trigger", self.condition.analysis.trigger)
+        put(self, "floors", self.condition.analysis.floors)
         put(self, "quotes_match", any(_quotes_match(a) for a in self.actions))
         trigger = self.trigger
         put(
@@ -97,7 +104,7 @@ class CompiledRule:
             "_holds_on",
             None
             if trigger is None or any(key.startswith("word:") for key in trigger)
-            else tuple((key, f"{key.split(':', 1)[0]}:*") for key in trigger),
+            else (trigger, frozenset(f"{key.split(':', 1)[0]}:*" for key in trigger)),
         )
 
         put(
@@ -131,13 +138,10 @@ class CompiledRule:
         """True when the rule's trigger facts are absent from the event, so it is false in
         every window too (a window's facets are a subset of the event's; its caption is not,
         so word triggers do not count here)."""
-        keys = self._holds_on
-        if keys is None:
+        holds_on = self._holds_on
+        if holds_on is None:
             return False
-        for key, any_of_kind in keys:
-            if key in present or any_of_kind in present:
-                return False
-        return True
+        return holds_on[0].isdisjoint(present) and holds_on[1].isdisjoint(present)
 
 
 def _quotes_match(action: CompiledAction) -> bool:
@@ -177,9 +181,15 @@ class Plan:
     #: The rules without a trigger (evaluated for every event) that have no native program, as one CEL program.
     batch: Segment | None = None
     batch_index: Mapping[str, int] = field(default_factory=dict)
-    #: ("emotion:*", "anger") -> "emotion:anger", for the labels in `universe` (present_keys()
-    #: keeps only those, so it need not build the key of any other label).
-    label_keys: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    #: "emotion:*" -> "anger" -> the keys of that label in `universe`: the plain one, and the
+    #: graded ones with their grades, e.g. (("emotion:anger",), (("emotion:anger@0.5", 0.5),)).
+    #: present_keys() builds only those: no other label's key can make a rule a candidate.
+    label_keys: Mapping[str, LabelKeys] = field(default_factory=dict)
+    #: The same for context values: ("context.queue", "billing") -> "context.queue:billing".
+    context_keys: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    #: (kind, field of `context`, "<kind>:*") per context kind, and ("word", "word:<word>") per word.
+    context_fields: tuple[tuple[str, str, str], ...] = ()
+    word_keys: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def build(cls, rules: Iterable[CompiledRule]) -> Plan:
@@ -214,6 +224,7 @@ class Plan:
                 for name in rule.variables:
                     projections[name] = None
         words = tuple(sorted({key.split(":", 1)[1] for key in universe if key.startswith("word:")}))
+        context_kinds = tuple(sorted({key.split(":", 1)[0] for key in universe if key.startswith("context.")}))
         # Only conditions the library evaluates: a native one costs about a microsecond
         # alone, less than its share of a CEL call (and on an event that is not plain
         # JSON it goes to the library one by one, which stays exact).
@@ -233,35 +244,53 @@ class Plan:
             projections=projections,
             universe=frozenset(universe),
             kinds=frozenset(key.split(":", 1)[0] for key in universe),
-            context_kinds=tuple(sorted({key.split(":", 1)[0] for key in universe if key.startswith("context.")})),
-            label_keys={
-                (f"{kind}:*", key.split(":", 1)[1]): key
-                for key in universe
-                if (kind := key.split(":", 1)[0]) in ("emotion", "sound")
+            context_kinds=context_kinds,
+            label_keys=_label_keys(universe),
+            context_keys={
+                (kind, value): key for key in universe if (kind := key.split(":", 1)[0]).startswith("context.")
+                for value in (key.split(":", 1)[1],)
             },
+            context_fields=tuple((kind, kind[len("context."):], f"{kind}:*") for kind in context_kinds),
+            word_keys=tuple((word, f"word:{word}") for word in words),
         )
 
     def present_keys(self, facts: Facts, context: Any = None) -> frozenset[str]:
-        """The trigger keys this event has; ``"<kind>:*"`` when its facts are malformed."""
+        """The trigger keys this event has; ``"<kind>:*"`` when its facts are malformed.
+
+        Only keys of the `universe` are built (and "<kind>:*" ones): an event's other
+        labels, words and context values cannot make any rule a candidate.
+        """
         keys: set[str] = set()
-        for kind in self.context_kinds:
-            value = context.get(kind[8:]) if type(context) is dict else None
-            # A missing or non-string value: the rule decides (it may fail, visibly).
-            keys.add(f"{kind}:{value}" if type(value) is str else f"{kind}:*")
+        if self.context_kinds:
+            known = self.context_keys
+            values = context if type(context) is dict else {}
+            for kind, name, any_key in self.context_fields:
+                value = values.get(name)
+                if type(value) is str:
+                    key = known.get((kind, value))
+                    if key is not None:
+                        keys.add(key)
+                    elif value == "*" or value.endswith(":*"):
+                        keys.add(f"{kind}:{value}")  # like a "<kind>:*" key: the rules decide
+                else:
+                    # A missing or non-string value: the rule decides (it may fail, visibly).
+                    keys.add(any_key)
         if "emotion" in self.kinds:
-            _known_labels(facts.emotions, "emotion:*", self.label_keys, keys)
+            _known_labels(facts.emotions, "emotion:*", self.label_keys["emotion:*"], keys)
         if "sound" in self.kinds:
-            _known_labels(facts.sounds, "sound:*", self.label_keys, keys)
-        if self.words:
+            _known_labels(facts.sounds, "sound:*", self.label_keys["sound:*"], keys)
+        if self.word_keys:
             if isinstance(facts.caption, str):
                 # A substring test: weaker than "a whole word", so a superset of the rules
                 # that can hold (the pre-filter only needs a necessary condition) and far
                 # cheaper than tokenising the caption.
                 lowered = facts.caption.lower()
-                keys.update(f"word:{w}" for w in self.words if w in lowered)
+                for word, key in self.word_keys:
+                    if word in lowered:
+                        keys.add(key)
             else:
                 keys.add("word:*")
-        return frozenset(k for k in keys if k in self.universe or k.endswith(":*"))
+        return frozenset(keys)
 
     def candidates(self, present: frozenset[str]) -> Candidates:
         """The rules to evaluate given the present keys, and the variables they read."""
@@ -276,23 +305,38 @@ class Plan:
                 chosen |= self.by_key.get(key, frozenset())
         # A candidate by its trigger is still certainly false when another of its
         # necessary triggers is absent (`context.queue == "q1" && emotion(...)`).
-        # `for:` rules have no trigger here (always candidates): they reset streaks.
+        # `for:` rules have no trigger here (always candidates): one that cannot hold
+        # is not evaluated either, but its streak on the call ends (`resets`).
         rules = self.rules
-        chosen = {i for i in chosen if rules[i].debounce is not None or rules[i].requirements_met(present)}
-        found = self.subset(tuple(self.rules[i] for i in sorted(chosen)))
+        resets = tuple(sorted(i for i in chosen if rules[i].debounce is not None and rules[i].cannot_hold(present)))
+        chosen = {
+            i for i in chosen if (rules[i].requirements_met(present) if rules[i].debounce is None else i not in resets)
+        }
+        found = self.subset(tuple(self.rules[i] for i in sorted(chosen)), resets)
         if len(self._candidates) > 1024:  # bounded: keys come from a small universe, but be safe
             self._candidates.clear()
         self._candidates[present] = found
         return found
 
-    def subset(self, rules: tuple[CompiledRule, ...]) -> Candidates:
+    def subset(self, rules: tuple[CompiledRule, ...], resets: tuple[int, ...] = ()) -> Candidates:
+        """The candidates ``rules`` (in order), and the `for:` rules at ``resets`` (positions in
+        :attr:`rules`) whose streaks end without evaluation."""
         variables = frozenset().union(*(r.variables for r in rules)) if rules else frozenset()
         positions = {r.id: i for i, r in enumerate(rules)}
         # Where each batched condition's rule sits in `rules` (-1: not a candidate, never the
         # case since batched rules have no trigger), and the rules evaluated one by one.
         in_batch = tuple(positions.get(r.id, -1) for r in (self.batch.rules if self.batch else ()))
         alone = tuple(i for i, r in enumerate(rules) if r.id not in self.batch_index)
-        return Candidates(rules, variables, in_batch, alone, any(r.native is None for r in rules))
+        order = {r.id: i for i, r in enumerate(self.rules)}
+        return Candidates(
+            rules,
+            variables,
+            in_batch,
+            alone,
+            any(r.native is None for r in rules),
+            order=tuple(order[r.id] for r in rules),
+            resets=tuple((i, self.rules[i].id) for i in resets),
+        )
 
 
 @dataclass(frozen=True)
@@ -303,6 +347,10 @@ class Candidates:
     alone: tuple[int, ...]  # positions of the rules evaluated one by one
     #: Whether some rule has no native program (then the event's values are given to CEL).
     needs_library: bool = True
+    #: Each rule's position in the plan's rules (where a stop falls among the resets).
+    order: tuple[int, ...] = ()
+    #: (position in the plan's rules, id) of the `for:` rules that cannot hold: their streaks end.
+    resets: tuple[tuple[int, str], ...] = ()
 
 
 class Segment:
@@ -334,20 +382,45 @@ class Segment:
         return self._program
 
 
-def _labels(items: Any, kind: str, keys: set[str]) -> None:
-    if not isinstance(items, list):
-        keys.add(f"{kind}:*")
-        return
-    for item in items:
-        label = item.get("label") if isinstance(item, dict) else None
-        if not isinstance(label, str):
-            keys.add(f"{kind}:*")
-            return
-        keys.add(f"{kind}:{label}")
+#: The graded field of a kind's facet items: the intensity of emotions, the confidence of sounds.
+GRADED_FIELD = {"emotion:*": "intensity", "sound:*": "confidence"}
 
 
-def _known_labels(items: Any, any_key: str, known: Mapping[tuple[str, str], str], keys: set[str]) -> None:
-    """_labels() keeping only the keys in ``known`` (and ``any_key`` for malformed facts)."""
+def _label_keys(universe: Iterable[str]) -> dict[str, LabelKeys]:
+    found: dict[str, dict[str, tuple[list[str], list[tuple[str, float]]]]] = {"emotion:*": {}, "sound:*": {}}
+    for key in sorted(universe):
+        kind, _, rest = key.partition(":")
+        if kind in ("emotion", "sound"):
+            label, at, grade = rest.rpartition("@") if "@" in rest else (rest, "", "")
+            plain, graded = found[f"{kind}:*"].setdefault(label, ([], []))
+            if at:
+                graded.append((key, float(grade)))
+            else:
+                plain.append(key)
+    return {any_key: {label: (tuple(p), tuple(g)) for label, (p, g) in labels.items()} for any_key, labels in found.items()}
+
+
+def item_keys(item: Mapping[str, Any], label: str, any_key: str, known: LabelKeys) -> tuple[str, ...]:
+    """The trigger keys of one facet item with a string label (``known``: its kind's label
+    keys): the plain key, and the graded ones the item reaches (all of them when its value
+    is not a double: then the rules decide, and fail visibly if they must)."""
+    entry = known.get(label)
+    if entry is None:
+        if label == "*" or label.endswith(":*"):
+            return (any_key[:-1] + label,)  # kept by present_keys() like any "<kind>:*" key
+        return ()
+    plain, graded = entry
+    if not graded:
+        return plain
+    value = item.get(GRADED_FIELD[any_key])
+    if type(value) is not float:
+        # Not a double (an int compares with a double only in some CEL builds): the rules decide.
+        return plain + tuple(key for key, _ in graded)
+    return plain + tuple(key for key, grade in graded if value >= grade)
+
+
+def _known_labels(items: Any, any_key: str, known: LabelKeys, keys: set[str]) -> None:
+    """The trigger keys of a facet list (see :func:`item_keys`), and ``any_key`` for malformed facts."""
     if not isinstance(items, list):
         keys.add(any_key)
         return
@@ -356,11 +429,10 @@ def _known_labels(items: Any, any_key: str, known: Mapping[tuple[str, str], str]
         if not isinstance(label, str):
             keys.add(any_key)
             return
-        key = known.get((any_key, label))
-        if key is not None:
-            keys.add(key)
+        if label in known:
+            keys.update(item_keys(item, label, any_key, known))
         elif label == "*" or label.endswith(":*"):
-            keys.add(any_key[:-1] + label)  # kept by present_keys() like any "<kind>:*" key
+            keys.add(any_key[:-1] + label)
 
 
 class _Current:
