@@ -163,6 +163,38 @@ def test_helpers_with_bad_facets_fail_the_same_way() -> None:
         assert native(source, broken) == reference(source, broken), source
 
 
+EXACT_FLOORS = [
+    "facets.emotions.exists(e, e.label == 'anger' && e.intensity >= 0.6)",
+    "facets.emotions.exists(e, e.label in ['anger', 'calm'] && e.intensity > 0.5 && e.role == 'customer')",
+    "facets.emotions.exists(e, 0.5 < e.intensity && e.label == 'anger')",
+    "facets.sound_events.exists(s, s.label == 'alarm' && s.confidence >= 0.5)",
+]
+EXACT_FLOOR_FACETS = [
+    [{"label": "anger", "role": "customer", "intensity": 0.7}, {"label": "calm", "role": "agent", "intensity": 0.9}],
+    [{"label": "anger", "role": "customer", "intensity": 0.6}],
+    [{"label": "anger", "role": "agent", "intensity": 0.9}],
+    [{"label": "anger", "role": "customer", "intensity": float("nan")}, {"label": "anger", "role": "customer", "intensity": 0.9}],
+    [{"label": "anger", "role": "customer", "intensity": 1}],
+    [{"label": "anger", "role": "customer", "intensity": "high"}],
+    [{"label": "anger", "intensity": 0.9}],
+    [{"role": "customer", "intensity": 0.9}, {"label": "anger", "role": "customer", "intensity": 0.8}],
+    [{"label": "anger", "role": "customer"}],
+    ["not a map"],
+    [],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("source", EXACT_FLOORS)
+def test_exact_floor_comprehensions_match_the_library(source: str) -> None:
+    # One comparison with the highest value, or the comprehension itself when an item cannot be compared.
+    assert "exists_floor" in compile_source(source).__qualname__  # type: ignore[union-attr]
+    for items in EXACT_FLOOR_FACETS:
+        sounds = [{**i, "label": "alarm", "confidence": i.get("intensity")} if isinstance(i, dict) else i for i in items]
+        variables = {**VARS, "facets": {"emotions": items, "sound_events": sounds}}
+        expected, got = reference(source, variables), native(source, variables)
+        assert same(got, expected), (source, items, got, expected)
+
+
 def test_unsupported_expressions_stay_with_the_library() -> None:
     for source in ("type(context) == map", "math.greatest([1, 2]) == 2", "caption.split(' ').size() > 1", "1u == 1",
                    "{'a': 1}.a == 1", "caption.matches(context.queue)", "caption.matches('(?=a)')", "string(1) == '1'"):  # fmt: skip

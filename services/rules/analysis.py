@@ -28,7 +28,7 @@ import cel.stdlib
 from . import celast
 from .celast import Binary, Call, Ident, Index, ListExpr, Lit, Node, Select, Unary
 from .fields import ANY, BOOL, NUMBER, STRING, VARIABLES, ListOf, MapOf, Record, Scalar, Shape
-from .helpers import HELPERS, words_of
+from .helpers import GRADED_FIELD, HELPERS, words_of
 
 # Names that look like variables to the library but are not: CEL type names used
 # as values (`type(x) == string`) and namespaces of cel.stdlib's functions.
@@ -431,10 +431,6 @@ def _list_fact(node: Node | None, scope: frozenset[str]) -> str | None:
     return None
 
 
-#: The field a graded key grades, per kind of facet item.
-_GRADED_FIELD = {"emotion": "intensity", "sound": "confidence"}
-
-
 def _item_trigger(node: Node, var: str, kind: str, scope: frozenset[str]) -> frozenset[str] | None:
     """Inside ``list.exists(var, node)``: labels the item must have."""
     if isinstance(node, Binary) and node.op == "&&":
@@ -461,7 +457,7 @@ def _graded_item_trigger(parts: list[Node], var: str, kind: str) -> frozenset[st
     label and another the floor (CEL's ``&&`` is false when any conjunct is false, errors
     or not, so an item below the floor cannot make the comprehension true)."""
     labels = [values for part in parts if (values := _label_values(part, var)) is not None]
-    floors = [floor for part in parts if (floor := _floor_of(part, var, _GRADED_FIELD[kind])) is not None]
+    floors = [floor for part in parts if (floor := _floor_of(part, var, GRADED_FIELD[kind])) is not None]
     if not labels or not floors:
         return None
     return frozenset(graded_key(kind, label, max(floors)) for label in min(labels, key=len))
@@ -518,12 +514,60 @@ def _floor_test(node: Node) -> FloorTest | None:
             return None
         parts = conjuncts(node.args[1])
         labels = [values for part in parts if (values := _label_values(part, var.name)) is not None]
-        floors = [floor for part in parts if (floor := _floor_of(part, var.name, _GRADED_FIELD[kind])) is not None]
+        floors = [floor for part in parts if (floor := _floor_of(part, var.name, GRADED_FIELD[kind])) is not None]
         roles = [role for part in parts if (role := _role_of(part, var.name)) is not None] if kind == "emotion" else []
         if not labels or not floors:
             return None
         return FloorTest(kind, roles[0] if roles else None, frozenset(min(labels, key=len)), max(floors))
     return None
+
+
+@dataclass(frozen=True)
+class ExactFloor:
+    """``facets.emotions.exists(e, e.label in [...] && e.intensity >= 0.6 && e.role == "x")``
+    and nothing more: true exactly when the highest intensity of those items reaches the
+    floor (``strict``: exceeds it), whenever every such item can be compared."""
+
+    kind: str
+    role: str | None
+    labels: frozenset[str]
+    floor: float
+    strict: bool
+
+
+def exact_floor(node: Call, scope: frozenset[str]) -> ExactFloor | None:
+    """The :class:`ExactFloor` an ``exists`` comprehension is, if it is one."""
+    if not (node.is_macro and node.function == "exists" and len(node.args) == 2 and isinstance(node.args[0], Ident)):
+        return None
+    kind, var = _list_fact(node.target, scope), node.args[0].name
+    if kind is None:
+        return None
+    labels: list[list[str]] = []
+    floors: list[tuple[float, bool]] = []
+    roles: list[str] = []
+    for part in conjuncts(node.args[1]):
+        if (values := _label_values(part, var)) is not None:
+            labels.append(values)
+        elif (floor := _double_floor(part, var, GRADED_FIELD[kind])) is not None:
+            floors.append(floor)
+        elif kind == "emotion" and (role := _role_of(part, var)) is not None:
+            roles.append(role)
+        else:
+            return None  # anything else: the comprehension decides
+    if len(labels) != 1 or len(floors) != 1 or len(roles) > 1:
+        return None
+    return ExactFloor(kind, roles[0] if roles else None, frozenset(labels[0]), floors[0][0], floors[0][1])
+
+
+def _double_floor(node: Node, var: str, name: str) -> tuple[float, bool] | None:
+    """``var.<name> >= 0.6`` / ``> 0.6`` (or mirrored) with a double literal: (floor, strict)."""
+    if not isinstance(node, Binary) or node.op not in (">=", ">", "<=", "<"):
+        return None
+    item, literal = (node.left, node.right) if node.op in (">=", ">") else (node.right, node.left)
+    is_field = isinstance(item, Select) and item.name == name and isinstance(item.operand, Ident) and item.operand.name == var
+    if not (is_field and isinstance(literal, Lit) and literal.kind == "double"):
+        return None
+    return float(literal.value), node.op in (">", "<")
 
 
 def _role_of(node: Node, var: str) -> str | None:

@@ -34,7 +34,6 @@ into rule errors).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -78,7 +77,7 @@ class RuleError(NamedTuple):
     message: str
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Streak:
     """Debounce state of one rule on one call (one of no windows is the same as none)."""
 
@@ -88,7 +87,7 @@ class Streak:
     evidence: dict[str, Any] = field(default_factory=dict)  # what the first slot of the streak matched
 
     def to_json(self) -> dict[str, Any]:
-        return {"windows": self.windows, "since_s": self.since_s, "last_end_s": self.last_end_s, "evidence": self.evidence}
+        return {"windows": self.windows, "since_s": self.since_s, "last_end_s": self.last_end_s, "evidence": dict(self.evidence)}
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> Streak:
@@ -98,6 +97,10 @@ class Streak:
             last_end_s=value.get("last_end_s"),
             evidence=dict(value.get("evidence") or {}),
         )
+
+
+#: The streak of a rule that did not hold (no windows): shared, since a Streak never changes.
+NO_STREAK = Streak()
 
 
 @dataclass(slots=True)
@@ -129,13 +132,22 @@ def rule_variables(event_attributes: Mapping[str, Any], data: Any) -> dict[str, 
     payload = data if type(data) is dict or isinstance(data, Mapping) else {}
     facets, acoustics, context, caption = (payload.get(name) for name in ("facets", "acoustics", "context", "caption"))
     return {
-        "event": {k: v for k, v in event_attributes.items() if k not in _PAYLOAD_ATTRIBUTES},
+        "event": _metadata(event_attributes),
         "data": data if data is not None else {},
         "facets": facets if facets is not None else {},
         "acoustics": acoustics if acoustics is not None else {},
         "context": context if context is not None else {},
         "caption": caption if caption is not None else "",
     }
+
+
+def _metadata(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The attributes without the payload (``event`` in conditions)."""
+    metadata = dict(attributes)
+    for name in _PAYLOAD_ATTRIBUTES:
+        if name in metadata:
+            del metadata[name]
+    return metadata
 
 
 def applies(rule: CompiledRule, event_type: str, source: str) -> bool:
@@ -145,6 +157,8 @@ def applies(rule: CompiledRule, event_type: str, source: str) -> bool:
 def cap_input(data: Any, limits: Limits) -> tuple[Any, tuple[str, ...]]:
     """``data`` with the caption and the lists rules iterate cut to the limits (copied only if cut)."""
     if not (type(data) is dict or isinstance(data, Mapping)):
+        return data, ()
+    if _within(data, limits):
         return data, ()
     cut: list[str] = []
     out: dict[str, Any] | None = None
@@ -180,6 +194,21 @@ def cap_input(data: Any, limits: Limits) -> tuple[Any, tuple[str, ...]]:
             setdata("facets", {**facets, **{k: facets[k][: limits.max_list_items] for k in long}})
             cut.extend(f"facets.{k}" for k in long)
     return (out if out is not None else data), tuple(cut)
+
+
+def _within(data: Mapping[str, Any], limits: Limits) -> bool:
+    """Whether cap_input() has nothing to cut (the usual case, checked without copying)."""
+    caption, windows, facets = data.get("caption"), data.get("windows"), data.get("facets")
+    if isinstance(caption, str) and len(caption) > limits.max_caption_chars:
+        return False
+    if type(windows) is list and (len(windows) > limits.max_list_items or _long_caption(windows, limits.max_caption_chars)):
+        return False
+    if type(facets) is dict or isinstance(facets, Mapping):
+        for key in ("emotions", "sound_events", "languages"):
+            items = facets.get(key)
+            if isinstance(items, list) and len(items) > limits.max_list_items:
+                return False
+    return True
 
 
 def _long_caption(windows: list[Any], longest: int) -> bool:
@@ -359,7 +388,7 @@ class _Run:
         "ruleset", "attributes", "prefix", "limits", "data", "truncated", "variables", "windows", "facts",
         "plan", "present", "candidates", "rules", "needed", "prefiltered", "ctx", "context_error",
         "allow_native", "native", "_builder", "_slots", "_views", "_slot_keys", "_slot_items", "_changed",
-        "_cel_ready", "_highest_seen",
+        "_cel_ready", "_slot_facts",
     )  # fmt: skip
 
     def __init__(
@@ -390,14 +419,14 @@ class _Run:
         else:
             # Every key "present": nothing is skipped, not even a `for:` rule's windows.
             self.present = frozenset(f"{kind}:*" for kind in ("emotion", "sound", "word", *self.plan.context_kinds))
-            self.candidates = self.plan.subset(self.plan.rules)
+            self.candidates = self.plan.subset(range(len(self.plan.rules)))
         self.rules, self.needed = self.candidates.rules, self.candidates.variables
         self._builder: DecisionBuilder | None = None
         self._slots: list[Slot] | None = None
         self._views: dict[int, tuple[Any, Facts, dict[str, Any]]] | None = None
         self._slot_keys: list[frozenset[str]] | None = None
         self._slot_items: dict[str, list[Any]] | None = None
-        self._highest_seen: dict[tuple[str, str | None, frozenset[str]], float] | None = None
+        self._slot_facts: list[Facts] | None = None
         self.prefiltered = prefilter
         self._changed: set[str] = set()
         self.ctx: EvalContext | None = None
@@ -490,6 +519,27 @@ class _Run:
             }
         return self._slot_items
 
+    def slot_facts(self) -> list[Facts]:
+        """The helper facts of each slot: its own facets and caption (built once per event)."""
+        if self._slot_facts is None:
+            facets = self.variables["facets"]
+            if type(facets) is dict or isinstance(facets, Mapping):
+                items = self.slot_items()
+                lists = [items[name] if type(facets.get(name)) is list else None for name in ("emotions", "sound_events")]
+                emotions, sounds = facets.get("emotions"), facets.get("sound_events")
+                self._slot_facts = [
+                    Facts(
+                        emotions if lists[0] is None else lists[0][i],
+                        sounds if lists[1] is None else lists[1][i],
+                        slot.caption,
+                        slot.windows,
+                    )
+                    for i, slot in enumerate(self.slots)
+                ]
+            else:
+                self._slot_facts = [Facts(None, None, slot.caption, slot.windows) for slot in self.slots]
+        return self._slot_facts
+
     def slot_view(self, index: int) -> tuple[Any, Facts, dict[str, Any]]:
         """The facets, helper facts and native variables of one slot, built once per event
         (the slot's own facets and caption; the rest is the event's)."""
@@ -497,17 +547,13 @@ class _Run:
             self._views = {}
         view = self._views.get(index)
         if view is None:
-            slot = self.slots[index]
+            slot, facts = self.slots[index], self.slot_facts()[index]
             facets = self.variables["facets"]
             if type(facets) is dict or isinstance(facets, Mapping):
-                items = self.slot_items()
                 facets = dict(facets)
-                for name in ("emotions", "sound_events"):
+                for name, own in (("emotions", facts.emotions), ("sound_events", facts.sounds)):
                     if type(facets.get(name)) is list:
-                        facets[name] = items[name][index]
-                facts = Facts(facets.get("emotions"), facets.get("sound_events"), slot.caption, slot.windows)
-            else:
-                facts = Facts(None, None, slot.caption, slot.windows)
+                        facets[name] = own
             env = {**self.variables, "facets": facets, "caption": slot.caption}
             view = self._views[index] = (facets, facts, env)
         return view
@@ -623,14 +669,18 @@ class _Run:
         if not self.may_hold(rule):
             # False in every window (its trigger facts are absent): the streak ends here.
             # (A streak of no windows is no streak: where it ended does not matter.)
-            return False, None, Streak(), {}
+            return False, None, NO_STREAK, {}
         # The streak as locals while walking (a Streak at the end): (windows held, since, evidence).
         count, since, first = streak.windows, streak.since_s, dict(streak.evidence)
         last_end = streak.last_end_s
         fired, evidence = False, {}
         windowed = bool(self.slots)
         slots = self.slots if windowed else [_whole_event_slot(self)]
-        slot_keys = self.slot_present() if windowed and self.prefiltered else None
+        # What proves the rule false in a slot without running it: its floors (then the slot's
+        # facts), or else its trigger keys.
+        floors = rule.floors if windowed and self.prefiltered else ()
+        slot_facts = self.slot_facts() if floors else None
+        slot_keys = self.slot_present() if windowed and self.prefiltered and not floors else None
         cannot_hold = rule.cannot_hold
         try:
             for index, slot in enumerate(slots):
@@ -638,7 +688,9 @@ class _Run:
                 if windowed and start is not None and last_end is not None and abs(start - last_end) > STREAK_GAP_S:
                     count, since, first = 0, None, {}  # a gap in the call: the streak starts over
                 if windowed:
-                    if slot_keys is not None and cannot_hold(slot_keys[index]):
+                    if slot_facts is not None and _below(slot_facts[index], floors):
+                        held, error, seen = False, None, {}  # no item of the slot reaches a floor
+                    elif slot_keys is not None and cannot_hold(slot_keys[index]):
                         # Its trigger facts are absent from this slot's facets (the same proof
                         # as cannot_hold() for the whole event): false here, no need to run it.
                         held, error, seen = False, None, {}
@@ -675,21 +727,7 @@ class _Run:
     def below_floor(self, rule: CompiledRule) -> bool:
         """Whether no facet item of the event reaches one of the rule's floors (then it is
         false in every window: a `for:` rule need not walk them)."""
-        for test in rule.floors:
-            if self._highest(test) < test.floor:
-                return True
-        return False
-
-    def _highest(self, test: FloorTest) -> float:
-        """The highest intensity or confidence of the items ``test`` looks at; infinity when
-        one of them cannot be compared (the rule decides, and fails visibly if it must)."""
-        key = (test.kind, test.role, test.labels)
-        if self._highest_seen is None:
-            self._highest_seen = {}
-        best = self._highest_seen.get(key)
-        if best is None:
-            best = self._highest_seen[key] = _highest(self.facts.emotions if test.kind == "emotion" else self.facts.sounds, test)
-        return best
+        return _below(self.facts, rule.floors)
 
     def window_evidence(self, rule: CompiledRule) -> dict[str, Any]:
         """For a match without helper evidence: the first window where the condition holds."""
@@ -705,36 +743,17 @@ class _Run:
         return {}
 
 
-def _highest(items: Any, test: FloorTest) -> float:
-    if type(items) is not list:
-        return math.inf
-    field = "intensity" if test.kind == "emotion" else "confidence"
-    best = -math.inf
-    for item in items:
-        if type(item) is not dict:
-            return math.inf
-        label = item.get("label")
-        if type(label) is not str:
-            return math.inf
-        if label not in test.labels:
-            continue
-        if test.role is not None:
-            role = item.get("role")
-            if type(role) is not str:
-                return math.inf  # `e.role == "x"` would fail on it
-            if role != test.role:
-                continue
-        value = item.get(field)
-        if type(value) is not float:
-            return math.inf
-        if value > best:  # (NaN reaches no floor)
-            best = value
-    return best
+def _below(facts: Facts, floors: tuple[FloorTest, ...]) -> bool:
+    """Whether, among ``facts``, no item reaches one of the ``floors``."""
+    for test in floors:
+        if facts.highest(test.kind, test.role, test.labels) < test.floor:
+            return True
+    return False
 
 
 def _streak(count: int, since: float | None, last_end: float | None, first: dict[str, Any]) -> Streak:
     # A streak of no windows is no streak: always the same empty one.
-    return Streak(count, since, last_end, first) if count else Streak()
+    return Streak(count, since, last_end, first) if count else NO_STREAK
 
 
 def _whole_event_slot(run: _Run) -> Slot:
@@ -779,12 +798,14 @@ def evaluate(
     else:
         stop = None
     # The `for:` rules the pre-filter proved false on the whole event, up to a stopping match.
-    end = len(run.plan.rules) if stop is None else run.candidates.order[stop]
-    for position, rule_id in run.candidates.resets:
-        if position > end:
-            break
-        out.after[rule_id] = Streak()
-    callid = run.builder.callid if (out.decisions or out.after) else _callid(run)
+    resets = run.candidates.resets
+    if resets:
+        end = len(run.plan.rules) if stop is None else run.candidates.order[stop]
+        for position, rule_id in resets:
+            if position > end:
+                break
+            out.after[rule_id] = NO_STREAK
+    callid = _callid(run)
     return Evaluation(
         ruleset_version=ruleset.version,
         decisions=out.decisions,
@@ -798,7 +819,6 @@ def evaluate(
     )
 
 
-_NO_STREAK = Streak()  # never changed: debounce() works on a copy
 
 
 class _Outcome:
@@ -820,10 +840,10 @@ class _Outcome:
         """Walk the call's windows for a `for:` rule (counted as evaluated unless proved false)."""
         if not self.run.may_hold(rule):
             self.proved_false += 1
-            self.after[rule.id] = Streak()
+            self.after[rule.id] = NO_STREAK
             return False, None, {}
         self.evaluated += 1
-        held, error, streak, evidence = self.run.debounce(rule, self.streaks.get(rule.id) or _NO_STREAK)
+        held, error, streak, evidence = self.run.debounce(rule, self.streaks.get(rule.id) or NO_STREAK)
         self.after[rule.id] = streak
         return held, error, evidence
 

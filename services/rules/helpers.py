@@ -23,6 +23,7 @@ without anger (see :mod:`services.rules.analysis`).
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -114,7 +115,10 @@ def _number(value: Any, what: str) -> float:
 
 def clock(seconds: Any) -> str:
     """63.2 -> "01:03": the time in the call, as a person reads it."""
-    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+    t = type(seconds)
+    if t is not float and t is not int and (not isinstance(seconds, int | float) or isinstance(seconds, bool)):
+        return ""
+    if not math.isfinite(seconds):
         return ""
     whole = int(max(0.0, seconds))
     hours, rest = divmod(whole, 3600)
@@ -140,6 +144,40 @@ def _span_around(text: str, phrase_words: list[str], width: int = 160) -> str:
     return text[start:end].strip()
 
 
+#: The value a facet item reaches, per kind: an emotion's intensity, a sound's confidence.
+GRADED_FIELD = {"emotion": "intensity", "sound": "confidence"}
+
+
+def highest(items: Any, field: str, role: str | None, labels: Collection[str]) -> float:
+    """The highest ``field`` of the items with a label in ``labels`` (and of ``role``, unless
+    None); -inf when none; +inf when some item cannot be compared (not a map, a label or
+    role that is not a string, a value that is not a double, or NaN): then only the rule
+    itself can tell, and fail visibly if it must."""
+    if type(items) is not list:
+        return math.inf
+    best = -math.inf
+    for item in items:
+        if type(item) is not dict:
+            return math.inf
+        label = item.get("label")
+        if type(label) is not str:
+            return math.inf
+        if label not in labels:
+            continue
+        if role is not None:
+            own = item.get("role")
+            if type(own) is not str:
+                return math.inf  # `e.role == "x"` would fail on it
+            if own != role:
+                continue
+        value = item.get(field)
+        if type(value) is not float or value != value:  # (the library fails on NaN in an order)
+            return math.inf
+        if value > best:
+            best = value
+    return best
+
+
 class Facts:
     """What the helpers read about one event, or one window of it (for ``for:`` rules).
 
@@ -147,7 +185,7 @@ class Facts:
     first use only. Helpers append :attr:`evidence` (cleared per rule).
     """
 
-    __slots__ = ("caption", "emotions", "evidence", "sounds", "windows", "_norm", "_spaced", "_valid")
+    __slots__ = ("caption", "emotions", "evidence", "sounds", "windows", "_highest", "_norm", "_spaced", "_valid")
 
     def __init__(self, emotions: Any, sounds: Any, caption: Any, windows: Sequence[Mapping[str, Any]]) -> None:
         self.emotions = emotions
@@ -158,6 +196,7 @@ class Facts:
         self._norm: dict[str, str] = {}  # text -> _normalised(text), built on first use
         self._spaced: dict[str, str] = {}  # text -> _spaced(text)
         self._valid: set[str] = set()  # facet lists already checked (`_items`): once per event
+        self._highest: dict[tuple[str, str | None, Collection[str]], float] | None = None
 
     # --- the helpers ---------------------------------------------------------
 
@@ -202,6 +241,16 @@ class Facts:
 
     def functions(self) -> dict[str, Callable[..., bool]]:
         return {"emotion": self.emotion, "sound": self.sound, "any_words": self.any_words, "all_words": self.all_words}
+
+    def highest(self, kind: str, role: str | None, labels: Collection[str]) -> float:
+        """:func:`highest` over this view's emotions or sound events, once per (kind, role, labels)."""
+        key = (kind, role, labels)
+        if self._highest is None:
+            self._highest = {}
+        best = self._highest.get(key)
+        if best is None:
+            best = self._highest[key] = highest(self.emotions if kind == "emotion" else self.sounds, GRADED_FIELD[kind], role, labels)
+        return best
 
     # --- internals -----------------------------------------------------------
 
@@ -257,15 +306,20 @@ class Facts:
                     and phrase[0] in caption.lower()
                     and f" {' '.join(phrase)} " in _normalised(caption)
                 ):
-                    return {**evidence, **_quote({**window, "span": _span_around(caption, phrase)}, window=window)}
+                    return {**evidence, **_quote(window, window=window, span=_span_around(caption, phrase))}
         return {**evidence, "span": _span_around(text, phrase)}
 
 
-def _quote(item: Mapping[str, Any], window: Mapping[str, Any] | None = None) -> dict[str, Any]:
+_QUOTED = ("label", "role", "span", "start", "end")
+
+
+def _quote(item: Mapping[str, Any], window: Mapping[str, Any] | None = None, span: str | None = None) -> dict[str, Any]:
+    """What evidence repeats of a facet item (or of a ``window``, with its ``span``)."""
     out: dict[str, Any] = {}
-    for key in ("label", "role", "span", "start", "end"):
-        if item.get(key) is not None:
-            out[key] = item[key]
+    for key in _QUOTED:
+        value = span if key == "span" and span is not None else item.get(key)
+        if value is not None:
+            out[key] = value
     index = item.get("window") if window is None else window.get("index")
     if index is not None:
         out["window"] = index

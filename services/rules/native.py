@@ -43,7 +43,8 @@ from typing import Any
 from . import celast
 from .celast import Binary, Call, Cond, Ident, Index, ListExpr, Lit, Node, Select, Unary
 from .fields import VARIABLES
-from .helpers import HELPERS, Facts, words_of
+from .analysis import ExactFloor, exact_floor
+from .helpers import GRADED_FIELD, HELPERS, Facts, highest, words_of
 
 __all__ = ["NativeError", "NativeProgram", "compile_native", "compile_source", "plain_values"]
 
@@ -73,22 +74,40 @@ def plain_values(value: Any) -> bool:
     """Whether ``value`` holds only JSON values the native evaluator reads exactly as the
     library would after conversion (str keys, int64 ints, encodable strings)."""
     t = type(value)
+    if t is dict:
+        # The members' scalar checks are written out (here and for lists): a call per
+        # container, not per value.
+        for k, v in value.items():
+            if type(k) is not str:
+                return False
+            tv = type(v)
+            if tv is str:
+                if not (v.isascii() or _encodable(v)):
+                    return False
+            elif tv is int:
+                if not INT_MIN <= v <= INT_MAX:
+                    return False
+            elif tv is not float and tv is not bool and v is not None and not plain_values(v):
+                return False
+        return True
+    if t is list:
+        for v in value:
+            tv = type(v)
+            if tv is str:
+                if not (v.isascii() or _encodable(v)):
+                    return False
+            elif tv is int:
+                if not INT_MIN <= v <= INT_MAX:
+                    return False
+            elif tv is not float and tv is not bool and v is not None and not plain_values(v):
+                return False
+        return True
     if t is str:
         return value.isascii() or _encodable(value)
     if t is float or t is bool or value is None:
         return True
     if t is int:
         return INT_MIN <= value <= INT_MAX
-    if t is dict:
-        for k, v in value.items():
-            if type(k) is not str or not plain_values(v):
-                return False
-        return True
-    if t is list:
-        for v in value:
-            if not plain_values(v):
-                return False
-        return True
     return False
 
 
@@ -743,7 +762,8 @@ def _macro(node: Call, bound: frozenset[str]) -> NativeProgram:
                     raise _overload()
             return not decisive
 
-        return quantifier
+        exact = exact_floor(node, bound) if kind == "exists" else None
+        return quantifier if exact is None else _exists_floor(exact, target, quantifier)
     if kind == "exists_one":
         (pred,) = bodies
 
@@ -791,6 +811,26 @@ def _macro(node: Call, bound: frozenset[str]) -> NativeProgram:
         return out
 
     return map_
+
+
+def _exists_floor(exact: ExactFloor, target: NativeProgram, loop: NativeProgram) -> NativeProgram:
+    """An exact-floor ``exists`` (see analysis.ExactFloor): one comparison with the highest
+    value of the event's items, found once per event for every rule that asks (the
+    comprehension itself when an item cannot be compared)."""
+    kind, role, labels, floor, strict = exact.kind, exact.role, exact.labels, exact.floor, exact.strict
+    field = GRADED_FIELD[kind]
+
+    def exists_floor(env: dict[str, Any], facts: Facts) -> bool:
+        items = target(env, facts)
+        if facts is not None and items is (facts.emotions if kind == "emotion" else facts.sounds):
+            best = facts.highest(kind, role, labels)
+        else:
+            best = highest(items, field, role, labels)
+        if best == math.inf:
+            return loop(env, facts)  # type: ignore[no-any-return]
+        return best > floor if strict else best >= floor
+
+    return exists_floor
 
 
 def compile_source(source: str) -> NativeProgram | None:

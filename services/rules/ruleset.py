@@ -9,7 +9,7 @@ per-thread CEL contexts are caches; the rule set itself never changes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -20,7 +20,7 @@ import cel.stdlib
 
 from .analysis import FloorTest, Projection
 from .expr import Condition, DataTemplate, Template
-from .helpers import Facts
+from .helpers import GRADED_FIELD, Facts
 from .native import NativeProgram
 from .schema import ActionKind, ActionSpec, AlertSpec, ForSpec, Mode, RuleSpec
 
@@ -312,29 +312,32 @@ class Plan:
         chosen = {
             i for i in chosen if (rules[i].requirements_met(present) if rules[i].debounce is None else i not in resets)
         }
-        found = self.subset(tuple(self.rules[i] for i in sorted(chosen)), resets)
-        if len(self._candidates) > 1024:  # bounded: keys come from a small universe, but be safe
+        found = self.subset(sorted(chosen), resets)
+        if len(self._candidates) > 16_384:  # bounded: keys come from a small universe, but be safe
             self._candidates.clear()
         self._candidates[present] = found
         return found
 
-    def subset(self, rules: tuple[CompiledRule, ...], resets: tuple[int, ...] = ()) -> Candidates:
-        """The candidates ``rules`` (in order), and the `for:` rules at ``resets`` (positions in
-        :attr:`rules`) whose streaks end without evaluation."""
+    def subset(self, chosen: Sequence[int], resets: tuple[int, ...] = ()) -> Candidates:
+        """The candidates at positions ``chosen`` of :attr:`rules` (ascending), and the `for:`
+        rules at ``resets`` whose streaks end without evaluation."""
+        rules = tuple(self.rules[i] for i in chosen)
         variables = frozenset().union(*(r.variables for r in rules)) if rules else frozenset()
-        positions = {r.id: i for i, r in enumerate(rules)}
         # Where each batched condition's rule sits in `rules` (-1: not a candidate, never the
         # case since batched rules have no trigger), and the rules evaluated one by one.
-        in_batch = tuple(positions.get(r.id, -1) for r in (self.batch.rules if self.batch else ()))
-        alone = tuple(i for i, r in enumerate(rules) if r.id not in self.batch_index)
-        order = {r.id: i for i, r in enumerate(self.rules)}
+        if self.batch is not None:
+            positions = {r.id: i for i, r in enumerate(rules)}
+            in_batch = tuple(positions.get(r.id, -1) for r in self.batch.rules)
+            alone = tuple(i for i, r in enumerate(rules) if r.id not in self.batch_index)
+        else:
+            in_batch, alone = (), tuple(range(len(rules)))
         return Candidates(
             rules,
             variables,
             in_batch,
             alone,
             any(r.native is None for r in rules),
-            order=tuple(order[r.id] for r in rules),
+            order=tuple(chosen),
             resets=tuple((i, self.rules[i].id) for i in resets),
         )
 
@@ -382,10 +385,6 @@ class Segment:
         return self._program
 
 
-#: The graded field of a kind's facet items: the intensity of emotions, the confidence of sounds.
-GRADED_FIELD = {"emotion:*": "intensity", "sound:*": "confidence"}
-
-
 def _label_keys(universe: Iterable[str]) -> dict[str, LabelKeys]:
     found: dict[str, dict[str, tuple[list[str], list[tuple[str, float]]]]] = {"emotion:*": {}, "sound:*": {}}
     for key in sorted(universe):
@@ -412,9 +411,10 @@ def item_keys(item: Mapping[str, Any], label: str, any_key: str, known: LabelKey
     plain, graded = entry
     if not graded:
         return plain
-    value = item.get(GRADED_FIELD[any_key])
-    if type(value) is not float:
-        # Not a double (an int compares with a double only in some CEL builds): the rules decide.
+    value = item.get(GRADED_FIELD[any_key[:-2]])
+    if type(value) is not float or value != value:
+        # Not a double (an int compares with a double only in some CEL builds), or NaN (which
+        # the library refuses to order): the rules decide.
         return plain + tuple(key for key, _ in graded)
     return plain + tuple(key for key, grade in graded if value >= grade)
 
