@@ -269,7 +269,8 @@ class DecisionBuilder:
         if self.callid is not None:
             data["callid"] = self.callid
         if evidence:
-            data["evidence"] = dict(evidence)
+            # Shared by the decisions of one match (read-only, like the decisions themselves).
+            data["evidence"] = evidence if type(evidence) is dict else dict(evidence)
         return Decision(
             state.hexdigest(), kind, plan.type, plan.subject, plan.rule_id, self.version, data, alert_fingerprint,
             plan.slot,

@@ -451,11 +451,11 @@ class _Run:
     def enter(self) -> None:
         """Prepare evaluation: native when the values the rules read are plain JSON, and the
         CEL context only if some candidate rule needs the library (converting is the cost)."""
-        self.ctx = self.ruleset.context()
-        self.ctx.current.facts = self.facts
         self._cel_ready = False
         self.native = self.allow_native and self._plain()
         if not self.native or self.candidates.needs_library:
+            self.ctx = self.ruleset.context()
+            self.ctx.current.facts = self.facts
             self.cel_context()
 
     def _plain(self) -> bool:
@@ -493,13 +493,13 @@ class _Run:
 
     def execute(self, rule: CompiledRule) -> tuple[Any, str | None]:
         """(result, None) or (None, error message)."""
-        assert self.ctx is not None
         self.facts.evidence.clear()
         native = rule.native if self.native else None
         try:
             if native is not None:
                 result = native(self.variables, self.facts)
             else:
+                assert self.ctx is not None, "the library's context is set up by enter()"
                 result = rule.program.execute(self.ctx.context)
         except Exception as exc:  # noqa: BLE001 -- the library raises KeyError, TypeError, RuntimeError...: all are rule errors
             return None, runtime_message(exc)
@@ -609,7 +609,7 @@ class _Run:
             if native is not None:
                 result = native(env, facts)
             else:
-                assert self.ctx is not None
+                assert self.ctx is not None, "the library's context is set up by enter()"
                 self.ctx.current.facts = facts
                 update = {}
                 if "facets" in rule.variables:
@@ -653,7 +653,8 @@ class _Run:
         return dict(self.facts.evidence[0]) if result and self.facts.evidence else {}
 
     def restore(self) -> None:
-        assert self.ctx is not None
+        if self.ctx is None:
+            return  # native programs only: nothing of the library's to put back
         self.ctx.current.facts = self.facts
         if self._changed:
             names = [name for name in self._changed if name in self.needed]
@@ -928,7 +929,7 @@ def _walk_native(run: _Run, out: _Outcome, clock: _Clock) -> int | None:
         if result is not True:
             continue
         if evidence is None:
-            evidence = dict(seen[0]) if seen else {}
+            evidence = seen[0] if seen else {}  # the helper's own record: new for each call
             if not evidence and rule.quotes_match:
                 evidence = run.window_evidence(rule)
                 last = time.perf_counter()

@@ -425,14 +425,18 @@ def _known_labels(items: Any, any_key: str, known: LabelKeys, keys: set[str]) ->
         keys.add(any_key)
         return
     for item in items:
-        label = item.get("label") if isinstance(item, dict) else None
-        if not isinstance(label, str):
+        label = item.get("label") if type(item) is dict or isinstance(item, dict) else None
+        if type(label) is not str and not isinstance(label, str):
             keys.add(any_key)
             return
-        if label in known:
+        entry = known.get(label)
+        if entry is None:
+            if label == "*" or label.endswith(":*"):
+                keys.add(any_key[:-1] + label)
+        elif not entry[1]:
+            keys.update(entry[0])  # no graded keys: the item's value does not matter
+        else:
             keys.update(item_keys(item, label, any_key, known))
-        elif label == "*" or label.endswith(":*"):
-            keys.add(any_key[:-1] + label)
 
 
 class _Current:
