@@ -22,7 +22,10 @@ when the values the candidate rules read are plain JSON; the rest use the
 helpers registered once, and per event only the variables, and of them only
 the fields, that those rules read are converted into CEL (only when some rule
 needs the library). A pre-filter skips rules whose trigger facts (emotion or
-sound labels, caption words) the event lacks.
+sound labels graded by the rule's floor, caption words, context values) the
+event lacks, and `for:` rules whose floor no facet item reaches (their streak
+ends without walking the call; see :meth:`_Run.may_hold`). Skipping never hides
+an error: an item that cannot be compared makes the rule run.
 
 Guardrails, since the CEL library has no cost limits: captions and the lists
 of facets and windows are capped before evaluation (recorded in
@@ -35,7 +38,7 @@ into rule errors).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
@@ -46,12 +49,12 @@ from .helpers import Facts, clock
 from .analysis import FloorTest
 from .native import plain_values
 from .ruleset import CompiledRule, EvalContext, RuleSet, Segment, item_keys
+from .slots import Slot, by_slot, slots_of, window_index, window_slots
 
 # Attributes that are the event's payload, not its metadata: exposed as `data`.
 _PAYLOAD_ATTRIBUTES = ("data", "data_base64")
 #: Windows further apart than this (seconds) break a debounce streak.
 STREAK_GAP_S = 1.0
-_NUMBER = (int, float)  # isinstance() with a tuple: faster than with `int | float`, same answer
 
 
 @dataclass(frozen=True)
@@ -226,149 +229,6 @@ def _project(value: Any, fields: frozenset[str] | None) -> Any:
     return {k: value[k] for k in fields if k in value}
 
 
-class Slot:
-    """One time span of the call: every channel's window over it."""
-
-    __slots__ = ("start", "end", "windows", "indices", "_caption")
-
-    def __init__(self, start: float | None, end: float | None, windows: list[Mapping[str, Any]], indices: frozenset[Any], caption: str | None = None) -> None:
-        self.start, self.end, self.windows, self.indices, self._caption = start, end, windows, indices, caption
-
-    @property
-    def caption(self) -> str:
-        """The slot's window captions, one per line (built on first use)."""
-        if self._caption is None:
-            self._caption = "\n".join(c for w in self.windows if (c := str(w.get("caption") or "")))
-        return self._caption
-
-
-def window_slots(data: Any) -> list[Slot]:
-    """The call's windows grouped by time span, in order; [] when the event has none."""
-    windows = data.get("windows") if (type(data) is dict or isinstance(data, Mapping)) else None
-    if type(windows) is not list or not windows:
-        return []
-    # The captioner lists windows in time order: group runs of equal spans in one pass,
-    # and fall back to grouping and sorting when the order is not that.
-    groups: list[tuple[tuple[float, float], list[Mapping[str, Any]]]] = []
-    previous: tuple[float, float] | None = None
-    members: list[Mapping[str, Any]] = []
-    for w in windows:
-        key = _span(w)
-        if key is None:
-            return []
-        if key == previous:
-            members.append(w)
-        elif previous is None or key > previous:
-            members = [w]
-            groups.append((key, members))
-            previous = key
-        else:
-            return _unordered_slots(windows)
-    return [_slot(key, members) for key, members in groups]
-
-
-def _unordered_slots(windows: list[Any]) -> list[Slot]:
-    spans: dict[tuple[float, float], list[Mapping[str, Any]]] = {}
-    for w in windows:
-        key = _span(w)
-        if key is None:
-            return []
-        members = spans.get(key)
-        if members is None:
-            spans[key] = [w]
-        else:
-            members.append(w)
-    return [_slot(key, spans[key]) for key in sorted(spans)]
-
-
-def _slot(key: tuple[float, float], members: list[Mapping[str, Any]]) -> Slot:
-    if len(members) == 1:
-        index = members[0].get("index")
-        return Slot(key[0], key[1], members, frozenset() if index is None else frozenset((index,)))
-    if len(members) == 2:  # the usual agent + customer pair: one comparison, not a sort
-        first, second = members[0].get("channel"), members[1].get("channel")
-        # Channels 0-9 in order are in order as strings too (what _member_order compares).
-        in_order = type(first) is int and type(second) is int and 0 <= first < second < 10
-        if not in_order and _member_order(members[1]) < _member_order(members[0]):
-            members.reverse()
-    else:
-        members.sort(key=_member_order)
-    return Slot(key[0], key[1], members, frozenset([i for w in members if (i := w.get("index")) is not None]))
-
-
-#: round(x, 3) of the window times seen lately: calls reuse the same few times, and
-#: round() with digits costs more than the dict lookup.
-_ROUNDED: dict[float, float] = {}
-
-
-def _rounded(value: int | float) -> float:
-    out = round(value if type(value) is float else float(value), 3)
-    if type(value) is float:
-        if len(_ROUNDED) > 4096:
-            _ROUNDED.clear()
-        _ROUNDED[value] = out
-    return out
-
-
-def _span(window: Any) -> tuple[float, float] | None:
-    """A window's (start, end), rounded to the millisecond: the key of its slot (None: no span)."""
-    if not (type(window) is dict or isinstance(window, Mapping)):
-        return None
-    start, end = window.get("start"), window.get("end")
-    if type(start) is float and type(end) is float:
-        first, last = _ROUNDED.get(start), _ROUNDED.get(end)
-        if first is not None and last is not None:
-            return (first, last)
-    elif not isinstance(start, _NUMBER) or not isinstance(end, _NUMBER):
-        return None
-    return (_rounded(start), _rounded(end))
-
-
-def _member_order(w: Mapping[str, Any]) -> tuple[str, str]:
-    return (str(w.get("channel")), str(w.get("role")))
-
-
-def _by_slot(items: Any, slots: list[Slot], where: Mapping[Any, tuple[int, ...]]) -> list[Any]:
-    """Per slot, the facet items that belong to it (see :func:`_slots_of`), in order;
-    ``items`` itself for every slot when it is not a non-empty list."""
-    if type(items) is not list or not items:
-        return [items] * len(slots)
-    out: list[list[Any]] = [[] for _ in slots]
-    everywhere = range(len(slots))
-    for item in items:
-        targets = _slots_of(item, slots, where) if type(item) is dict or isinstance(item, Mapping) else everywhere
-        for n in targets:
-            out[n].append(item)
-    return out
-
-
-def _slots_of(item: Mapping[str, Any], slots: list[Slot], where: Mapping[Any, tuple[int, ...]]) -> Iterable[int]:
-    """The slots a facet item belongs to: that of its ``window`` (``where``: window index ->
-    slots), or else those its ``start``/``end`` overlap. (An item that is not a map
-    belongs to every slot: the rule must see, and fail on, it.)"""
-    window = item.get("window")
-    if window is not None:
-        try:
-            return where.get(window, ())
-        except TypeError:  # an unhashable index names no window
-            return ()
-    start, end = item.get("start"), item.get("end")
-    if not (isinstance(start, _NUMBER) and isinstance(end, _NUMBER)):
-        return ()
-    return [
-        n for n, slot in enumerate(slots)
-        if slot.start is not None and slot.end is not None and start < slot.end and end > slot.start
-    ]  # fmt: skip
-
-
-def _window_slots_index(slots: list[Slot]) -> dict[Any, tuple[int, ...]]:
-    where: dict[Any, tuple[int, ...]] = {}
-    for n, slot in enumerate(slots):
-        for index in slot.indices:
-            where[index] = (*where[index], n) if index in where else (n,)
-    return where
-
-
 def _event_time(attributes: Mapping[str, Any]) -> float | None:
     value = attributes.get("time")
     if isinstance(value, datetime):
@@ -513,9 +373,9 @@ class _Run:
             facets = self.variables["facets"]
             is_map = type(facets) is dict or isinstance(facets, Mapping)
             slots = self.slots
-            where = _window_slots_index(slots)
+            where = window_index(slots)
             self._slot_items = {
-                name: _by_slot(facets.get(name) if is_map else None, slots, where) for name in ("emotions", "sound_events")
+                name: by_slot(facets.get(name) if is_map else None, slots, where) for name in ("emotions", "sound_events")
             }
         return self._slot_items
 
@@ -592,8 +452,8 @@ class _Run:
                             if not keys:
                                 continue  # a label no trigger names
                         if where is None:
-                            where = _window_slots_index(slots)
-                        targets = _slots_of(item, slots, where)
+                            where = window_index(slots)
+                        targets = slots_of(item, slots, where)
                     for n in targets:
                         found[n].update(keys)
             self._slot_keys = [shared | slot_keys if slot_keys else shared for slot_keys in found]

@@ -74,40 +74,22 @@ def plain_values(value: Any) -> bool:
     """Whether ``value`` holds only JSON values the native evaluator reads exactly as the
     library would after conversion (str keys, int64 ints, encodable strings)."""
     t = type(value)
-    if t is dict:
-        # The members' scalar checks are written out (here and for lists): a call per
-        # container, not per value.
-        for k, v in value.items():
-            if type(k) is not str:
-                return False
-            tv = type(v)
-            if tv is str:
-                if not (v.isascii() or _encodable(v)):
-                    return False
-            elif tv is int:
-                if not INT_MIN <= v <= INT_MAX:
-                    return False
-            elif tv is not float and tv is not bool and v is not None and not plain_values(v):
-                return False
-        return True
-    if t is list:
-        for v in value:
-            tv = type(v)
-            if tv is str:
-                if not (v.isascii() or _encodable(v)):
-                    return False
-            elif tv is int:
-                if not INT_MIN <= v <= INT_MAX:
-                    return False
-            elif tv is not float and tv is not bool and v is not None and not plain_values(v):
-                return False
-        return True
     if t is str:
         return value.isascii() or _encodable(value)
     if t is float or t is bool or value is None:
         return True
     if t is int:
         return INT_MIN <= value <= INT_MAX
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or not plain_values(v):
+                return False
+        return True
+    if t is list:
+        for v in value:
+            if not plain_values(v):
+                return False
+        return True
     return False
 
 
