@@ -145,9 +145,7 @@ class RoleResolver:
         last_by_sentence: dict[int, Mention] = {}
         subject_by_sentence: dict[int, Mention] = {}
         for m in self.mentions:
-            if m.kind == "role":
-                pass
-            elif m.kind == "generic" and m.role is None:
+            if m.kind == "generic" and m.role is None:
                 if m.definite:
                     m.role = self._gender_role.get(m.gender or "") or (known[0] if len(set(known)) == 1 else None)
             elif m.kind == "pronoun":

@@ -434,7 +434,7 @@ def _list_fact(node: Node | None, scope: frozenset[str]) -> str | None:
 def _item_trigger(node: Node, var: str, kind: str, scope: frozenset[str]) -> frozenset[str] | None:
     """Inside ``list.exists(var, node)``: labels the item must have."""
     if isinstance(node, Binary) and node.op == "&&":
-        graded = _graded_item_trigger(conjuncts(node), var, kind)
+        graded = _graded_item_trigger(node, var, kind)
         if graded is not None:
             return graded
         return _narrower(_item_trigger(node.left, var, kind, scope), _item_trigger(node.right, var, kind, scope))
@@ -452,15 +452,42 @@ def _item_trigger(node: Node, var: str, kind: str, scope: frozenset[str]) -> fro
     return _trigger(node, scope)
 
 
-def _graded_item_trigger(parts: list[Node], var: str, kind: str) -> frozenset[str] | None:
+def _graded_item_trigger(node: Node, var: str, kind: str) -> frozenset[str] | None:
     """``e.label in [...] && e.intensity >= 0.6``: graded keys, when one conjunct tests the
     label and another the floor (CEL's ``&&`` is false when any conjunct is false, errors
     or not, so an item below the floor cannot make the comprehension true)."""
-    labels = [values for part in parts if (values := _label_values(part, var)) is not None]
-    floors = [floor for part in parts if (floor := _floor_of(part, var, GRADED_FIELD[kind])) is not None]
-    if not labels or not floors:
+    tests = _item_tests(node, var, kind)
+    if not tests.labels or not tests.floors:
         return None
-    return frozenset(graded_key(kind, label, max(floors)) for label in min(labels, key=len))
+    return frozenset(graded_key(kind, label, tests.floor) for label in min(tests.labels, key=len))
+
+
+@dataclass
+class _ItemTests:
+    """The conjuncts of a comprehension's predicate over one facet item, sorted out."""
+
+    labels: list[list[str]] = field(default_factory=list)  # var.label == / in literals
+    floors: list[tuple[float, bool, bool]] = field(default_factory=list)  # (floor, strict, a double literal)
+    roles: list[str] = field(default_factory=list)  # var.role == literal (emotions only)
+    others: int = 0  # any other conjunct
+
+    @property
+    def floor(self) -> float:
+        return max(floor for floor, _, _ in self.floors)
+
+
+def _item_tests(node: Node, var: str, kind: str) -> _ItemTests:
+    tests = _ItemTests()
+    for part in conjuncts(node):
+        if (values := _label_values(part, var)) is not None:
+            tests.labels.append(values)
+        elif (floor := _floor_of(part, var, GRADED_FIELD[kind])) is not None:
+            tests.floors.append(floor)
+        elif kind == "emotion" and (role := _role_of(part, var)) is not None:
+            tests.roles.append(role)
+        else:
+            tests.others += 1
+    return tests
 
 
 def _label_values(node: Node, var: str) -> list[str] | None:
@@ -477,18 +504,17 @@ def _label_values(node: Node, var: str) -> list[str] | None:
     return _string_literals(other) if isinstance(other, Lit) else None
 
 
-def _floor_of(node: Node, var: str, name: str) -> float | None:
-    """``var.<name> >= 0.6`` (or ``>``, or the literal on the left): the floor it sets."""
-    if not isinstance(node, Binary):
+def _floor_of(node: Node, var: str, name: str) -> tuple[float, bool, bool] | None:
+    """``var.<name> >= 0.6`` (or ``>``, or the literal on the left): (the floor it sets,
+    whether it is strict, whether the literal is a double)."""
+    if not isinstance(node, Binary) or node.op not in (">=", ">", "<=", "<"):
         return None
-    if node.op in (">=", ">"):
-        item, literal = node.left, node.right
-    elif node.op in ("<=", "<"):
-        literal, item = node.left, node.right
-    else:
-        return None
+    item, literal = (node.left, node.right) if node.op in (">=", ">") else (node.right, node.left)
     is_field = isinstance(item, Select) and item.name == name and isinstance(item.operand, Ident) and item.operand.name == var
-    return _number_literal(literal) if is_field else None
+    floor = _number_literal(literal) if is_field else None
+    if floor is None:
+        return None
+    return floor, node.op in (">", "<"), isinstance(literal, Lit) and literal.kind == "double"
 
 
 def _floor_test(node: Node) -> FloorTest | None:
@@ -512,13 +538,11 @@ def _floor_test(node: Node) -> FloorTest | None:
         kind, var = _list_fact(node.target, frozenset()), node.args[0]
         if kind is None or not isinstance(var, Ident):
             return None
-        parts = conjuncts(node.args[1])
-        labels = [values for part in parts if (values := _label_values(part, var.name)) is not None]
-        floors = [floor for part in parts if (floor := _floor_of(part, var.name, GRADED_FIELD[kind])) is not None]
-        roles = [role for part in parts if (role := _role_of(part, var.name)) is not None] if kind == "emotion" else []
-        if not labels or not floors:
+        tests = _item_tests(node.args[1], var.name, kind)
+        if not tests.labels or not tests.floors:
             return None
-        return FloorTest(kind, roles[0] if roles else None, frozenset(min(labels, key=len)), max(floors))
+        role = tests.roles[0] if tests.roles else None
+        return FloorTest(kind, role, frozenset(min(tests.labels, key=len)), tests.floor)
     return None
 
 
@@ -542,32 +566,14 @@ def exact_floor(node: Call, scope: frozenset[str]) -> ExactFloor | None:
     kind, var = _list_fact(node.target, scope), node.args[0].name
     if kind is None:
         return None
-    labels: list[list[str]] = []
-    floors: list[tuple[float, bool]] = []
-    roles: list[str] = []
-    for part in conjuncts(node.args[1]):
-        if (values := _label_values(part, var)) is not None:
-            labels.append(values)
-        elif (floor := _double_floor(part, var, GRADED_FIELD[kind])) is not None:
-            floors.append(floor)
-        elif kind == "emotion" and (role := _role_of(part, var)) is not None:
-            roles.append(role)
-        else:
-            return None  # anything else: the comprehension decides
-    if len(labels) != 1 or len(floors) != 1 or len(roles) > 1:
+    tests = _item_tests(node.args[1], var, kind)
+    # Nothing but one label test, one floor (a double literal) and at most one role.
+    if tests.others or len(tests.labels) != 1 or len(tests.floors) != 1 or len(tests.roles) > 1:
         return None
-    return ExactFloor(kind, roles[0] if roles else None, frozenset(labels[0]), floors[0][0], floors[0][1])
-
-
-def _double_floor(node: Node, var: str, name: str) -> tuple[float, bool] | None:
-    """``var.<name> >= 0.6`` / ``> 0.6`` (or mirrored) with a double literal: (floor, strict)."""
-    if not isinstance(node, Binary) or node.op not in (">=", ">", "<=", "<"):
-        return None
-    item, literal = (node.left, node.right) if node.op in (">=", ">") else (node.right, node.left)
-    is_field = isinstance(item, Select) and item.name == name and isinstance(item.operand, Ident) and item.operand.name == var
-    if not (is_field and isinstance(literal, Lit) and literal.kind == "double"):
-        return None
-    return float(literal.value), node.op in (">", "<")
+    floor, strict, double = tests.floors[0]
+    if not double:
+        return None  # an int literal: the library's int-to-double comparison decides
+    return ExactFloor(kind, tests.roles[0] if tests.roles else None, frozenset(tests.labels[0]), floor, strict)
 
 
 def _role_of(node: Node, var: str) -> str | None:

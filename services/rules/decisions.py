@@ -253,14 +253,9 @@ class DecisionBuilder:
                 "owner": plan.owner, "ruleset_version": self.version, "tags": list(plan.value),
             }  # fmt: skip
         else:
-            overlay = self._overlay(rule, evidence)
-            summary = plan.summary.render_over(overlay, self.variables)  # type: ignore[union-attr]
-            labels = self._labels(plan, overlay)
-            alert_fingerprint = self._alert_fingerprint(plan, labels)
+            summary, labels, alert_fingerprint, alert_description = self._alert(plan, self._overlay(rule, evidence))
             # The alert's description takes the rule's key (and its place), as **params did.
-            description = plan.description
-            if plan.alert_description is not None:
-                description = plan.alert_description.render_over(overlay, self.variables)
+            description = plan.description if alert_description is None else alert_description
             data = {
                 "source_event": self.source_event.copy(), "rule_id": plan.rule_id, "description": description,
                 "owner": plan.owner, "ruleset_version": self.version, "severity": plan.value, "summary": summary,
@@ -325,16 +320,20 @@ class DecisionBuilder:
         overlay = self._overlay(rule, evidence)
         if kind == "emit":
             return {"type": plan.type, "subject": plan.subject, "data": plan.value.render_over(overlay, self.variables)}
-        labels = self._labels(plan, overlay)
-        out: dict[str, Any] = {
-            "severity": plan.value,
-            "summary": plan.summary.render_over(overlay, self.variables),  # type: ignore[union-attr]
-            "labels": labels,
-            "fingerprint": self._alert_fingerprint(plan, labels),
-        }
-        if plan.alert_description is not None:
-            out["description"] = plan.alert_description.render_over(overlay, self.variables)
+        summary, labels, alert_fingerprint, description = self._alert(plan, overlay)
+        out: dict[str, Any] = {"severity": plan.value, "summary": summary, "labels": labels, "fingerprint": alert_fingerprint}
+        if description is not None:
+            out["description"] = description
         return out
+
+    def _alert(self, plan: _Plan, overlay: dict[str, Any]) -> tuple[str, dict[str, str], str, str | None]:
+        """An alert's rendered summary, labels, fingerprint and description (None: it has none)."""
+        summary = plan.summary.render_over(overlay, self.variables)  # type: ignore[union-attr]
+        labels = self._labels(plan, overlay)
+        description = None
+        if plan.alert_description is not None:
+            description = plan.alert_description.render_over(overlay, self.variables)
+        return summary, labels, self._alert_fingerprint(plan, labels), description
 
     def _decision(
         self,

@@ -523,14 +523,12 @@ class _Run:
             self._changed.clear()
 
     def debounce(self, rule: CompiledRule, streak: Streak) -> tuple[bool, str | None, Streak, dict[str, Any]]:
-        """Walk the call's slots; (fired, error, streak after, evidence)."""
+        """Walk the call's slots; (fired, error, streak after, evidence). The caller checks
+        may_hold() first (see _Outcome.debounce): a rule that cannot hold ends its streak
+        without a walk."""
         spec = rule.debounce
         assert spec is not None
         need_windows, need_s = spec.windows, rule.debounce_s
-        if not self.may_hold(rule):
-            # False in every window (its trigger facts are absent): the streak ends here.
-            # (A streak of no windows is no streak: where it ended does not matter.)
-            return False, None, NO_STREAK, {}
         # The streak as locals while walking (a Streak at the end): (windows held, since, evidence).
         count, since, first = streak.windows, streak.since_s, dict(streak.evidence)
         last_end = streak.last_end_s
@@ -700,6 +698,8 @@ class _Outcome:
     def debounce(self, rule: CompiledRule) -> tuple[bool, str | None, dict[str, Any]]:
         """Walk the call's windows for a `for:` rule (counted as evaluated unless proved false)."""
         if not self.run.may_hold(rule):
+            # False in every window (its trigger facts are absent, or no item reaches its
+            # floor): the streak ends here, with no windows (where it ended does not matter).
             self.proved_false += 1
             self.after[rule.id] = NO_STREAK
             return False, None, {}
