@@ -284,3 +284,60 @@ def test_native_errors_are_rule_errors_with_guardrails(tmp_path: Path) -> None:
     assert [e.rule_id for e in spent.errors] == ["a", "b"]
     slow = evaluate(ruleset, EVENT, {"context": {"nope": 2}}, limits=Limits(max_rule_ms=-1.0))
     assert [e.message.split(",")[1].strip() for e in slow.errors] == ["over the limit of -1 ms"] * 2
+
+
+# --- generated code (services/rules/codegen.py) ------------------------------------
+
+
+def _outcome(program: Any, variables: dict[str, Any]) -> tuple[str, Any]:
+    """("ok", typed value) or ("error", message): messages compared exactly."""
+    try:
+        return "ok", _typed(program(variables, _facts(variables)))
+    except Exception as exc:  # noqa: BLE001
+        return _ERROR, runtime_message(exc)
+
+
+def _generated_and_closures(source: str) -> tuple[Any, Any]:
+    generated, closures = compile_source(source), compile_source(source, inline=False)
+    assert generated is not None and closures is not None, source
+    return generated, closures
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_generated_code_gives_the_closures_values_and_errors(seed: int) -> None:
+    # The closures are the generated code's specification: same value and type, or the
+    # same error message, on the edge cases and on random conditions and events.
+    rng = random.Random(2000 + seed)
+    sources = EDGE_CASES + [random_condition(rng) for _ in range(80)]
+    programs = {source: _generated_and_closures(source) for source in sources}
+    inlined = sum(g is not c for g, c in programs.values())
+    assert inlined > len(sources) // 2  # most conditions do get generated code
+    for variables in [VARS] + [_event_variables(rng) for _ in range(25)]:
+        for source, (generated, closures) in programs.items():
+            assert _outcome(generated, variables) == _outcome(closures, variables), (source, variables)
+
+
+def test_shipped_conditions_run_as_generated_code() -> None:
+    for rule in load_ruleset(REPO / "router_rules").rules:
+        assert rule.native is not None and rule.native.__name__ == "when", rule.id
+        assert "def when(env, facts):" in (rule.native.__doc__ or "")
+
+
+def test_literals_cannot_inject_code() -> None:
+    # Literals and field names reach the source only through repr() (or as constants).
+    hostile = '"\\"\\"\\"); import os; os._exit(3); (\\"\\"\\"\\n\'"'
+    for source in (f"context.queue == {hostile}", f"context.queue != {hostile} && true", f"{hostile} in context",
+                   f"context.queue in [{hostile}, 'billing']", f"any_words(caption, [{hostile}])"):  # fmt: skip
+        generated, _ = _generated_and_closures(source)
+        assert generated is not compile_source(source, inline=False)
+        assert same(native(source, VARS), reference(source, VARS)), source
+
+
+def test_a_condition_too_deep_to_generate_keeps_its_closures() -> None:
+    # Python allows 20 nested `try` blocks; a chain of 40 `&&` keeps the closures, exactly.
+    source = " && ".join(["has(context.queue)"] * 39 + ["context.queue == 'billing'"])
+    program = compile_source(source)
+    assert program is not None and program.__name__ == "logic"
+    assert same(native(source, VARS), reference(source, VARS)) and native(source, VARS) == ("ok", True)
+    shorter = " && ".join(["has(context.queue)"] * 9 + ["context.queue == 'billing'"])
+    assert compile_source(shorter).__name__ == "when"  # type: ignore[union-attr]

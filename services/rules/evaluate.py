@@ -45,11 +45,11 @@ from typing import Any, Literal, NamedTuple
 
 from .decisions import DEFAULT_PREFIX, Decision, DecisionBuilder, check_prefix
 from .expr import runtime_message
-from .helpers import Facts, clock
+from .helpers import GRADED_FIELD, Facts, clock
 from .analysis import FloorTest
 from .native import plain_values
 from .ruleset import CompiledRule, EvalContext, RuleSet, Segment, item_keys
-from .slots import Slot, by_slot, slots_of, window_index, window_slots
+from .slots import Slot, by_slot, highest_by_slot, slots_of, window_index, window_slots
 
 # Attributes that are the event's payload, not its metadata: exposed as `data`.
 _PAYLOAD_ATTRIBUTES = ("data", "data_base64")
@@ -133,7 +133,8 @@ class Evaluation:
 def rule_variables(event_attributes: Mapping[str, Any], data: Any) -> dict[str, Any]:
     """The names a rule's ``when`` and templates see."""
     payload = data if type(data) is dict or isinstance(data, Mapping) else {}
-    facets, acoustics, context, caption = (payload.get(name) for name in ("facets", "acoustics", "context", "caption"))
+    get = payload.get
+    facets, acoustics, context, caption = get("facets"), get("acoustics"), get("context"), get("caption")
     return {
         "event": _metadata(event_attributes),
         "data": data if data is not None else {},
@@ -248,7 +249,7 @@ class _Run:
         "ruleset", "attributes", "prefix", "limits", "data", "truncated", "variables", "windows", "facts",
         "plan", "present", "candidates", "rules", "needed", "prefiltered", "ctx", "context_error",
         "allow_native", "native", "_builder", "_slots", "_views", "_slot_keys", "_slot_items", "_changed",
-        "_cel_ready", "_slot_facts",
+        "_cel_ready", "_slot_facts", "_slot_highest", "_where",
     )  # fmt: skip
 
     def __init__(
@@ -286,7 +287,9 @@ class _Run:
         self._views: dict[int, tuple[Any, Facts, dict[str, Any]]] | None = None
         self._slot_keys: list[frozenset[str]] | None = None
         self._slot_items: dict[str, list[Any]] | None = None
-        self._slot_facts: list[Facts] | None = None
+        self._slot_facts: list[Facts | None] | None = None
+        self._slot_highest: dict[tuple[str, str | None, frozenset[str]], list[float]] | None = None
+        self._where: dict[Any, tuple[int, ...]] | None = None
         self.prefiltered = prefilter
         self._changed: set[str] = set()
         self.ctx: EvalContext | None = None
@@ -331,7 +334,9 @@ class _Run:
                     return False
             else:
                 for key in fields:
-                    if key in value and not plain_values(value[key]):
+                    field = value.get(key)
+                    # A double or null (most fields rules read) is plain: no call to say so.
+                    if field is not None and type(field) is not float and not plain_values(field):
                         return False
         return True
 
@@ -373,32 +378,55 @@ class _Run:
             facets = self.variables["facets"]
             is_map = type(facets) is dict or isinstance(facets, Mapping)
             slots = self.slots
-            where = window_index(slots)
+            where = self.window_index()
             self._slot_items = {
                 name: by_slot(facets.get(name) if is_map else None, slots, where) for name in ("emotions", "sound_events")
             }
         return self._slot_items
 
-    def slot_facts(self) -> list[Facts]:
-        """The helper facts of each slot: its own facets and caption (built once per event)."""
+    def slot_facts(self, index: int) -> Facts:
+        """The helper facts of one slot: its own facets and caption (built once per event and slot)."""
         if self._slot_facts is None:
-            facets = self.variables["facets"]
+            self._slot_facts = [None] * len(self.slots)
+        facts = self._slot_facts[index]
+        if facts is None:
+            slot, facets = self.slots[index], self.variables["facets"]
             if type(facets) is dict or isinstance(facets, Mapping):
                 items = self.slot_items()
-                lists = [items[name] if type(facets.get(name)) is list else None for name in ("emotions", "sound_events")]
                 emotions, sounds = facets.get("emotions"), facets.get("sound_events")
-                self._slot_facts = [
-                    Facts(
-                        emotions if lists[0] is None else lists[0][i],
-                        sounds if lists[1] is None else lists[1][i],
-                        slot.caption,
-                        slot.windows,
-                    )
-                    for i, slot in enumerate(self.slots)
-                ]
+                facts = Facts(
+                    items["emotions"][index] if type(emotions) is list else emotions,
+                    items["sound_events"][index] if type(sounds) is list else sounds,
+                    slot.caption,
+                    slot.windows,
+                )
             else:
-                self._slot_facts = [Facts(None, None, slot.caption, slot.windows) for slot in self.slots]
-        return self._slot_facts
+                facts = Facts(None, None, slot.caption, slot.windows)
+            self._slot_facts[index] = facts
+        return facts
+
+    def slot_highest(self, test: FloorTest) -> list[float]:
+        """Per slot, what slot_facts(i).highest() gives for ``test`` (in one pass over the
+        event's items, without building the slots' facts; once per event and test)."""
+        key = (test.kind, test.role, test.labels)
+        if self._slot_highest is None:
+            self._slot_highest = {}
+        found = self._slot_highest.get(key)
+        if found is None:
+            facets = self.variables["facets"]
+            items = facets.get("emotions" if test.kind == "emotion" else "sound_events") if (
+                type(facets) is dict or isinstance(facets, Mapping)
+            ) else None
+            found = self._slot_highest[key] = highest_by_slot(
+                items, GRADED_FIELD[test.kind], test.role, test.labels, self.slots, self.window_index()
+            )
+        return found
+
+    def window_index(self) -> dict[Any, tuple[int, ...]]:
+        """Window index -> the slots that hold it (once per event)."""
+        if self._where is None:
+            self._where = window_index(self.slots)
+        return self._where
 
     def slot_view(self, index: int) -> tuple[Any, Facts, dict[str, Any]]:
         """The facets, helper facts and native variables of one slot, built once per event
@@ -407,7 +435,7 @@ class _Run:
             self._views = {}
         view = self._views.get(index)
         if view is None:
-            slot, facts = self.slots[index], self.slot_facts()[index]
+            slot, facts = self.slots[index], self.slot_facts(index)
             facets = self.variables["facets"]
             if type(facets) is dict or isinstance(facets, Mapping):
                 facets = dict(facets)
@@ -452,7 +480,7 @@ class _Run:
                             if not keys:
                                 continue  # a label no trigger names
                         if where is None:
-                            where = window_index(slots)
+                            where = self.window_index()
                         targets = slots_of(item, slots, where)
                     for n in targets:
                         found[n].update(keys)
@@ -461,6 +489,12 @@ class _Run:
 
     def execute_in(self, rule: CompiledRule, index: int) -> tuple[Any, str | None, dict[str, Any]]:
         """Evaluate ``rule`` on one slot of the call; :meth:`restore` puts the event-wide view back."""
+        held, error = self.held_in(rule, index)
+        return held, error, (self.evidence_in(index) if held else {})
+
+    def held_in(self, rule: CompiledRule, index: int) -> tuple[Any, str | None]:
+        """(True or False, None) or (None, error): ``rule`` on one slot of the call (what its
+        helpers saw stays in the slot's facts until the next evaluation: evidence_in())."""
         facets, facts, env = self.slot_view(index)
         if facts.evidence:
             facts.evidence.clear()
@@ -481,10 +515,14 @@ class _Run:
                     self._changed.update(update)
                 result = rule.program.execute(self.ctx.context)
         except Exception as exc:  # noqa: BLE001
-            return None, runtime_message(exc), {}
-        if result is not True:
-            return (False, None, {}) if result is False else (None, _not_bool(result), {})
-        slot = self.slots[index]
+            return None, runtime_message(exc)
+        if result is True or result is False:
+            return result, None
+        return None, _not_bool(result)
+
+    def evidence_in(self, index: int) -> dict[str, Any]:
+        """What a rule that held in slot ``index`` matched: its helpers' record, the slot's time and caption."""
+        slot, facts = self.slots[index], self.slot_view(index)[1]
         evidence = dict(facts.evidence[0]) if facts.evidence else {}
         if "window" not in evidence and slot.indices:
             evidence["window"] = sorted(slot.indices, key=str)[0]
@@ -494,7 +532,7 @@ class _Run:
             evidence.setdefault("at", clock(slot.start))
         evidence.setdefault("caption", slot.caption)
         evidence.setdefault("span", slot.caption[:200])
-        return True, None, evidence
+        return evidence
 
     def execute_batch(self, segment: Segment) -> list[Any] | None:
         """The conditions of a segment in one call; None when one of them raised (then: one by one)."""
@@ -538,7 +576,6 @@ class _Run:
         # What proves the rule false in a slot without running it: its floors (then the slot's
         # facts), or else its trigger keys.
         floors = rule.floors if windowed and self.prefiltered else ()
-        slot_facts = self.slot_facts() if floors else None
         slot_keys = self.slot_present() if windowed and self.prefiltered and not floors else None
         cannot_hold = rule.cannot_hold
         try:
@@ -547,22 +584,26 @@ class _Run:
                 if windowed and start is not None and last_end is not None and abs(start - last_end) > STREAK_GAP_S:
                     count, since, first = 0, None, {}  # a gap in the call: the streak starts over
                 if windowed:
-                    if slot_facts is not None and _below(slot_facts[index], floors):
-                        held, error, seen = False, None, {}  # no item of the slot reaches a floor
+                    if floors and self._below_in(index, floors):
+                        held, error = False, None  # no item of the slot reaches a floor
                     elif slot_keys is not None and cannot_hold(slot_keys[index]):
                         # Its trigger facts are absent from this slot's facets (the same proof
                         # as cannot_hold() for the whole event): false here, no need to run it.
-                        held, error, seen = False, None, {}
+                        held, error = False, None
                     else:
-                        held, error, seen = self.execute_in(rule, index)
+                        held, error = self.held_in(rule, index)
                 else:  # events without windows follow each other
                     held, error = self.execute(rule)
-                    seen = dict(self.facts.evidence[0]) if held and self.facts.evidence else {}
                 if error is not None:
                     return False, error, _streak(count, since, last_end, first), {}
                 if held:
                     if count == 0:
-                        since, first = start, seen
+                        # Only the first slot of a streak is quoted: its evidence, not the others'.
+                        since = start
+                        if not windowed:
+                            first = dict(self.facts.evidence[0]) if self.facts.evidence else {}
+                        else:
+                            first = self.evidence_in(index)
                     count += 1
                     held_s = (end - since) if end is not None and since is not None else 0.0
                     if not fired and (
@@ -600,6 +641,14 @@ class _Run:
         finally:
             self.restore()
         return {}
+
+
+    def _below_in(self, index: int, floors: tuple[FloorTest, ...]) -> bool:
+        """Whether, in slot ``index``, no item reaches one of the ``floors``."""
+        for test in floors:
+            if self.slot_highest(test)[index] < test.floor:
+                return True
+        return False
 
 
 def _below(facts: Facts, floors: tuple[FloorTest, ...]) -> bool:

@@ -185,7 +185,9 @@ class Facts:
     first use only. Helpers append :attr:`evidence` (cleared per rule).
     """
 
-    __slots__ = ("caption", "emotions", "evidence", "sounds", "windows", "_highest", "_norm", "_spaced", "_valid")
+    __slots__ = (
+        "caption", "emotions", "evidence", "sounds", "windows", "_highest", "_norm", "_quoted", "_spaced", "_valid",
+    )  # fmt: skip
 
     def __init__(self, emotions: Any, sounds: Any, caption: Any, windows: Sequence[Mapping[str, Any]]) -> None:
         self.emotions = emotions
@@ -197,6 +199,9 @@ class Facts:
         self._spaced: dict[str, str] = {}  # text -> _spaced(text)
         self._valid: set[str] = set()  # facet lists already checked (`_items`): once per event
         self._highest: dict[tuple[str, str | None, Collection[str]], float] | None = None
+        #: Evidence already built, by facet item (its id: items live as long as these facts)
+        #: or by (text, phrase): rules that match the same item or words share one record.
+        self._quoted: dict[Any, dict[str, Any]] | None = None
 
     # --- the helpers ---------------------------------------------------------
 
@@ -214,7 +219,7 @@ class Facts:
                 continue
             intensity = _number(item.get("intensity"), f"intensity of emotion {item.get('label')!r}")
             if intensity >= floor:
-                self.evidence.append({"kind": "emotion", **_quote(item), "intensity": intensity})
+                self.evidence.append(self._item_evidence(item, "emotion", "intensity", intensity))
                 return True
         return False
 
@@ -229,7 +234,7 @@ class Facts:
                 continue
             confidence = _number(item.get("confidence"), f"confidence of sound event {item.get('label')!r}")
             if confidence >= floor:
-                self.evidence.append({"kind": "sound", **_quote(item), "confidence": confidence})
+                self.evidence.append(self._item_evidence(item, "sound", "confidence", confidence))
                 return True
         return False
 
@@ -265,6 +270,16 @@ class Facts:
         self._valid.add(what)
         return value
 
+    def _item_evidence(self, item: Mapping[str, Any], kind: str, field: str, value: float) -> dict[str, Any]:
+        """What a rule that matched ``item`` quotes (one record per item, shared: read-only)."""
+        if self._quoted is None:
+            self._quoted = {}
+        key = id(item)
+        evidence = self._quoted.get(key)
+        if evidence is None:
+            evidence = self._quoted[key] = {"kind": kind, **_quote(item), field: value}
+        return evidence
+
     def _words(self, text: Any, words: Any, name: str, *, all_of: bool) -> bool:
         if not isinstance(text, str):
             raise HelperError(f"{name}(): text must be a string, got {type(text).__name__}")
@@ -278,7 +293,13 @@ class Facts:
         found = [p for p in phrases if p and self._has_phrase(text, spaced, p)]
         ok = len(found) == len(phrases) if all_of else bool(found)
         if ok and found:
-            self.evidence.append(self._word_evidence(text, found[0]))
+            if self._quoted is None:
+                self._quoted = {}
+            key = (text, *found[0])
+            evidence = self._quoted.get(key)
+            if evidence is None:
+                evidence = self._quoted[key] = self._word_evidence(text, found[0])
+            self.evidence.append(evidence)
         return ok
 
     def _has_phrase(self, text: str, spaced: str, phrase: list[str]) -> bool:

@@ -1,4 +1,5 @@
-"""A native evaluator: a rule's ``when`` compiled from the :mod:`celast` tree into Python closures.
+"""A native evaluator: a rule's ``when`` compiled from the :mod:`celast` tree into Python closures
+(and, for the common shapes, into one generated function: :mod:`services.rules.codegen`).
 
 Why: the ``cel`` binding costs about 1 µs per value converted into CEL and
 0.3 µs per call, which is most of an event's evaluation time (bench/rules.py).
@@ -44,6 +45,7 @@ from . import celast
 from .celast import Binary, Call, Cond, Ident, Index, ListExpr, Lit, Node, Select, Unary
 from .fields import VARIABLES
 from .analysis import ExactFloor, exact_floor
+from .codegen import generate
 from .helpers import GRADED_FIELD, HELPERS, Facts, highest, words_of
 
 __all__ = ["NativeError", "NativeProgram", "compile_native", "compile_source", "plain_values"]
@@ -74,23 +76,29 @@ def plain_values(value: Any) -> bool:
     """Whether ``value`` holds only JSON values the native evaluator reads exactly as the
     library would after conversion (str keys, int64 ints, encodable strings)."""
     t = type(value)
-    if t is str:
-        return value.isascii() or _encodable(value)
-    if t is float or t is bool or value is None:
-        return True
-    if t is int:
-        return INT_MIN <= value <= INT_MAX
     if t is dict:
         for k, v in value.items():
-            if type(k) is not str or not plain_values(v):
+            if type(k) is not str or not (
+                type(v) is float or v is None or (type(v) is str and v.isascii()) or _plain_scalar(v) or plain_values(v)
+            ):
                 return False
         return True
     if t is list:
         for v in value:
-            if not plain_values(v):
+            # Doubles and ASCII strings inline: most values of facets and acoustics are.
+            if not (type(v) is float or (type(v) is str and v.isascii()) or _plain_scalar(v) or plain_values(v)):
                 return False
         return True
-    return False
+    return t is float or value is None or _plain_scalar(value)
+
+
+def _plain_scalar(value: Any) -> bool:
+    t = type(value)
+    if t is str:
+        return value.isascii() or _encodable(value)
+    if t is int:
+        return INT_MIN <= value <= INT_MAX
+    return t is bool
 
 
 def _encodable(text: str) -> bool:
@@ -264,12 +272,16 @@ def _iterate(target: Any) -> list[Any]:
 _RAISE = object()  # "this operand raised": the error is kept aside
 
 
-def compile_native(node: Node) -> NativeProgram | None:
-    """A native program for ``node``, or None when it uses something outside the subset."""
+def compile_native(node: Node, *, inline: bool = True) -> NativeProgram | None:
+    """A native program for ``node``, or None when it uses something outside the subset:
+    one generated function (:mod:`services.rules.codegen`) calling closures for the nodes
+    it does not inline, or else (and with ``inline=False``) the closures alone."""
     try:
-        return _compile(node, frozenset())
+        closures = _compile(node, frozenset())
     except (Unsupported, RecursionError):  # too deep for closures: the library copes
         return None
+    generated = generate(node, lambda part: _compile(part, frozenset()), _RUNTIME, _LITERAL_HELPERS) if inline else None
+    return closures if generated is None else generated
 
 
 def _compile(node: Node, bound: frozenset[str]) -> NativeProgram:
@@ -597,37 +609,55 @@ def _literal_number(node: Node) -> float | None:
     return None
 
 
-def _helper_with_literals(node: Call, bound: frozenset[str]) -> NativeProgram | None:
-    """A helper whose label/word/threshold arguments are literals: checked and prepared once
-    here (the helpers would check and split them on every call), same results and errors."""
+def _helper_literals(node: Call) -> tuple[str, tuple[Any, ...]] | None:
+    """A helper call whose label/word/threshold arguments are literals, checked and prepared
+    once (the helpers would check and split them on every call): the Facts method to call
+    and its prepared arguments; for any_words/all_words (phrases, all_of, the helper for a
+    text that is not a string). None: the helper itself checks its arguments per call."""
     name, args = node.function, node.args
     if name == "emotion":
         role, labels, floor = args
         wanted, threshold = _literal_labels(labels), _literal_number(floor)
         if not (isinstance(role, Lit) and role.kind == "string") or wanted is None or threshold is None:
             return None
-        who: str = role.value
-        return lambda env, facts: facts.emotion_of(who, wanted, threshold)
+        return "emotion_of", (role.value, wanted, threshold)
     if name == "sound":
         labels, floor = args
         wanted, threshold = _literal_labels(labels), _literal_number(floor)
         if wanted is None or threshold is None:
             return None
-        return lambda env, facts: facts.sound_of(wanted, threshold)
-    text_node, words = args
+        return "sound_of", (wanted, threshold)
+    words = args[1]
     if isinstance(words, Lit) and words.kind == "string":
         phrases = [words_of(words.value)]
     elif isinstance(words, ListExpr) and words.items and all(isinstance(i, Lit) and i.kind == "string" for i in words.items):
         phrases = [words_of(i.value) for i in words.items]  # type: ignore[attr-defined]
     else:
         return None
-    text = _compile(text_node, bound)
-    all_of = name == "all_words"
+    return "phrases_in", (phrases, name == "all_words", _HELPER_METHODS[name])
+
+
+_LITERAL_HELPERS = {name: _helper_literals for name in ("emotion", "sound", "any_words", "all_words")}
+
+
+def _helper_with_literals(node: Call, bound: frozenset[str]) -> NativeProgram | None:
+    literals = _helper_literals(node)
+    if literals is None:
+        return None
+    method, args = literals
+    if method == "emotion_of":
+        who, wanted, threshold = args
+        return lambda env, facts: facts.emotion_of(who, wanted, threshold)
+    if method == "sound_of":
+        wanted, threshold = args
+        return lambda env, facts: facts.sound_of(wanted, threshold)
+    phrases, all_of, helper = args
+    text = _compile(node.args[0], bound)
 
     def words(env: dict[str, Any], facts: Facts) -> bool:
         value = text(env, facts)
         if type(value) is not str:
-            return _HELPER_METHODS[name](facts, value, [])  # the helper's own error for a non-string text
+            return helper(facts, value, [])  # type: ignore[no-any-return]  # the helper's own error for a non-string text
         return facts.phrases_in(value, phrases, all_of=all_of)
 
     return words
@@ -815,9 +845,16 @@ def _exists_floor(exact: ExactFloor, target: NativeProgram, loop: NativeProgram)
     return exists_floor
 
 
-def compile_source(source: str) -> NativeProgram | None:
+#: What generated conditions call (services.rules.codegen): the closures' own semantics.
+_RUNTIME: dict[str, Any] = {
+    "_RAISE": _RAISE, "_overload": _overload, "_select": _select, "_has": _has, "_eq": _eq, "_in": _in,
+    "_lt": _lt, "_le": _le, "_gt": _gt, "_ge": _ge, "_arith": _arith,
+}  # fmt: skip
+
+
+def compile_source(source: str, *, inline: bool = True) -> NativeProgram | None:
     """Parse and compile (tests and tools); None when unsupported or unreadable."""
     try:
-        return compile_native(celast.parse(source))
+        return compile_native(celast.parse(source), inline=inline)
     except celast.CelSyntaxError:
         return None

@@ -431,7 +431,7 @@ def _known_labels(items: Any, any_key: str, known: LabelKeys, keys: set[str]) ->
             return
         entry = known.get(label)
         if entry is None:
-            if label == "*" or label.endswith(":*"):
+            if "*" in label and (label == "*" or label.endswith(":*")):  # (`in` first: no method call)
                 keys.add(any_key[:-1] + label)
         elif not entry[1]:
             keys.update(entry[0])  # no graded keys: the item's value does not matter

@@ -7,7 +7,8 @@ the same span of the call, and only the facets that belong to it (by their
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 _NUMBER = (int, float)  # isinstance() with a tuple: faster than with `int | float`, same answer
@@ -127,6 +128,47 @@ def by_slot(items: Any, slots: list[Slot], where: Mapping[Any, tuple[int, ...]])
         for n in targets:
             out[n].append(item)
     return out
+
+
+def highest_by_slot(
+    items: Any, field: str, role: str | None, labels: Collection[str], slots: list[Slot], where: Mapping[Any, tuple[int, ...]]
+) -> list[float]:
+    """Per slot, helpers.highest() over the items :func:`by_slot` gives it, in one pass: the
+    highest ``field`` of the items with a label in ``labels`` (and of ``role``), -inf when
+    none, +inf when one of them cannot be compared (only the rule can tell then)."""
+    count = len(slots)
+    if type(items) is not list:
+        return [math.inf] * count
+    best = [-math.inf] * count
+    everywhere = range(count)
+    for item in items:
+        if type(item) is not dict:
+            value = math.inf  # highest() cannot compare it, in each slot that holds it
+            targets = slots_of(item, slots, where) if isinstance(item, Mapping) else everywhere
+        else:
+            label = item.get("label")
+            if type(label) is str:
+                if label not in labels:
+                    continue
+                if role is not None:
+                    own = item.get("role")
+                    if type(own) is str and own != role:
+                        continue
+                    if type(own) is not str:
+                        value = math.inf
+                    else:
+                        value = item.get(field)
+                else:
+                    value = item.get(field)
+                if type(value) is not float or value != value:  # (NaN: the library fails to order it)
+                    value = math.inf
+            else:
+                value = math.inf
+            targets = slots_of(item, slots, where)
+        for n in targets:
+            if value > best[n]:
+                best[n] = value
+    return best
 
 
 def slots_of(item: Mapping[str, Any], slots: list[Slot], where: Mapping[Any, tuple[int, ...]]) -> Iterable[int]:
