@@ -4,6 +4,7 @@ debounce over windows, evidence for templates, emit, guardrails."""
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -446,6 +447,34 @@ def test_time_limits_turn_into_rule_errors(tmp_path: Path) -> None:
     assert spent.errors[0].message == "not evaluated: the event's evaluation budget of -1 ms was spent"
     slow = evaluate(ruleset, EVENT, captioned(), limits=Limits(max_rule_ms=-1.0))
     assert [e.message.split(",")[1].strip() for e in slow.errors] == ["over the limit of -1 ms"] * 2
+
+
+def test_time_limits_count_cpu_time_not_waiting() -> None:
+    # The clock of one evaluation (services.rules.evaluate._Clock): a limit is crossed when
+    # both the wall time and the thread's CPU time are over it, so a descheduled or waiting
+    # replica is not a slow rule, and a busy one is, even from a CPU-time sample read earlier.
+    from services.rules.evaluate import _CPU_SAMPLE, _Clock
+
+    limits = Limits(max_rule_ms=20.0, max_event_ms=20.0)
+
+    def burn(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    _CPU_SAMPLE.last = (time.perf_counter() - 60.0, time.thread_time() - 1.0)  # stale: read again
+    waiting = _Clock(limits)
+    assert _CPU_SAMPLE.last[0] == waiting.started
+    time.sleep(0.04)
+    assert waiting.over_rule(time.perf_counter() - waiting.started) is None
+    assert waiting.over_event(time.perf_counter()) is None
+
+    _Clock(limits)  # takes a fresh sample; the next clock within 2 ms reuses it
+    busy = _Clock(limits)
+    burn(0.03)
+    took = time.perf_counter() - busy.started
+    assert busy.over_rule(took) == f"evaluation took {took * 1000:.0f} ms, over the limit of 20 ms"
+    assert busy.over_event(time.perf_counter()) == "not evaluated: the event's evaluation budget of 20 ms was spent"
 
 
 def test_helper_errors_are_rule_errors_not_false(tmp_path: Path) -> None:

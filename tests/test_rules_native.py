@@ -187,12 +187,16 @@ EXACT_FLOOR_FACETS = [
 @pytest.mark.parametrize("source", EXACT_FLOORS)
 def test_exact_floor_comprehensions_match_the_library(source: str) -> None:
     # One comparison with the highest value, or the comprehension itself when an item cannot be compared.
-    assert "exists_floor" in compile_source(source).__qualname__  # type: ignore[union-attr]
+    generated, closures = _generated_and_closures(source)
+    assert "facts.highest(" in (generated.__doc__ or "") and "exists_floor" in closures.__qualname__
     for items in EXACT_FLOOR_FACETS:
         sounds = [{**i, "label": "alarm", "confidence": i.get("intensity")} if isinstance(i, dict) else i for i in items]
         variables = {**VARS, "facets": {"emotions": items, "sound_events": sounds}}
         expected, got = reference(source, variables), native(source, variables)
         assert same(got, expected), (source, items, got, expected)
+        assert _outcome(closures, variables) == _outcome(generated, variables)
+        # Without helper facts (no highest() cached per event): the same answers.
+        assert _outcome(generated, variables) == _outcome(lambda env, facts: generated(env, None), variables)
 
 
 def test_unsupported_expressions_stay_with_the_library() -> None:

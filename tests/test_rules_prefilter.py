@@ -155,3 +155,53 @@ def test_a_for_rule_below_its_floor_is_not_walked_but_errors_still_show(tmp_path
     # At the floor in two windows in a row: it fires.
     held = _call(*({"role": "customer", "label": "anger", "intensity": 0.6, "window": i} for i in (0, 1)))
     assert [m.rule_id for m in evaluate(ruleset, EVENT, held).matches] == ["angry"]
+
+
+def test_a_for_rule_that_is_one_floor_reads_each_windows_highest_value(tmp_path: Path) -> None:
+    # `emotion("customer", ["anger"], 0.6)` holds in a window exactly when the window's highest
+    # customer anger reaches 0.6: the walk reads that, and quotes the window's first such item.
+    (tmp_path / "rules.yaml").write_text(FOR_RULES)
+    ruleset = load_ruleset(tmp_path)
+    rule = ruleset.rule("angry")
+    assert rule.exact_floor is not None and rule.exact_floor.floor == 0.6
+    items = [
+        {"role": "customer", "label": "anger", "intensity": 0.5, "window": 0, "span": "low"},
+        {"role": "customer", "label": "anger", "intensity": 0.7, "window": 0, "span": "first"},
+        {"role": "customer", "label": "anger", "intensity": 0.9, "window": 0, "span": "higher"},
+        {"role": "agent", "label": "anger", "intensity": 0.9, "window": 1, "span": "agent"},
+        {"role": "customer", "label": "anger", "intensity": 0.8, "window": 1, "span": "second"},
+    ]
+    result = evaluate(ruleset, EVENT, _call(*items))
+    assert [m.rule_id for m in result.matches] == ["angry"]
+    assert result.actions[0].data["evidence"]["span"] == "first" and result.actions[0].data["evidence"]["windows"] == 2
+    assert outcome(result) == outcome(evaluate(ruleset, EVENT, _call(*items), prefilter=False, batch=False))
+    # An item that is not a double in a window: the condition runs there (and fails visibly on
+    # a string; an int is a number to the helper).
+    broken = evaluate(ruleset, EVENT, _call({"role": "customer", "label": "anger", "intensity": "high", "window": 1}, *items))
+    assert [e.message for e in broken.errors] == ["intensity of emotion 'anger' must be a number, got str"]
+    whole = _call(*items[:3], {"role": "customer", "label": "anger", "intensity": 1, "window": 1, "span": "int"})
+    assert outcome(evaluate(ruleset, EVENT, whole)) == outcome(evaluate(ruleset, EVENT, whole, prefilter=False, batch=False))
+    for when in ('emotion("customer", ["anger"], 0.6) && context.queue == "q"', 'emotion("customer", ["anger"], context.floor)'):
+        (tmp_path / "rules.yaml").write_text(FOR_RULES.replace('emotion("customer", ["anger"], 0.6)', when))
+        assert load_ruleset(tmp_path).rule("angry").exact_floor is None, when  # more than one floor: run it
+
+
+def test_a_trigger_word_inside_another_is_looked_for_first(tmp_path: Path) -> None:
+    # "cancellation" cannot be in a caption without "cancel": it is looked for only then.
+    (tmp_path / "rules.yaml").write_text(
+        "apiVersion: listenpost/v1\nkind: RuleSet\nmetadata: {name: words, owner: qa}\nrules:\n"
+        + "".join(
+            f"  - id: {name}\n    description: {name}\n    match: {{types: [t]}}\n    continue: true\n"
+            f"    when: 'any_words(caption, [\"{word}\"])'\n    actions: [{{route: {{queue: {name}}}}}]\n"
+            for name, word in (("long", "cancellation"), ("short", "cancel"), ("other", "refund"))
+        )
+    )
+    ruleset = load_ruleset(tmp_path)
+    plan = ruleset.plan("t", "/s")
+    assert [(w, inside) for w, _, inside in plan.word_keys] == [("cancel", None), ("refund", None), ("cancellation", "word:cancel")]
+    # (A substring test: "cancel" is in "cancellation", so its rule runs there, and is false.)
+    cases = (("a Cancellation please", ["long"], 2), ("cancel it", ["short"], 1), ("a refund", ["other"], 1), ("nothing", [], 0))
+    for caption, routed, evaluated in cases:
+        result = evaluate(ruleset, {"type": "t", "source": "/s", "id": "e"}, {"caption": caption})
+        assert [d.subject.rsplit(".", 1)[1] for d in result.actions] == routed, caption
+        assert result.evaluated == evaluated, caption  # what the pre-filter let through

@@ -74,6 +74,9 @@ class Analysis:
     #: Necessary facet floors (one per top-level conjunct that is a helper call or an
     #: ``exists`` with literal labels and floor): the rule cannot hold unless an item reaches each.
     floors: tuple[FloorTest, ...] = ()
+    #: The floor the whole condition is, when it is one helper call with literal arguments
+    #: (``emotion("customer", ["anger"], 0.6)``): true exactly when an item reaches it.
+    exact: FloorTest | None = None
     clauses: tuple[tuple[int, int], ...] = ()
     bound: frozenset[str] = frozenset()
     helpers: frozenset[str] = frozenset()
@@ -108,6 +111,7 @@ def analyse(source: str, known: Mapping[str, Shape] = VARIABLES) -> tuple[Analys
             trigger=_trigger(ast, frozenset()),
             requires=tuple(dict.fromkeys(t for n in conjuncts(ast) if (t := _trigger(n, frozenset())) is not None)),
             floors=tuple(dict.fromkeys(t for n in conjuncts(ast) if (t := _floor_test(n)) is not None)),
+            exact=_floor_test(ast) if isinstance(ast, Call) and not ast.is_macro else None,
             clauses=tuple((n.start, n.end) for n in conjuncts(ast)),
             bound=frozenset(checker.bound),
             helpers=frozenset(checker.helpers),

@@ -7,8 +7,9 @@ straight-line code reads the same values without those calls.
 
 What is generated: ``&&``/``||`` (with the library's error absorption), ``!``,
 the ternary, literals, variables and field paths (``acoustics.silence_ratio``),
-``has()``, comparisons, ``==``/``!=``, ``in`` and arithmetic, and the rule
-helpers with literal arguments. Any other node (comprehensions, ``size()``,
+``has()``, comparisons, ``==``/``!=``, ``in`` and arithmetic, the rule helpers
+with literal arguments, and ``exists`` comprehensions that are an exact floor
+(:class:`services.rules.analysis.ExactFloor`). Any other node (comprehensions, ``size()``,
 ``matches()``, indexing, list literals...) is the closure native.py compiles for
 it, called from the generated code.
 
@@ -31,6 +32,7 @@ Program = Callable[[dict[str, Any], Any], Any]
 
 _RELATION_NAMES = {"<": "_lt", "<=": "_le", ">": "_gt", ">=": "_ge"}
 _HELPER_CALLS = ("emotion", "sound", "any_words", "all_words")
+_GRADED = {"emotion": "intensity", "sound": "confidence"}  # (helpers.GRADED_FIELD)
 
 
 class _Fallback(Exception):
@@ -105,6 +107,8 @@ class _Emitter:
             return "ternary"
         if isinstance(node, Binary) and node.op in ("&&", "||", "==", "!=", "<", "<=", ">", ">=", "in", "+", "-", "*", "/", "%"):
             return "binary"
+        if isinstance(node, Call) and node.is_macro and "exists" in self.helpers and self.helpers["exists"](node) is not None:
+            return "exact floor"
         if isinstance(node, Call) and not node.is_macro and node.target is None:
             if node.function == "has" and len(node.args) == 1 and isinstance(node.args[0], Select):
                 return "has"
@@ -143,6 +147,9 @@ class _Emitter:
         if shape == "helper":
             assert isinstance(node, Call)
             return self._helper(node)
+        if shape == "exact floor":
+            assert isinstance(node, Call)
+            return self._exact_floor(node)
         out = self.temp()
         self.emit(f"{out} = {self.constant(self.closure(node))}(env, facts)")
         return out
@@ -188,6 +195,24 @@ class _Emitter:
             f"{out} = facts.phrases_in({text}, {phrases}, all_of={all_of}) if type({text}) is str "
             f"else {method}(facts, {text}, [])"
         )
+        return out
+
+    def _exact_floor(self, node: Call) -> str:
+        # As native._exists_floor: the highest value of the matching items against the floor,
+        # or the comprehension itself (its closure) when an item cannot be compared.
+        kind, role, labels, floor, strict = self.helpers["exists"](node)
+        assert node.target is not None
+        items, best, out = self.value(node.target), self.temp(), self.temp()
+        role_labels = f"{self.constant(role)}, {self.constant(labels)}"
+        facet = "emotions" if kind == "emotion" else "sounds"
+        self.emit(f"if facts is not None and {items} is facts.{facet}:")
+        self.emit(f"    {best} = facts.highest({self.constant(kind)}, {role_labels})")
+        self.emit("else:")
+        self.emit(f"    {best} = _highest({items}, {self.constant(_GRADED[kind])}, {role_labels})")
+        self.emit(f"if {best} == _INF:")
+        self.emit(f"    {out} = {self.constant(self.closure(node))}(env, facts)")
+        self.emit("else:")
+        self.emit(f"    {out} = {best} {'>' if strict else '>='} {self.constant(floor)}")
         return out
 
     def _not(self, node: Unary) -> str:

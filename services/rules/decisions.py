@@ -195,11 +195,12 @@ class DecisionBuilder:
         self.prefix = prefix
         self.source = str(event.get("source", ""))
         self.event_id = str(event.get("id", ""))
+        #: Shared by the decisions of this event (read-only, like the decisions themselves).
         self.source_event = {"id": self.event_id, "source": self.source, "type": str(event.get("type", ""))}
-        self._event_part = _part(self.source) + _part(self.event_id)
+        self._event_part = f"{len(self.source)}:{self.source};{len(self.event_id)}:{self.event_id};"  # _part() of each
         self._event_key = self._event_part.encode()  # what action() hashes after the rule's part
         context = variables.get("context")
-        callid = context.get("callid") if isinstance(context, Mapping) else None
+        callid = context.get("callid") if type(context) is dict or isinstance(context, Mapping) else None
         # The CloudEvents extension `callid` carries it for events without data.context.
         self.callid = callid if callid is not None else event.get("callid")
 
@@ -244,12 +245,12 @@ class DecisionBuilder:
         # One literal per kind, in the order _decision() gives: its keys, then the parameters.
         if kind == "route":
             data = {
-                "source_event": self.source_event.copy(), "rule_id": plan.rule_id, "description": plan.description,
+                "source_event": self.source_event, "rule_id": plan.rule_id, "description": plan.description,
                 "owner": plan.owner, "ruleset_version": self.version, "queue": plan.value,
             }  # fmt: skip
         elif kind == "tag":
             data = {
-                "source_event": self.source_event.copy(), "rule_id": plan.rule_id, "description": plan.description,
+                "source_event": self.source_event, "rule_id": plan.rule_id, "description": plan.description,
                 "owner": plan.owner, "ruleset_version": self.version, "tags": list(plan.value),
             }  # fmt: skip
         else:
@@ -257,7 +258,7 @@ class DecisionBuilder:
             # The alert's description takes the rule's key (and its place), as **params did.
             description = plan.description if alert_description is None else alert_description
             data = {
-                "source_event": self.source_event.copy(), "rule_id": plan.rule_id, "description": description,
+                "source_event": self.source_event, "rule_id": plan.rule_id, "description": description,
                 "owner": plan.owner, "ruleset_version": self.version, "severity": plan.value, "summary": summary,
                 "labels": labels, "fingerprint": alert_fingerprint,
             }  # fmt: skip
@@ -348,7 +349,7 @@ class DecisionBuilder:
     ) -> Decision:
         slot = action.index if isinstance(action, CompiledAction) else action
         data: dict[str, Any] = {
-            "source_event": self.source_event.copy(),
+            "source_event": self.source_event,
             "rule_id": rule.id,
             "description": rule.spec.description,
             "owner": rule.owner,

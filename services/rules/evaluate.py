@@ -37,6 +37,8 @@ into rule errors).
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ from typing import Any, Literal, NamedTuple
 
 from .decisions import DEFAULT_PREFIX, Decision, DecisionBuilder, check_prefix
 from .expr import runtime_message
-from .helpers import GRADED_FIELD, Facts, clock
+from .helpers import GRADED_FIELD, Facts, clock, item_evidence
 from .analysis import FloorTest
 from .native import plain_values
 from .ruleset import CompiledRule, EvalContext, RuleSet, Segment, item_keys
@@ -422,6 +424,25 @@ class _Run:
             )
         return found
 
+    def first_reaching(self, test: FloorTest, index: int) -> dict[str, Any]:
+        """What emotion() or sound() records in slot ``index`` for ``test`` (its first item that
+        reaches the floor, in the slot's order), without building the slot's facts. Only for a
+        slot whose slot_highest() is finite: its items of ``test`` are maps with doubles."""
+        facets, field = self.variables["facets"], GRADED_FIELD[test.kind]
+        items = facets.get("emotions" if test.kind == "emotion" else "sound_events")
+        slots, where, labels, role = self.slots, self.window_index(), test.labels, test.role
+        for item in items:
+            if type(item) is not dict:
+                continue  # (not in this slot: its highest would be +inf)
+            label = item.get("label")
+            if type(label) is not str or label not in labels or (role is not None and item.get("role") != role):
+                continue
+            if index in slots_of(item, slots, where):
+                value = item.get(field)
+                if value >= test.floor:
+                    return item_evidence(item, test.kind, field, value)
+        raise AssertionError("first_reaching() on a slot no item reaches")  # pragma: no cover
+
     def window_index(self) -> dict[Any, tuple[int, ...]]:
         """Window index -> the slots that hold it (once per event)."""
         if self._where is None:
@@ -520,10 +541,14 @@ class _Run:
             return result, None
         return None, _not_bool(result)
 
-    def evidence_in(self, index: int) -> dict[str, Any]:
-        """What a rule that held in slot ``index`` matched: its helpers' record, the slot's time and caption."""
-        slot, facts = self.slots[index], self.slot_view(index)[1]
-        evidence = dict(facts.evidence[0]) if facts.evidence else {}
+    def evidence_in(self, index: int, seen: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What a rule that held in slot ``index`` matched: its helpers' record (``seen``, else
+        what they left in the slot's facts), the slot's time and caption."""
+        slot = self.slots[index]
+        if seen is None:
+            facts = self.slot_view(index)[1]
+            seen = facts.evidence[0] if facts.evidence else {}
+        evidence = dict(seen)
         if "window" not in evidence and slot.indices:
             evidence["window"] = sorted(slot.indices, key=str)[0]
         if slot.start is not None:
@@ -573,9 +598,14 @@ class _Run:
         fired, evidence = False, {}
         windowed = bool(self.slots)
         slots = self.slots if windowed else [_whole_event_slot(self)]
-        # What proves the rule false in a slot without running it: its floors (then the slot's
-        # facts), or else its trigger keys.
+        # What proves the rule false in a slot without running it: its floors (the highest
+        # value per slot, against each floor), or else its trigger keys.
         floors = rule.floors if windowed and self.prefiltered else ()
+        below = [i for i in range(len(slots)) if any(self.slot_highest(t)[i] < t.floor for t in floors)] if floors else ()
+        # A condition that is one floor holds where the slot's highest value reaches it: run
+        # only where that value cannot tell (an item that cannot be compared: +inf).
+        exact = rule.exact_floor if floors and self.native else None
+        highest = self.slot_highest(exact) if exact is not None else None
         slot_keys = self.slot_present() if windowed and self.prefiltered and not floors else None
         cannot_hold = rule.cannot_hold
         try:
@@ -584,8 +614,10 @@ class _Run:
                 if windowed and start is not None and last_end is not None and abs(start - last_end) > STREAK_GAP_S:
                     count, since, first = 0, None, {}  # a gap in the call: the streak starts over
                 if windowed:
-                    if floors and self._below_in(index, floors):
+                    if index in below:
                         held, error = False, None  # no item of the slot reaches a floor
+                    elif highest is not None and highest[index] != math.inf:
+                        held, error = True, None  # (not below the floor)
                     elif slot_keys is not None and cannot_hold(slot_keys[index]):
                         # Its trigger facts are absent from this slot's facets (the same proof
                         # as cannot_hold() for the whole event): false here, no need to run it.
@@ -602,6 +634,9 @@ class _Run:
                         since = start
                         if not windowed:
                             first = dict(self.facts.evidence[0]) if self.facts.evidence else {}
+                        elif highest is not None and highest[index] != math.inf:
+                            assert exact is not None
+                            first = self.evidence_in(index, self.first_reaching(exact, index))
                         else:
                             first = self.evidence_in(index)
                     count += 1
@@ -641,14 +676,6 @@ class _Run:
         finally:
             self.restore()
         return {}
-
-
-    def _below_in(self, index: int, floors: tuple[FloorTest, ...]) -> bool:
-        """Whether, in slot ``index``, no item reaches one of the ``floors``."""
-        for test in floors:
-            if self.slot_highest(test)[index] < test.floor:
-                return True
-        return False
 
 
 def _below(facts: Facts, floors: tuple[FloorTest, ...]) -> bool:
@@ -727,8 +754,6 @@ def evaluate(
     )
 
 
-
-
 class _Outcome:
     """What an evaluation produced so far: decisions, matches, errors, streaks."""
 
@@ -776,9 +801,13 @@ class _Outcome:
 class _Clock:
     """The time limits of one evaluation.
 
-    Wall time per rule is cheap to read; CPU time is not (a syscall). A limit is
-    crossed only if the wall time says so AND the thread's CPU time for the whole
-    event so far agrees: a replica descheduled on a busy host is not a slow rule.
+    Wall time per rule is cheap to read; CPU time is not (a syscall, half a microsecond,
+    1 % of an event). A limit is crossed only if the wall time says so AND the thread's
+    CPU time for the whole event so far agrees: a replica descheduled on a busy host is
+    not a slow rule. The CPU time at the start is not read for every event: a sample of
+    this thread's (wall, CPU) time up to a tenth of the smallest limit old bounds it (the
+    CPU time cannot grow faster than the wall time), so a limit is enforced once the CPU
+    time passes it by at most a tenth.
     """
 
     __slots__ = ("budget_s", "cpu_started", "limits", "rule_budget_s", "spent", "started")
@@ -788,8 +817,12 @@ class _Clock:
         self.budget_s = limits.max_event_ms / 1000.0
         self.rule_budget_s = limits.max_rule_ms / 1000.0
         self.spent = self.budget_s < 0 or self.rule_budget_s < 0  # (limits below zero: tests of the guardrails)
-        self.cpu_started = time.thread_time()
-        self.started = time.perf_counter()
+        self.started = started = time.perf_counter()
+        sample = getattr(_CPU_SAMPLE, "last", None)
+        if sample is None or started - sample[0] > min(self.budget_s, self.rule_budget_s) / 10:
+            sample = _CPU_SAMPLE.last = (started, time.thread_time())
+        # An upper bound of the CPU time at the start: what elapsed CPU time is measured from.
+        self.cpu_started = sample[1] + (started - sample[0])
 
     def over_event(self, now: float) -> str | None:
         """The error of a rule not evaluated because the event's budget is spent by ``now``."""
@@ -802,6 +835,10 @@ class _Clock:
         if took > self.rule_budget_s and time.thread_time() - self.cpu_started > self.rule_budget_s:
             return f"evaluation took {took * 1000:.0f} ms, over the limit of {self.limits.max_rule_ms:g} ms"
         return None
+
+
+#: Per thread: (wall, CPU) time when the CPU time was last read (see _Clock).
+_CPU_SAMPLE = threading.local()
 
 
 def _walk_native(run: _Run, out: _Outcome, clock: _Clock) -> int | None:

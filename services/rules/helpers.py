@@ -277,7 +277,7 @@ class Facts:
         key = id(item)
         evidence = self._quoted.get(key)
         if evidence is None:
-            evidence = self._quoted[key] = {"kind": kind, **_quote(item), field: value}
+            evidence = self._quoted[key] = item_evidence(item, kind, field, value)
         return evidence
 
     def _words(self, text: Any, words: Any, name: str, *, all_of: bool) -> bool:
@@ -332,6 +332,11 @@ class Facts:
 
 
 _QUOTED = ("label", "role", "span", "start", "end")
+
+
+def item_evidence(item: Mapping[str, Any], kind: str, field: str, value: float) -> dict[str, Any]:
+    """What emotion() or sound() records when ``item`` matches (``field``: its value's name)."""
+    return {"kind": kind, **_quote(item), field: value}
 
 
 def _quote(item: Mapping[str, Any], window: Mapping[str, Any] | None = None, span: str | None = None) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import celast
@@ -77,28 +77,34 @@ def plain_values(value: Any) -> bool:
     library would after conversion (str keys, int64 ints, encodable strings)."""
     t = type(value)
     if t is dict:
-        for k, v in value.items():
-            if type(k) is not str or not (
-                type(v) is float or v is None or (type(v) is str and v.isascii()) or _plain_scalar(v) or plain_values(v)
-            ):
+        for k in value:
+            if type(k) is not str:
                 return False
-        return True
+        return _plain_items(value.values())
     if t is list:
-        for v in value:
-            # Doubles and ASCII strings inline: most values of facets and acoustics are.
-            if not (type(v) is float or (type(v) is str and v.isascii()) or _plain_scalar(v) or plain_values(v)):
-                return False
-        return True
-    return t is float or value is None or _plain_scalar(value)
+        return _plain_items(value)
+    return _plain_items((value,))
 
 
-def _plain_scalar(value: Any) -> bool:
-    t = type(value)
-    if t is str:
-        return value.isascii() or _encodable(value)
-    if t is int:
-        return INT_MIN <= value <= INT_MAX
-    return t is bool
+def _plain_items(values: Iterable[Any]) -> bool:
+    # One loop with the scalar cases inline: an event has hundreds of values, and a call
+    # per value was most of the check.
+    for v in values:
+        t = type(v)
+        if t is float or v is None or t is bool:
+            continue
+        if t is str:
+            if v.isascii() or _encodable(v):
+                continue
+            return False
+        if t is int:
+            if INT_MIN <= v <= INT_MAX:
+                continue
+            return False
+        if (t is dict or t is list) and plain_values(v):
+            continue
+        return False
+    return True
 
 
 def _encodable(text: str) -> bool:
@@ -637,7 +643,16 @@ def _helper_literals(node: Call) -> tuple[str, tuple[Any, ...]] | None:
     return "phrases_in", (phrases, name == "all_words", _HELPER_METHODS[name])
 
 
-_LITERAL_HELPERS = {name: _helper_literals for name in ("emotion", "sound", "any_words", "all_words")}
+def _exact_floor_literals(node: Call) -> tuple[str, str | None, frozenset[str], float, bool] | None:
+    exact = exact_floor(node, frozenset())
+    return None if exact is None else (exact.kind, exact.role, exact.labels, exact.floor, exact.strict)
+
+
+#: What codegen inlines beyond the operators: helper calls and exact-floor comprehensions.
+_LITERAL_HELPERS: dict[str, Callable[[Call], Any]] = {
+    **{name: _helper_literals for name in ("emotion", "sound", "any_words", "all_words")},
+    "exists": _exact_floor_literals,
+}
 
 
 def _helper_with_literals(node: Call, bound: frozenset[str]) -> NativeProgram | None:
@@ -848,7 +863,7 @@ def _exists_floor(exact: ExactFloor, target: NativeProgram, loop: NativeProgram)
 #: What generated conditions call (services.rules.codegen): the closures' own semantics.
 _RUNTIME: dict[str, Any] = {
     "_RAISE": _RAISE, "_overload": _overload, "_select": _select, "_has": _has, "_eq": _eq, "_in": _in,
-    "_lt": _lt, "_le": _le, "_gt": _gt, "_ge": _ge, "_arith": _arith,
+    "_lt": _lt, "_le": _le, "_gt": _gt, "_ge": _ge, "_arith": _arith, "_highest": highest, "_INF": math.inf,
 }  # fmt: skip
 
 

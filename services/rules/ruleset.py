@@ -25,8 +25,8 @@ from .native import NativeProgram
 from .schema import ActionKind, ActionSpec, AlertSpec, ForSpec, Mode, RuleSpec
 
 
-#: A kind's trigger keys by label: (plain keys, ((graded key, grade), ...)).
-LabelKeys = Mapping[str, tuple[tuple[str, ...], tuple[tuple[str, float], ...]]]
+#: A kind's trigger keys by label: (its plain keys, ((grade, the keys of an item reaching that grade), ...) ascending).
+LabelKeys = Mapping[str, tuple[tuple[str, ...], tuple[tuple[float, tuple[str, ...]], ...]]]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,9 @@ class CompiledRule:
     template_view: dict[str, Any] = field(init=False, repr=False, compare=False)
     #: Necessary facet floors (see analysis.FloorTest): `for:` rules check them before walking a call.
     floors: tuple[FloorTest, ...] = field(init=False, repr=False, compare=False)
+    #: The floor the whole condition is (analysis.Analysis.exact): a `for:` walk reads it per
+    #: window instead of running the condition, except where it quotes what matched.
+    exact_floor: FloorTest | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -97,6 +100,7 @@ class CompiledRule:
         put(self, "variables", self.condition.analysis.variables)
         put(self, "trigger", self.condition.analysis.trigger)
         put(self, "floors", self.condition.analysis.floors)
+        put(self, "exact_floor", self.condition.analysis.exact if self.native is not None else None)
         put(self, "quotes_match", any(_quotes_match(a) for a in self.actions))
         trigger = self.trigger
         put(
@@ -181,15 +185,18 @@ class Plan:
     #: The rules without a trigger (evaluated for every event) that have no native program, as one CEL program.
     batch: Segment | None = None
     batch_index: Mapping[str, int] = field(default_factory=dict)
-    #: "emotion:*" -> "anger" -> the keys of that label in `universe`: the plain one, and the
-    #: graded ones with their grades, e.g. (("emotion:anger",), (("emotion:anger@0.5", 0.5),)).
+    #: "emotion:*" -> "anger" -> the keys of that label in `universe`: the plain one, and per
+    #: grade the keys an item reaching it has, e.g.
+    #: (("emotion:anger",), ((0.5, ("emotion:anger", "emotion:anger@0.5")),)).
     #: present_keys() builds only those: no other label's key can make a rule a candidate.
     label_keys: Mapping[str, LabelKeys] = field(default_factory=dict)
     #: The same for context values: ("context.queue", "billing") -> "context.queue:billing".
     context_keys: Mapping[tuple[str, str], str] = field(default_factory=dict)
     #: (kind, field of `context`, "<kind>:*") per context kind, and ("word", "word:<word>") per word.
     context_fields: tuple[tuple[str, str, str], ...] = ()
-    word_keys: tuple[tuple[str, str], ...] = ()
+    #: (word, its key, the key of a shorter trigger word inside it or None), shortest first:
+    #: "cancellation" is looked for only where "cancel" was found.
+    word_keys: tuple[tuple[str, str, str | None], ...] = ()
 
     @classmethod
     def build(cls, rules: Iterable[CompiledRule]) -> Plan:
@@ -251,7 +258,7 @@ class Plan:
                 for value in (key.split(":", 1)[1],)
             },
             context_fields=tuple((kind, kind[len("context."):], f"{kind}:*") for kind in context_kinds),
-            word_keys=tuple((word, f"word:{word}") for word in words),
+            word_keys=_word_keys(words),
         )
 
     def present_keys(self, facts: Facts, context: Any = None) -> frozenset[str]:
@@ -285,8 +292,8 @@ class Plan:
                 # that can hold (the pre-filter only needs a necessary condition) and far
                 # cheaper than tokenising the caption.
                 lowered = facts.caption.lower()
-                for word, key in self.word_keys:
-                    if word in lowered:
+                for word, key, inside in self.word_keys:
+                    if (inside is None or inside in keys) and word in lowered:
                         keys.add(key)
             else:
                 keys.add("word:*")
@@ -385,18 +392,38 @@ class Segment:
         return self._program
 
 
+def _word_keys(words: Iterable[str]) -> tuple[tuple[str, str, str | None], ...]:
+    ordered = sorted(words, key=lambda w: (len(w), w))
+    out = []
+    for i, word in enumerate(ordered):
+        inside = [w for w in ordered[:i] if w in word and len(w) < len(word)]
+        out.append((word, f"word:{word}", f"word:{max(inside, key=len)}" if inside else None))
+    return tuple(out)
+
+
 def _label_keys(universe: Iterable[str]) -> dict[str, LabelKeys]:
-    found: dict[str, dict[str, tuple[list[str], list[tuple[str, float]]]]] = {"emotion:*": {}, "sound:*": {}}
+    found: dict[str, dict[str, tuple[list[str], list[tuple[float, str]]]]] = {"emotion:*": {}, "sound:*": {}}
     for key in sorted(universe):
         kind, _, rest = key.partition(":")
         if kind in ("emotion", "sound"):
             label, at, grade = rest.rpartition("@") if "@" in rest else (rest, "", "")
             plain, graded = found[f"{kind}:*"].setdefault(label, ([], []))
             if at:
-                graded.append((key, float(grade)))
+                graded.append((float(grade), key))
             else:
                 plain.append(key)
-    return {any_key: {label: (tuple(p), tuple(g)) for label, (p, g) in labels.items()} for any_key, labels in found.items()}
+    out: dict[str, LabelKeys] = {}
+    for any_key, labels in found.items():
+        out[any_key] = {}
+        for label, (plain, graded) in labels.items():
+            # Per grade, ascending: the keys of an item that reaches it (the plain ones and
+            # every graded one up to it), so that item_keys() only compares and picks.
+            reached, steps = tuple(plain), []
+            for grade, key in sorted(graded):
+                reached = (*reached, key)
+                steps.append((grade, reached))
+            out[any_key][label] = (tuple(plain), tuple(steps))
+    return out
 
 
 def item_keys(item: Mapping[str, Any], label: str, any_key: str, known: LabelKeys) -> tuple[str, ...]:
@@ -408,15 +435,20 @@ def item_keys(item: Mapping[str, Any], label: str, any_key: str, known: LabelKey
         if label == "*" or label.endswith(":*"):
             return (any_key[:-1] + label,)  # kept by present_keys() like any "<kind>:*" key
         return ()
-    plain, graded = entry
-    if not graded:
+    plain, steps = entry
+    if not steps:
         return plain
     value = item.get(GRADED_FIELD[any_key[:-2]])
     if type(value) is not float or value != value:
         # Not a double (an int compares with a double only in some CEL builds), or NaN (which
         # the library refuses to order): the rules decide.
-        return plain + tuple(key for key, _ in graded)
-    return plain + tuple(key for key, grade in graded if value >= grade)
+        return steps[-1][1]
+    reached = plain
+    for grade, keys in steps:
+        if value < grade:
+            break
+        reached = keys
+    return reached
 
 
 def _known_labels(items: Any, any_key: str, known: LabelKeys, keys: set[str]) -> None:
