@@ -511,3 +511,8 @@ def test_cached_hash_prefixes_give_the_reference_ids_and_fingerprints() -> None:
         for slot in (0, 3, "shadow", "error"):
             expected = decision_id(rule.id, ruleset.version, str(event["source"]), str(event["id"]), slot)
             assert builder.decision_id(rule, slot) == expected
+            # Half over the event, half over the action, each length-prefixed.
+            parts = (ruleset.version, str(event["source"]), str(event["id"]))
+            event_half = hashlib.sha256("".join(f"{len(p)}:{p};" for p in parts).encode()).hexdigest()[:32]
+            action_half = hashlib.sha256(f"{len(rule.id)}:{rule.id};{len(str(slot))}:{slot};".encode()).hexdigest()[:32]
+            assert expected == event_half + action_half

@@ -81,29 +81,35 @@ def subject_allowed(subject: str, patterns: tuple[str, ...] | list[str]) -> bool
 
 
 def decision_id(rule_id: str, version: str, source: str, event_id: str, slot: int | str) -> str:
-    # Length-prefixed parts, not plain concatenation: ("a-b", "c") and ("a", "b-c") must not collide.
-    key = "".join(f"{len(part)}:{part};" for part in (rule_id, version, source, event_id, str(slot)))
-    return hashlib.sha256(key.encode()).hexdigest()
+    """64 hex digits: half of sha256 over the event (rule set version, source, id), half over
+    the action (rule id, slot). Each half is hashed once, per event and per action, not per
+    decision; ids still differ whenever one of the five parts does."""
+    return event_digest(version, source, event_id) + action_digest(rule_id, slot)
+
+
+def event_digest(version: str, source: str, event_id: str) -> str:
+    return _half(_part(version) + _part(source) + _part(event_id))
+
+
+def action_digest(rule_id: str, slot: int | str) -> str:
+    return _half(_part(rule_id) + _part(str(slot)))
+
+
+def _half(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _part(value: str) -> str:
+    # Length-prefixed parts, not plain concatenation: ("a-b", "c") and ("a", "b-c") must not collide.
     return f"{len(value)}:{value};"
 
 
-#: sha256 states after the constant leading parts, per (rule id, version) and per rule id
-#: (fingerprints): copied per decision instead of hashing the whole key again.
-_ID_PREFIXES: dict[tuple[str, str], Any] = {}
+#: sha256 states after '["<rule id>",', per rule id: copied per alert instead of hashing the
+#: whole key again (see fingerprint()).
 _FINGERPRINT_PREFIXES: dict[str, Any] = {}
+#: action_digest() of (rule id, "shadow"/"error"), the slots of notices (actions have plans).
+_NOTICE_DIGESTS: dict[tuple[str, str], str] = {}
 _CACHE_LIMIT = 65_536
-
-
-def _id_state(rule_id: str, version: str) -> Any:
-    state = _ID_PREFIXES.get((rule_id, version))
-    if state is None:
-        if len(_ID_PREFIXES) > _CACHE_LIMIT:
-            _ID_PREFIXES.clear()
-        state = _ID_PREFIXES[(rule_id, version)] = hashlib.sha256((_part(rule_id) + _part(version)).encode())
-    return state
 
 
 #: json.dumps(..., separators=(",", ":")) builds an encoder per call; this one is shared.
@@ -137,7 +143,7 @@ class _Plan:
 
     __slots__ = (
         "action", "rule", "version", "prefix",  # what the plan was built for (the cache check)
-        "kind", "type", "subject", "slot", "slot_key", "id_state",
+        "kind", "type", "subject", "slot", "action_digest",
         "rule_id", "description", "owner", "value",
         "summary", "alert_description", "labels", "fingerprint_state", "label_keys",
     )  # fmt: skip
@@ -146,8 +152,7 @@ class _Plan:
         self.action, self.rule, self.version, self.prefix = action, rule, version, prefix
         spec = action.inner
         self.slot = action.index
-        self.slot_key = _part(str(action.index)).encode()
-        self.id_state = _id_state(rule.id, version)
+        self.action_digest = action_digest(rule.id, action.index)
         self.rule_id, self.description, self.owner = rule.id, rule.spec.description, rule.owner
         #: The kind's own parameter: the queue, the tags, the severity, the emit data template.
         self.value: Any = None
@@ -197,18 +202,22 @@ class DecisionBuilder:
         self.event_id = str(event.get("id", ""))
         #: Shared by the decisions of this event (read-only, like the decisions themselves).
         self.source_event = {"id": self.event_id, "source": self.source, "type": str(event.get("type", ""))}
-        self._event_part = f"{len(self.source)}:{self.source};{len(self.event_id)}:{self.event_id};"  # _part() of each
-        self._event_key = self._event_part.encode()  # what action() hashes after the rule's part
+        self.event_digest = event_digest(version, self.source, self.event_id)
         context = variables.get("context")
         callid = context.get("callid") if type(context) is dict or isinstance(context, Mapping) else None
         # The CloudEvents extension `callid` carries it for events without data.context.
         self.callid = callid if callid is not None else event.get("callid")
 
     def decision_id(self, rule: CompiledRule, slot: int | str) -> str:
-        """decision_id(rule.id, version, source, event id, slot), from the rule's cached prefix state."""
-        state = _id_state(rule.id, self.version).copy()
-        state.update((self._event_part + _part(str(slot))).encode())
-        return state.hexdigest()
+        """decision_id(rule.id, version, source, event id, slot), from this event's digest."""
+        if isinstance(slot, str):
+            digest = _NOTICE_DIGESTS.get((rule.id, slot))
+            if digest is None:
+                if len(_NOTICE_DIGESTS) > _CACHE_LIMIT:
+                    _NOTICE_DIGESTS.clear()
+                digest = _NOTICE_DIGESTS[(rule.id, slot)] = action_digest(rule.id, slot)
+            return self.event_digest + digest
+        return self.event_digest + action_digest(rule.id, slot)
 
     def _plan(self, rule: CompiledRule, action: CompiledAction) -> _Plan:
         plan = _PLANS.get(id(action))
@@ -232,14 +241,13 @@ class DecisionBuilder:
 
     def action(self, rule: CompiledRule, action: CompiledAction, evidence: Mapping[str, Any] | None = None) -> Decision:
         plan = self._plan(rule, action)
-        state = plan.id_state.copy()
-        state.update(self._event_key + plan.slot_key)
+        new_id = self.event_digest + plan.action_digest
         kind = plan.kind
         if kind == "emit":
             # The author's data, as written: the consumer of an emitted type owns its schema.
             data = plan.value.render_over(self._overlay(rule, evidence), self.variables)
             return Decision(
-                state.hexdigest(), "emit", plan.type, plan.subject, plan.rule_id, self.version, data, None, plan.slot
+                new_id, "emit", plan.type, plan.subject, plan.rule_id, self.version, data, None, plan.slot
             )
         alert_fingerprint = None
         # One literal per kind, in the order _decision() gives: its keys, then the parameters.
@@ -268,7 +276,7 @@ class DecisionBuilder:
             # Shared by the decisions of one match (read-only, like the decisions themselves).
             data["evidence"] = evidence if type(evidence) is dict else dict(evidence)
         return Decision(
-            state.hexdigest(), kind, plan.type, plan.subject, plan.rule_id, self.version, data, alert_fingerprint,
+            new_id, kind, plan.type, plan.subject, plan.rule_id, self.version, data, alert_fingerprint,
             plan.slot,
         )  # fmt: skip
 

@@ -55,6 +55,8 @@ from .slots import Slot, by_slot, highest_by_slot, slots_of, window_index, windo
 
 # Attributes that are the event's payload, not its metadata: exposed as `data`.
 _PAYLOAD_ATTRIBUTES = ("data", "data_base64")
+#: The facet lists capped to Limits.max_list_items.
+_CAPPED_FACETS = ("emotions", "sound_events", "languages")
 #: Windows further apart than this (seconds) break a debounce streak.
 STREAK_GAP_S = 1.0
 
@@ -195,7 +197,7 @@ def cap_input(data: Any, limits: Limits) -> tuple[Any, tuple[str, ...]]:
             setdata("windows", capped)
     facets = data.get("facets")
     if (type(facets) is dict or isinstance(facets, Mapping)):
-        long = [k for k in ("emotions", "sound_events", "languages") if isinstance(facets.get(k), list) and len(facets[k]) > limits.max_list_items]
+        long = [k for k in _CAPPED_FACETS if isinstance(facets.get(k), list) and len(facets[k]) > limits.max_list_items]
         if long:
             setdata("facets", {**facets, **{k: facets[k][: limits.max_list_items] for k in long}})
             cut.extend(f"facets.{k}" for k in long)
@@ -210,17 +212,19 @@ def _within(data: Mapping[str, Any], limits: Limits) -> bool:
     if type(windows) is list and (len(windows) > limits.max_list_items or _long_caption(windows, limits.max_caption_chars)):
         return False
     if type(facets) is dict or isinstance(facets, Mapping):
-        for key in ("emotions", "sound_events", "languages"):
-            items = facets.get(key)
-            if isinstance(items, list) and len(items) > limits.max_list_items:
-                return False
+        most = limits.max_list_items
+        for key in _CAPPED_FACETS:
+            if key in facets:
+                items = facets[key]
+                if isinstance(items, list) and len(items) > most:
+                    return False
     return True
 
 
 def _long_caption(windows: list[Any], longest: int) -> bool:
     for w in windows:
-        if type(w) is dict:
-            c = w.get("caption")
+        if type(w) is dict and "caption" in w:
+            c = w["caption"]
             if type(c) is str and len(c) > longest:
                 return True
     return False
@@ -336,10 +340,11 @@ class _Run:
                     return False
             else:
                 for key in fields:
-                    field = value.get(key)
-                    # A double or null (most fields rules read) is plain: no call to say so.
-                    if field is not None and type(field) is not float and not plain_values(field):
-                        return False
+                    if key in value:
+                        field = value[key]
+                        # A double (most fields rules read) is plain: no call to say so.
+                        if type(field) is not float and not plain_values(field):
+                            return False
         return True
 
     def cel_context(self) -> None:
@@ -601,7 +606,12 @@ class _Run:
         # What proves the rule false in a slot without running it: its floors (the highest
         # value per slot, against each floor), or else its trigger keys.
         floors = rule.floors if windowed and self.prefiltered else ()
-        below = [i for i in range(len(slots)) if any(self.slot_highest(t)[i] < t.floor for t in floors)] if floors else ()
+        below: set[int] = set()
+        for test in floors:
+            floor = test.floor
+            for i, value in enumerate(self.slot_highest(test)):
+                if value < floor:
+                    below.add(i)
         # A condition that is one floor holds where the slot's highest value reaches it: run
         # only where that value cannot tell (an item that cannot be compared: +inf).
         exact = rule.exact_floor if floors and self.native else None
@@ -655,14 +665,17 @@ class _Run:
         return fired, None, _streak(count, since, last_end, first), evidence
 
     def may_hold(self, rule: CompiledRule) -> bool:
-        """False when the pre-filter proves ``rule`` false on the whole event (its trigger facts
-        are absent, or no item reaches one of its floors)."""
-        return not (rule.cannot_hold(self.present) or (self.prefiltered and rule.floors and self.below_floor(rule)))
-
-    def below_floor(self, rule: CompiledRule) -> bool:
-        """Whether no facet item of the event reaches one of the rule's floors (then it is
-        false in every window: a `for:` rule need not walk them)."""
-        return _below(self.facts, rule.floors)
+        """False when the pre-filter proves ``rule`` false on the whole event: its trigger facts
+        are absent, or no facet item reaches one of its floors (then it is false in every
+        window: a `for:` rule need not walk them)."""
+        if rule.cannot_hold(self.present):
+            return False
+        if self.prefiltered:
+            facts = self.facts
+            for test in rule.floors:
+                if facts.highest(test.kind, test.role, test.labels) < test.floor:
+                    return False
+        return True
 
     def window_evidence(self, rule: CompiledRule) -> dict[str, Any]:
         """For a match without helper evidence: the first window where the condition holds."""
@@ -676,14 +689,6 @@ class _Run:
         finally:
             self.restore()
         return {}
-
-
-def _below(facts: Facts, floors: tuple[FloorTest, ...]) -> bool:
-    """Whether, among ``facts``, no item reaches one of the ``floors``."""
-    for test in floors:
-        if facts.highest(test.kind, test.role, test.labels) < test.floor:
-            return True
-    return False
 
 
 def _streak(count: int, since: float | None, last_end: float | None, first: dict[str, Any]) -> Streak:
@@ -789,12 +794,13 @@ class _Outcome:
     def matched(self, rule: CompiledRule, evidence: dict[str, Any]) -> bool:
         """Record a match; whether evaluation stops here (an enforce match without ``continue``)."""
         if rule.mode == "shadow":
-            self.matches.append(RuleMatch(rule_id=rule.id, mode="shadow"))
+            self.matches.append(RuleMatch(rule.id, "shadow"))
             self.decisions.append(self.run.builder.shadow(rule, evidence))
             return False
-        self.matches.append(RuleMatch(rule_id=rule.id, mode="enforce"))
-        builder = self.run.builder
-        self.decisions.extend([builder.action(rule, action, evidence) for action in rule.actions])
+        self.matches.append(RuleMatch(rule.id, "enforce"))
+        builder, decisions = self.run.builder, self.decisions
+        for action in rule.actions:  # (a loop: a comprehension is one more frame, for one or two actions)
+            decisions.append(builder.action(rule, action, evidence))
         return not rule.continue_
 
 

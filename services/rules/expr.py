@@ -292,14 +292,18 @@ def _getter(path: Sequence[str]) -> _Getter:
         key = rest[0][0]
 
         def get_field(overlay: Mapping[str, Any], variables: Mapping[str, Any]) -> Any:
-            value = overlay.get(root, _ABSENT)
-            if value is _ABSENT:
-                if variables.__class__ is not dict:
-                    return _walk(variables, steps)
-                value = variables.get(root, _ABSENT)
-                if value is _ABSENT:
-                    return NO_VALUE
-            return value.get(key, NO_VALUE) if value.__class__ is dict else _walk(value, rest)
+            # `in` and [], not .get(): a method call costs twice as much, per placeholder.
+            if root in overlay:
+                value = overlay[root]
+            elif variables.__class__ is not dict:
+                return _walk(variables, steps)
+            elif root in variables:
+                value = variables[root]
+            else:
+                return NO_VALUE
+            if value.__class__ is dict:
+                return value[key] if key in value else NO_VALUE
+            return _walk(value, rest)
 
         return get_field
 

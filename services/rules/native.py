@@ -75,20 +75,12 @@ def _overload() -> NativeError:
 def plain_values(value: Any) -> bool:
     """Whether ``value`` holds only JSON values the native evaluator reads exactly as the
     library would after conversion (str keys, int64 ints, encodable strings)."""
-    t = type(value)
-    if t is dict:
-        for k in value:
-            if type(k) is not str:
-                return False
-        return _plain_items(value.values())
-    if t is list:
-        return _plain_items(value)
     return _plain_items((value,))
 
 
 def _plain_items(values: Iterable[Any]) -> bool:
-    # One loop with the scalar cases inline: an event has hundreds of values, and a call
-    # per value was most of the check.
+    # One loop with the scalar cases inline and one call per container: an event has
+    # hundreds of values, and a call per value was most of the check.
     for v in values:
         t = type(v)
         if t is float or v is None or t is bool:
@@ -101,7 +93,14 @@ def _plain_items(values: Iterable[Any]) -> bool:
             if INT_MIN <= v <= INT_MAX:
                 continue
             return False
-        if (t is dict or t is list) and plain_values(v):
+        if t is dict:
+            for k in v:
+                if type(k) is not str:
+                    return False
+            if _plain_items(v.values()):
+                continue
+            return False
+        if t is list and _plain_items(v):
             continue
         return False
     return True

@@ -435,14 +435,17 @@ def item_keys(item: Mapping[str, Any], label: str, any_key: str, known: LabelKey
         if label == "*" or label.endswith(":*"):
             return (any_key[:-1] + label,)  # kept by present_keys() like any "<kind>:*" key
         return ()
+    return _reached(item, GRADED_FIELD[any_key[:-2]], entry) if entry[1] else entry[0]
+
+
+def _reached(item: Mapping[str, Any], field: str, entry: tuple[tuple[str, ...], Any]) -> tuple[str, ...]:
+    """The keys of ``entry`` (a label with graded keys) that ``item``'s value reaches."""
     plain, steps = entry
-    if not steps:
-        return plain
-    value = item.get(GRADED_FIELD[any_key[:-2]])
+    value = item[field] if field in item else None
     if type(value) is not float or value != value:
         # Not a double (an int compares with a double only in some CEL builds), or NaN (which
         # the library refuses to order): the rules decide.
-        return steps[-1][1]
+        return steps[-1][1]  # type: ignore[no-any-return]
     reached = plain
     for grade, keys in steps:
         if value < grade:
@@ -456,19 +459,21 @@ def _known_labels(items: Any, any_key: str, known: LabelKeys, keys: set[str]) ->
     if not isinstance(items, list):
         keys.add(any_key)
         return
+    field = GRADED_FIELD[any_key[:-2]]
+    # (`key in d and d[key]`, not d.get(): half the time, and this runs for every item of every event.)
     for item in items:
-        label = item.get("label") if type(item) is dict or isinstance(item, dict) else None
+        label = (item["label"] if "label" in item else None) if type(item) is dict or isinstance(item, dict) else None
         if type(label) is not str and not isinstance(label, str):
             keys.add(any_key)
             return
-        entry = known.get(label)
+        entry = known[label] if label in known else None
         if entry is None:
             if "*" in label and (label == "*" or label.endswith(":*")):  # (`in` first: no method call)
                 keys.add(any_key[:-1] + label)
         elif not entry[1]:
             keys.update(entry[0])  # no graded keys: the item's value does not matter
         else:
-            keys.update(item_keys(item, label, any_key, known))
+            keys.update(_reached(item, field, entry))
 
 
 class _Current:

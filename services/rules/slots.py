@@ -79,6 +79,9 @@ def _slot(key: tuple[float, float], members: list[Mapping[str, Any]]) -> Slot:
         in_order = type(first) is int and type(second) is int and 0 <= first < second < 10
         if not in_order and _member_order(members[1]) < _member_order(members[0]):
             members.reverse()
+        first_index, second_index = members[0].get("index"), members[1].get("index")
+        if first_index is not None and second_index is not None:  # (no comprehension for two)
+            return Slot(key[0], key[1], members, frozenset((first_index, second_index)))
     else:
         members.sort(key=_member_order)
     return Slot(key[0], key[1], members, frozenset([i for w in members if (i := w.get("index")) is not None]))
