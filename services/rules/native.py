@@ -94,15 +94,25 @@ def _plain_items(values: Iterable[Any]) -> bool:
                 continue
             return False
         if t is dict:
-            for k in v:
-                if type(k) is not str:
-                    return False
-            if _plain_items(v.values()):
+            if _plain_map(v):
                 continue
             return False
         if t is list and _plain_items(v):
             continue
         return False
+    return True
+
+
+def _plain_map(value: dict[Any, Any]) -> bool:
+    # Keys and the usual values (doubles, ASCII strings, int64 ints) in one pass: facet items.
+    for k, v in value.items():
+        if type(k) is not str:
+            return False
+        t = type(v)
+        if t is float or (t is str and v.isascii()) or (t is int and INT_MIN <= v <= INT_MAX) or v is None:
+            continue
+        if not _plain_items((v,)):
+            return False
     return True
 
 
