@@ -88,7 +88,8 @@ def decision_id(rule_id: str, version: str, source: str, event_id: str, slot: in
 
 
 def event_digest(version: str, source: str, event_id: str) -> str:
-    return _half(_part(version) + _part(source) + _part(event_id))
+    # (_part() of each, in one f-string: once per event, on the hot path)
+    return _half(f"{len(version)}:{version};{len(source)}:{source};{len(event_id)}:{event_id};")
 
 
 def action_digest(rule_id: str, slot: int | str) -> str:

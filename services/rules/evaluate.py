@@ -759,6 +759,10 @@ def evaluate(
     )
 
 
+#: _Outcome.debounce() of a rule proved false: not held, no error, no evidence (never changed).
+_NOT_HELD: tuple[bool, None, dict[str, Any]] = (False, None, {})
+
+
 class _Outcome:
     """What an evaluation produced so far: decisions, matches, errors, streaks."""
 
@@ -781,7 +785,7 @@ class _Outcome:
             # floor): the streak ends here, with no windows (where it ended does not matter).
             self.proved_false += 1
             self.after[rule.id] = NO_STREAK
-            return False, None, {}
+            return _NOT_HELD
         self.evaluated += 1
         held, error, streak, evidence = self.run.debounce(rule, self.streaks.get(rule.id) or NO_STREAK)
         self.after[rule.id] = streak
