@@ -144,6 +144,26 @@ def test_triggers(source: str, trigger: set[str] | None) -> None:
     assert analysis.trigger == (frozenset(trigger) if trigger is not None else None)
 
 
+@pytest.mark.parametrize(
+    ("source", "item_fields"),
+    [
+        ('facets.emotions.exists(e, e.label == "anger" && e.intensity >= 0.6)', {("facets", "emotions"): {"label", "intensity"}}),
+        ('facets.emotions.exists(e, has(e.role)) || facets.emotions.all(f, f.span != "")', {("facets", "emotions"): {"role", "span"}}),
+        ("data.windows.map(w, w.caption).size() > 0", {("data", "windows"): {"caption"}}),
+        ('facets.emotions.exists(e, e.tags.exists(t, t == "x"))', {("facets", "emotions"): {"tags"}}),
+        ("facets.emotions.exists(e, [1].exists(e, e > 0))", {("facets", "emotions"): set()}),  # the inner e is not an item
+        # Items used whole: compared, returned by filter(), or the list read outside a comprehension.
+        ("facets.emotions.exists(e, e == {})", {}),
+        ('facets.emotions.filter(e, e.label == "a")[0].intensity > 0.5', {}),
+        ('facets.emotions.exists(e, e.label == "a") && size(facets.emotions) > 1', {}),
+        ('facets.exists(k, k == "emotions")', {}),
+    ],
+)
+def test_item_fields_name_the_fields_read_of_each_item(source: str, item_fields: dict[tuple[str, str], set[str]]) -> None:
+    analysis, _ = analyse(source)
+    assert {path: set(fields) for path, fields in analysis.item_fields.items()} == item_fields
+
+
 def test_projections_name_the_fields_read() -> None:
     analysis, _ = analyse(
         "acoustics.silence_ratio > 0.1 && has(acoustics.dead_air_s) && size(context) > 0"

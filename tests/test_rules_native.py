@@ -274,6 +274,29 @@ def test_a_value_cel_cannot_take_still_fails_every_rule(tmp_path: Path) -> None:
     assert outcome(evaluate(ruleset, EVENT, huge)) == outcome(evaluate(ruleset, EVENT, huge, native=False))
 
 
+def test_the_library_is_given_only_the_item_fields_rules_read(tmp_path: Path) -> None:
+    # A value CEL cannot take, in an item field no rule reads, no longer fails the event: the
+    # library is given the fields the rules read of each item, and the native check looks at those.
+    (tmp_path / "r.yaml").write_text(
+        "apiVersion: listenpost/v1\nkind: RuleSet\nmetadata: {name: r, owner: qa}\nrules:\n"
+        "  - {id: a, description: a, match: {types: [com.listenpost.audio.captioned]}, continue: true,"
+        " when: 'facets.emotions.exists(e, e.label == \"anger\" && e.intensity > 0.5)', actions: [{route: {queue: q}}]}\n"
+        "  - {id: b, description: b, match: {types: [com.listenpost.audio.captioned]}, when: 'size(caption) > 0', actions: [{route: {queue: q}}]}\n"
+    )
+    ruleset = load_ruleset(tmp_path)
+    plan = ruleset.plan(EVENT["type"], EVENT["source"])
+    assert dict(plan.item_fields) == {("facets", "emotions"): frozenset({"label", "intensity"})}
+    odd = {"label": "anger", "intensity": 0.8, "extra": {1, 2}}  # a set: not JSON, not CEL
+    data = {"caption": "x", "facets": {"emotions": [odd]}}
+    native_result, library_result = evaluate(ruleset, EVENT, data), evaluate(ruleset, EVENT, data, native=False)
+    assert [m.rule_id for m in native_result.matches] == ["a", "b"] and native_result.errors == []
+    assert outcome(native_result) == outcome(library_result)
+    # In a field a rule reads, it still fails every rule, natively as in the library.
+    read = {"caption": "x", "facets": {"emotions": [{"label": {1}, "intensity": 0.8}]}}
+    assert [e.rule_id for e in evaluate(ruleset, EVENT, read).errors] == ["a", "b"]
+    assert outcome(evaluate(ruleset, EVENT, read)) == outcome(evaluate(ruleset, EVENT, read, native=False))
+
+
 def test_native_errors_are_rule_errors_with_guardrails(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text(
         "apiVersion: listenpost/v1\nkind: RuleSet\nmetadata: {name: r, owner: qa}\nrules:\n"

@@ -42,6 +42,10 @@ MAX_COMPREHENSION_DEPTH = 2
 
 #: Fields read from a variable; ``None`` when the variable is used whole.
 Projection = frozenset[str] | None
+#: (variable, field) -> the fields read of each item of that list, when it is only ever the
+#: target of comprehensions that read fields of the item (``facets.emotions.exists(e, e.label
+#: == "anger")``: ("facets", "emotions") -> {"label"}).
+ItemFields = Mapping[tuple[str, str], frozenset[str]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Analysis:
     ast: Node | None  # None: this parser could not read what the library compiled
     variables: frozenset[str] = frozenset()
     projections: Mapping[str, Projection] = field(default_factory=dict)
+    item_fields: ItemFields = field(default_factory=dict)
     trigger: frozenset[str] | None = None
     #: The trigger of every top-level conjunct that has one: each is necessary (the
     #: rule can only be true when the event has one of its keys), ``trigger`` is one of them.
@@ -108,6 +113,7 @@ def analyse(source: str, known: Mapping[str, Shape] = VARIABLES) -> tuple[Analys
             ast=ast,
             variables=frozenset(projections),
             projections=projections,
+            item_fields=_item_fields(ast, projections),
             trigger=_trigger(ast, frozenset()),
             requires=tuple(dict.fromkeys(t for n in conjuncts(ast) if (t := _trigger(n, frozenset())) is not None)),
             floors=tuple(dict.fromkeys(t for n in conjuncts(ast) if (t := _floor_test(n)) is not None)),
@@ -351,6 +357,64 @@ def _projections(root: Node, known: Mapping[str, Shape]) -> dict[str, Projection
 
     visit(root, None, frozenset())
     return {name: (frozenset(fields) if fields is not None else None) for name, fields in used.items()}
+
+
+def _item_fields(root: Node, projections: Mapping[str, Projection]) -> dict[tuple[str, str], frozenset[str]]:
+    """See :data:`ItemFields`: per projected (variable, field) used only as a comprehension
+    target whose variable is only read as ``x.<field>`` (or ``has(x.<field>)``)."""
+    read: dict[tuple[str, str], set[str] | None] = {}
+
+    def visit(node: Node, scope: frozenset[str]) -> None:
+        if isinstance(node, Select) and isinstance(node.operand, Ident) and node.operand.name not in scope:
+            path = (node.operand.name, node.name)
+            if projections.get(path[0]) is not None:
+                read[path] = None  # the list read other than as a comprehension's target: whole
+            return
+        if isinstance(node, Call) and node.is_macro and node.target is not None:
+            target, var = node.target, node.args[0]
+            inner = scope | {var.name}  # type: ignore[attr-defined]
+            if (
+                isinstance(target, Select) and isinstance(target.operand, Ident) and target.operand.name not in scope
+                and projections.get(target.operand.name) is not None
+            ):  # fmt: skip
+                path = (target.operand.name, target.name)
+                # filter() returns the items themselves: whatever reads them needs them whole.
+                fields = None if node.function == "filter" else _fields_of(var.name, node.args[1:])  # type: ignore[attr-defined]
+                if fields is None or path in read and read[path] is None:
+                    read[path] = None
+                else:
+                    read[path] = (read.get(path) or set()) | fields
+            else:
+                visit(target, scope)
+            for arg in node.args[1:]:
+                visit(arg, inner)
+            return
+        for child in node.children():
+            visit(child, scope)
+
+    visit(root, frozenset())
+    return {path: frozenset(fields) for path, fields in read.items() if fields is not None}
+
+
+def _fields_of(var: str, bodies: list[Node]) -> set[str] | None:
+    """The fields read of ``var`` in ``bodies``; None when it is used otherwise (whole)."""
+    fields: set[str] = set()
+
+    def visit(node: Node, parent: Node | None, shadowed: bool) -> bool:
+        if isinstance(node, Ident) and node.name == var and not shadowed:
+            if isinstance(parent, Select) and parent.operand is node:
+                fields.add(parent.name)
+                return True
+            return False
+        if isinstance(node, Call) and node.is_macro and node.target is not None:
+            # A nested comprehension over another list may bind the same name: then it is not ours.
+            if not visit(node.target, node, shadowed):
+                return False
+            inner = shadowed or node.args[0].name == var  # type: ignore[attr-defined]
+            return all(visit(arg, node, inner) for arg in node.args[1:])
+        return all(visit(child, node, shadowed) for child in node.children())
+
+    return fields if all(visit(body, None, False) for body in bodies) else None
 
 
 # --- triggers ----------------------------------------------------------------------

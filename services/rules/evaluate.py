@@ -48,7 +48,7 @@ from typing import Any, Literal, NamedTuple
 from .decisions import DEFAULT_PREFIX, Decision, DecisionBuilder, check_prefix
 from .expr import runtime_message
 from .helpers import GRADED_FIELD, Facts, clock, item_evidence
-from .analysis import FloorTest
+from .analysis import FloorTest, ItemFields
 from .native import plain_values
 from .ruleset import CompiledRule, EvalContext, RuleSet, Segment, item_keys
 from .slots import Slot, by_slot, highest_by_slot, slots_of, window_index, window_slots
@@ -230,10 +230,29 @@ def _long_caption(windows: list[Any], longest: int) -> bool:
     return False
 
 
-def _project(value: Any, fields: frozenset[str] | None) -> Any:
+def _project(value: Any, fields: frozenset[str] | None, name: str = "", item_fields: ItemFields | None = None) -> Any:
     if fields is None or not (type(value) is dict or isinstance(value, Mapping)):
         return value
-    return {k: value[k] for k in fields if k in value}
+    out = {k: value[k] for k in fields if k in value}
+    for key in fields:
+        read = item_fields.get((name, key)) if item_fields else None
+        if read is not None and type(out.get(key)) is list:
+            out[key] = [{f: item[f] for f in read if f in item} if type(item) is dict else item for item in out[key]]
+    return out
+
+
+def _plain_fields(items: list[Any], read: frozenset[str]) -> bool:
+    """plain_values() of what _project() keeps of ``items``: the ``read`` fields of each map."""
+    for item in items:
+        if type(item) is dict:
+            for f in read:
+                if f in item:
+                    v = item[f]
+                    if type(v) is not float and not (type(v) is str and v.isascii()) and not plain_values(v):
+                        return False
+        elif not plain_values(item):
+            return False
+    return True
 
 
 def _event_time(attributes: Mapping[str, Any]) -> float | None:
@@ -331,7 +350,7 @@ class _Run:
         """Whether every value the candidate rules may read is plain JSON. Otherwise the
         library evaluates every rule of the event: it owns the conversion, and the error
         "event cannot be given to CEL" that fails every rule, as without native programs."""
-        projections = self.plan.projections
+        projections, item_fields = self.plan.projections, self.plan.item_fields
         for name in self.needed:
             value = self.variables[name]
             fields = projections.get(name)
@@ -343,7 +362,13 @@ class _Run:
                     if key in value:
                         field = value[key]
                         # A double (most fields rules read) is plain: no call to say so.
-                        if type(field) is not float and not plain_values(field):
+                        if type(field) is float:
+                            continue
+                        read = item_fields.get((name, key)) if type(field) is list else None
+                        if read is None:
+                            if not plain_values(field):
+                                return False
+                        elif not _plain_fields(field, read):
                             return False
         return True
 
@@ -353,11 +378,15 @@ class _Run:
         if self._cel_ready:
             return
         self._cel_ready = True
-        projections = self.plan.projections
         try:
-            self.ctx.context.update({name: _project(self.variables[name], projections.get(name)) for name in self.needed})
+            self.ctx.context.update({name: self.given(name, self.variables[name]) for name in self.needed})
         except Exception as exc:  # noqa: BLE001 -- a value CEL cannot represent: every rule fails, visibly
             self.context_error = f"event cannot be given to CEL: {runtime_message(exc)}"
+
+    def given(self, name: str, value: Any) -> Any:
+        """What the library is given of variable ``name``: the fields the rules read, and of
+        lists whose items they read only fields of, those fields of each item."""
+        return _project(value, self.plan.projections.get(name), name, self.plan.item_fields)
 
     def leave(self) -> None:
         if self.ctx is not None:
@@ -533,7 +562,7 @@ class _Run:
                 self.ctx.current.facts = facts
                 update = {}
                 if "facets" in rule.variables:
-                    update["facets"] = _project(facets, self.plan.projections.get("facets"))
+                    update["facets"] = self.given("facets", facets)
                 if "caption" in rule.variables:
                     update["caption"] = env["caption"]
                 if update:
@@ -587,7 +616,7 @@ class _Run:
         if self._changed:
             names = [name for name in self._changed if name in self.needed]
             if names:
-                self.ctx.context.update({name: _project(self.variables[name], self.plan.projections.get(name)) for name in names})
+                self.ctx.context.update({name: self.given(name, self.variables[name]) for name in names})
             self._changed.clear()
 
     def debounce(self, rule: CompiledRule, streak: Streak) -> tuple[bool, str | None, Streak, dict[str, Any]]:
@@ -598,7 +627,10 @@ class _Run:
         assert spec is not None
         need_windows, need_s = spec.windows, rule.debounce_s
         # The streak as locals while walking (a Streak at the end): (windows held, since, evidence).
-        count, since, first = streak.windows, streak.since_s, dict(streak.evidence)
+        # `first` is None while the evidence of a streak begun in slot `first_at` is not quoted
+        # yet: most streaks end before they fire or outlast the event, unquoted.
+        count, since, first, first_at = streak.windows, streak.since_s, dict(streak.evidence), 0
+        first_quoted: dict[str, Any]
         last_end = streak.last_end_s
         fired, evidence = False, {}
         windowed = bool(self.slots)
@@ -637,32 +669,43 @@ class _Run:
                 else:  # events without windows follow each other
                     held, error = self.execute(rule)
                 if error is not None:
-                    return False, error, _streak(count, since, last_end, first), {}
+                    first_quoted = self._quote_first(first, first_at, highest, exact)
+                    return False, error, _streak(count, since, last_end, first_quoted), {}
                 if held:
                     if count == 0:
                         # Only the first slot of a streak is quoted: its evidence, not the others'.
                         since = start
-                        if not windowed:
-                            first = dict(self.facts.evidence[0]) if self.facts.evidence else {}
-                        elif highest is not None and highest[index] != math.inf:
-                            assert exact is not None
-                            first = self.evidence_in(index, self.first_reaching(exact, index))
+                        if windowed:
+                            first, first_at = None, index
                         else:
-                            first = self.evidence_in(index)
+                            first = dict(self.facts.evidence[0]) if self.facts.evidence else {}
                     count += 1
                     held_s = (end - since) if end is not None and since is not None else 0.0
                     if not fired and (
                         (need_windows is not None and count >= need_windows) or (need_s is not None and held_s >= need_s)
                     ):
+                        first = self._quote_first(first, first_at, highest, exact)
                         evidence = {**first, "windows": count, "held_s": round(held_s, 3)}
                         fired = True
                 else:
                     count, since, first = 0, None, {}
                 last_end = end
+            first_quoted = self._quote_first(first, first_at, highest, exact)
         finally:
             if windowed:
                 self.restore()
-        return fired, None, _streak(count, since, last_end, first), evidence
+        return fired, None, _streak(count, since, last_end, first_quoted), evidence
+
+    def _quote_first(
+        self, first: dict[str, Any] | None, index: int, highest: list[float] | None, exact: FloorTest | None
+    ) -> dict[str, Any]:
+        """``first``, or the evidence of slot ``index`` when it is not quoted yet (None)."""
+        if first is not None:
+            return first
+        if highest is not None and highest[index] != math.inf:
+            assert exact is not None
+            return self.evidence_in(index, self.first_reaching(exact, index))
+        return self.evidence_in(index)
 
     def may_hold(self, rule: CompiledRule) -> bool:
         """False when the pre-filter proves ``rule`` false on the whole event: its trigger facts

@@ -178,6 +178,8 @@ class Plan:
     by_kind: Mapping[str, frozenset[int]]  # "emotion" -> every position with an emotion key
     words: tuple[str, ...]  # the trigger words, looked for in a caption
     projections: Mapping[str, Projection]  # union over the rules
+    #: Lists whose items the rules read only some fields of (analysis.ItemFields), over the rules.
+    item_fields: Mapping[tuple[str, str], frozenset[str]]
     universe: frozenset[str]  # every trigger key of the rules (`for:` rules' too)
     kinds: frozenset[str]  # the kinds of those keys
     context_kinds: tuple[str, ...] = ()  # "context.<field>" kinds
@@ -205,6 +207,7 @@ class Plan:
         by_key: dict[str, set[int]] = {}
         by_kind: dict[str, set[int]] = {}
         projections: dict[str, Projection] = {}
+        item_fields: dict[tuple[str, str], set[str] | None] = {}
         universe: set[str] = set()
         for i, rule in enumerate(ordered):
             universe |= rule.trigger or frozenset()
@@ -221,6 +224,13 @@ class Plan:
                     by_key.setdefault(key, set()).add(i)
                     by_kind.setdefault(key.split(":", 1)[0], set()).add(i)
             for name, fields in rule.condition.analysis.projections.items():
+                for path in ((name, f) for f in fields or ()):
+                    # Items of a list: the union of the fields every rule reads of them, or whole.
+                    own = rule.condition.analysis.item_fields.get(path)
+                    if own is None or (path in item_fields and item_fields[path] is None):
+                        item_fields[path] = None
+                    else:
+                        item_fields[path] = (item_fields.get(path) or set()) | own
                 if name in projections and projections[name] is None:
                     continue
                 if fields is None:
@@ -249,6 +259,10 @@ class Plan:
             by_kind={k: frozenset(v) for k, v in by_kind.items()},
             words=words,
             projections=projections,
+            item_fields={
+                path: frozenset(fields) for path, fields in item_fields.items()
+                if fields is not None and projections.get(path[0]) is not None
+            },  # fmt: skip
             universe=frozenset(universe),
             kinds=frozenset(key.split(":", 1)[0] for key in universe),
             context_kinds=context_kinds,
