@@ -281,12 +281,6 @@ class DecisionBuilder:
             plan.slot,
         )  # fmt: skip
 
-    def _labels(self, plan: _Plan, overlay: dict[str, Any]) -> dict[str, str]:
-        labels = {}
-        for name, template in plan.labels:  # a loop, not a comprehension: cheaper for one or two
-            labels[name] = template.render_over(overlay, self.variables)
-        return labels
-
     @staticmethod
     def _alert_fingerprint(plan: _Plan, labels: dict[str, str]) -> str:
         """fingerprint(rule id, labels), with the JSON around the label values precomputed."""
@@ -338,8 +332,11 @@ class DecisionBuilder:
 
     def _alert(self, plan: _Plan, overlay: dict[str, Any]) -> tuple[str, dict[str, str], str, str | None]:
         """An alert's rendered summary, labels, fingerprint and description (None: it has none)."""
-        summary = plan.summary.render_over(overlay, self.variables)  # type: ignore[union-attr]
-        labels = self._labels(plan, overlay)
+        variables = self.variables
+        summary = plan.summary.render_over(overlay, variables)  # type: ignore[union-attr]
+        labels = {}
+        for name, template in plan.labels:  # a loop, not a comprehension: cheaper for one or two
+            labels[name] = template.render_over(overlay, variables)
         description = None
         if plan.alert_description is not None:
             description = plan.alert_description.render_over(overlay, self.variables)
