@@ -175,6 +175,19 @@ class Cond(Node):
         yield self.other
 
 
+def field_path(node: Node) -> list[str] | None:
+    """``context.queue`` -> ["context", "queue"]: a name and the fields selected from it
+    (None: the innermost operand is not a name)."""
+    names: list[str] = []
+    while isinstance(node, Select):
+        names.append(node.name)
+        node = node.operand
+    if not isinstance(node, Ident):
+        return None
+    names.append(node.name)
+    return names[::-1]
+
+
 def walk(node: Node) -> Iterator[Node]:
     """Every node of the tree, parents before children."""
     stack = [node]

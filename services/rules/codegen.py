@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .celast import Binary, Call, Cond, Ident, ListExpr, Lit, Node, Select, Unary
+from .celast import Binary, Call, Cond, Ident, ListExpr, Lit, Node, Select, Unary, field_path
 
 __all__ = ["generate"]
 
@@ -35,18 +35,19 @@ _HELPER_CALLS = ("emotion", "sound", "any_words", "all_words")
 _GRADED = {"emotion": "intensity", "sound": "confidence"}  # (helpers.GRADED_FIELD)
 
 
-class _Fallback(Exception):
-    """This node is left to its closure (raised only while deciding how to emit a node)."""
-
-
 def generate(
     node: Node,
     closure: Callable[[Node], Program],
     runtime: Mapping[str, Any],
-    helpers: Mapping[str, Callable[[Node], tuple[str, tuple[Any, ...]] | None]] | None = None,
+    helpers: Mapping[str, Callable[[Call], Any]] | None = None,
 ) -> Program | None:
     """One function for ``node``; None when nothing would be inlined (the caller keeps the
-    closure) or when Python cannot compile the result (too deeply nested)."""
+    closure) or when Python cannot compile the result (too deeply nested).
+
+    ``closure`` compiles a node the generated code does not inline; ``runtime`` holds the
+    functions it calls; ``helpers`` says, per helper name (and "exists"), what a call with
+    literal arguments prepares (see native._helper_literals), or None where it cannot.
+    """
     emitter = _Emitter(closure, helpers or {})
     if emitter.is_fallback(node):
         return None
@@ -89,73 +90,56 @@ class _Emitter:
         return name
 
     def is_fallback(self, node: Node) -> bool:
-        return self._shape(node) is None
+        return self._emitter(node) is None
 
     # --- nodes ----------------------------------------------------------------
 
-    def _shape(self, node: Node) -> str | None:
-        """How ``node`` is emitted (None: by its closure)."""
+    def _emitter(self, node: Node) -> Callable[[Any], str] | None:
+        """The method that emits ``node`` (None: its closure is called)."""
         if isinstance(node, Lit) and node.kind in ("int", "double", "string", "bool", "null"):
-            return "literal"
+            return self._literal
         if isinstance(node, Ident):
-            return "variable"
-        if isinstance(node, Select) and _path(node) is not None:
-            return "path"
+            return self._variable
+        if isinstance(node, Select) and field_path(node) is not None:
+            return self._path
         if isinstance(node, Unary) and node.op == "!":
-            return "not"
+            return self._not
         if isinstance(node, Cond):
-            return "ternary"
-        if isinstance(node, Binary) and node.op in ("&&", "||", "==", "!=", "<", "<=", ">", ">=", "in", "+", "-", "*", "/", "%"):
-            return "binary"
+            return self._ternary
+        if isinstance(node, Binary) and node.op in ("&&", "||"):
+            return self._logic
+        if isinstance(node, Binary) and node.op in ("==", "!=", "<", "<=", ">", ">=", "in", "+", "-", "*", "/", "%"):
+            return self._binary
         if isinstance(node, Call) and node.is_macro and "exists" in self.helpers and self.helpers["exists"](node) is not None:
-            return "exact floor"
+            return self._exact_floor
         if isinstance(node, Call) and not node.is_macro and node.target is None:
             if node.function == "has" and len(node.args) == 1 and isinstance(node.args[0], Select):
-                return "has"
+                return self._has
             if node.function in _HELPER_CALLS and node.function in self.helpers and self.helpers[node.function](node) is not None:
-                return "helper"
+                return self._helper
         return None
 
     def value(self, node: Node) -> str:
         """An expression for ``node``'s value (a literal or a temporary), after the statements
         that compute it; they raise what the closure would raise."""
-        shape = self._shape(node)
-        if shape == "literal":
-            assert isinstance(node, Lit)
-            # A name, not the literal: `1 is True` in the source would draw a SyntaxWarning.
-            return repr(node.value) if node.kind in ("bool", "null") else self.constant(node.value)
-        if shape == "variable":
-            assert isinstance(node, Ident)
-            out = self.temp()
-            self.emit(f"{out} = env[{node.name!r}]")
-            return out
-        if shape == "path":
-            assert isinstance(node, Select)
-            return self._path(node)
-        if shape == "not":
-            assert isinstance(node, Unary)
-            return self._not(node)
-        if shape == "ternary":
-            assert isinstance(node, Cond)
-            return self._ternary(node)
-        if shape == "binary":
-            assert isinstance(node, Binary)
-            return self._logic(node) if node.op in ("&&", "||") else self._binary(node)
-        if shape == "has":
-            assert isinstance(node, Call)
-            return self._has(node)
-        if shape == "helper":
-            assert isinstance(node, Call)
-            return self._helper(node)
-        if shape == "exact floor":
-            assert isinstance(node, Call)
-            return self._exact_floor(node)
+        emit = self._emitter(node)
+        if emit is not None:
+            return emit(node)
         out = self.temp()
         self.emit(f"{out} = {self.constant(self.closure(node))}(env, facts)")
         return out
 
+    def _literal(self, node: Lit) -> str:
+        # A name, not the literal: `1 is True` in the source would draw a SyntaxWarning.
+        return repr(node.value) if node.kind in ("bool", "null") else self.constant(node.value)
+
+    def _variable(self, node: Ident) -> str:
+        out = self.temp()
+        self.emit(f"{out} = env[{node.name!r}]")
+        return out
+
     def _path(self, node: Select) -> str:
-        names = _path(node)
+        names = field_path(node)
         assert names is not None
         out = self.temp()
         self.emit(f"{out} = env[{names[0]!r}]")
@@ -242,7 +226,7 @@ class _Emitter:
         self.emit(f"{out} = {self.value(node)}")
         self.indent -= 1
 
-    def _logic(self, node: Binary) -> str:
+    def _logic(self, node: Binary) -> str:  # && and ||
         # As native._logic: the absorbing value on either side wins over an error on the
         # other; else the right side's error, then the left's, then "no such overload".
         absorbing = "False" if node.op == "&&" else "True"
@@ -301,16 +285,3 @@ class _Emitter:
         else:
             self.emit(f"{out} = _arith({op!r}, {left}, {right})")
         return out
-
-
-def _path(node: Select) -> list[str] | None:
-    """``context.queue`` -> ["context", "queue"] (None: the root is not a variable)."""
-    names: list[str] = []
-    current: Node = node
-    while isinstance(current, Select):
-        names.append(current.name)
-        current = current.operand
-    if not isinstance(current, Ident):
-        return None
-    names.append(current.name)
-    return names[::-1]

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import celast
-from .celast import Binary, Call, Cond, Ident, Index, ListExpr, Lit, Node, Select, Unary
+from .celast import Binary, Call, Cond, Ident, Index, ListExpr, Lit, Node, Select, Unary, field_path
 from .fields import VARIABLES
 from .analysis import ExactFloor, exact_floor
 from .codegen import generate
@@ -308,7 +308,7 @@ def _compile(node: Node, bound: frozenset[str]) -> NativeProgram:
             raise Unsupported(name)  # type names, namespaces
         return lambda env, facts: env[name]
     if isinstance(node, Select):
-        path = _field_path(node)
+        path = field_path(node)
         if path is not None:
             return _path(path[0], path[1:])
         operand, field = _compile(node.operand, bound), node.name
@@ -328,18 +328,6 @@ def _compile(node: Node, bound: frozenset[str]) -> NativeProgram:
     if isinstance(node, Call):
         return _call(node, bound)
     raise Unsupported(type(node).__name__)  # map and message literals
-
-
-def _field_path(node: Node) -> list[str] | None:
-    """``context.queue`` -> ["context", "queue"]: a name and fields, read in one closure."""
-    names: list[str] = []
-    while isinstance(node, Select):
-        names.append(node.name)
-        node = node.operand
-    if not isinstance(node, Ident):
-        return None
-    names.append(node.name)
-    return names[::-1]
 
 
 def _path(root: str, names: list[str]) -> NativeProgram:
