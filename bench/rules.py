@@ -18,8 +18,8 @@
    Three ways to evaluate, same rules, same events:
 
    - ``engine``: what the service runs: the trigger pre-filter, and each condition
-     evaluated by its native program (services/rules/native.py: Python closures
-     on the event's own values) where it has one, else by the ``cel`` library
+     evaluated by its native program (services/rules/codegen.py and native.py:
+     generated Python code on the event's own values) where it has one, else by the ``cel`` library
      (one CEL context per rule set reused, only the fields rules read converted);
      ``native_rules`` in the results says how many rules had a native program;
    - ``no-prefilter``: the same without the pre-filter;

@@ -15,8 +15,9 @@ condition held in ``windows`` consecutive slots, or for ``duration`` of call
 time. The streak carries over to the next event of the same call (the engine
 keeps it in NATS KV); an event without windows counts as one window.
 
-Speed (see bench/rules.py): conditions inside the native subset run as Python
-closures on the event's own dicts and lists (:mod:`services.rules.native`),
+Speed (see bench/rules.py): conditions inside the native subset run as generated
+Python code on the event's own dicts and lists (:mod:`services.rules.codegen`,
+:mod:`services.rules.native`),
 when the values the candidate rules read are plain JSON; the rest use the
 ``cel`` library: one CEL context per rule set and thread with the stdlib and
 helpers registered once, and per event only the variables, and of them only

@@ -64,7 +64,7 @@ class ExpressionError(ValueError):
 class Condition:
     """A compiled ``when``: the library's program and what the loader learned about it.
 
-    ``native`` is the same condition compiled to Python closures (see
+    ``native`` is the same condition compiled to Python (generated code and closures, see
     :mod:`services.rules.native`), or None when it uses something outside the
     native subset: then the library evaluates it.
     """

@@ -66,7 +66,7 @@ class CompiledRule:
     mode: Mode = field(init=False)
     continue_: bool = field(init=False)
     program: cel.Program = field(init=False, repr=False, compare=False)
-    #: The condition as Python closures (None: the library evaluates it), see services.rules.native.
+    #: The condition as Python code (None: the library evaluates it), see services.rules.native and .codegen.
     native: NativeProgram | None = field(init=False, repr=False, compare=False)
     debounce: ForSpec | None = field(init=False, repr=False, compare=False)
     debounce_s: float | None = field(init=False, repr=False, compare=False)
