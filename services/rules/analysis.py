@@ -28,7 +28,7 @@ import cel.stdlib
 from . import celast
 from .celast import Binary, Call, Ident, Index, ListExpr, Lit, Node, Select, Unary
 from .fields import ANY, BOOL, NUMBER, STRING, VARIABLES, ListOf, MapOf, Record, Scalar, Shape
-from .helpers import GRADED_FIELD, HELPERS, words_of
+from .helpers import FACET_LIST, GRADED_FIELD, HELPERS, words_of
 
 # Names that look like variables to the library but are not: CEL type names used
 # as values (`type(x) == string`) and namespaces of cel.stdlib's functions.
@@ -436,7 +436,8 @@ def graded_key(kind: str, label: str, floor: float | None) -> str:
     grade = max((g for g in FLOOR_GRADES if floor is not None and g <= floor), default=None)
     return f"{kind}:{label}" if grade is None else f"{kind}:{label}@{grade:g}"
 
-_LIST_FACTS = {("facets", "emotions"): "emotion", ("facets", "sound_events"): "sound"}
+
+_LIST_FACTS = {("facets", name): kind for kind, name in FACET_LIST.items()}
 
 
 def _narrower(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:

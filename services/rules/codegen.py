@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .celast import Binary, Call, Cond, Ident, ListExpr, Lit, Node, Select, Unary, field_path
+from .helpers import GRADED_FIELD
 
 __all__ = ["generate"]
 
@@ -32,7 +33,6 @@ Program = Callable[[dict[str, Any], Any], Any]
 
 _RELATION_NAMES = {"<": "_lt", "<=": "_le", ">": "_gt", ">=": "_ge"}
 _HELPER_CALLS = ("emotion", "sound", "any_words", "all_words")
-_GRADED = {"emotion": "intensity", "sound": "confidence"}  # (helpers.GRADED_FIELD)
 
 
 def generate(
@@ -192,7 +192,7 @@ class _Emitter:
         self.emit(f"if facts is not None and {items} is facts.{facet}:")
         self.emit(f"    {best} = facts.highest({self.constant(kind)}, {role_labels})")
         self.emit("else:")
-        self.emit(f"    {best} = _highest({items}, {self.constant(_GRADED[kind])}, {role_labels})")
+        self.emit(f"    {best} = _highest({items}, {self.constant(GRADED_FIELD[kind])}, {role_labels})")
         self.emit(f"if {best} == _INF:")
         self.emit(f"    {out} = {self.constant(self.closure(node))}(env, facts)")
         self.emit("else:")

@@ -48,7 +48,7 @@ from typing import Any, Literal, NamedTuple
 
 from .decisions import DEFAULT_PREFIX, Decision, DecisionBuilder, check_prefix
 from .expr import runtime_message
-from .helpers import GRADED_FIELD, Facts, clock, item_evidence
+from .helpers import FACET_LIST, GRADED_FIELD, Facts, clock, item_evidence
 from .analysis import FloorTest, ItemFields
 from .native import plain_values
 from .ruleset import CompiledRule, EvalContext, RuleSet, Segment, item_keys
@@ -231,12 +231,13 @@ def _long_caption(windows: list[Any], longest: int) -> bool:
     return False
 
 
-def _project(value: Any, fields: frozenset[str] | None, name: str = "", item_fields: ItemFields | None = None) -> Any:
+def _project(value: Any, fields: frozenset[str] | None, name: str, item_fields: ItemFields) -> Any:
+    """``value`` (variable ``name``) cut to the ``fields`` read, and lists of ``item_fields`` to their items' fields."""
     if fields is None or not (type(value) is dict or isinstance(value, Mapping)):
         return value
     out = {k: value[k] for k in fields if k in value}
     for key in fields:
-        read = item_fields.get((name, key)) if item_fields else None
+        read = item_fields.get((name, key))
         if read is not None and type(out.get(key)) is list:
             out[key] = [{f: item[f] for f in read if f in item} if type(item) is dict else item for item in out[key]]
     return out
@@ -450,23 +451,22 @@ class _Run:
             self._slot_highest = {}
         found = self._slot_highest.get(key)
         if found is None:
-            facets = self.variables["facets"]
-            items = facets.get("emotions" if test.kind == "emotion" else "sound_events") if (
-                type(facets) is dict or isinstance(facets, Mapping)
-            ) else None
             found = self._slot_highest[key] = highest_by_slot(
-                items, GRADED_FIELD[test.kind], test.role, test.labels, self.slots, self.window_index()
+                self.facet_items(test.kind), GRADED_FIELD[test.kind], test.role, test.labels, self.slots, self.window_index()
             )
         return found
+
+    def facet_items(self, kind: str) -> Any:
+        """The event's facet list of ``kind`` ("emotion", "sound"), as it is (None: no facets map)."""
+        facets = self.variables["facets"]
+        return facets.get(FACET_LIST[kind]) if type(facets) is dict or isinstance(facets, Mapping) else None
 
     def first_reaching(self, test: FloorTest, index: int) -> dict[str, Any]:
         """What emotion() or sound() records in slot ``index`` for ``test`` (its first item that
         reaches the floor, in the slot's order), without building the slot's facts. Only for a
         slot whose slot_highest() is finite: its items of ``test`` are maps with doubles."""
-        facets, field = self.variables["facets"], GRADED_FIELD[test.kind]
-        items = facets.get("emotions" if test.kind == "emotion" else "sound_events")
-        slots, where, labels, role = self.slots, self.window_index(), test.labels, test.role
-        for item in items:
+        field, slots, where, labels, role = GRADED_FIELD[test.kind], self.slots, self.window_index(), test.labels, test.role
+        for item in self.facet_items(test.kind):
             if type(item) is not dict:
                 continue  # (not in this slot: its highest would be +inf)
             label = item.get("label")

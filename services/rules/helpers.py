@@ -154,6 +154,8 @@ def _span_around(text: str, phrase_words: list[str], width: int = 160) -> str:
 
 #: The value a facet item reaches, per kind: an emotion's intensity, a sound's confidence.
 GRADED_FIELD = {"emotion": "intensity", "sound": "confidence"}
+#: The list of ``facets`` that holds the items of each kind.
+FACET_LIST = {"emotion": "emotions", "sound": "sound_events"}
 
 
 def highest(items: Any, field: str, role: str | None, labels: Collection[str]) -> float:
@@ -165,25 +167,34 @@ def highest(items: Any, field: str, role: str | None, labels: Collection[str]) -
         return math.inf
     best = -math.inf
     for item in items:
-        if type(item) is not dict:
-            return math.inf
-        label = item["label"] if "label" in item else None  # (not .get(): a call, and twice the time)
-        if type(label) is not str:
-            return math.inf
-        if label not in labels:
-            continue
-        if role is not None:
-            own = item["role"] if "role" in item else None
-            if type(own) is not str:
-                return math.inf  # `e.role == "x"` would fail on it
-            if own != role:
-                continue
-        value = item[field] if field in item else None
-        if type(value) is not float or value != value:  # (the library fails on NaN in an order)
-            return math.inf
-        if value > best:
+        value = item_value(item, field, role, labels)
+        if value is not None and value > best:
+            if value == math.inf:
+                return value
             best = value
     return best
+
+
+def item_value(item: Any, field: str, role: str | None, labels: Collection[str]) -> float | None:
+    """What one item contributes to :func:`highest`: its ``field`` (a double), None when it
+    does not count (another label or role), +inf when it cannot be compared."""
+    if type(item) is not dict:
+        return math.inf
+    label = item["label"] if "label" in item else None  # (not .get(): a call, and twice the time)
+    if type(label) is not str:
+        return math.inf
+    if label not in labels:
+        return None
+    if role is not None:
+        own = item["role"] if "role" in item else None
+        if type(own) is not str:
+            return math.inf  # `e.role == "x"` would fail on it
+        if own != role:
+            return None
+    value = item[field] if field in item else None
+    if type(value) is not float or value != value:  # (the library fails on NaN in an order)
+        return math.inf
+    return value
 
 
 class Facts:

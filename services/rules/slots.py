@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping
+
+from .helpers import item_value
 from typing import Any
 
 _NUMBER = (int, float)  # isinstance() with a tuple: faster than with `int | float`, same answer
@@ -145,29 +147,11 @@ def highest_by_slot(
     best = [-math.inf] * count
     everywhere = range(count)
     for item in items:
-        if type(item) is not dict:
-            value = math.inf  # highest() cannot compare it, in each slot that holds it
-            targets = slots_of(item, slots, where) if isinstance(item, Mapping) else everywhere
-        else:
-            label = item.get("label")
-            if type(label) is str:
-                if label not in labels:
-                    continue
-                if role is not None:
-                    own = item.get("role")
-                    if type(own) is str and own != role:
-                        continue
-                    if type(own) is not str:
-                        value = math.inf
-                    else:
-                        value = item.get(field)
-                else:
-                    value = item.get(field)
-                if type(value) is not float or value != value:  # (NaN: the library fails to order it)
-                    value = math.inf
-            else:
-                value = math.inf
-            targets = slots_of(item, slots, where)
+        value = item_value(item, field, role, labels)
+        if value is None:
+            continue
+        # (An item that is not a map is in every slot, unless it is a Mapping: see by_slot().)
+        targets = slots_of(item, slots, where) if type(item) is dict or isinstance(item, Mapping) else everywhere
         for n in targets:
             if value > best[n]:
                 best[n] = value
