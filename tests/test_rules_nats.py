@@ -5,6 +5,7 @@ started outside Serve (start with broken files, last good rules, hot reload)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 import uuid
@@ -23,7 +24,7 @@ from services.rules import load_ruleset
 from services.rules.alerting import Matcher
 from services.rules.backtest import backtest
 from services.rules.engine import RulesProcessor
-from services.rules.state import Conflict, Stores, open_bucket, open_stores
+from services.rules.state import Conflict, Stores, open_bucket, open_stores, stream_subjects
 from services.rules.status import read_status
 from services.settings import NatsSettings, RulesSettings, Settings
 
@@ -72,6 +73,44 @@ async def test_kv_store_compare_and_set(js: Any) -> None:
     assert await store.get("a.1") is None and await store.keys("a.") == ["a.2"]
     await store.create("a.1", {"n": 5})  # re-created after a delete
     assert await store.keys("zzz.") == []
+
+
+async def test_listing_reads_the_stream_index_not_a_watcher(js: Any) -> None:
+    # nats-py's KV watcher can end its initial replay before deliveries in flight
+    # arrive and list too few keys (nats-io/nats.py#842): a status or silence
+    # listing came back empty once in CI. Listing must not start a consumer at all.
+    name = unique("KV")
+    store = await open_bucket(js, name)
+    for i in range(5):
+        await store.put(f"silence.s{i}", {"n": i})
+    await store.put("group.g", {"n": 9})
+    await store.delete("silence.s3")
+    for _ in range(20):
+        listed = await store.entries("silence.")
+        assert [(e.key, e.value["n"]) for e in listed] == [(f"silence.s{i}", i) for i in (0, 1, 2, 4)]
+    assert await store.keys("group.") == ["group.g"]
+    assert (await js.stream_info(f"KV_{name}")).state.consumer_count == 0
+
+
+async def test_stream_subjects_reads_every_page() -> None:
+    # The server pages at 100,000 subjects; a stand-in JetStream API pages at 2 to
+    # exercise the offset loop without writing 100,000 keys.
+    subjects = {f"$KV.B.group.{i}": 1 for i in range(5)}
+
+    class PagedApi:
+        _prefix, _timeout = "$JS.API", 1.0
+        asked: list[int] = []
+
+        async def _api_request(self, subject: str, body: bytes, timeout: float) -> dict[str, Any]:
+            assert subject == "$JS.API.STREAM.INFO.KV_B"
+            offset = json.loads(body)["offset"]
+            self.asked.append(offset)
+            page = dict(list(subjects.items())[offset : offset + 2])
+            return {"total": len(subjects), "offset": offset, "limit": 2, "state": {"subjects": page}}
+
+    api = PagedApi()
+    assert sorted(await stream_subjects(api, "KV_B", "$KV.B.group.>")) == sorted(subjects)
+    assert api.asked == [0, 2, 4]
 
 
 async def test_buckets_open_idempotently_from_many_replicas(js: Any) -> None:

@@ -155,11 +155,7 @@ class Silences:
         return found["s"]
 
     async def list(self) -> list[Silence]:
-        out = []
-        for key in await self.store.keys("silence."):
-            entry = await self.store.get(key)
-            if entry is not None:
-                out.append(Silence.model_validate(entry.value))
+        out = [Silence.model_validate(entry.value) for entry in await self.store.entries("silence.")]
         return sorted(out, key=lambda s: (s.starts_at, s.id))
 
     async def active(self, now: float) -> list[Silence]:
@@ -310,11 +306,8 @@ class Alerting:
     async def due(self, now: float) -> list[Due]:
         """Groups whose notification is due."""
         out = []
-        for key in await self.store.keys("group."):
-            entry = await self.store.get(key)
-            if entry is None:
-                continue
-            group = entry.value
+        for entry in await self.store.entries("group."):
+            key, group = entry.key, entry.value
             due_at = group.get("next_flush_at")
             if not group.get("alerts") or due_at is None or due_at > now:
                 continue

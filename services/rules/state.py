@@ -56,8 +56,12 @@ class StateStore(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    async def entries(self, prefix: str) -> list[Entry]:
+        """Every key starting with ``prefix`` (a whole token ending in '.': ``"group."``), read, in key order."""
+        ...
+
     async def keys(self, prefix: str) -> list[str]:
-        """Keys starting with ``prefix`` (a whole token ending in '.': ``"group."``)."""
+        """The keys :meth:`entries` would read."""
         ...
 
 
@@ -142,8 +146,14 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
 
+    async def entries(self, prefix: str) -> list[Entry]:
+        return [entry for key in await self.keys(prefix) if (entry := await self.get(key)) is not None]
+
     async def keys(self, prefix: str) -> list[str]:
         return sorted(k for k in self._data if k.startswith(prefix))
+
+
+_READS_IN_FLIGHT = 32
 
 
 class NatsKVStore:
@@ -189,23 +199,50 @@ class NatsKVStore:
     async def delete(self, key: str) -> None:
         await self._kv.delete(key)
 
-    async def keys(self, prefix: str) -> list[str]:
+    async def entries(self, prefix: str) -> list[Entry]:
+        # Not ``kv.watch``/``kv.keys``: nats-py's watcher can signal "initial
+        # replay done" before deliveries already in flight arrive, and then
+        # lists too few keys (nats-io/nats.py#842); a silence or an alert group
+        # would go unseen. The stream's per-subject index, read server-side in
+        # one snapshot, cannot miss a stored key. It also lists deleted keys
+        # (their tombstones), which get() turns into None.
         pattern = prefix + ">" if prefix.endswith(".") else prefix
-        watcher = await self._kv.watch(pattern, ignore_deletes=True, meta_only=True)
-        keys: list[str] = []
-        try:
-            while True:
-                try:
-                    entry = await watcher.updates(timeout=5.0)
-                except Exception:  # noqa: BLE001 -- nats TimeoutError: nothing more is coming
-                    break
-                if entry is None:
-                    break
-                if entry.operation is None:
-                    keys.append(entry.key)
-        finally:
-            await watcher.stop()
-        return sorted(set(keys))
+        start = len(self._kv._pre)  # noqa: SLF001 -- "$KV.<bucket>.", no public accessor
+        subjects = await stream_subjects(self._kv._js, self._kv._stream, self._kv._pre + pattern)  # noqa: SLF001
+        # Bounded: thousands of open alert groups must not become thousands of requests at once.
+        limit = asyncio.Semaphore(_READS_IN_FLIGHT)
+
+        async def read(key: str) -> Entry | None:
+            async with limit:
+                return await self.get(key)
+
+        found = await asyncio.gather(*(read(subject[start:]) for subject in sorted(subjects)))
+        return [entry for entry in found if entry is not None]
+
+    async def keys(self, prefix: str) -> list[str]:
+        return [entry.key for entry in await self.entries(prefix)]
+
+
+async def stream_subjects(js: Any, stream: str, subjects_filter: str) -> list[str]:
+    """Every subject of ``stream`` matching the filter that holds a message.
+
+    The server answers at most ``JSMaxSubjectDetails`` (100,000) subjects per
+    request; beyond that the answer comes in pages by offset.
+    """
+    found: dict[str, int] = {}
+    while True:
+        request = {"subjects_filter": subjects_filter, "offset": len(found)}
+        # nats-py's public stream_info() neither sends an offset nor returns the page total.
+        info = await js._api_request(  # noqa: SLF001
+            f"{js._prefix}.STREAM.INFO.{stream}",  # noqa: SLF001
+            json.dumps(request).encode(),
+            timeout=js._timeout,  # noqa: SLF001
+        )
+        page = (info.get("state") or {}).get("subjects") or {}
+        before = len(found)
+        found.update(page)
+        if len(found) == before or len(found) >= int(info.get("total") or 0):
+            return list(found)
 
 
 def _encode(value: Value) -> bytes:

@@ -18,9 +18,5 @@ async def read_status(js: Any, bucket: str) -> list[dict[str, Any]]:
         store = NatsKVStore(await js.key_value(bucket))
     except BucketNotFoundError:
         return []
-    records = []
-    for key in await store.keys(STATUS_PREFIX):
-        entry = await store.get(key)
-        if entry is not None:
-            records.append(entry.value)
+    records = [entry.value for entry in await store.entries(STATUS_PREFIX)]
     return sorted(records, key=lambda r: -float(r.get("updated_at") or 0.0))
