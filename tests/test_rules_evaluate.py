@@ -458,9 +458,10 @@ def test_time_limits_count_cpu_time_not_waiting() -> None:
     limits = Limits(max_rule_ms=20.0, max_event_ms=20.0)
 
     def burn(seconds: float) -> None:
+        """Spend ``seconds`` of this thread's CPU time (reading the clock is the work)."""
         end = time.thread_time() + seconds
         while time.thread_time() < end:
-            pass
+            continue
 
     _CPU_SAMPLE.last = (time.perf_counter() - 60.0, time.thread_time() - 1.0)  # stale: read again
     waiting = _Clock(limits)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Mapping
+from typing import Any
 
 from .helpers import item_value
-from typing import Any
 
 _NUMBER = (int, float)  # isinstance() with a tuple: faster than with `int | float`, same answer
 
