@@ -15,14 +15,14 @@
    agent/customer windows with ~150-character captions, 2-8 emotion facets,
    0-3 sound events, the full acoustics, CRM context; 60 % ordinary calls, the
    rest angry, distressed, security and quality cases.
-   Three ways to evaluate, same rules, same events:
+   Three ways to evaluate, same rules, same events; every condition is evaluated by the
+   ``cel`` library in all three:
 
-   - ``engine``: what the service runs: the trigger pre-filter, and each condition
-     evaluated by its native program (services/rules/codegen.py and native.py:
-     generated Python code on the event's own values) where it has one, else by the ``cel`` library
-     (one CEL context per rule set reused, only the fields rules read converted);
-     ``native_rules`` in the results says how many rules had a native program;
-   - ``no-prefilter``: the same without the pre-filter;
+   - ``engine`` (library + pre-filter): what the service runs: the trigger pre-filter
+     skips rules whose trigger facts the event lacks, the library is given only the
+     fields the candidate rules read (one CEL context per rule set and thread, reused),
+     and the rules evaluated for every event run in one library call (a batch);
+   - ``no-prefilter``: the same without the pre-filter (every applicable rule runs);
    - ``naive``: a fresh CEL context per event with every variable converted
      (and cel.stdlib registered), every applicable rule executed.
 
@@ -62,10 +62,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.rules import evaluate, load_ruleset, rule_variables  # noqa: E402
-from services.rules.expr import new_context  # noqa: E402
+from services.dsl.cel_checks import new_context  # noqa: E402
 from services.rules.ruleset import RuleSet  # noqa: E402
 
 CAPTIONED = "com.listenpost.audio.captioned"
+#: Events per second one core must evaluate with 200 rules (mixed): a GPU Captioner replica
+#: produces a few captioned calls per second, a live stream a window every few seconds.
+TARGET_PER_S = 5_000
 QUEUES = [f"q{i}" for i in range(12)] + ["billing", "sales", "claims", "support"]
 TIERS = ["gold"] * 2 + ["platinum"] + ["silver"] * 6 + ["bronze"] * 6 + [None] * 5
 WORDS = "the customer asks about an invoice and the agent explains the plan options calmly with some pauses".split()
@@ -397,7 +400,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         rates = [next(r["events_per_s_cpu"] for r in result["throughput"] if (r["rules"], r["profile"]) == (count, profile) and r["mode"] == m) for m in modes]
         bars = left.bar([i + j * width for i in range(len(modes))], rates, width, label=f"{count} rules ({profile})")
         left.bar_label(bars, fmt="%.0f", fontsize=8)
-    left.axhline(20_000, color="red", linestyle="--", linewidth=1, label="target 20k/s (200 rules)")
+    left.axhline(TARGET_PER_S, color="red", linestyle="--", linewidth=1, label=f"target {TARGET_PER_S:,}/s (200 rules, mixed)")
     left.set_xticks([i + width * (len(counts) - 1) / 2 for i in range(len(modes))], modes)
     left.set_ylabel("events/s on one core (CPU time)")
     left.set_yscale("log")
@@ -443,9 +446,7 @@ def main() -> None:
             ruleset = load_ruleset(rule_directory(work, count, profile="mixed" if profile == "shipped" else profile))
             for mode in ("engine", "no-prefilter", "naive"):
                 sample = events if mode != "naive" or count <= 10 else events[: max(500, len(events) // 4)]
-                row = {"rules": len(ruleset.rules), "profile": profile,
-                       "native_rules": sum(r.native is not None for r in ruleset.rules) if mode != "naive" else 0,
-                       **throughput(ruleset, sample, mode, args.repeat)}  # fmt: skip
+                row = {"rules": len(ruleset.rules), "profile": profile, **throughput(ruleset, sample, mode, args.repeat)}
                 result["throughput"].append(row)
                 print(f"{row['rules']:>4} rules {profile:<9} {mode:<13} {row['events_per_s_cpu']:>9.0f} events/s/core (cpu)  "
                       f"{row['events_per_s_wall']:>9.0f} (wall)  {row['us_per_event_cpu']:>8.1f} us/event  "

@@ -15,8 +15,8 @@ from typing import Any
 
 from ray.serve import Application
 
-from services.captioner.deployment import Captioner, captioner_options
-from services.ingest.deployment import Ingress
+from services.captioner.deployment import Captioner
+from services.orchestrator.deployment import Ingress
 from services.preprocess.deployment import Preprocessor
 from services.rules.deployment import RulesEngine
 from services.settings import Settings
@@ -56,20 +56,19 @@ def build_app(settings: Settings) -> Application:
             "no NATS URL: set LISTENPOST_NATS__URL (or run `listenpost serve`, which starts an embedded nats-server)"
         )
     settings = resolve_paths(settings)
-    cap = settings.captioner
-    preprocessor = Preprocessor.options(
-        num_replicas=1,
-        ray_actor_options={"num_cpus": settings.preprocess.num_cpus},
-        max_ongoing_requests=64,
-    ).bind(settings)
-    # Resources, autoscaling (windows take seconds), draining and health checks: from settings.
-    captioner = Captioner.options(**captioner_options(cap)).bind(settings)
-    rules = RulesEngine.options(num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(settings)
-    return Ingress.options(
-        num_replicas=settings.ingest_replicas, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100
-    ).bind(settings, preprocessor, captioner, rules)
+    # Every deployment's options (replicas, resources, concurrency, health checks; the
+    # Captioner's autoscaling) come from its settings group.
+    preprocessor = Preprocessor.options(**settings.preprocess.deployment_options()).bind(settings)
+    captioner = Captioner.options(**settings.captioner.deployment_options()).bind(settings)
+    rules = RulesEngine.options(**settings.rules.deployment_options()).bind(settings)
+    return Ingress.options(**settings.ingress.deployment_options()).bind(settings, preprocessor, captioner, rules)
 
 
 def build(args: dict[str, Any] | None = None) -> Application:
-    """Entry point for ``serve run services.app:build``: args override env settings."""
+    """Entry point for ``serve run`` / ``serve deploy``: the config's ``args`` override env settings.
+
+    A typo in ``args`` (``max_replica``) or an unknown ``LISTENPOST_`` variable is a
+    :class:`~services.settings.SettingsError` naming it, so the deploy fails instead of
+    running with a default nobody asked for.
+    """
     return build_app(Settings(**(args or {})))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import threading
@@ -12,11 +11,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from services.settings import Settings
+from services.settings import Settings, SettingsError
 
-from services.ingest.cli import dlq_app
+from services.events.cli import dlq_app
 from services.preprocess.cli import audio_app
 from services.rules.cli import rules_app
 
@@ -40,7 +40,8 @@ def serve(
     engine: Annotated[str | None, typer.Option(help="vllm or transformers (default: settings).")] = None,
 ) -> None:
     """Run listenpost: embedded nats-server (unless LISTENPOST_NATS__URL), local Ray, the Serve app."""
-    from services.runner import RUNTIME_FILE, running_service, write_runtime_file
+    from services.runner import running_service
+    from services.runtime import remove_runtime_file, write_runtime_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -56,7 +57,7 @@ def serve(
         context = running_service(settings)
         effective = context.__enter__()
     try:
-        write_runtime_file(effective)
+        write_runtime_file(effective.nats.url or "")
         table = Table(title="listenpost is running", show_header=False)
         table.add_row("NATS", effective.nats.url or "")
         table.add_row("model", f"{effective.captioner.model} ({effective.captioner.engine})")
@@ -68,7 +69,7 @@ def serve(
     finally:
         err.print("stopping...")
         context.__exit__(None, None, None)
-        RUNTIME_FILE.unlink(missing_ok=True)
+        remove_runtime_file()
 
 
 def _parse_context(pairs: list[str]) -> dict[str, Any]:
@@ -92,10 +93,10 @@ def submit(
 ) -> None:
     """Publish an audio.submitted event for FILE, wait for its caption and decisions, print them."""
     from services.client import submit_file
-    from services.runner import read_runtime_nats_url
+    from services.runtime import command_nats_url
 
     settings = Settings()
-    url = nats_url or settings.nats.url or read_runtime_nats_url()
+    url = command_nats_url(nats_url, settings.nats.url)
     if not url:
         err.print("[red]error:[/] no NATS URL: start `listenpost serve` or set LISTENPOST_NATS__URL")
         raise typer.Exit(2)
@@ -162,7 +163,11 @@ def build_tiny(directory: Annotated[Path, typer.Argument(help="Where to write th
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SettingsError as exc:  # a typo in the environment: say which, no traceback
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

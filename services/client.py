@@ -13,8 +13,8 @@ from cloudevents.core.base import BaseCloudEvent
 from pydantic import BaseModel, Field
 
 from services.events.binding import BindingError, decode, event_data_json, new_event
+from services.events.claimcheck import object_dataref
 from services.events.jetstream import connect, derive_msg_id, publish_event
-from services.ingest.pipeline import object_dataref
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioSubmitted
 from services.settings import NatsSettings
 

@@ -6,11 +6,8 @@ Used by ``listenpost serve`` and by the end-to-end tests, so both run the same p
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -21,22 +18,6 @@ from services.events.embedded import EmbeddedNatsServer
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
-
-RUNTIME_FILE = Path(".cache/listenpost/runtime.json")
-
-
-def write_runtime_file(settings: Settings, path: Path = RUNTIME_FILE) -> None:
-    """Tell local clients (``listenpost submit``) where the embedded server listens."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"nats_url": settings.nats.url, "pid": os.getpid()}))
-
-
-def read_runtime_nats_url(path: Path = RUNTIME_FILE) -> str | None:
-    try:
-        return str(json.loads(path.read_text())["nats_url"])
-    except (OSError, ValueError, KeyError):
-        return None
-
 
 @contextlib.contextmanager
 def embedded_nats(settings: Settings) -> Iterator[Settings]:

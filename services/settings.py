@@ -1,22 +1,117 @@
 """listenpost's configuration: one settings object, read from ``LISTENPOST_*`` env vars.
 
 Nested groups use ``__`` as the delimiter, e.g. ``LISTENPOST_NATS__URL`` or
-``LISTENPOST_CAPTIONER__ENGINE``. Unset NATS URL means "start the embedded
-nats-server"; unset Ray address means "start a local Ray".
+``LISTENPOST_CAPTIONER__ENGINE``; the Serve config's ``args`` (deploy/serve-config.yaml)
+use the same names, nested. Unset NATS URL means "start the embedded nats-server";
+unset Ray address means "start a local Ray". docs/settings.md lists every setting
+(generated from this module: ``python -m services.settings_doc``).
+
+Settings are strict, like rule files: an unknown key (``max_replica`` for
+``max_replicas``) or an unknown ``LISTENPOST_`` variable is a :class:`SettingsError`
+naming it and suggesting the closest known one, never a silently kept default.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import typing
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, PositiveFloat, PositiveInt, model_validator
+from dotenv import dotenv_values
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REAL_MODEL = "Qwen/Qwen3-Omni-30B-A3B-Captioner"
+ENV_PREFIX = "LISTENPOST_"
+#: ``LISTENPOST_`` variables that are not settings: read by the project's own scripts.
+NOT_SETTINGS = frozenset({"LISTENPOST_VENV"})  # scripts/setup.sh: where the virtualenv is
+#: Settings that were renamed: the old variable's error names the new one.
+RENAMED = {
+    "LISTENPOST_INGEST_REPLICAS": "LISTENPOST_INGRESS__REPLICAS",
+    "LISTENPOST_INGEST_MAX_IN_FLIGHT": "LISTENPOST_INGRESS__MAX_IN_FLIGHT",
+}
 
 
-class NatsSettings(BaseModel):
+class SettingsError(ValueError):
+    """Settings that cannot be used: every problem, each naming its setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid listenpost settings:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _suggestion(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f", did you mean {close[0]!r}?" if close else ""
+
+
+def _known_keys(model: type[BaseModel], data: Any) -> Any:
+    """``data`` for ``model``; an error naming each unknown key, with the closest known one."""
+    if isinstance(data, Mapping):
+        unknown = [str(key) for key in data if key not in model.model_fields]
+        if unknown:
+            known = list(model.model_fields)
+            hints = {key: _suggestion(key, known) for key in unknown}
+            raise PydanticCustomError(
+                "unknown_setting",
+                "{message}",
+                {"message": "; ".join(f"unknown setting {k!r}{h}" for k, h in hints.items()), "hints": hints},
+            )
+    return data
+
+
+class _Group(BaseModel):
+    """A group of settings: unknown keys are errors that suggest the closest known key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_known_keys(cls, data: Any) -> Any:
+        return _known_keys(cls, data)
+
+
+class _ServeOptions(_Group):
+    """How Serve runs a deployment: resources, concurrency and health checks of each replica."""
+
+    num_cpus: float = Field(default=0.1, ge=0, description="CPUs reserved per replica.")
+    max_ongoing_requests: PositiveInt = Field(default=5, description="Calls a replica accepts at once.")
+    health_check_period_s: PositiveFloat = Field(default=10.0, description="How often Serve checks a replica.")
+    health_check_timeout_s: PositiveFloat = Field(
+        default=30.0, description="A health check slower than this fails the replica."
+    )
+
+    def deployment_options(self) -> dict[str, Any]:
+        """The deployment's ``.options(...)`` (Serve's names)."""
+        return {
+            "ray_actor_options": {"num_cpus": self.num_cpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+        }
+
+
+class _FixedReplicas(_ServeOptions):
+    replicas: PositiveInt = Field(default=1, description="Replicas of the deployment.")
+
+    def deployment_options(self) -> dict[str, Any]:
+        return {**super().deployment_options(), "num_replicas": self.replicas}
+
+
+class NatsSettings(_Group):
     url: str | None = Field(
         default=None, description="nats:// URL of an existing server; unset starts the embedded nats-server."
     )
@@ -44,8 +139,13 @@ class NatsSettings(BaseModel):
         return ".".join((self.subject_prefix, *tokens))
 
 
-class PreprocessSettings(BaseModel):
+class PreprocessSettings(_FixedReplicas):
     """Fetching, decoding, windowing and measuring audio (``LISTENPOST_PREPROCESS__*``)."""
+
+    num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved per Preprocessor replica.")
+    max_ongoing_requests: PositiveInt = Field(
+        default=64, description="Recordings a replica prepares at once (decoding runs in threads)."
+    )
 
     # Windows handed to the model
     window_s: PositiveFloat = Field(default=30.0, le=30.0, description="Longest window handed to the model.")
@@ -87,7 +187,6 @@ class PreprocessSettings(BaseModel):
         default=-60.0, description="Stretches quieter than this are not scored by the VAD (speed); null scores all."
     )
     # Sources
-    num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved per Preprocessor replica.")
     file_roots: list[Path] = Field(
         default_factory=lambda: [Path.cwd()], description="Local paths and file:// URIs must lie under one of these."
     )
@@ -111,7 +210,7 @@ class PreprocessSettings(BaseModel):
         return self
 
 
-class CaptionerSettings(BaseModel):
+class CaptionerSettings(_ServeOptions):
     """The Captioner deployment: engine, engine arguments, sampling, autoscaling, facets."""
 
     engine: Literal["vllm", "transformers"] = "vllm"
@@ -119,7 +218,7 @@ class CaptionerSettings(BaseModel):
     # Resources and autoscaling. A window takes seconds: scale on sustained queue depth, and keep
     # replicas warm (starting one loads ~63 GB of weights).
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica; 0 runs the CPU engine.")
-    num_cpus: float = Field(default=0.5, ge=0)
+    num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved per replica.")
     min_replicas: int = Field(default=1, ge=0, description="Keep >= 1: a cold start takes minutes.")
     max_replicas: int = Field(default=1, ge=1)
     target_ongoing_requests: PositiveFloat = Field(
@@ -134,8 +233,10 @@ class CaptionerSettings(BaseModel):
     drain_timeout_s: PositiveFloat = Field(
         default=120.0, description="On shutdown, how long windows in flight may take to finish."
     )
-    health_check_period_s: PositiveFloat = 10.0
-    health_check_timeout_s: PositiveFloat = 60.0
+    health_check_period_s: PositiveFloat = Field(default=10.0, description="How often Serve checks a replica.")
+    health_check_timeout_s: PositiveFloat = Field(
+        default=60.0, description="A health check slower than this fails the replica (the engine may be busy)."
+    )
     # vLLM engine arguments.
     tensor_parallel_size: PositiveInt = 1
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
@@ -184,8 +285,37 @@ class CaptionerSettings(BaseModel):
         """Environment the engine's process needs (vLLM reads these at import)."""
         return {"VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kvcache_gib)} if self.num_gpus == 0 else {}
 
+    def deployment_options(self) -> dict[str, Any]:
+        """Resources, autoscaling, draining and health checks.
 
-class RulesSettings(BaseModel):
+        A window takes seconds to caption and a replica minutes to start (weights load), so the
+        autoscaler aims each replica at about one full vLLM batch of windows in flight
+        (target_ongoing_requests ~ max_num_seqs), waits for sustained load before adding one and
+        keeps replicas warm for long after it goes; max_ongoing_requests lets a replica queue more
+        than a batch so the engine never waits for its next window.
+        """
+        options = super().deployment_options()
+        options["ray_actor_options"].update({"num_gpus": self.num_gpus, "runtime_env": {"env_vars": self.engine_env()}})
+        return {
+            **options,
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "initial_replicas": max(self.min_replicas, 1),
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+                "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s,
+                "look_back_period_s": self.look_back_period_s,
+            },
+            # Serve stops routing to a stopping replica, waits this long for its calls, then runs
+            # __del__ (which drains the engine itself): a little more than the engine's drain.
+            "graceful_shutdown_timeout_s": self.drain_timeout_s + 30,
+        }
+
+
+class RulesSettings(_FixedReplicas):
+    """The RulesEngine deployment: rule files, their state in NATS KV, evaluation limits."""
+
     directory: Path = Field(default=Path("router_rules"))
     consume_subjects: list[str] = Field(
         default_factory=lambda: ["captioned"],
@@ -211,19 +341,17 @@ class RulesSettings(BaseModel):
     def subjects(self, nats: NatsSettings) -> list[str]:
         return [nats.subject(s) for s in self.consume_subjects]
 
-    def limits(self) -> Any:
-        """The evaluation guardrails (a ``services.rules.Limits``)."""
-        from services.rules.evaluate import Limits
 
-        return Limits(
-            max_caption_chars=self.max_caption_chars,
-            max_list_items=self.max_list_items,
-            max_rule_ms=self.max_rule_ms,
-            max_event_ms=self.max_event_ms,
-        )
+class IngressSettings(_FixedReplicas):
+    """The Ingress deployment (the orchestrator): its replicas share one durable consumer."""
+
+    max_ongoing_requests: PositiveInt = Field(
+        default=100, description="HTTP requests and status calls a replica accepts at once."
+    )
+    max_in_flight: PositiveInt = Field(default=16, description="Events in flight per replica.")
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(_Group):
     """The HTTP CloudEvents ingress (``POST /events`` on the Ingress deployment)."""
 
     enabled: bool = Field(default=False, description="Serve POST /events; off unless asked for.")
@@ -248,7 +376,7 @@ class HttpSettings(BaseModel):
     )
 
 
-class AdapterSettings(BaseModel):
+class AdapterSettings(_Group):
     """Source adapters: declarative mappings from other CloudEvent types to audio.submitted."""
 
     enabled: bool = Field(default=True, description="Load the adapter files in `directory`.")
@@ -256,17 +384,92 @@ class AdapterSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="LISTENPOST_", env_nested_delimiter="__", env_file=".env", extra="ignore"
-    )
+    """Every setting of listenpost (``LISTENPOST_*``; see docs/settings.md)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_file=".env", extra="forbid")
 
     ray_address: str | None = Field(default=None, description="Ray cluster address; unset starts a local Ray.")
     source: str = Field(default="urn:listenpost", description="CloudEvents `source` of events we emit.")
     nats: NatsSettings = Field(default_factory=NatsSettings)
+    ingress: IngressSettings = Field(default_factory=IngressSettings)
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
-    ingest_max_in_flight: PositiveInt = Field(default=16, description="Events in flight per ingress replica.")
     http: HttpSettings = Field(default_factory=HttpSettings)
     adapters: AdapterSettings = Field(default_factory=AdapterSettings)
-    ingest_replicas: PositiveInt = Field(default=1, description="Ingress replicas sharing one durable consumer.")
+
+    def __init__(self, **values: Any) -> None:
+        env_file = values.get("_env_file", self.model_config.get("env_file"))
+        problems = unknown_variables(os.environ, env_file if isinstance(env_file, str | Path) else None)
+        if problems:
+            raise SettingsError(problems)
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_problems(exc)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_known_keys(cls, data: Any) -> Any:
+        return _known_keys(cls, data)
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """Each error as ``group.key (LISTENPOST_GROUP__KEY): cause``."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(str(part) for part in err["loc"])
+        if err["type"] == "unknown_setting":
+            out.extend(f"{_where((*loc, key))}: unknown setting{hint}" for key, hint in err["ctx"]["hints"].items())
+            continue
+        message = err["msg"]
+        if err["type"] == "literal_error":
+            message += f" (got {err['input']!r})"
+        out.append(f"{_where(loc)}: {message}")
+    return out
+
+
+def _where(loc: tuple[str, ...]) -> str:
+    """``captioner.max_replicas (LISTENPOST_CAPTIONER__MAX_REPLICAS)``: as written in a Serve
+    config's ``args`` and as an environment variable."""
+    return f"{'.'.join(loc)} ({ENV_PREFIX}{'__'.join(loc).upper()})" if loc else "settings"
+
+
+def env_names() -> tuple[frozenset[str], tuple[str, ...]]:
+    """Every ``LISTENPOST_`` variable that is a setting, and the prefixes below which any name
+    is one (a map setting's keys, e.g. ``LISTENPOST_CAPTIONER__LIMIT_MM_PER_PROMPT__AUDIO``)."""
+    names: set[str] = set()
+    open_prefixes: list[str] = []
+    for name, annotation in _leaves(Settings, ENV_PREFIX):
+        names.add(name)
+        if typing.get_origin(annotation) is dict or annotation is dict:
+            open_prefixes.append(name + "__")
+    return frozenset(names), tuple(open_prefixes)
+
+
+def _leaves(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, Any]]:
+    for field_name, info in model.model_fields.items():
+        name = prefix + field_name.upper()
+        yield name, info.annotation
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            yield from _leaves(info.annotation, name + "__")
+
+
+def unknown_variables(environ: Mapping[str, str], env_file: str | Path | None = None) -> list[str]:
+    """The problems of ``LISTENPOST_`` variables (in ``environ`` and the ``.env`` file) that are
+    no setting, each with the closest setting."""
+    found = [key for key in environ if key.upper().startswith(ENV_PREFIX)]
+    if env_file is not None and Path(env_file).is_file():
+        found += [key for key in dotenv_values(env_file) if key.upper().startswith(ENV_PREFIX)]
+    names, open_prefixes = env_names()
+    problems = []
+    for key in dict.fromkeys(found):
+        upper = key.upper()
+        if upper in names or upper in NOT_SETTINGS or upper.startswith(open_prefixes):
+            continue
+        if upper in RENAMED:
+            problems.append(f"{key}: this setting is now {RENAMED[upper]}")
+        else:
+            close = difflib.get_close_matches(upper[len(ENV_PREFIX) :], [n[len(ENV_PREFIX) :] for n in names], n=1)
+            problems.append(f"{key}: unknown setting" + (f", did you mean {ENV_PREFIX}{close[0]}?" if close else ""))
+    return problems

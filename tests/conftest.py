@@ -97,7 +97,7 @@ def service(
         captioner=tiny_engine_settings(tiny_model).model_copy(update={"engine_factory": "fault_engine:flaky_engine"}),
         preprocess=PreprocessSettings(file_roots=[audio_dir]),
         rules=RulesSettings(directory=rules_dir, reload_interval_s=0.5),
-        ingest_replicas=2,
+        ingress={"replicas": 2},
         http=HttpSettings(enabled=True, port=free_port(), api_keys=[SecretStr(HTTP_API_KEY)]),
     )
     # Replicas import tests/fault_engine.py (the injectable engine factory).

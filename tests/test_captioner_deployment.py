@@ -12,8 +12,8 @@ import numpy as np
 from pydantic import ValidationError
 from ray.serve.config import AutoscalingConfig
 
-from services.captioner.deployment import Captioner, captioner_options, engine_config
-from services.captioner.engine_base import CaptionResult, SamplingConfig, TextResult, VllmEngineConfig
+from services.captioner.deployment import Captioner, engine_config
+from services.captioner.engines.base import CaptionResult, SamplingConfig, TextResult, VllmEngineConfig
 from services.captioner.errors import EngineDeadError
 from services.events.models import Window
 from services.settings import CaptionerSettings, Settings
@@ -21,7 +21,7 @@ from services.settings import CaptionerSettings, Settings
 
 def test_autoscaling_is_built_for_requests_that_take_seconds() -> None:
     cap = CaptionerSettings(num_gpus=1, min_replicas=1, max_replicas=4, max_num_seqs=64, target_ongoing_requests=64)
-    options = captioner_options(cap)
+    options = cap.deployment_options()
     AutoscalingConfig(**options["autoscaling_config"])  # Ray accepts it
     scaling = options["autoscaling_config"]
     assert (scaling["min_replicas"], scaling["max_replicas"], scaling["target_ongoing_requests"]) == (1, 4, 64)
@@ -30,7 +30,7 @@ def test_autoscaling_is_built_for_requests_that_take_seconds() -> None:
     assert options["ray_actor_options"]["num_gpus"] == 1
     assert options["ray_actor_options"]["runtime_env"]["env_vars"] == {}  # no CPU KV-cache setting on a GPU
     assert options["graceful_shutdown_timeout_s"] > cap.drain_timeout_s
-    cpu = captioner_options(CaptionerSettings())
+    cpu = CaptionerSettings().deployment_options()
     assert cpu["ray_actor_options"]["num_gpus"] == 0
     assert cpu["ray_actor_options"]["runtime_env"]["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "4"}
 
@@ -137,7 +137,7 @@ async def test_facets_method_uses_the_configured_extractor_and_falls_back() -> N
     guided = await make_captioner(engine, facets_extractor="guided", model="stub-model")
     # The stub answers invalid JSON: the guided pass fails and the lexicon extractor answers.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("services.captioner.facets_guided.text_prompt", lambda model, system, user: user)
+        patch.setattr("services.captioner.facets.guided.text_prompt", lambda model, system, user: user)
         facets = await guided.facets(windows, "evt")
     assert engine.completions == 1
     assert facets.extractor == "lexicon" and facets.emotions[0].label == "anger"

@@ -150,7 +150,7 @@ async def test_heartbeats_keep_a_long_event_from_being_redelivered(js) -> None: 
 
 async def test_max_deliveries_advisory_dead_letters_what_a_dead_replica_held(tmp_path: Path) -> None:
     """A replica that dies on the last delivery never nacks: the server's advisory is the only trace."""
-    from services.ingest.advisories import handle_advisory
+    from services.events.advisories import handle_advisory
 
     with EmbeddedNatsServer(tmp_path / "nats") as server:
         cfg = NatsSettings(url=server.url, ack_wait_s=1, max_deliver=2)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,8 +17,8 @@ from services.events.binding import encode_binary, encode_structured, new_event
 from services.events.embedded import EmbeddedNatsServer
 from services.events.jetstream import connect, derive_msg_id, provision, publish_event
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioFailed
-from services.ingest.cli import dlq_app
-from services.ingest.dlq import DeadLetterError, DeadLetterNotFound, list_dead_letters, replay
+from services.events.cli import dlq_app
+from services.events.dlq import DeadLetterError, DeadLetterNotFound, list_dead_letters, replay
 from services.settings import NatsSettings, Settings
 
 DATA = {"audio": {"uri": "file:///calls/1.wav"}}
@@ -230,8 +228,8 @@ async def test_cli_list_and_replay(env: Env, monkeypatch: pytest.MonkeyPatch) ->
 
 
 async def test_cli_without_a_reachable_nats_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    # No running `listenpost serve` to ask (and no importing Ray and the whole app to find out).
-    monkeypatch.setitem(sys.modules, "services.runner", SimpleNamespace(read_runtime_nats_url=lambda: None))
+    # No running `listenpost serve` to ask.
+    monkeypatch.setattr("services.runtime.RUNTIME_FILE", Path("/nonexistent/runtime.json"))
     monkeypatch.delenv("LISTENPOST_NATS__URL", raising=False)
     result = await asyncio.to_thread(CliRunner().invoke, dlq_app, ["list"])
     assert result.exit_code == 2

@@ -20,7 +20,7 @@ import pytest
 from captioner_fixtures import noise_window, running_cpu_vllm_engine, tiny_checkpoint  # noqa: F401
 
 from services.captioner.bench import bench_engine, noise_windows, ratios
-from services.captioner.engine_base import InFlight
+from services.captioner.engines.base import InFlight
 from services.captioner.engines import (
     MIN_WINDOW_SAMPLES,
     CaptionEngine,
@@ -43,7 +43,7 @@ from services.captioner.errors import (
     InvalidWindowError,
     WindowTooLongError,
 )
-from services.captioner.facets_guided import GuidedFacetExtractor, GuidedLimits, parse_window_answer, window_schema
+from services.captioner.facets.guided import GuidedFacetExtractor, GuidedLimits, parse_window_answer, window_schema
 from services.captioner.prompt import text_prompt
 from services.events.models import Facets, Window
 

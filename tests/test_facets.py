@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from services.captioner import facets_lexicon as lex
+from services.captioner.facets import lexicon as lex
 from services.captioner.facets import extract_facets, facets_from_text
-from services.captioner.facets_cues import EMOTIONS, SOUNDS, PhraseTable
-from services.captioner.facets_model import EMOTION_LABELS, SOUND_LABELS, EmotionLabel, SoundLabel
+from services.captioner.facets.cues import EMOTIONS, SOUNDS, PhraseTable
+from services.events.facets import EMOTION_LABELS, SOUND_LABELS, EmotionLabel, SoundLabel
 from services.events.models import Facets, Window
 
 CASES_DIR = Path(__file__).parent / "facet_cases"

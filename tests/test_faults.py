@@ -104,7 +104,7 @@ async def test_ingress_replica_killed_mid_request(service: Settings, nc: NATS, a
         a for a in list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
         if a.class_name == f"ServeReplica:{APP_NAME}:Ingress"
     ]  # fmt: skip
-    assert len(replicas) == service.ingest_replicas
+    assert len(replicas) == service.ingress.replicas
     ray.kill(ray.get_actor(replicas[0].name, namespace="serve"), no_restart=True)
     # Messages the dead replica held are redelivered after AckWait; Serve starts a new replica.
     assert_exactly_once_captioned(await settled(nc, service, ids), ids)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import cel
 import pytest
 
-from services.rules import celast
-from services.rules.analysis import FloorTest, analyse, conjuncts, unknown_variables
+from services.dsl import celast
+from services.dsl.cel_checks import unknown_variables
+from services.rules.analysis import FloorTest, analyse, conjuncts
 from services.rules.expr import ExpressionError, compile_condition
 
 # Expressions the library compiles; the analysis parser must read every one.

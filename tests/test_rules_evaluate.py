@@ -450,10 +450,10 @@ def test_time_limits_turn_into_rule_errors(tmp_path: Path) -> None:
 
 
 def test_time_limits_count_cpu_time_not_waiting() -> None:
-    # The clock of one evaluation (services.rules.evaluate._Clock): a limit is crossed when
+    # The time budget of one evaluation (services.rules.limits.Budget): a limit is crossed when
     # both the wall time and the thread's CPU time are over it, so a descheduled or waiting
     # replica is not a slow rule, and a busy one is, even from a CPU-time sample read earlier.
-    from services.rules.evaluate import _CPU_SAMPLE, _Clock
+    from services.rules.limits import _CPU_SAMPLE, Budget
 
     limits = Limits(max_rule_ms=20.0, max_event_ms=20.0)
 
@@ -464,14 +464,14 @@ def test_time_limits_count_cpu_time_not_waiting() -> None:
             continue
 
     _CPU_SAMPLE.last = (time.perf_counter() - 60.0, time.thread_time() - 1.0)  # stale: read again
-    waiting = _Clock(limits)
+    waiting = Budget(limits)
     assert _CPU_SAMPLE.last[0] == waiting.started
     time.sleep(0.04)
     assert waiting.over_rule(time.perf_counter() - waiting.started) is None
     assert waiting.over_event(time.perf_counter()) is None
 
-    _Clock(limits)  # takes a fresh sample; the next clock within 2 ms reuses it
-    busy = _Clock(limits)
+    Budget(limits)  # takes a fresh sample; the next clock within 2 ms reuses it
+    busy = Budget(limits)
     burn(0.03)
     took = time.perf_counter() - busy.started
     assert busy.over_rule(took) == f"evaluation took {took * 1000:.0f} ms, over the limit of 20 ms"

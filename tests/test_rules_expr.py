@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.rules.expr import ExpressionError, Template, compile_condition, new_context, runtime_message
+from services.dsl.cel_checks import new_context, runtime_message
+from services.dsl.errors import ExpressionError
+from services.rules.expr import Template, compile_condition
 
 VARS = {
     "facets": {"emotions": [{"role": "customer", "label": "anger", "intensity": 0.8}]},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.rules import RuleFileError, RuleSetError, lint, load_ruleset, rule_files
+from services.rules import FileError, RuleSetError, lint, load_ruleset, rule_files
 
 CASES = Path(__file__).parent / "rules_cases"
 SHIPPED = Path(__file__).parent.parent / "router_rules"
@@ -156,7 +156,7 @@ def test_lint_reports_the_same_errors(case: str, in_cases: None) -> None:
 
 def test_errors_carry_their_parts(in_cases: None) -> None:
     [error] = lint(Path("bad/cel-syntax"))
-    assert isinstance(error, RuleFileError)
+    assert isinstance(error, FileError)
     assert (error.path, error.line, error.column) == (Path("bad/cel-syntax/rules.yaml"), 8, 11)
     assert error.message.startswith("rules[0].when: CEL syntax error: 1:26: ")
 

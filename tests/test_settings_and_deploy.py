@@ -9,7 +9,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from services.app import AppConfigError, build_app, resolve_paths
-from services.settings import REAL_MODEL, Settings
+from services.settings import REAL_MODEL, Settings, SettingsError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,3 +88,87 @@ def test_ray_cluster_config_has_cpu_head_and_gpu_workers() -> None:
     types = config["available_node_types"]
     assert config["head_node_type"] in types
     assert any(t["resources"].get("GPU", 0) >= 1 for t in types.values())
+
+
+# --- strict settings -----------------------------------------------------------------------
+
+
+def test_a_typo_in_the_serve_config_args_names_the_key_and_the_right_one() -> None:
+    from services.app import build
+
+    config = yaml.safe_load((REPO / "deploy/serve-config.yaml").read_text())
+    args = config["applications"][0]["args"]
+    args["captioner"]["max_replica"] = 4  # for max_replicas: silently the default before
+    args["rules"]["reload_interval"] = 5
+    with pytest.raises(SettingsError) as caught:
+        build(args)
+    assert caught.value.problems == [
+        "captioner.max_replica (LISTENPOST_CAPTIONER__MAX_REPLICA): unknown setting, did you mean 'max_replicas'?",
+        "rules.reload_interval (LISTENPOST_RULES__RELOAD_INTERVAL): unknown setting, did you mean 'reload_interval_s'?",
+    ]
+    with pytest.raises(SettingsError, match=r"rule \(LISTENPOST_RULE\): unknown setting, did you mean 'rules'\?"):
+        Settings(_env_file=None, **{"rule": {"directory": "x"}})
+
+
+def test_an_unknown_listenpost_variable_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LISTENPOST_CAPTIONER__MAX_REPLICA", "4")
+    monkeypatch.setenv("LISTENPOST_INGEST_REPLICAS", "2")
+    monkeypatch.setenv("LISTENPOST_NOT_A_THING", "1")
+    monkeypatch.setenv("LISTENPOST_VENV", ".venv")  # scripts/setup.sh's own: not a setting, not an error
+    with pytest.raises(SettingsError) as caught:
+        Settings(_env_file=None)
+    assert sorted(caught.value.problems) == [
+        "LISTENPOST_CAPTIONER__MAX_REPLICA: unknown setting, did you mean LISTENPOST_CAPTIONER__MAX_REPLICAS?",
+        "LISTENPOST_INGEST_REPLICAS: this setting is now LISTENPOST_INGRESS__REPLICAS",
+        "LISTENPOST_NOT_A_THING: unknown setting",
+    ]
+    for name in ("LISTENPOST_CAPTIONER__MAX_REPLICA", "LISTENPOST_INGEST_REPLICAS", "LISTENPOST_NOT_A_THING"):
+        monkeypatch.delenv(name)
+    # The same for a .env file; a map setting's keys are settings too.
+    env_file = tmp_path / ".env"
+    env_file.write_text("LISTENPOST_RULES__DIRECTRY=/x\n")
+    with pytest.raises(SettingsError, match="LISTENPOST_RULES__DIRECTRY: unknown setting, did you mean LISTENPOST_RULES__DIRECTORY"):
+        Settings(_env_file=env_file)
+    monkeypatch.setenv("LISTENPOST_CAPTIONER__LIMIT_MM_PER_PROMPT__AUDIO", "2")
+    assert Settings(_env_file=None).captioner.limit_mm_per_prompt["audio"] == 2
+
+
+def test_the_command_line_reports_a_settings_error_without_a_traceback(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("listenpost")), "rules", "lint", str(REPO / "router_rules")],
+        env={**os.environ, "LISTENPOST_RULES__EMIT_SUBJECT": "x"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "LISTENPOST_RULES__EMIT_SUBJECT: unknown setting, did you mean LISTENPOST_RULES__EMIT_SUBJECTS?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_deployments_serve_options_come_from_settings() -> None:
+    settings = Settings(
+        _env_file=None,
+        nats={"url": "nats://127.0.0.1:4222"},
+        ingress={"replicas": 2, "num_cpus": 0.25, "max_ongoing_requests": 50},
+        preprocess={"replicas": 3, "max_ongoing_requests": 16},
+        rules={"replicas": 2, "num_cpus": 0.2, "health_check_timeout_s": 45},
+        captioner={"max_replicas": 3},
+    )
+    ingress = build_app(settings)._bound_deployment
+    deployments = {ingress.name: ingress}
+    for arg in ingress.init_args:
+        if hasattr(arg, "_bound_deployment"):
+            deployments[arg._bound_deployment.name] = arg._bound_deployment
+    config = {name: d._deployment_config for name, d in deployments.items()}
+    assert (deployments["Ingress"].num_replicas, config["Ingress"].max_ongoing_requests) == (2, 50)
+    assert deployments["Ingress"].ray_actor_options["num_cpus"] == 0.25
+    assert (deployments["Preprocessor"].num_replicas, config["Preprocessor"].max_ongoing_requests) == (3, 16)
+    assert deployments["RulesEngine"].num_replicas == 2 and deployments["RulesEngine"].ray_actor_options["num_cpus"] == 0.2
+    assert config["RulesEngine"].health_check_timeout_s == 45
+    assert config["Captioner"].autoscaling_config.max_replicas == 3

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from services.captioner.engine_base import SAMPLE_RATE, CaptionEngine, SamplingConfig
+from services.captioner.engines.base import SAMPLE_RATE, CaptionEngine, SamplingConfig
 from services.captioner.engines import build_engine
 
 DEFAULT_CONCURRENCY = (1, 8, 32, 128)

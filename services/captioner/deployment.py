@@ -2,7 +2,7 @@
 
 Windows arrive as separate calls so that Serve's autoscaling sees the real queue and vLLM's
 continuous batching mixes windows of every event in flight. Replicas scale on windows in flight
-(:func:`captioner_options`); a dead engine fails the health check so Serve replaces the replica;
+(``CaptionerSettings.deployment_options()``); a dead engine fails the health check so Serve replaces the replica;
 shutdown drains the windows in flight before the engine stops.
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 from ray import serve
 
-from services.captioner.engine_base import TextEngine
+from services.captioner.engines.base import TextEngine
 from services.captioner.engines import CaptionEngine, CaptionResult, SamplingConfig, build_engine
 from services.captioner.errors import GuidedExtractionError
 from services.captioner.facets import extract_facets
-from services.captioner.facets_guided import GuidedFacetExtractor
+from services.captioner.facets.guided import GuidedFacetExtractor
 from services.events.models import Facets, Window
 from services.settings import CaptionerSettings, Settings
 
@@ -68,39 +68,6 @@ def make_engine(cap: CaptionerSettings, max_window_s: float) -> CaptionEngine:
         module, _, name = cap.engine_factory.partition(":")
         factory = getattr(importlib.import_module(module), name)
     return factory(cap.engine, engine_config(cap, max_window_s))
-
-
-def captioner_options(cap: CaptionerSettings) -> dict[str, Any]:
-    """``Captioner.options(...)`` from settings: resources, autoscaling, draining, health checks.
-
-    A window takes seconds to caption and a replica minutes to start (weights load), so the
-    autoscaler aims each replica at about one full vLLM batch of windows in flight
-    (target_ongoing_requests ~ max_num_seqs), waits for sustained load before adding one and
-    keeps replicas warm for long after it goes; max_ongoing_requests lets a replica queue more
-    than a batch so the engine never waits for its next window.
-    """
-    return {
-        "ray_actor_options": {
-            "num_cpus": cap.num_cpus,
-            "num_gpus": cap.num_gpus,
-            "runtime_env": {"env_vars": cap.engine_env()},
-        },
-        "autoscaling_config": {
-            "min_replicas": cap.min_replicas,
-            "initial_replicas": max(cap.min_replicas, 1),
-            "max_replicas": cap.max_replicas,
-            "target_ongoing_requests": cap.target_ongoing_requests,
-            "upscale_delay_s": cap.upscale_delay_s,
-            "downscale_delay_s": cap.downscale_delay_s,
-            "look_back_period_s": cap.look_back_period_s,
-        },
-        "max_ongoing_requests": cap.max_ongoing_requests,
-        # Serve stops routing to a stopping replica, waits this long for its calls, then runs
-        # __del__ (which drains the engine itself): a little more than the engine's drain.
-        "graceful_shutdown_timeout_s": cap.drain_timeout_s + 30,
-        "health_check_period_s": cap.health_check_period_s,
-        "health_check_timeout_s": cap.health_check_timeout_s,
-    }
 
 
 class SamplingOverrides(BaseModel):

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.events.facets import EmotionFacet, SoundEventFacet
+
 AUDIO_SUBMITTED = "com.listenpost.audio.submitted"
 AUDIO_CAPTIONED = "com.listenpost.audio.captioned"
 AUDIO_FAILED = "com.listenpost.audio.failed"
@@ -163,10 +165,6 @@ class Acoustics(BaseModel):
     snr_db: float | None = Field(
         default=None, description="SNR estimate of the noisiest channel with speech; null when nobody speaks."
     )
-
-
-# The facet records and their fixed taxonomy live beside the extractor that fills them.
-from services.captioner.facets_model import EmotionFacet, SoundEventFacet  # noqa: E402
 
 
 class Facets(BaseModel):

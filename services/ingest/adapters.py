@@ -43,15 +43,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import cel
-import cel.stdlib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from services.events.binding import CloudEvent, MalformedEventError, event_data_json, new_event
 from services.events.models import AUDIO_SUBMITTED, AudioSubmitted
-from services.rules.errors import RuleFileError
-from services.rules.expr import CEL_FUNCTIONS, ExpressionError, compile_checked
-from services.rules.source import Loc, YamlDocument, format_loc, parse_yaml, schema_errors
+from services.ingest.errors import IngestError
+from services.dsl.cel_checks import CEL_FUNCTIONS, compile_checked, new_context, runtime_message
+from services.dsl.errors import ExpressionError, FileError, LoadError
+from services.dsl.yaml_source import Loc, YamlDocument, format_loc, parse_yaml, schema_errors
 
 __all__ = [
     "ADAPTED_FROM",
@@ -79,19 +79,14 @@ _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 _CORE_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64"}
 )
-class AdapterError(ValueError):
+class AdapterError(IngestError, ValueError):
     """An event that its adapter cannot turn into ``audio.submitted`` (the event's fault)."""
 
 
-class AdapterLoadError(Exception):
+class AdapterLoadError(IngestError, LoadError):
     """Adapter files that did not load: every error found, each with file:line:column."""
 
-    def __init__(self, errors: list[RuleFileError]) -> None:
-        self.errors = sorted(errors, key=RuleFileError.sort_key)
-        count = len(self.errors)
-        super().__init__(
-            f"{count} error{'s' if count != 1 else ''} in adapters:\n" + "\n".join(str(e) for e in self.errors)
-        )
+    what = "adapters"
 
 
 # --- the file format --------------------------------------------------------------
@@ -267,9 +262,9 @@ class Adapter:
             "data": data if data is not None else {},
         }
         try:
-            context = _new_context(variables)
+            context = new_context(variables)
         except Exception as exc:  # noqa: BLE001 - a value CEL cannot hold (e.g. bytes data)
-            raise AdapterError(f"adapter {self.id!r}: event cannot be given to CEL: {_runtime_message(exc)}") from exc
+            raise AdapterError(f"adapter {self.id!r}: event cannot be given to CEL: {runtime_message(exc)}") from exc
         out: dict[str, Any] = {}
         extensions: dict[str, Any] = {}
         for field in self.fields:
@@ -277,7 +272,7 @@ class Adapter:
                 value = field.program.execute(context)
             except Exception as exc:  # noqa: BLE001 - the library raises KeyError, TypeError, RuntimeError...
                 raise AdapterError(
-                    f"adapter {self.id!r}: cannot map {field.target} from `{field.source}`: {_runtime_message(exc)}"
+                    f"adapter {self.id!r}: cannot map {field.target} from `{field.source}`: {runtime_message(exc)}"
                 ) from exc
             if value is None:  # `null`: the author chose to leave the field out
                 continue
@@ -350,7 +345,7 @@ def adapter_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise AdapterLoadError([RuleFileError(path, 1, 1, "adapter file or directory does not exist")])
+        raise AdapterLoadError([FileError(path, 1, 1, "adapter file or directory does not exist")])
     return sorted(
         p for p in path.iterdir() if p.is_file() and p.name.endswith(SUFFIXES) and not p.name.startswith(".")
     )
@@ -364,7 +359,7 @@ def load_adapters(path: Path) -> AdapterSet:
     return adapters
 
 
-def lint_adapters(path: Path) -> list[RuleFileError]:
+def lint_adapters(path: Path) -> list[FileError]:
     """Every error in the adapter files, sorted; empty when they load."""
     try:
         return _load(path)[1]
@@ -372,33 +367,33 @@ def lint_adapters(path: Path) -> list[RuleFileError]:
         return exc.errors
 
 
-def _load(path: Path) -> tuple[AdapterSet, list[RuleFileError]]:
+def _load(path: Path) -> tuple[AdapterSet, list[FileError]]:
     files = adapter_files(path)
     loaded: list[tuple[Adapter, YamlDocument]] = []
-    errors: list[RuleFileError] = []
+    errors: list[FileError] = []
     for file in files:
         try:
             text = file.read_bytes().decode("utf-8")
         except UnicodeDecodeError as exc:
-            errors.append(RuleFileError(file, 1, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
+            errors.append(FileError(file, 1, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
             continue
         file_adapters, file_errors = _load_file(file, text)
         loaded.extend(file_adapters)
         errors.extend(file_errors)
     errors.extend(_duplicates(loaded))
     adapters = tuple(adapter for adapter, _ in loaded)
-    return AdapterSet(adapters=adapters, files=tuple(files)), sorted(errors, key=RuleFileError.sort_key)
+    return AdapterSet(adapters=adapters, files=tuple(files)), sorted(errors, key=FileError.sort_key)
 
 
-def _load_file(path: Path, text: str) -> tuple[list[tuple[Adapter, YamlDocument]], list[RuleFileError]]:
+def _load_file(path: Path, text: str) -> tuple[list[tuple[Adapter, YamlDocument]], list[FileError]]:
     try:
         doc = parse_yaml(path, text)
-    except RuleFileError as exc:
+    except FileError as exc:
         return [], [exc]
     if doc.data is None:
         message = "empty file: expected an AdapterSet (apiVersion, kind, metadata, adapters)"
-        return [], [RuleFileError(path, 1, 1, message)]
-    errors: list[RuleFileError] = []
+        return [], [FileError(path, 1, 1, message)]
+    errors: list[FileError] = []
     try:
         raw_adapters: Any = AdapterFileSpec.model_validate(doc.data).adapters
     except ValidationError as exc:
@@ -421,7 +416,7 @@ def _load_file(path: Path, text: str) -> tuple[list[tuple[Adapter, YamlDocument]
     return adapters, errors
 
 
-def _compile_fields(doc: YamlDocument, loc: Loc, spec: MapSpec) -> tuple[tuple[_Field, ...], list[RuleFileError]]:
+def _compile_fields(doc: YamlDocument, loc: Loc, spec: MapSpec) -> tuple[tuple[_Field, ...], list[FileError]]:
     sources: list[tuple[Loc, str]] = []
     audio = spec.audio
     for name in ("uri", "data_base64", "format"):
@@ -438,7 +433,7 @@ def _compile_fields(doc: YamlDocument, loc: Loc, spec: MapSpec) -> tuple[tuple[_
     sources += [(("extensions", key), value) for key, value in spec.extensions.items()]
 
     fields: list[_Field] = []
-    errors: list[RuleFileError] = []
+    errors: list[FileError] = []
     for target, source in sources:
         try:
             program = _compile(source)
@@ -458,21 +453,8 @@ def _compile(source: str) -> cel.Program:
     return compile_checked(source, VARIABLES, CEL_FUNCTIONS)
 
 
-def _new_context(variables: Mapping[str, Any]) -> cel.Context:
-    context = cel.Context(dict(variables))
-    cel.stdlib.add_stdlib_to_context(context)  # string helpers (lowerAscii, split...) are opt-in
-    return context
-
-
-def _runtime_message(exc: BaseException) -> str:
-    if isinstance(exc, KeyError):  # the library's bare KeyError('field') for a missing map key
-        return f"no such key: {exc.args[0] if exc.args else '?'}"
-    text = str(exc).strip() or type(exc).__name__
-    return text.split(". ", 1)[0].rstrip(".")  # some messages append a paragraph of advice
-
-
-def _duplicates(loaded: list[tuple[Adapter, YamlDocument]]) -> list[RuleFileError]:
-    errors: list[RuleFileError] = []
+def _duplicates(loaded: list[tuple[Adapter, YamlDocument]]) -> list[FileError]:
+    errors: list[FileError] = []
     first_id: dict[str, tuple[Adapter, YamlDocument]] = {}
     first_match: dict[tuple[str, str], tuple[Adapter, YamlDocument]] = {}
     for adapter, doc in loaded:

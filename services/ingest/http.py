@@ -62,10 +62,11 @@ from services.events.binding import (
     NotACloudEventError,
     decode,
     encode_binary,
-    event_data_json,
 )
+from services.events.claimcheck import submitted_data
 from services.events.jetstream import derive_msg_id, publish_event
 from services.events.models import AUDIO_SUBMITTED, AudioSubmitted
+from services.ingest.errors import IngestError
 from services.ingest.adapters import AdapterError, AdapterSet, load_adapters, summarize
 from services.settings import HttpSettings, NatsSettings, Settings
 
@@ -93,11 +94,11 @@ _HEADER_OVERHEAD: Final = 128
 _RETRY_AFTER_S: Final = 5
 
 
-class HttpIngressConfigError(ValueError):
+class HttpIngressConfigError(IngestError, ValueError):
     """The HTTP ingress settings cannot make a safe ingress; the replica must not start."""
 
 
-class Problem(Exception):
+class Problem(IngestError):
     """An RFC 9457 problem: raised anywhere in a request, answered as ``application/problem+json``."""
 
     def __init__(
@@ -303,7 +304,7 @@ def admit(event: CloudEvent, adapters: AdapterSet) -> None:
     event_type = event.get_type()
     if event_type == AUDIO_SUBMITTED:
         try:
-            AudioSubmitted.model_validate(_submitted_data(event))
+            AudioSubmitted.model_validate(submitted_data(event))
         except BindingError as exc:
             raise _invalid_data(str(exc)) from exc
         except ValidationError as exc:
@@ -316,18 +317,6 @@ def admit(event: CloudEvent, adapters: AdapterSet) -> None:
         adapter.adapt(event)
     except AdapterError as exc:
         raise _invalid_data(str(exc)) from exc
-
-
-def _submitted_data(event: CloudEvent) -> Any:
-    data = event_data_json(event)
-    dataref = event.get_attributes().get("dataref")
-    if isinstance(data, dict) and "audio" not in data and isinstance(dataref, str):
-        # Claim check: the consumer reads the audio's location from `dataref`, so must the door.
-        # Imported here: the pipeline module brings the whole audio stack with it.
-        from services.ingest.pipeline import audio_from_dataref
-
-        data = {**data, "audio": audio_from_dataref(dataref)}
-    return data
 
 
 def check_size(event: CloudEvent, limit: int) -> None:

@@ -7,7 +7,7 @@ streaks, alert dedup, rate limits, groups, silences) sits behind the
 tools, NATS KV in the service.
 """
 
-from .decisions import (
+from services.rules.decisions import (
     ALERT_RAISED,
     DEFAULT_EMIT_SUBJECTS,
     DEFAULT_PREFIX,
@@ -19,12 +19,15 @@ from .decisions import (
     decision_id,
     fingerprint,
 )
-from .errors import RuleFileError, RuleSetError
-from .evaluate import DEFAULT_LIMITS, Evaluation, Limits, RuleError, RuleMatch, Streak, evaluate, rule_variables
-from .expr import VARIABLES
-from .loader import lint, load_ruleset, load_sources, rule_files
-from .ruleset import CompiledAction, CompiledRule, RuleSet
-from .schema import API_VERSION, KIND, RuleFileSpec, RuleSpec, json_schema
+from services.dsl.errors import FileError
+from services.rules.errors import RuleSetError
+from services.rules.evaluate import Evaluation, RuleError, RuleMatch, Streak, evaluate
+from services.rules.fields import rule_variables
+from services.rules.limits import DEFAULT_LIMITS, Limits
+from services.rules.expr import VARIABLES
+from services.rules.loader import lint, load_ruleset, load_sources, rule_files
+from services.rules.ruleset import CompiledAction, CompiledRule, RuleSet
+from services.rules.schema import API_VERSION, KIND, RuleFileSpec, RuleSpec, json_schema
 
 __all__ = [
     "ALERT_RAISED",
@@ -44,7 +47,7 @@ __all__ = [
     "Evaluation",
     "Limits",
     "RuleError",
-    "RuleFileError",
+    "FileError",
     "RuleFileSpec",
     "RuleMatch",
     "RuleSet",

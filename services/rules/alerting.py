@@ -33,9 +33,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .decisions import ALERT_RAISED, Decision
-from .schema import AlertSpec
-from .state import UNCHANGED, StateStore, mutate
+from services.rules.decisions import ALERT_RAISED, Decision
+from services.rules.schema import AlertSpec
+from services.rules.state import UNCHANGED, StateStore, mutate
 
 SuppressReason = Literal["silenced", "duplicate", "rate_limited"]
 
@@ -368,7 +368,7 @@ class Alerting:
 
 
 def _seconds(duration: str) -> float:
-    from .schema import parse_duration
+    from services.rules.schema import parse_duration
 
     return parse_duration(duration)
 

@@ -20,21 +20,15 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import cel.stdlib
+from services.dsl import celast
+from services.dsl.cel_checks import NAMESPACES, STDLIB_QUALIFIED, TYPE_NAMES
+from services.dsl.celast import Binary, Call, Ident, Index, ListExpr, Lit, Node, Select, Unary
+from services.rules.fields import ANY, BOOL, NUMBER, STRING, VARIABLES, ListOf, MapOf, Record, Scalar, Shape
+from services.rules.helpers import FACET_LIST, GRADED_FIELD, HELPERS, words_of
 
-from . import celast
-from .celast import Binary, Call, Ident, Index, ListExpr, Lit, Node, Select, Unary
-from .fields import ANY, BOOL, NUMBER, STRING, VARIABLES, ListOf, MapOf, Record, Scalar, Shape
-from .helpers import FACET_LIST, GRADED_FIELD, HELPERS, words_of
-
-# Names that look like variables to the library but are not: CEL type names used
-# as values (`type(x) == string`) and namespaces of cel.stdlib's functions.
-TYPE_NAMES = frozenset({"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type"})
-STDLIB_QUALIFIED = frozenset(name for name in cel.stdlib.STDLIB_FUNCTIONS if "." in name)
-NAMESPACES = frozenset(name.split(".")[0] for name in STDLIB_QUALIFIED)
 #: Allowed by the library, refused in rules: they allocate without bound.
 FORBIDDEN_FUNCTIONS = {"lists.range": "lists.range is not allowed in rules: it builds lists of any size"}
 
@@ -79,9 +73,6 @@ class Analysis:
     #: Necessary facet floors (one per top-level conjunct that is a helper call or an
     #: ``exists`` with literal labels and floor): the rule cannot hold unless an item reaches each.
     floors: tuple[FloorTest, ...] = ()
-    #: The floor the whole condition is, when it is one helper call with literal arguments
-    #: (``emotion("customer", ["anger"], 0.6)``): true exactly when an item reaches it.
-    exact: FloorTest | None = None
     clauses: tuple[tuple[int, int], ...] = ()
     bound: frozenset[str] = frozenset()
     helpers: frozenset[str] = frozenset()
@@ -117,7 +108,6 @@ def analyse(source: str, known: Mapping[str, Shape] = VARIABLES) -> tuple[Analys
             trigger=_trigger(ast, frozenset()),
             requires=tuple(dict.fromkeys(t for n in conjuncts(ast) if (t := _trigger(n, frozenset())) is not None)),
             floors=tuple(dict.fromkeys(t for n in conjuncts(ast) if (t := _floor_test(n)) is not None)),
-            exact=_floor_test(ast) if isinstance(ast, Call) and not ast.is_macro else None,
             clauses=tuple((n.start, n.end) for n in conjuncts(ast)),
             bound=frozenset(checker.bound),
             helpers=frozenset(checker.helpers),
@@ -159,7 +149,6 @@ class _Checker:
         self.findings = findings
         self.bound: set[str] = set()
         self.helpers: set[str] = set()
-        self.unknown: list[Ident] = []
 
     def report(self, node: Node, message: str) -> None:
         self.findings.append(Finding(node.start, message))
@@ -170,9 +159,7 @@ class _Checker:
                 return env[node.name]
             if node.name in self.known:
                 return self.known[node.name]
-            if node.name not in TYPE_NAMES:
-                self.unknown.append(node)
-            return ANY
+            return ANY  # a type name, or unknown (compile_checked() refuses those)
         if isinstance(node, Select):
             return self.select(self.shape(node.operand, env), node, node.name)
         if isinstance(node, Index):
@@ -293,26 +280,6 @@ def _literal_kind(node: Node) -> str | None:
     if isinstance(node, Unary) and node.op == "-" and isinstance(node.operand, Lit):
         return "number" if node.operand.kind in ("int", "uint", "double") else None
     return None
-
-
-def unknown_variables(source: str, known: Iterable[str]) -> list[str] | None:
-    """Names read that are neither known variables nor bound by a comprehension in scope;
-    ``None`` when this parser cannot read the expression."""
-    try:
-        ast = celast.parse(source)
-    except celast.CelSyntaxError:
-        return None
-    names = dict.fromkeys(known)
-    checker = _Checker({name: ANY for name in names}, [])
-    checker.shape(ast, {})
-    return sorted({ident.name for ident in checker.unknown if not _is_namespace(ast, ident)})
-
-
-def _is_namespace(root: Node, ident: Ident) -> bool:
-    for node in celast.walk(root):
-        if isinstance(node, Call) and node.target is ident and ident.name in NAMESPACES:
-            return True
-    return False
 
 
 def _comprehension_depth(node: Node) -> int:
@@ -536,13 +503,13 @@ class _ItemTests:
     """The conjuncts of a comprehension's predicate over one facet item, sorted out."""
 
     labels: list[list[str]] = field(default_factory=list)  # var.label == / in literals
-    floors: list[tuple[float, bool, bool]] = field(default_factory=list)  # (floor, strict, a double literal)
+    floors: list[float] = field(default_factory=list)  # var.<value> >= / > literal
     roles: list[str] = field(default_factory=list)  # var.role == literal (emotions only)
     others: int = 0  # any other conjunct
 
     @property
     def floor(self) -> float:
-        return max(floor for floor, _, _ in self.floors)
+        return max(self.floors)
 
 
 def _item_tests(node: Node, var: str, kind: str) -> _ItemTests:
@@ -573,17 +540,13 @@ def _label_values(node: Node, var: str) -> list[str] | None:
     return _string_literals(other) if isinstance(other, Lit) else None
 
 
-def _floor_of(node: Node, var: str, name: str) -> tuple[float, bool, bool] | None:
-    """``var.<name> >= 0.6`` (or ``>``, or the literal on the left): (the floor it sets,
-    whether it is strict, whether the literal is a double)."""
+def _floor_of(node: Node, var: str, name: str) -> float | None:
+    """``var.<name> >= 0.6`` (or ``>``, or the literal on the left): the floor it sets."""
     if not isinstance(node, Binary) or node.op not in (">=", ">", "<=", "<"):
         return None
     item, literal = (node.left, node.right) if node.op in (">=", ">") else (node.right, node.left)
     is_field = isinstance(item, Select) and item.name == name and isinstance(item.operand, Ident) and item.operand.name == var
-    floor = _number_literal(literal) if is_field else None
-    if floor is None:
-        return None
-    return floor, node.op in (">", "<"), isinstance(literal, Lit) and literal.kind == "double"
+    return _number_literal(literal) if is_field else None
 
 
 def _floor_test(node: Node) -> FloorTest | None:
@@ -613,36 +576,6 @@ def _floor_test(node: Node) -> FloorTest | None:
         role = tests.roles[0] if tests.roles else None
         return FloorTest(kind, role, frozenset(min(tests.labels, key=len)), tests.floor)
     return None
-
-
-@dataclass(frozen=True)
-class ExactFloor:
-    """``facets.emotions.exists(e, e.label in [...] && e.intensity >= 0.6 && e.role == "x")``
-    and nothing more: true exactly when the highest intensity of those items reaches the
-    floor (``strict``: exceeds it), whenever every such item can be compared."""
-
-    kind: str
-    role: str | None
-    labels: frozenset[str]
-    floor: float
-    strict: bool
-
-
-def exact_floor(node: Call, scope: frozenset[str]) -> ExactFloor | None:
-    """The :class:`ExactFloor` an ``exists`` comprehension is, if it is one."""
-    if not (node.is_macro and node.function == "exists" and len(node.args) == 2 and isinstance(node.args[0], Ident)):
-        return None
-    kind, var = _list_fact(node.target, scope), node.args[0].name
-    if kind is None:
-        return None
-    tests = _item_tests(node.args[1], var, kind)
-    # Nothing but one label test, one floor (a double literal) and at most one role.
-    if tests.others or len(tests.labels) != 1 or len(tests.floors) != 1 or len(tests.roles) > 1:
-        return None
-    floor, strict, double = tests.floors[0]
-    if not double:
-        return None  # an int literal: the library's int-to-double comparison decides
-    return ExactFloor(kind, tests.roles[0] if tests.roles else None, frozenset(tests.labels[0]), floor, strict)
 
 
 def _role_of(node: Node, var: str) -> str | None:
@@ -706,14 +639,11 @@ def clause_text(source: str, span: tuple[int, int]) -> str:
 __all__ = [
     "FORBIDDEN_FUNCTIONS",
     "MAX_COMPREHENSION_DEPTH",
-    "NAMESPACES",
-    "TYPE_NAMES",
     "Analysis",
     "Finding",
     "analyse",
     "clause_text",
     "conjuncts",
     "disjuncts",
-    "unknown_variables",
 ]
 

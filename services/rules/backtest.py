@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .decisions import DEFAULT_PREFIX, Decision
-from .engine import RulesProcessor
-from .evaluate import DEFAULT_LIMITS, Limits
-from .ruleset import RuleSet
-from .state import memory_stores
+from services.rules.decisions import DEFAULT_PREFIX, Decision
+from services.rules.engine import RulesProcessor
+from services.rules.limits import DEFAULT_LIMITS, Limits
+from services.rules.ruleset import RuleSet
+from services.rules.state import memory_stores
 
 
 @dataclass

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.rules.errors import RuleSetError
+from services.rules.limits import Limits
 from services.rules.loader import lint
 from services.rules.schema import json_schema_text, parse_duration
 
@@ -137,7 +138,7 @@ def rules_explain(
         err.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(1) from exc
     attributes, data = event_from_json(value)
-    report = explain(ruleset, attributes, data, prefix=settings.nats.subject_prefix, limits=settings.rules.limits())
+    report = explain(ruleset, attributes, data, prefix=settings.nats.subject_prefix, limits=Limits.from_settings(settings.rules))
     if as_json:
         _print_json(report.to_json())
         return
@@ -177,9 +178,9 @@ def _action_text(action: dict[str, Any]) -> str:
 
 
 def _nats_url(option: str | None) -> str:
-    from services.runner import read_runtime_nats_url
+    from services.runtime import command_nats_url
 
-    url = option or _settings().nats.url or read_runtime_nats_url()
+    url = command_nats_url(option, _settings().nats.url)
     if not url:
         err.print("no NATS URL: pass --nats, set LISTENPOST_NATS__URL, or run `listenpost serve`")
         raise typer.Exit(2)
@@ -231,7 +232,7 @@ def rules_backtest(
             js, ruleset,
             stream=settings.nats.out_stream, subjects=settings.rules.subjects(settings.nats),
             since_s=since_s, since_text=since, prefix=settings.nats.subject_prefix,
-            limits=settings.rules.limits(), decode=decode_msg,
+            limits=Limits.from_settings(settings.rules), decode=decode_msg,
         )  # fmt: skip
 
     report = _run(_with_js(_nats_url(nats_url), work))

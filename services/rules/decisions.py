@@ -16,9 +16,9 @@ from dataclasses import dataclass, fields
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
-from .expr import Template
-from .ruleset import CompiledAction, CompiledRule
-from .schema import AlertSpec, EmitSpec, RouteSpec, TagSpec
+from services.rules.expr import Template
+from services.rules.ruleset import CompiledAction, CompiledRule
+from services.rules.schema import AlertSpec, EmitSpec, RouteSpec, TagSpec
 
 ROUTE_DECIDED = "com.listenpost.route.decided"
 ALERT_RAISED = "com.listenpost.alert.raised"

@@ -42,6 +42,7 @@ from services.events.consumer import Poison, PullConsumer
 from services.events.deadletter import dead_letter
 from services.events.jetstream import connect, provision, publish_event
 from services.rules import Decision, RuleSet, RuleSetError, load_ruleset, load_sources, rule_files
+from services.rules.limits import Limits
 from services.rules.engine import HOPS_EXTENSION, RulesProcessor, hops
 from services.rules.state import Stores, open_stores
 from services.rules.status import LAST_GOOD_KEY, STATUS_PREFIX
@@ -113,7 +114,7 @@ class RulesEngine:
             state_ttl_s=cfg.state_ttl_s,
         )
         self._processor = RulesProcessor(
-            self._stores, prefix=settings.nats.subject_prefix, limits=cfg.limits(), max_hops=cfg.max_hops
+            self._stores, prefix=settings.nats.subject_prefix, limits=Limits.from_settings(cfg), max_hops=cfg.max_hops
         )
         self._consumer = PullConsumer(
             self._js,

@@ -19,11 +19,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .alerting import Alerting, Queued, Silences, Suppressed
-from .decisions import DEFAULT_PREFIX, Decision
-from .evaluate import DEFAULT_LIMITS, Evaluation, Limits, Streak, debounced_rules, evaluate
-from .ruleset import RuleSet
-from .state import Conflict, Stores, safe_key
+from services.rules.alerting import Alerting, Queued, Silences, Suppressed
+from services.rules.decisions import DEFAULT_PREFIX, Decision
+from services.rules.evaluate import Evaluation, Streak, evaluate
+from services.rules.limits import DEFAULT_LIMITS, Limits
+from services.rules.plan import debounced_rules
+from services.rules.ruleset import RuleSet
+from services.rules.state import Conflict, Stores, safe_key
 
 #: CloudEvents extension counting how many rule engines an event went through:
 #: an emitted event that a rule consumes again cannot loop forever.

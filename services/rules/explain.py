@@ -24,11 +24,13 @@ from typing import Any
 
 import cel
 
-from .analysis import clause_text, conjuncts, disjuncts
-from .decisions import DEFAULT_PREFIX
-from .evaluate import DEFAULT_LIMITS, Evaluation, Limits, _Run, evaluate
-from .expr import runtime_message
-from .ruleset import CompiledRule, EvalContext, RuleSet
+from services.rules.analysis import clause_text, conjuncts, disjuncts
+from services.rules.decisions import DEFAULT_PREFIX
+from services.dsl.cel_checks import runtime_message
+from services.rules.conditions import EvalContext, EventRun
+from services.rules.evaluate import Evaluation, evaluate
+from services.rules.limits import DEFAULT_LIMITS, Limits
+from services.rules.ruleset import CompiledRule, RuleSet
 
 
 @dataclass
@@ -97,8 +99,8 @@ def explain(
     for decision in evaluation.decisions:
         by_rule.setdefault(decision.rule_id, []).append(decision)
     event_type, source = str(attributes.get("type", "")), str(attributes.get("source", ""))
-    run = _Run(ruleset, attributes, data, prefix, limits, prefilter=False)
-    context = EvalContext.new()
+    run = EventRun(ruleset, attributes, data, limits, prefilter=False)
+    context = EvalContext()
     context.current.facts = run.facts
     context.context.update(run.variables)
     stopped_by: str | None = None
@@ -154,15 +156,14 @@ def _glob(value: str, pattern: str) -> bool:
     return fnmatchcase(value, pattern)
 
 
-def _held_anywhere(run: _Run, rule: CompiledRule) -> bool:
-    run.enter()
+def _held_anywhere(run: EventRun, rule: CompiledRule) -> bool:
+    run.start()
     try:
-        slots = run.slots
-        if not slots:
-            return bool(run.execute(rule)[0])
-        return any(run.execute_in(rule, i)[0] is True for i in range(len(slots)))
+        if not run.slots:
+            return run.held(rule)[0] is True
+        return any(run.held_in(rule, i)[0] is True for i in range(len(run.slots)))
     finally:
-        run.leave()
+        run.finish()
 
 
 def _failing_clause(rule: CompiledRule, context: EvalContext) -> tuple[str | None, str]:

@@ -9,6 +9,7 @@ error on every event in production.
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import json
 import re
@@ -17,98 +18,35 @@ from dataclasses import dataclass
 from typing import Any
 
 import cel
-import cel.stdlib
 
-from . import fields
-from .analysis import Analysis, analyse, unknown_variables
-from .fields import ListOf, MapOf, Open, Record, Scalar, Shape
-from .helpers import HELPERS
-from .native import NativeProgram, compile_native
+from services.dsl.cel_checks import CEL_FUNCTIONS, compile_checked, line_col
+from services.dsl.errors import ExpressionError
+from services.rules import fields
+from services.rules.analysis import Analysis, analyse
+from services.rules.fields import ListOf, MapOf, Open, Record, Scalar, Shape
+from services.rules.helpers import HELPERS
 
 #: Names a rule's ``when`` may use.
 VARIABLES: tuple[str, ...] = tuple(fields.VARIABLES)
 #: Names templates may use: the condition's, plus the evidence (``match``) and ``rule``.
 TEMPLATE_VARIABLES: tuple[str, ...] = tuple(fields.TEMPLATE_VARIABLES)
-
-_TYPE_NAMES = frozenset({"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type"})
-_NAMESPACES = frozenset(name.split(".")[0] for name in cel.stdlib.STDLIB_FUNCTIONS if "." in name)
-# Functions the Rust core implements. The library resolves functions only at
-# run time ("Undefined variable or function"), so without this list a typo in
-# a function name would be a runtime error on every event.
-_NATIVE_FUNCTIONS = frozenset(
-    {
-        "size", "contains", "startsWith", "endsWith", "matches",
-        "string", "bytes", "double", "int", "uint", "dyn", "type", "timestamp", "duration",
-        "getFullYear", "getMonth", "getDate", "getDayOfMonth", "getDayOfWeek", "getDayOfYear",
-        "getHours", "getMinutes", "getSeconds", "getMilliseconds",
-    }
-)  # fmt: skip
-_STDLIB_FUNCTIONS = frozenset(name.split(".")[-1] for name in cel.stdlib.STDLIB_FUNCTIONS)
-#: CEL's own functions (core and stdlib), without listenpost's rule helpers.
-CEL_FUNCTIONS = _NATIVE_FUNCTIONS | _STDLIB_FUNCTIONS | frozenset({"has"})
+#: Functions a condition may call: CEL's own and the rule helpers.
 KNOWN_FUNCTIONS = CEL_FUNCTIONS | frozenset(HELPERS)
-_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # operators (`_&&_`, `@in`, `!_`) are not
-# Fallback only (when the analysis parser cannot read an expression the library
-# compiled): comprehension macros bind a name that variables() also lists.
-_MACRO_BINDING = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
-# How the library reports an exception raised by a Python function (our helpers).
-_FUNCTION_ERROR = re.compile(r"^Function '\w+' error: Python function call failed: \w+: ", re.DOTALL)
-_PARSE_ERROR = re.compile(r"ERROR: <input>:(\d+):(\d+): (?:Syntax error: )?(.*)")
-
-
-class ExpressionError(ValueError):
-    """A condition or template that cannot be accepted; the message is for the rule author."""
 
 
 @dataclass(frozen=True)
 class Condition:
-    """A compiled ``when``: the library's program and what the loader learned about it.
-
-    ``native`` is the same condition compiled to Python (generated code and closures, see
-    :mod:`services.rules.native`), or None when it uses something outside the
-    native subset: then the library evaluates it.
-    """
+    """A compiled ``when``: the library's program and what the loader learned about it."""
 
     program: cel.Program
     analysis: Analysis
-    native: NativeProgram | None = None
 
     @property
     def source(self) -> str:
         return self.analysis.source
 
-    def execute(self, context: Any) -> Any:
+    def execute(self, context: cel.Context) -> Any:
         return self.program.execute(context)
-
-
-def compile_checked(source: str, variables: Sequence[str], functions: frozenset[str]) -> cel.Program:
-    """Compile with the library, then refuse names it would only reject at run time.
-
-    Shared by rule conditions and source adapters: an unknown variable or a
-    misspelt function would otherwise fail every event instead of the load.
-    """
-    try:
-        program = cel.compile(source)
-    except ValueError as exc:
-        raise ExpressionError(_syntax_message(str(exc))) from exc
-    refs = program.references()
-    unknown = unknown_variables(source, variables)
-    if unknown is None:  # the analysis parser could not read it: the library's list, as before
-        bound = set(_MACRO_BINDING.findall(source))
-        unknown = sorted(
-            name
-            for name in refs["variables"]
-            if name not in variables and name not in bound and name not in _TYPE_NAMES and name not in _NAMESPACES
-        )
-    if unknown:
-        raise ExpressionError(
-            f"unknown CEL variable{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-            f"(known: {', '.join(variables)})"
-        )
-    bad_functions = sorted(f for f in refs["functions"] if _IDENT.match(f) and f not in functions)
-    if bad_functions:
-        raise ExpressionError(f"unknown CEL function{'s' if len(bad_functions) > 1 else ''} {', '.join(bad_functions)}")
-    return program
 
 
 def compile_condition(source: str) -> Condition:
@@ -116,50 +54,8 @@ def compile_condition(source: str) -> Condition:
     program = compile_checked(source, VARIABLES, KNOWN_FUNCTIONS)
     analysis, findings = analyse(source)
     if findings:
-        raise ExpressionError("; ".join(f"{_line_col(source, f.offset)}: {f.message}" for f in findings[:3]))
-    native = compile_native(analysis.ast) if analysis.ast is not None else None
-    return Condition(program=program, analysis=analysis, native=native)
-
-
-def _line_col(source: str, offset: int) -> str:
-    line = source.count("\n", 0, offset) + 1
-    column = offset - (source.rfind("\n", 0, offset) + 1) + 1
-    return f"{line}:{column}"
-
-
-def _syntax_message(text: str) -> str:
-    # The library's text repeats the whole source and draws a caret under it;
-    # the file position already points at the expression, so keep the first
-    # error's position within the expression and its cause.
-    found = _PARSE_ERROR.search(text)
-    if not found:
-        return f"CEL syntax error: {text.splitlines()[0] if text else 'unknown'}"
-    line, col, cause = found.groups()
-    return f"CEL syntax error: {line}:{col}: {cause.strip()}"
-
-
-def new_context(variables: Mapping[str, Any]) -> cel.Context:
-    """A one-off evaluation context: our variables plus cel.stdlib's extra functions.
-
-    The engine itself keeps one context per rule set and thread (see
-    :mod:`services.rules.evaluate`); this is for tests and tools.
-    """
-    context = cel.Context(dict(variables))
-    # Opt-in in the library; without them common string helpers (lowerAscii,
-    # split, join) used on captions are "undefined" at run time.
-    cel.stdlib.add_stdlib_to_context(context)
-    return context
-
-
-def runtime_message(exc: BaseException) -> str:
-    """A one-line cause for a CEL evaluation failure."""
-    if isinstance(exc, KeyError):
-        # The library raises a bare KeyError('field') for a missing map key.
-        return f"no such key: {exc.args[0] if exc.args else '?'}"
-    text = str(exc).strip() or type(exc).__name__
-    text = _FUNCTION_ERROR.sub("", text)
-    # Some messages carry a paragraph of advice after the first sentence.
-    return text.split(". ", 1)[0].rstrip(".")
+        raise ExpressionError("; ".join(f"{line_col(source, f.offset)}: {f.message}" for f in findings[:3]))
+    return Condition(program=program, analysis=analysis)
 
 
 # --- templates ---------------------------------------------------------------
@@ -188,8 +84,6 @@ def check_path(path: Sequence[str], known: Mapping[str, Shape]) -> str | None:
             elif shape.extension is not None and shape.extension.match(part):
                 return None
             else:
-                import difflib
-
                 close = difflib.get_close_matches(part, list(shape.fields), n=1)
                 hint = f", did you mean {close[0]!r}?" if close else f" (known: {', '.join(shape.fields)})"
                 return f"unknown field {part!r} of {where}{hint}"

@@ -1,4 +1,5 @@
-"""The shapes of what a rule can read: which fields exist, so a typo fails the load.
+"""What a rule can read: the variables of a condition, their values for one event, and their
+shapes (which fields exist, so a typo fails the load).
 
 ``context`` and ``data`` are free maps (CRM systems put anything there), so
 only their syntax is checked. ``acoustics`` and ``facets`` follow the event
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Shape:
@@ -116,6 +118,33 @@ VARIABLES: Mapping[str, Shape] = {
     "context": Open("context"),
     "caption": Scalar("caption", "string"),
 }
+
+# Attributes that are the event's payload, not its metadata: exposed as `data`.
+_PAYLOAD_ATTRIBUTES = ("data", "data_base64")
+
+
+def rule_variables(event_attributes: Mapping[str, Any], data: Any) -> dict[str, Any]:
+    """The values of :data:`VARIABLES` for one event (attributes with extensions, and its data).
+
+    ``facets``, ``acoustics``, ``context`` and ``caption`` are shortcuts into ``data``;
+    each is ``{}`` or ``""`` when the event has none.
+    """
+    payload = data if type(data) is dict or isinstance(data, Mapping) else {}
+    get = payload.get
+    facets, acoustics, context, caption = get("facets"), get("acoustics"), get("context"), get("caption")
+    metadata = dict(event_attributes)
+    for name in _PAYLOAD_ATTRIBUTES:
+        if name in metadata:
+            del metadata[name]
+    return {
+        "event": metadata,
+        "data": data if data is not None else {},
+        "facets": facets if facets is not None else {},
+        "acoustics": acoustics if acoustics is not None else {},
+        "context": context if context is not None else {},
+        "caption": caption if caption is not None else "",
+    }
+
 
 #: What an alert template may quote about the match (see evaluate.Evidence).
 MATCH = Record(

@@ -230,7 +230,7 @@ class Facts:
         return self.emotion_of(role, _labels(labels, "emotion(): labels"), _number(min_intensity, "emotion(): min_intensity"))
 
     def emotion_of(self, role: str, wanted: Collection[str], floor: float) -> bool:
-        """emotion() with checked arguments (the native evaluator checks literal ones once)."""
+        """emotion() with checked arguments."""
         for item in self._items(self.emotions, "facets.emotions"):
             label = item.get("label")
             # A label that is not a string is never wanted (and may not be hashable).

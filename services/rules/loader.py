@@ -15,12 +15,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .decisions import DEFAULT_EMIT_SUBJECTS, subject_allowed
-from .errors import RuleFileError, RuleSetError
-from .expr import DataTemplate, ExpressionError, Template, compile_condition
-from .ruleset import CompiledAction, CompiledRule, RuleSet
-from .schema import AlertSpec, EmitSpec, RuleFileSpec, RuleSpec
-from .source import Loc, YamlDocument, parse_yaml, schema_errors
+from services.rules.decisions import DEFAULT_EMIT_SUBJECTS, subject_allowed
+from services.dsl.errors import FileError
+from services.rules.errors import RuleSetError
+from services.rules.expr import DataTemplate, ExpressionError, Template, compile_condition
+from services.rules.ruleset import CompiledAction, CompiledRule, RuleSet
+from services.rules.schema import AlertSpec, EmitSpec, RuleFileSpec, RuleSpec
+from services.dsl.yaml_source import Loc, YamlDocument, parse_yaml, schema_errors
 
 RULE_SUFFIXES = (".yaml", ".yml")
 # Test files (given events, expected decisions) sit beside the rules, in the
@@ -75,7 +76,7 @@ def load_files(paths: Sequence[Path], *, emit_subjects: Sequence[str] = DEFAULT_
     return ruleset
 
 
-def lint(directory: Path, *, emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS) -> list[RuleFileError]:
+def lint(directory: Path, *, emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS) -> list[FileError]:
     """Every error in the rule directory, sorted by file, line and column; empty when it loads."""
     return _load(_read(directory), emit_subjects)[1]
 
@@ -84,8 +85,8 @@ def _read(directory: Path) -> list[tuple[Path, bytes]]:
     return [(path, path.read_bytes()) for path in rule_files(directory)]
 
 
-def _load(files: list[tuple[Path, bytes]], emit_subjects: Sequence[str]) -> tuple[RuleSet, list[RuleFileError]]:
-    errors: list[RuleFileError] = []
+def _load(files: list[tuple[Path, bytes]], emit_subjects: Sequence[str]) -> tuple[RuleSet, list[FileError]]:
+    errors: list[FileError] = []
     loaded: list[tuple[CompiledRule, YamlDocument]] = []
     digest = hashlib.sha256()
     sources: dict[str, str] = {}
@@ -95,7 +96,7 @@ def _load(files: list[tuple[Path, bytes]], emit_subjects: Sequence[str]) -> tupl
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            errors.append(RuleFileError(path, 1, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
+            errors.append(FileError(path, 1, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
             continue
         sources[path.name] = text
         rules, file_errors = load_file(path, text, emit_subjects=emit_subjects)
@@ -110,19 +111,19 @@ def _load(files: list[tuple[Path, bytes]], emit_subjects: Sequence[str]) -> tupl
         files=tuple(path for path, _ in files),
         sources=sources,
     )
-    return ruleset, sorted(errors, key=RuleFileError.sort_key)
+    return ruleset, sorted(errors, key=FileError.sort_key)
 
 
 def load_file(
     path: Path, text: str, *, emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS
-) -> tuple[list[tuple[CompiledRule, YamlDocument]], list[RuleFileError]]:
+) -> tuple[list[tuple[CompiledRule, YamlDocument]], list[FileError]]:
     """One file: the rules that compiled (with their document, for later checks) and its errors."""
     try:
         doc = parse_yaml(path, text)
-    except RuleFileError as exc:
+    except FileError as exc:
         return [], [exc]
     if doc.data is None:
-        return [], [RuleFileError(path, 1, 1, "empty file: expected a RuleSet (apiVersion, kind, metadata, rules)")]
+        return [], [FileError(path, 1, 1, "empty file: expected a RuleSet (apiVersion, kind, metadata, rules)")]
     try:
         header = RuleFileSpec.model_validate(doc.data)
     except ValidationError as exc:
@@ -155,8 +156,8 @@ def load_file(
 
 def _compile_rule(
     doc: YamlDocument, loc: Loc, index: int, spec: RuleSpec, file_owner: Any, emit_subjects: Sequence[str]
-) -> tuple[CompiledRule | None, list[RuleFileError]]:
-    errors: list[RuleFileError] = []
+) -> tuple[CompiledRule | None, list[FileError]]:
+    errors: list[FileError] = []
     condition = None
     try:
         condition = compile_condition(spec.when)
@@ -205,7 +206,7 @@ def _compile_rule(
     return rule, []
 
 
-def _data_template(doc: YamlDocument, loc: Loc, value: Any, errors: list[RuleFileError]) -> DataTemplate | None:
+def _data_template(doc: YamlDocument, loc: Loc, value: Any, errors: list[FileError]) -> DataTemplate | None:
     before = len(errors)
 
     def check(v: Any, at: Loc) -> None:
@@ -228,7 +229,7 @@ def _data_template(doc: YamlDocument, loc: Loc, value: Any, errors: list[RuleFil
         return None
 
 
-def _template(doc: YamlDocument, loc: Loc, source: str, errors: list[RuleFileError]) -> Template | None:
+def _template(doc: YamlDocument, loc: Loc, source: str, errors: list[FileError]) -> Template | None:
     try:
         return Template.parse(source)
     except ExpressionError as exc:
@@ -236,7 +237,7 @@ def _template(doc: YamlDocument, loc: Loc, source: str, errors: list[RuleFileErr
         return None
 
 
-def _duplicate_ids(loaded: list[tuple[CompiledRule, YamlDocument]]) -> list[RuleFileError]:
+def _duplicate_ids(loaded: list[tuple[CompiledRule, YamlDocument]]) -> list[FileError]:
     # Ids name decisions, metrics and silences: one id must mean one rule,
     # whichever file it lives in.
     first: dict[str, tuple[CompiledRule, YamlDocument]] = {}

@@ -11,7 +11,7 @@ import math
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from .helpers import item_value
+from services.rules.helpers import item_value
 
 _NUMBER = (int, float)  # isinstance() with a tuple: faster than with `int | float`, same answer
 

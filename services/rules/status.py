@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .state import NatsKVStore
+from services.rules.state import NatsKVStore
 
 STATUS_PREFIX = "status."
 LAST_GOOD_KEY = "ruleset.last-good"

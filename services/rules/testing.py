@@ -44,16 +44,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .alerting import Matcher
-from .decisions import DEFAULT_EMIT_SUBJECTS, DEFAULT_PREFIX, Decision
-from .engine import RulesProcessor
-from .errors import RuleFileError, RuleSetError
-from .evaluate import DEFAULT_LIMITS
-from .loader import TEST_SUFFIXES, load_files, rule_files
-from .ruleset import RuleSet
-from .schema import Duration, parse_duration
-from .source import parse_yaml, schema_errors
-from .state import memory_stores
+from services.rules.alerting import Matcher
+from services.rules.decisions import DEFAULT_EMIT_SUBJECTS, DEFAULT_PREFIX, Decision
+from services.rules.engine import RulesProcessor
+from services.dsl.errors import FileError
+from services.rules.errors import RuleSetError
+from services.rules.limits import DEFAULT_LIMITS
+from services.rules.loader import TEST_SUFFIXES, load_files, rule_files
+from services.rules.ruleset import RuleSet
+from services.rules.schema import Duration, parse_duration
+from services.dsl.yaml_source import parse_yaml, schema_errors
+from services.rules.state import memory_stores
 
 CAPTIONED_TYPE = "com.listenpost.audio.captioned"
 #: The neutral captioned event a test's `data` is merged over (maps merge, lists and values replace).
@@ -212,7 +213,7 @@ async def run_file(
     try:
         doc = parse_yaml(path, path.read_text(encoding="utf-8"))
         spec = RuleTestFile.model_validate(doc.data)
-    except RuleFileError as exc:
+    except FileError as exc:
         result.errors.append(str(exc))
         return result
     except ValidationError as exc:

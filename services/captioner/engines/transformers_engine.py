@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from services.captioner.engine_base import (
+from services.captioner.engines.base import (
     SAMPLE_RATE,
     CaptionRequest,
     CaptionResult,

@@ -13,7 +13,8 @@ from nats.js import JetStreamContext
 from rich.console import Console
 from rich.table import Table
 
-from services.ingest.dlq import DeadLetter, DeadLetterError, ReplayReport, list_dead_letters, replay
+from services.events.dlq import DeadLetter, DeadLetterError, ReplayReport, list_dead_letters, replay
+from services.runtime import command_nats_url
 from services.settings import Settings
 
 dlq_app = typer.Typer(help="Dead letters: events that failed for good, kept whole for replay.", no_args_is_help=True)
@@ -29,12 +30,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a ta
 
 
 def _url(option: str | None, settings: Settings) -> str:
-    url = option or settings.nats.url
-    if not url:
-        # Imported only when needed: services.runner brings Ray and the whole app with it.
-        from services.runner import read_runtime_nats_url
-
-        url = read_runtime_nats_url()
+    url = command_nats_url(option, settings.nats.url)
     if not url:
         err.print("[red]error:[/] no NATS URL: start `listenpost serve` or set LISTENPOST_NATS__URL")
         raise typer.Exit(2)

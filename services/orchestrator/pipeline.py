@@ -10,29 +10,25 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
 
 import numpy as np
 from cloudevents.core.base import BaseCloudEvent
-from pydantic import ValidationError
 
 from services.captioner.errors import EmptyWindowError, WindowTooLongError
 from services.captioner.facets import extract_facets
 from services.captioner.timeline import merge_timeline
-from services.events.binding import BindingError, decode, event_data_json, new_event
+from services.events.binding import new_event
 from services.events.consumer import Poison, RetryLater
 from services.events.models import (
     AUDIO_CAPTIONED,
-    AUDIO_SUBMITTED,
     AudioCaptioned,
     AudioSubmitted,
     Facets,
     SourceEventRef,
     Window,
 )
-from services.ingest.adapters import AdapterError, AdapterSet
 from services.preprocess.errors import PreprocessError
 from services.preprocess.pipeline import PreparedAudio
 from services.telemetry import child_traceparent
@@ -45,54 +41,7 @@ ExtractFacets = Callable[[list[Window], str], Awaitable[Facets]]
 async def lexicon_facets(windows: list[Window], request_id: str) -> Facets:
     return extract_facets(windows)
 
-OBJECT_SCHEME = "nats-object"
 _EXTENSION_VALUE = re.compile(r"^[\w.:@/-]{1,128}$")
-
-
-def parse_submitted(
-    body: bytes, headers: Mapping[str, str] | None, adapters: AdapterSet | None = None
-) -> tuple[BaseCloudEvent, AudioSubmitted]:
-    """Decode and validate an input; other event types go through a matching source adapter."""
-    try:
-        event = decode(body, headers)
-    except BindingError as exc:
-        raise Poison("decode-event", str(exc), error=type(exc).__name__) from exc
-    if event.get_type() != AUDIO_SUBMITTED:
-        adapter = adapters.match(event.get_type(), event.get_source()) if adapters else None
-        if adapter is None:
-            raise Poison(
-                "validate",
-                f"unexpected event type {event.get_type()!r}: not {AUDIO_SUBMITTED!r} and no source adapter maps it",
-            )
-        try:
-            return adapter.adapt(event)
-        except AdapterError as exc:
-            raise Poison("validate", str(exc), error="AdapterError") from exc
-    try:
-        data = event_data_json(event)
-        dataref = event.get_attributes().get("dataref")
-        if isinstance(data, dict) and "audio" not in data and isinstance(dataref, str):
-            data = {**data, "audio": audio_from_dataref(dataref)}
-        submitted = AudioSubmitted.model_validate(data)
-    except (ValidationError, ValueError) as exc:
-        raise Poison("validate", f"invalid {AUDIO_SUBMITTED} data: {exc}", error=type(exc).__name__) from exc
-    return event, submitted
-
-
-def audio_from_dataref(dataref: str) -> dict[str, Any]:
-    """The CloudEvents ``dataref`` extension as an audio location (claim check).
-
-    ``nats-object://BUCKET/NAME`` names an object in the NATS object store; any
-    other URI is fetched like ``audio.uri``.
-    """
-    parsed = urlsplit(dataref)
-    if parsed.scheme == OBJECT_SCHEME:
-        return {"object": {"bucket": parsed.netloc, "name": unquote(parsed.path.lstrip("/"))}}
-    return {"uri": dataref}
-
-
-def object_dataref(bucket: str, name: str) -> str:
-    return f"{OBJECT_SCHEME}://{bucket}/{quote(name)}"
 
 
 async def caption_submitted(

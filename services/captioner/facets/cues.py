@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
 
-from services.captioner import facets_lexicon as lex
+from services.captioner.facets import lexicon as lex
 from services.captioner.text import Token, mask, normalise, quote_spans, sentence_spans, tokenize
 
 Hedge = Literal["none", "mild", "strong"]

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from services.captioner import facets_lexicon as lex
-from services.captioner.facets_cues import EMOTIONS, SOUNDS, CaptionAnalysis, CueMatch, PhraseTable
+from services.captioner.facets import lexicon as lex
+from services.captioner.facets.cues import EMOTIONS, SOUNDS, CaptionAnalysis, CueMatch, PhraseTable
 
 Kind = Literal["role", "generic", "pronoun", "human", "animal"]
 

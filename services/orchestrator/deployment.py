@@ -24,9 +24,10 @@ from services.events.deadletter import dead_letter
 from services.events.jetstream import connect, derive_msg_id, provision, publish_event
 from services.events.models import AudioSubmitted, Facets, Window
 from services.ingest.adapters import AdapterSet, load_adapters
-from services.ingest.advisories import handle_advisory
+from services.events.advisories import handle_advisory
 from services.ingest.http import HttpIngest, app_for
-from services.ingest.pipeline import caption_submitted, lexicon_facets, parse_submitted
+from services.ingest.submitted import parse_submitted
+from services.orchestrator.pipeline import caption_submitted, lexicon_facets
 from services.preprocess.pipeline import PreparedAudio
 from services.settings import Settings
 
@@ -74,7 +75,7 @@ class Ingress:
             durable=cfg.ingest_durable,
             handler=self._handle,
             dead_letter=self._dead_letter,
-            max_in_flight=settings.ingest_max_in_flight,
+            max_in_flight=settings.ingress.max_in_flight,
             **consumer_options,
         )
         self._advisories = PullConsumer(

@@ -1,4 +1,4 @@
-"""Rule files as YAML with positions: parse once, keep the node tree.
+"""Files as YAML with positions: parse once, keep the node tree.
 
 Validation happens on plain Python data (pydantic's strict mode wants real
 ``dict``/``str``/``float``, not ruamel's subclasses), while the ruamel node
@@ -21,7 +21,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from .errors import Position, RuleFileError
+from services.dsl.errors import FileError, Position
 
 Loc = Sequence[str | int]
 
@@ -69,10 +69,10 @@ class YamlDocument:
                 break
         return pos
 
-    def error(self, loc: Loc, message: str, *, key: bool = False) -> RuleFileError:
+    def error(self, loc: Loc, message: str, *, key: bool = False) -> FileError:
         pos = self.position(loc, key=key)
         where = format_loc(loc)
-        return RuleFileError(self.path, pos.line, pos.column, f"{where}: {message}" if where else message)
+        return FileError(self.path, pos.line, pos.column, f"{where}: {message}" if where else message)
 
 
 def _container_position(node: Any) -> Position:
@@ -83,7 +83,7 @@ def _container_position(node: Any) -> Position:
 
 
 def parse_yaml(path: Path, text: str) -> YamlDocument:
-    """Parse one rule file; raise :class:`RuleFileError` at the syntax error's position."""
+    """Parse one file; raise :class:`FileError` at the syntax error's position."""
     # Round-trip mode: the only ruamel mode that records line/column on nodes.
     # YAML 1.2 (ruamel's default) also spares us YAML 1.1's `no: false` surprises.
     yaml = YAML(typ="rt")
@@ -98,9 +98,9 @@ def parse_yaml(path: Path, text: str) -> YamlDocument:
             if exc.context_mark is not None:
                 message += f" at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
             message += ")"
-        raise RuleFileError(path, line, col, message) from exc
+        raise FileError(path, line, col, message) from exc
     except Exception as exc:  # ruamel raises plain ValueError etc. for e.g. `!!int x`
-        raise RuleFileError(path, 1, 1, f"invalid YAML: {exc}") from exc
+        raise FileError(path, 1, 1, f"invalid YAML: {exc}") from exc
     return YamlDocument(path=path, text=text, data=to_plain(root), root=root)
 
 
@@ -125,7 +125,7 @@ def to_plain(node: Any) -> Any:
 # --- pydantic errors -> positions -------------------------------------------------------
 
 
-def schema_errors(doc: YamlDocument, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> list[RuleFileError]:
+def schema_errors(doc: YamlDocument, exc: ValidationError, prefix: Loc, model: type[BaseModel]) -> list[FileError]:
     errors = []
     for err in exc.errors(include_url=False):
         inner: tuple[str | int, ...] = tuple(err["loc"])

@@ -2,10 +2,10 @@
 
 Two implementations behind one small interface (:class:`CaptionEngine`):
 
-- ``VllmCaptionEngine`` (:mod:`.engine_vllm`): vLLM's ``AsyncLLM``, continuous batching across
+- ``VllmCaptionEngine`` (:mod:`.vllm_engine`): vLLM's ``AsyncLLM``, continuous batching across
   every window of every event in flight; the production path. It also completes text prompts
   under a JSON schema (the guided facet pass).
-- ``TransformersCaptionEngine`` (:mod:`.engine_transformers`): transformers' model and processor,
+- ``TransformersCaptionEngine`` (:mod:`.transformers_engine`): transformers' model and processor,
   talker disabled, with a micro-batcher; the reference path, on GPU or CPU.
 
 Both take float32 mono audio at 16 kHz (preprocessing resamples; vLLM's own resampler only handles
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from services.captioner.engine_base import (
+from services.captioner.engines.base import (
     DEFAULT_MAX_WINDOW_S,
     MIN_WINDOW_SAMPLES,
     SAMPLE_RATE,
@@ -35,8 +35,8 @@ from services.captioner.engine_base import (
     audio_token_count,
     make_request,
 )
-from services.captioner.engine_transformers import TransformersCaptionEngine
-from services.captioner.engine_vllm import VllmCaptionEngine
+from services.captioner.engines.transformers_engine import TransformersCaptionEngine
+from services.captioner.engines.vllm_engine import VllmCaptionEngine
 
 _ENGINES: dict[str, tuple[type, type[EngineConfig]]] = {
     "vllm": (VllmCaptionEngine, VllmEngineConfig),

@@ -21,10 +21,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
-from services.captioner import facets_lexicon as lex
-from services.captioner.engine_base import TextEngine
+from services.captioner.facets import lexicon as lex
+from services.captioner.engines.base import TextEngine
 from services.captioner.errors import GuidedExtractionError
-from services.captioner.facets_model import EMOTION_LABELS, SOUND_LABELS, EmotionFacet, EmotionLabel, SoundEventFacet, SoundLabel
+from services.events.facets import EMOTION_LABELS, SOUND_LABELS, EmotionFacet, EmotionLabel, SoundEventFacet, SoundLabel
 from services.captioner.prompt import text_prompt
 from services.events.models import Facets, Window
 

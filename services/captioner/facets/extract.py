@@ -1,9 +1,9 @@
 """The default facet extractor: captions in, :class:`~services.events.models.Facets` out.
 
 Pure, deterministic and fast (no model): the lexicon in
-:mod:`services.captioner.facets_lexicon` finds the cues, :mod:`.facets_cues` decides whether
+:mod:`services.captioner.facets.lexicon` finds the cues, :mod:`.cues` decides whether
 each is negated ("no sign of distress"), hedged ("possibly a gunshot") or modified
-("increasingly angry"), and :mod:`.facets_roles` decides whose emotion it is. The taxonomy
+("increasingly angry"), and :mod:`.roles` decides whose emotion it is. The taxonomy
 and scoring are documented in docs/facets.md.
 
 Scoring
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from services.captioner import facets_lexicon as lex
-from services.captioner.facets_cues import EMOTIONS, LANGUAGES, SOUNDS, SPEECH, CaptionAnalysis, CueMatch
-from services.captioner.facets_roles import RoleResolver
-from services.captioner.facets_model import EmotionFacet, SoundEventFacet
+from services.captioner.facets import lexicon as lex
+from services.captioner.facets.cues import EMOTIONS, LANGUAGES, SOUNDS, SPEECH, CaptionAnalysis, CueMatch
+from services.captioner.facets.roles import RoleResolver
+from services.events.facets import EmotionFacet, SoundEventFacet
 from services.events.models import Facets, Window
 
 EXTRACTOR = "lexicon"

@@ -1,11 +1,11 @@
 """The facet taxonomy and the facet records that rules read (``facets.emotions``, ``facets.sound_events``).
 
 The taxonomy is fixed and documented in docs/facets.md; the cues that find each label are in
-:mod:`services.captioner.facets_lexicon`. Adding a label is a contract change: rules, the
+:mod:`services.captioner.facets.lexicon`. Adding a label is a contract change: rules, the
 lexicon and the guided-decoding schema all read these.
 
-This module depends on pydantic only, so the event contracts (:mod:`services.events.models`)
-can import it without pulling in the captioner.
+They are part of the event contract (``facets`` of ``audio.captioned``, see
+:mod:`services.events.models`): the captioner fills them, rules read them.
 """
 
 from __future__ import annotations
