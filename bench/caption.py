@@ -14,11 +14,10 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import base64
 import json
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,14 +22,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from services.events.audit import Accounting, account
+from services.events.binding import decode, new_event
+from services.events.jetstream import connect, derive_msg_id, publish_event
+from services.events.models import AUDIO_SUBMITTED
+from services.settings import NatsSettings
 
-from services.events.audit import Accounting, account  # noqa: E402
-from services.events.binding import decode, new_event  # noqa: E402
-from services.events.jetstream import connect, derive_msg_id, publish_event  # noqa: E402
-from services.events.models import AUDIO_SUBMITTED  # noqa: E402
-from services.settings import NatsSettings  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RATE_HZ = 8000
 

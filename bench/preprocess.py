@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+
 
 TARGET_RTF = 200.0
 ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")}
@@ -126,6 +126,8 @@ def child(path: Path, roles: list[str], repeat: int, cpu: int) -> dict[str, Any]
     from services.preprocess.pipeline import decode_channels, prepare
     from services.preprocess.sources import fetch_audio
     from services.preprocess.vad import SpeechDetector, VadParams, default_detector
+
+    default_vad = VadParams()
     from services.settings import PreprocessSettings
 
     class TimedDetector(SpeechDetector):
@@ -135,7 +137,7 @@ def child(path: Path, roles: list[str], repeat: int, cpu: int) -> dict[str, Any]
             self._session = default_detector()._session
             self.seconds = 0.0
 
-        def segments(self, samples: np.ndarray, params: VadParams = VadParams()) -> np.ndarray:
+        def segments(self, samples: np.ndarray, params: VadParams = default_vad) -> np.ndarray:
             started = time.process_time()
             try:
                 return super().segments(samples, params)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.deployment import Deployment
 
 from services.captioner.deployment import Captioner
 from services.orchestrator.deployment import Ingress
@@ -58,10 +59,17 @@ def build_app(settings: Settings) -> Application:
     settings = resolve_paths(settings)
     # Every deployment's options (replicas, resources, concurrency, health checks; the
     # Captioner's autoscaling) come from its settings group.
-    preprocessor = Preprocessor.options(**settings.preprocess.deployment_options()).bind(settings)
-    captioner = Captioner.options(**settings.captioner.deployment_options()).bind(settings)
-    rules = RulesEngine.options(**settings.rules.deployment_options()).bind(settings)
-    return Ingress.options(**settings.ingress.deployment_options()).bind(settings, preprocessor, captioner, rules)
+    preprocessor = _deployment(Preprocessor).options(**settings.preprocess.deployment_options()).bind(settings)
+    captioner = _deployment(Captioner).options(**settings.captioner.deployment_options()).bind(settings)
+    rules = _deployment(RulesEngine).options(**settings.rules.deployment_options()).bind(settings)
+    ingress = _deployment(Ingress).options(**settings.ingress.deployment_options())
+    return ingress.bind(settings, preprocessor, captioner, rules)
+
+
+def _deployment(decorated: object) -> Deployment:
+    """A ``@serve.deployment`` class as what it is at run time (type checkers ignore class decorators)."""
+    assert isinstance(decorated, Deployment), decorated
+    return decorated
 
 
 def build(args: dict[str, Any] | None = None) -> Application:

@@ -14,15 +14,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from services.settings import Settings, SettingsError
-
 from services.events.cli import dlq_app
 from services.preprocess.cli import audio_app
 from services.rules.cli import rules_app
+from services.settings import Settings, SettingsError
 
 app = typer.Typer(help="listenpost: turn call and media audio into decisions.", no_args_is_help=True)
 model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
+settings_app = typer.Typer(help="Settings (LISTENPOST_* variables).", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+app.add_typer(settings_app, name="settings")
 app.add_typer(rules_app, name="rules")
 app.add_typer(audio_app, name="audio")
 app.add_typer(dlq_app, name="dlq")
@@ -86,7 +87,7 @@ def _parse_context(pairs: list[str]) -> dict[str, Any]:
 def submit(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     channels: Annotated[str | None, typer.Option(help="Roles by channel index, e.g. agent,customer.")] = None,
-    context: Annotated[list[str], typer.Option("--context", "-c", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006
+    context: Annotated[list[str], typer.Option("--context", "-c", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006 -- typer reads the default, never mutates it
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 600.0,
     nats_url: Annotated[str | None, typer.Option(help="Default: settings, else the running `listenpost serve`.")] = None,
@@ -149,6 +150,28 @@ def _print_result(result: Any) -> None:
         decisions.add_row(d.type, d.subject, str(body.get("rule_id", "")), str(detail))
     console.print(decisions if result.decisions else "no rule fired")
     console.print(f"elapsed {result.elapsed_s:.1f} s")
+
+
+@settings_app.command("doc")
+def settings_doc(
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Write to this file (default: print).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 when the file is not current.")] = False,
+) -> None:
+    """The reference of every setting (docs/settings.md), generated from the settings model."""
+    from services.settings import settings_markdown
+
+    text = settings_markdown()
+    if check:
+        target = out or Path("docs/settings.md")
+        if not target.exists() or target.read_text() != text:
+            err.print(f"{target} is not current: run `listenpost settings doc -o {target}`", highlight=False)
+            raise typer.Exit(1)
+        console.print(f"{target}: current")
+    elif out is not None:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+    else:
+        print(text, end="")
 
 
 @model_app.command("build-tiny")

@@ -4,7 +4,7 @@ Nested groups use ``__`` as the delimiter, e.g. ``LISTENPOST_NATS__URL`` or
 ``LISTENPOST_CAPTIONER__ENGINE``; the Serve config's ``args`` (deploy/serve-config.yaml)
 use the same names, nested. Unset NATS URL means "start the embedded nats-server";
 unset Ray address means "start a local Ray". docs/settings.md lists every setting
-(generated from this module: ``python -m services.settings_doc``).
+(generated from this module: ``listenpost settings doc``).
 
 Settings are strict, like rule files: an unknown key (``max_replica`` for
 ``max_replicas``) or an unknown ``LISTENPOST_`` variable is a :class:`SettingsError`
@@ -14,6 +14,7 @@ naming it and suggesting the closest known one, never a silently kept default.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import typing
 from collections.abc import Iterator, Mapping
@@ -112,26 +113,34 @@ class _FixedReplicas(_ServeOptions):
 
 
 class NatsSettings(_Group):
+    """NATS: the server, subjects, streams, consumers and bounded redelivery."""
+
     url: str | None = Field(
         default=None, description="nats:// URL of an existing server; unset starts the embedded nats-server."
     )
     data_dir: Path = Field(
         default=Path(".cache/nats"), description="JetStream storage of the embedded nats-server."
     )
-    subject_prefix: str = Field(default="listenpost", pattern=r"^[A-Za-z0-9_-]+$")
-    in_stream: str = "LISTENPOST_IN"
-    out_stream: str = "LISTENPOST_OUT"
-    dlq_stream: str = "LISTENPOST_DLQ"
-    advisory_stream: str = "LISTENPOST_ADVISORIES"
-    advisory_durable: str = "listenpost-advisories"
-    ingest_durable: str = "listenpost-ingest"
-    rules_durable: str = "listenpost-rules"
+    subject_prefix: str = Field(
+        default="listenpost", pattern=r"^[A-Za-z0-9_-]+$", description="First token of every subject listenpost uses."
+    )
+    in_stream: str = Field(default="LISTENPOST_IN", description="Stream of inputs (`<prefix>.in.>`), work-queue retention.")
+    out_stream: str = Field(default="LISTENPOST_OUT", description="Stream of captioned events and decisions (history).")
+    dlq_stream: str = Field(default="LISTENPOST_DLQ", description="Stream of dead letters (`<prefix>.dlq.<stage>`).")
+    advisory_stream: str = Field(
+        default="LISTENPOST_ADVISORIES", description="Stream capturing JetStream's MAX_DELIVERIES advisories."
+    )
+    advisory_durable: str = Field(default="listenpost-advisories", description="Durable consumer of the advisories.")
+    ingest_durable: str = Field(default="listenpost-ingest", description="Durable consumer of the inputs (Ingress).")
+    rules_durable: str = Field(default="listenpost-rules", description="Durable consumer of the rules engine.")
     ack_wait_s: PositiveFloat = Field(default=300.0, description="Redelivery if not acked within this time.")
     max_deliver: PositiveInt = Field(default=5, description="Bounded redelivery; never -1 (forever).")
     retry_delay_s: PositiveFloat = Field(default=5.0, description="First delay of a nak on a transient fault.")
     retry_delay_max_s: PositiveFloat = Field(default=60.0, description="Cap of the doubling nak delay.")
     fetch_batch: PositiveInt = Field(default=8, description="Messages asked for per pull.")
-    max_payload_bytes: PositiveInt = Field(default=1024 * 1024)
+    max_payload_bytes: PositiveInt = Field(
+        default=1024 * 1024, description="Largest NATS message; larger audio goes to the object store (claim check)."
+    )
     out_max_age_s: PositiveFloat = Field(default=7 * 24 * 3600, description="History kept for replays.")
     duplicate_window_s: PositiveFloat = Field(default=600.0, description="JetStream Nats-Msg-Id dedup window.")
 
@@ -213,14 +222,16 @@ class PreprocessSettings(_FixedReplicas):
 class CaptionerSettings(_ServeOptions):
     """The Captioner deployment: engine, engine arguments, sampling, autoscaling, facets."""
 
-    engine: Literal["vllm", "transformers"] = "vllm"
+    engine: Literal["vllm", "transformers"] = Field(
+        default="vllm", description="vllm: the production engine; transformers: the reference engine."
+    )
     model: str = Field(default=REAL_MODEL, description="Hub id or local checkpoint path.")
     # Resources and autoscaling. A window takes seconds: scale on sustained queue depth, and keep
     # replicas warm (starting one loads ~63 GB of weights).
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica; 0 runs the CPU engine.")
     num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved per replica.")
     min_replicas: int = Field(default=1, ge=0, description="Keep >= 1: a cold start takes minutes.")
-    max_replicas: int = Field(default=1, ge=1)
+    max_replicas: int = Field(default=1, ge=1, description="Most replicas the autoscaler starts.")
     target_ongoing_requests: PositiveFloat = Field(
         default=32.0, description="Windows in flight per replica the autoscaler aims at: about max_num_seqs."
     )
@@ -238,13 +249,17 @@ class CaptionerSettings(_ServeOptions):
         default=60.0, description="A health check slower than this fails the replica (the engine may be busy)."
     )
     # vLLM engine arguments.
-    tensor_parallel_size: PositiveInt = 1
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    max_model_len: PositiveInt = 4096
-    max_num_seqs: PositiveInt = 32
+    tensor_parallel_size: PositiveInt = Field(default=1, description="GPUs one engine spans (vLLM tensor parallel).")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Share of GPU memory vLLM may use (weights and KV cache)."
+    )
+    max_model_len: PositiveInt = Field(default=4096, description="Longest prompt + caption in tokens (~13 per s of audio).")
+    max_num_seqs: PositiveInt = Field(default=32, description="Windows one engine batches at once.")
     max_num_batched_tokens: PositiveInt | None = Field(default=None, description="None: vLLM's default.")
-    dtype: str = "auto"
-    enforce_eager: bool = False
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="Weights' dtype; float32 on a CPU."
+    )
+    enforce_eager: bool = Field(default=False, description="No CUDA graphs / compilation: faster start, slower decode.")
     limit_mm_per_prompt: dict[str, int] = Field(
         default_factory=lambda: {"audio": 1, "image": 0, "video": 0},
         description="Items per prompt; one audio clip, no images or video (saves encoder memory).",
@@ -254,11 +269,11 @@ class CaptionerSettings(_ServeOptions):
     max_batch_size: PositiveInt = Field(default=8, description="transformers: windows per generate().")
     batch_wait_s: float = Field(default=0.05, ge=0, description="transformers: wait for more windows.")
     # Sampling: the model card's defaults.
-    temperature: float = Field(default=0.6, ge=0)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    top_k: int = 20
-    max_tokens: PositiveInt = 512
-    seed: int | None = None
+    temperature: float = Field(default=0.6, ge=0, description="Sampling temperature (the model card's).")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling (the model card's).")
+    top_k: int = Field(default=20, description="Top-k sampling (the model card's).")
+    max_tokens: PositiveInt = Field(default=512, description="Longest caption per window; a longer one is cut.")
+    seed: int | None = Field(default=None, description="Sampling seed (reproducible captions); unset: random.")
     # Facets.
     facets_extractor: Literal["lexicon", "guided"] = Field(
         default="lexicon", description="lexicon: fast, deterministic; guided: a JSON-schema pass through vLLM."
@@ -316,7 +331,7 @@ class CaptionerSettings(_ServeOptions):
 class RulesSettings(_FixedReplicas):
     """The RulesEngine deployment: rule files, their state in NATS KV, evaluation limits."""
 
-    directory: Path = Field(default=Path("router_rules"))
+    directory: Path = Field(default=Path("router_rules"), description="Rule files (*.yaml), re-read when they change.")
     consume_subjects: list[str] = Field(
         default_factory=lambda: ["captioned"],
         description="Subjects (below the prefix) of LISTENPOST_OUT that the rules engine evaluates.",
@@ -416,7 +431,7 @@ class Settings(BaseSettings):
 
 def _problems(exc: ValidationError) -> list[str]:
     """Each error as ``group.key (LISTENPOST_GROUP__KEY): cause``."""
-    out = []
+    out: list[str] = []
     for err in exc.errors(include_url=False):
         loc = tuple(str(part) for part in err["loc"])
         if err["type"] == "unknown_setting":
@@ -473,3 +488,71 @@ def unknown_variables(environ: Mapping[str, str], env_file: str | Path | None = 
             close = difflib.get_close_matches(upper[len(ENV_PREFIX) :], [n[len(ENV_PREFIX) :] for n in names], n=1)
             problems.append(f"{key}: unknown setting" + (f", did you mean {ENV_PREFIX}{close[0]}?" if close else ""))
     return problems
+
+
+# --- the reference (docs/settings.md) --------------------------------------------------------
+
+
+def settings_markdown() -> str:
+    """docs/settings.md: every setting, its variable, type, default and description."""
+    lines = [
+        "# Settings",
+        "",
+        "<!-- Generated from services/settings.py by `listenpost settings doc -o docs/settings.md`;",
+        "     tests/test_settings_and_deploy.py fails when it is not current. Edit the code, not this file. -->",
+        "",
+        "Every setting is an environment variable with the prefix `LISTENPOST_` (groups nested with",
+        "`__`), or the same name, nested, in the `args` of a Serve config (deploy/serve-config.yaml):",
+        "`LISTENPOST_CAPTIONER__MAX_REPLICAS=4` is `args: {captioner: {max_replicas: 4}}`. A `.env` file in",
+        "the working directory is read too. Lists and maps take JSON (`LISTENPOST_HTTP__API_KEYS='[\"k\"]'`).",
+        "",
+        "Settings are strict: an unknown key, or a `LISTENPOST_` variable that is no setting, is an error",
+        "naming it and the closest setting. The one exception is `LISTENPOST_VENV`, read by",
+        "scripts/setup.sh.",
+        "",
+    ]
+    groups: list[tuple[str, type[BaseModel]]] = []
+    top = []
+    for name, info in Settings.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            groups.append((name, info.annotation))
+        else:
+            top.append((name, info))
+    lines += ["## General", "", *_table([(ENV_PREFIX + n.upper(), i) for n, i in top])]
+    for group, model in groups:
+        doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+        lines += [f"## {group}", "", *([doc, ""] if doc else [])]
+        lines += _table([(f"{ENV_PREFIX}{group.upper()}__{n.upper()}", i) for n, i in model.model_fields.items()])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _table(rows: list[tuple[str, Any]]) -> list[str]:
+    out = ["| variable | type | default | description |", "|---|---|---|---|"]
+    for name, info in rows:
+        out.append(f"| `{name}` | {_type_name(info.annotation)} | {_default(info)} | {info.description or ''} |")
+    return [*out, ""]
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
+    text = getattr(annotation, "__name__", None) if typing.get_origin(annotation) is None else None
+    text = text or str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
+    return text.replace("|", "\\|")
+
+
+def _default(info: Any) -> str:
+    value = info.get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if isinstance(value, Path):
+        return "the working directory" if value == Path.cwd() else f"`{value}`"
+    if isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+        return "[the working directory]" if value == [Path.cwd()] else f"`{[str(v) for v in value]}`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, list | dict):
+        return f"`{json.dumps(value)}`"
+    if isinstance(value, float) and value.is_integer() and value >= 3600:
+        return f"`{value:g}`"
+    return f"`{value}`"

@@ -1,4 +1,4 @@
-"""Fixtures shared by the captioner tests: import them into a test module (no conftest needed)."""
+"""Fixtures shared by the captioner tests (a pytest plugin: tests/conftest.py loads it)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ SAMPLE_RATE = 16_000
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The random-weight Qwen3-Omni checkpoint (its output is noise), built once per test session.
 
-    A fixed path under the session's base temp dir: modules importing this fixture each get their
-    own fixture instance, and the build is idempotent, so the second one returns at once.
+    A fixed path under the session's base temp dir, and the build is idempotent: another test
+    session on the same base dir reuses it.
     """
     return build_tiny_checkpoint(tmp_path_factory.getbasetemp() / "tiny-qwen3-omni")
 

@@ -15,11 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-
-from services.captioner.tiny_checkpoint import build_tiny_checkpoint
-from services.events.embedded import EmbeddedNatsServer, free_port
 from pydantic import SecretStr
 
+from services.events.embedded import EmbeddedNatsServer, free_port
 from services.settings import (
     CaptionerSettings,
     HttpSettings,
@@ -35,10 +33,8 @@ HTTP_API_KEY = "test-key-0123456789"
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny-qwen3-omni")
-
+#: The captioner fixtures (the tiny checkpoint, a running CPU vLLM engine), for every test module.
+pytest_plugins = ["captioner_fixtures"]
 
 @pytest.fixture(scope="session")
 def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -79,7 +75,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
 
 @pytest.fixture(scope="session")
 def service(
-    tiny_model: Path, audio_dir: Path, rules_dir: Path, nats_server: EmbeddedNatsServer
+    tiny_checkpoint: Path, audio_dir: Path, rules_dir: Path, nats_server: EmbeddedNatsServer
 ) -> Iterator[Settings]:
     """The whole service, as `listenpost serve` runs it, with fault-test-friendly timings:
     two Ingress replicas share the durable consumer; short AckWait and retry delays."""
@@ -94,7 +90,7 @@ def service(
             retry_delay_s=1.0,
             retry_delay_max_s=8.0,
         ),
-        captioner=tiny_engine_settings(tiny_model).model_copy(update={"engine_factory": "fault_engine:flaky_engine"}),
+        captioner=tiny_engine_settings(tiny_checkpoint).model_copy(update={"engine_factory": "fault_engine:flaky_engine"}),
         preprocess=PreprocessSettings(file_roots=[audio_dir]),
         rules=RulesSettings(directory=rules_dir, reload_interval_s=0.5),
         ingress={"replicas": 2},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ def test_optional_fields_are_left_out_and_roles_may_be_a_list(shipped: AdapterSe
 
 
 def test_adapt_keeps_id_source_time_and_extensions(shipped: AdapterSet) -> None:
-    when = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    when = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     original = new_event(
         TELEPHONY, "urn:acme:pbx", CALL, id="call-42", subject="calls/42",
         extensions={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
@@ -79,7 +79,7 @@ def test_adapt_keeps_id_source_time_and_extensions(shipped: AdapterSet) -> None:
     original.get_attributes()["time"] = when
     # Read back from the wire, as the ingress and the consumer see it.
     event = decode(*encode_binary(original))
-    adapted, submitted = shipped.match(TELEPHONY, "urn:acme:pbx").adapt(event)  # type: ignore[union-attr]
+    adapted, submitted = shipped.match(TELEPHONY, "urn:acme:pbx").adapt(event)
     attributes = adapted.get_attributes()
     assert (adapted.get_id(), adapted.get_source(), adapted.get_type()) == ("call-42", "urn:acme:pbx", AUDIO_SUBMITTED)
     assert attributes["time"] == when
@@ -101,8 +101,8 @@ def test_matching(shipped: AdapterSet, tmp_path: Path) -> None:
         "  - id: any\n    description: d\n    match: {types: [com.acme.call]}\n    map: {audio: {uri: data.url}}\n",
     )  # fmt: skip
     adapters = load_adapters(path)
-    assert adapters.match("com.acme.call", "urn:acme:eu:1").id == "eu"  # type: ignore[union-attr]
-    assert adapters.match("com.acme.call", "urn:acme:us:1").id == "any"  # type: ignore[union-attr]
+    assert adapters.match("com.acme.call", "urn:acme:eu:1").id == "eu"
+    assert adapters.match("com.acme.call", "urn:acme:us:1").id == "any"
     assert adapters.match("com.acme.other", "urn:acme:us:1") is None
 
 
@@ -260,14 +260,32 @@ def test_duplicates_across_files(tmp_path: Path) -> None:
         ("", "1:1: empty file: expected an AdapterSet (apiVersion, kind, metadata, adapters)"),
         ("adapters: [\n", "2:1: invalid YAML: expected the node content, but found '<stream end>'"),
         ("- 1\n", "1:1: expected a mapping with apiVersion, kind, metadata, adapters"),
-        (HEADER.replace("AdapterSet", "RuleSet") + adapter_yaml(), "2:7: kind: Input should be 'AdapterSet' (got 'RuleSet')"),
-        (HEADER + "  - id: x\n    description: d\n    match: {types: []}\n    map: {audio: {uri: data.u}}\n",
-         "7:20: adapters[0].match.types: List should have at least 1 item after validation, not 0"),
-        (HEADER + adapter_yaml(map_="{audio: {object: {bucket: data.b}}}"), "8:27: adapters[0].map.audio.object.name: missing required field"),
-        (HEADER + adapter_yaml(map_="{audio: {uri: data.u}, extensions: {time: data.t}}"),
-         "8:46: adapters[0].map.extensions.time: time is a core or reserved attribute, not an extension"),
+        (
+            HEADER.replace("AdapterSet", "RuleSet") + adapter_yaml(),
+            "2:7: kind: Input should be 'AdapterSet' (got 'RuleSet')",
+        ),
+        (
+            HEADER + "  - id: x\n    description: d\n    match: {types: []}\n    map: {audio: {uri: data.u}}\n",
+            "7:20: adapters[0].match.types: List should have at least 1 item after validation, not 0",
+        ),
+        (
+            HEADER + adapter_yaml(map_="{audio: {object: {bucket: data.b}}}"),
+            "8:27: adapters[0].map.audio.object.name: missing required field",
+        ),
+        (
+            HEADER + adapter_yaml(map_="{audio: {uri: data.u}, extensions: {time: data.t}}"),
+            "8:46: adapters[0].map.extensions.time: time is a core or reserved attribute, not an extension",
+        ),
     ],
-    ids=["empty", "yaml-syntax", "not-a-mapping", "wrong-kind", "no-types", "object-without-name", "reserved-extension"],
+    ids=[
+        "empty",
+        "yaml-syntax",
+        "not-a-mapping",
+        "wrong-kind",
+        "no-types",
+        "object-without-name",
+        "reserved-extension",
+    ],
 )
 def test_broken_files(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "x.yaml"

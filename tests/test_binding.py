@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -129,7 +129,7 @@ def test_go_sdk_binary_message() -> None:
     event = decode(b'{"audio": {"uri": "s3://calls/1.wav"}}', headers)
 
     assert event.get_datacontenttype() == "application/json"
-    assert event.get_time() == datetime(2018, 4, 5, 3, 56, 24, tzinfo=timezone.utc)
+    assert event.get_time() == datetime(2018, 4, 5, 3, 56, 24, tzinfo=UTC)
     assert event.get_data() == {"audio": {"uri": "s3://calls/1.wav"}}
 
 
@@ -343,3 +343,17 @@ def test_non_json_data_needs_bytes() -> None:
         encode_binary(_event({"a": 1}, "audio/wav"))
 
     assert str(raised.value) == "data of type dict needs a JSON datacontenttype or bytes, not 'audio/wav'"
+
+
+def test_claim_check_dataref_round_trips_and_fills_in_the_audio() -> None:
+    from services.events.claimcheck import audio_from_dataref, object_dataref, submitted_data
+
+    ref = object_dataref("listenpost-audio", "calls/2026 12/é#1.wav")
+    assert ref == "nats-object://listenpost-audio/calls/2026%2012/%C3%A9%231.wav"
+    assert audio_from_dataref(ref) == {"object": {"bucket": "listenpost-audio", "name": "calls/2026 12/é#1.wav"}}
+    assert audio_from_dataref("https://pbx.example/r/1.wav") == {"uri": "https://pbx.example/r/1.wav"}
+    event = new_event("com.listenpost.audio.submitted", "urn:pbx", {"context": {"callid": "c"}}, extensions={"dataref": ref})
+    assert submitted_data(event) == {"context": {"callid": "c"}, "audio": audio_from_dataref(ref)}
+    # Audio in the data wins: the dataref is then only a hint for other consumers.
+    inline = new_event("com.listenpost.audio.submitted", "urn:pbx", {"audio": {"uri": "a.wav"}}, extensions={"dataref": ref})
+    assert submitted_data(inline) == {"audio": {"uri": "a.wav"}}

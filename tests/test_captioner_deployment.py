@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
-# The replica class's async __del__ is Serve's shutdown hook; garbage collection of the plain
-# objects made here calls it too, and never awaits it.
-pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'Captioner.__del__' was never awaited")
-
 import numpy as np
+import pytest
 from pydantic import ValidationError
 from ray.serve.config import AutoscalingConfig
 
@@ -17,6 +12,10 @@ from services.captioner.engines.base import CaptionResult, SamplingConfig, TextR
 from services.captioner.errors import EngineDeadError
 from services.events.models import Window
 from services.settings import CaptionerSettings, Settings
+
+# The replica class's async __del__ is Serve's shutdown hook; garbage collection of the plain
+# objects made here calls it too, and never awaits it.
+pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'Captioner.__del__' was never awaited")
 
 
 def test_autoscaling_is_built_for_requests_that_take_seconds() -> None:

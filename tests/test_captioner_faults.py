@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from captioner_fixtures import noise_window, running_cpu_vllm_engine, tiny_checkpoint  # noqa: F401
+from captioner_fixtures import noise_window, running_cpu_vllm_engine
 
 from services.captioner.engines import SamplingConfig, VllmCaptionEngine
 from services.captioner.errors import EngineDeadError

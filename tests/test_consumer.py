@@ -8,12 +8,13 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.events.binding import decode, event_data_json, new_event
-from services.events.consumer import Poison, PullConsumer, RetryLater
+from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
 from services.events.deadletter import dead_letter
 from services.events.embedded import EmbeddedNatsServer
 from services.events.jetstream import connect, provision, publish_event
@@ -31,11 +32,11 @@ async def js(tmp_path: Path) -> AsyncIterator[tuple[JetStreamContext, NatsSettin
         await nc.close()
 
 
-async def run_consumer(jsc: JetStreamContext, cfg: NatsSettings, handler, until, timeout: float = 20.0) -> PullConsumer:  # type: ignore[no-untyped-def]
+async def run_consumer(jsc: JetStreamContext, cfg: NatsSettings, handler, until, timeout: float = 20.0) -> PullConsumer:
     consumer = PullConsumer(
         jsc, stream=cfg.in_stream, durable=cfg.ingest_durable, handler=handler,
         dead_letter=lambda msg, poison: dead_letter(jsc, cfg, "urn:test", msg, poison),
-        max_deliver=cfg.max_deliver, retry_delay_s=0.1, retry_delay_max_s=0.2, heartbeat_s=0.5,
+        redelivery=Redelivery(cfg.max_deliver, heartbeat_s=0.5, retry_delay_s=0.1, retry_delay_max_s=0.2),
     )  # fmt: skip
     consumer.start()
     try:
@@ -56,14 +57,14 @@ async def publish(jsc: JetStreamContext, cfg: NatsSettings, n: int = 1) -> list[
     return ids
 
 
-async def dead_letters(jsc: JetStreamContext, cfg: NatsSettings) -> list[dict]:  # type: ignore[type-arg]
+async def dead_letters(jsc: JetStreamContext, cfg: NatsSettings) -> list[dict]:
     sub = await jsc.subscribe(cfg.subject("dlq", ">"), ordered_consumer=True)
     found = []
     try:
         while True:
             try:
                 msg = await sub.next_msg(timeout=0.5)
-            except Exception:
+            except nats.errors.TimeoutError:
                 return found
             found.append(event_data_json(decode(msg.data, msg.headers)))
     finally:
@@ -75,7 +76,7 @@ async def pending(jsc: JetStreamContext, cfg: NatsSettings) -> tuple[int, int]:
     return info.num_pending, info.num_ack_pending
 
 
-async def test_success_is_acked_and_leaves_the_work_queue(js) -> None:  # type: ignore[no-untyped-def]
+async def test_success_is_acked_and_leaves_the_work_queue(js) -> None:
     jsc, cfg = js
     await publish(jsc, cfg, 3)
     seen: list[str] = []
@@ -89,7 +90,7 @@ async def test_success_is_acked_and_leaves_the_work_queue(js) -> None:  # type: 
     assert (await jsc.stream_info(cfg.in_stream)).state.messages == 0  # work-queue: acked means removed
 
 
-async def test_transient_fault_is_redelivered_then_succeeds(js) -> None:  # type: ignore[no-untyped-def]
+async def test_transient_fault_is_redelivered_then_succeeds(js) -> None:
     jsc, cfg = js
     await publish(jsc, cfg)
     deliveries: list[int] = []
@@ -104,7 +105,7 @@ async def test_transient_fault_is_redelivered_then_succeeds(js) -> None:  # type
     assert await dead_letters(jsc, cfg) == []
 
 
-async def test_poison_is_dead_lettered_with_the_original_and_terminated(js) -> None:  # type: ignore[no-untyped-def]
+async def test_poison_is_dead_lettered_with_the_original_and_terminated(js) -> None:
     jsc, cfg = js
     (event_id,) = await publish(jsc, cfg)
 
@@ -119,7 +120,7 @@ async def test_poison_is_dead_lettered_with_the_original_and_terminated(js) -> N
     assert await pending(jsc, cfg) == (0, 0)
 
 
-async def test_a_bug_is_retried_up_to_max_deliver_then_dead_lettered(js) -> None:  # type: ignore[no-untyped-def]
+async def test_a_bug_is_retried_up_to_max_deliver_then_dead_lettered(js) -> None:
     jsc, cfg = js
     await publish(jsc, cfg)
     calls = 0
@@ -135,7 +136,7 @@ async def test_a_bug_is_retried_up_to_max_deliver_then_dead_lettered(js) -> None
     assert letter["stage"] == "retry" and letter["reason"].startswith("gave up after 3 deliveries: KeyError")
 
 
-async def test_heartbeats_keep_a_long_event_from_being_redelivered(js) -> None:  # type: ignore[no-untyped-def]
+async def test_heartbeats_keep_a_long_event_from_being_redelivered(js) -> None:
     jsc, cfg = js  # AckWait is 2 s; the handler takes 4 s
     await publish(jsc, cfg)
     deliveries: list[int] = []
@@ -169,7 +170,7 @@ async def test_max_deliveries_advisory_dead_letters_what_a_dead_replica_held(tmp
         consumer = PullConsumer(
             jsc, stream=cfg.advisory_stream, durable=cfg.advisory_durable,
             handler=lambda m: handle_advisory(jsc, cfg, "urn:test", m),
-            dead_letter=lambda m, p: dead_letter(jsc, cfg, "urn:test", m, p), max_deliver=3,
+            dead_letter=lambda m, p: dead_letter(jsc, cfg, "urn:test", m, p), redelivery=Redelivery(3),
         )  # fmt: skip
         consumer.start()
         try:
@@ -184,3 +185,8 @@ async def test_max_deliveries_advisory_dead_letters_what_a_dead_replica_held(tmp
         assert letter["original"]["headers"]["ce-id"] == event_id
         assert (await jsc.stream_info(cfg.in_stream)).state.messages == 0  # no longer held forever
         await nc.close()
+
+
+def test_redelivery_comes_from_the_nats_settings() -> None:
+    policy = Redelivery.from_settings(NatsSettings(max_deliver=7, ack_wait_s=90, retry_delay_s=2, retry_delay_max_s=30))
+    assert policy == Redelivery(max_deliver=7, heartbeat_s=30.0, retry_delay_s=2.0, retry_delay_max_s=30.0)

@@ -14,11 +14,11 @@ from nats.js import JetStreamContext
 from typer.testing import CliRunner
 
 from services.events.binding import encode_binary, encode_structured, new_event
+from services.events.cli import dlq_app
+from services.events.dlq import DeadLetterError, DeadLetterNotFound, list_dead_letters, replay
 from services.events.embedded import EmbeddedNatsServer
 from services.events.jetstream import connect, derive_msg_id, provision, publish_event
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioFailed
-from services.events.cli import dlq_app
-from services.events.dlq import DeadLetterError, DeadLetterNotFound, list_dead_letters, replay
 from services.settings import NatsSettings, Settings
 
 DATA = {"audio": {"uri": "file:///calls/1.wav"}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -102,7 +103,7 @@ async def test_event_in_caption_and_decision_out(
     data = event_data_json(captioned)
     windows = sorted(data["windows"], key=lambda w: w["start"])
     assert windows[0]["start"] == 0.0 and windows[-1]["end"] == pytest.approx(duration)
-    assert all(a["end"] == pytest.approx(b["start"]) for a, b in zip(windows, windows[1:]))
+    assert all(a["end"] == pytest.approx(b["start"]) for a, b in itertools.pairwise(windows))
     assert all(w["end"] - w["start"] <= 30.0 for w in windows)
     # Noise from random weights, but produced by the engine: tokens were generated for each window.
     assert all(w["caption"].strip() and w["output_tokens"] > 0 and w["prompt_tokens"] > 0 for w in windows)

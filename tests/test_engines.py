@@ -17,10 +17,9 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from captioner_fixtures import noise_window, running_cpu_vllm_engine, tiny_checkpoint  # noqa: F401
+from captioner_fixtures import noise_window, running_cpu_vllm_engine
 
 from services.captioner.bench import bench_engine, noise_windows, ratios
-from services.captioner.engines.base import InFlight
 from services.captioner.engines import (
     MIN_WINDOW_SAMPLES,
     CaptionEngine,
@@ -34,6 +33,7 @@ from services.captioner.engines import (
     build_engine,
     make_request,
 )
+from services.captioner.engines.base import InFlight
 from services.captioner.errors import (
     EmptyWindowError,
     EngineDeadError,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from services.captioner.facets import lexicon as lex
 from services.captioner.facets import extract_facets, facets_from_text
+from services.captioner.facets import lexicon as lex
 from services.captioner.facets.cues import EMOTIONS, SOUNDS, PhraseTable
 from services.events.facets import EMOTION_LABELS, SOUND_LABELS, EmotionLabel, SoundLabel
 from services.events.models import Facets, Window

@@ -14,15 +14,14 @@ from pathlib import Path
 
 import pytest
 import ray
+from fault_engine import FLAKY_PREFIX
 from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
 from ray import serve
 from ray.util.state import list_actors
 
-from fault_engine import FLAKY_PREFIX
 from services.app import APP_NAME, build_app
 from services.events.audit import Accounting, account
-from nats.errors import TimeoutError as NatsTimeoutError
-
 from services.events.binding import decode, event_data_json, new_event
 from services.events.embedded import EmbeddedNatsServer
 from services.events.jetstream import connect, derive_msg_id, publish_event

@@ -10,7 +10,7 @@ import pytest
 from services.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from load import run_load  # noqa: E402
+from load import run_load
 
 pytestmark = pytest.mark.e2e
 

@@ -6,6 +6,8 @@ test_preprocess_acoustics.py, sources in test_preprocess_sources.py.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -123,7 +125,7 @@ def test_speech_windows_in_the_pipeline_cut_in_pauses() -> None:
     assert all(w.end - w.start <= 30.0 for w in windows)
     for w in windows[:-1]:
         assert any(a <= w.end <= b for a, b in pauses), f"cut at {w.end} is not in a pause {pauses}"
-    assert all(a.end == b.start for a, b in zip(windows, windows[1:]))
+    assert all(a.end == b.start for a, b in itertools.pairwise(windows))
     assert all(w.samples.shape[0] == pytest.approx((w.end - w.start) * MODEL_RATE, abs=2) for w in windows)
 
 

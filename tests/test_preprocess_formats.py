@@ -208,7 +208,7 @@ def _with_nan() -> bytes:
 )  # fmt: skip
 def test_bad_audio_has_specific_errors(make: object, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
-        prepare(make(), submitted(), PreprocessSettings())  # type: ignore[operator]
+        prepare(make(), submitted(), PreprocessSettings())
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "vorbis", "opus", "mp3", "m4a", "webm"])

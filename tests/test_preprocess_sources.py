@@ -112,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_GET(self) -> None:
         url = urlparse(self.path)
         query = parse_qs(url.query)
         if url.path == "/audio.wav":
@@ -270,9 +270,9 @@ async def test_http_failures(near: int, path: str, error: type[Exception], messa
     policy = HttpPolicy(allow_private=("localhost",), read_timeout_s=0.5, total_timeout_s=1.0)
     with pytest.raises(error, match=message) as caught:
         await get(f"http://localhost:{near}{path}", policy)
-    assert caught.value.stage == "fetch"  # type: ignore[attr-defined]
+    assert caught.value.stage == "fetch"
     if error is HttpStatusError:
-        assert caught.value.retryable == (path == "/busy")  # type: ignore[attr-defined]
+        assert caught.value.retryable == (path == "/busy")
 
 
 async def test_http_errors_never_show_credentials_or_query_strings(near: int) -> None:
@@ -324,10 +324,10 @@ async def object_store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
 async def test_object_store_source(object_store: object) -> None:
     js = object_store
     ref = ObjectRef(bucket="calls", name="call-1.wav")
-    assert await read_object(js, ref, max_bytes=10_000) == AUDIO  # type: ignore[arg-type]
+    assert await read_object(js, ref, max_bytes=10_000) == AUDIO
 
     async def get_object(r: ObjectRef) -> bytes:
-        return await read_object(js, r, max_bytes=10_000)  # type: ignore[arg-type]
+        return await read_object(js, r, max_bytes=10_000)
 
     got = await fetch_audio(AudioRef(object=ref), roots=[], max_bytes=10_000, get_object=get_object)
     assert got == AUDIO
@@ -336,11 +336,11 @@ async def test_object_store_source(object_store: object) -> None:
 async def test_object_store_failures(object_store: object) -> None:
     js = object_store
     with pytest.raises(SourceNotFoundError, match="object calls/nope.wav not found in the NATS object store"):
-        await read_object(js, ObjectRef(bucket="calls", name="nope.wav"), max_bytes=10_000)  # type: ignore[arg-type]
+        await read_object(js, ObjectRef(bucket="calls", name="nope.wav"), max_bytes=10_000)
     with pytest.raises(SourceNotFoundError, match="object store bucket 'nobucket' not found"):
-        await read_object(js, ObjectRef(bucket="nobucket", name="a.wav"), max_bytes=10_000)  # type: ignore[arg-type]
+        await read_object(js, ObjectRef(bucket="nobucket", name="a.wav"), max_bytes=10_000)
     with pytest.raises(SourceTooLargeError, match=f"object calls/call-1.wav is {len(AUDIO)} bytes, over the limit"):
-        await read_object(js, ObjectRef(bucket="calls", name="call-1.wav"), max_bytes=100)  # type: ignore[arg-type]
+        await read_object(js, ObjectRef(bucket="calls", name="call-1.wav"), max_bytes=100)
     with pytest.raises(UnsupportedSourceError, match="no object store is connected"):
         await fetch_audio(AudioRef(object=ObjectRef(bucket="calls", name="x")), roots=[], max_bytes=10)
 

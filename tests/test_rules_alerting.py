@@ -30,7 +30,13 @@ def alert(rule_id: str = "r", labels: dict[str, str] | None = None, *, event: st
         subject=f"listenpost.alerts.{severity}",
         rule_id=rule_id,
         ruleset_version="v1",
-        data={"rule_id": rule_id, "severity": severity, "summary": f"{rule_id} on {labels}", "labels": labels, "callid": labels.get("callid")},
+        data={
+            "rule_id": rule_id,
+            "severity": severity,
+            "summary": f"{rule_id} on {labels}",
+            "labels": labels,
+            "callid": labels.get("callid"),
+        },
         fingerprint=fingerprint(rule_id, labels),
         action_index=0,
     )
@@ -71,7 +77,7 @@ async def test_silences_add_list_expire() -> None:
     silences = Silences(MemoryStore(), refresh_s=0.0)
     s = await silences.add([Matcher.parse("team=qa")], starts_at=T0 + 10, ends_at=T0 + 100, comment="maintenance", created_by="ops", now=T0)
     assert (s.state(T0), s.state(T0 + 50), s.state(T0 + 100)) == ("pending", "active", "expired")
-    assert [x.id for x in await silences.list()] == [s.id]
+    assert [x.id for x in await silences.stored()] == [s.id]
     assert await silences.active(T0) == [] and [x.id for x in await silences.active(T0 + 50)] == [s.id]
     expired = await silences.expire(s.id, now=T0 + 60)
     assert expired.ends_at == T0 + 60 and await silences.active(T0 + 61) == []

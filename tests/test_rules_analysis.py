@@ -59,15 +59,30 @@ def test_parser_rejects_garbage(source: str) -> None:
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("acoustics.silence_ration > 0.4", "1:1: unknown field 'silence_ration' of acoustics, did you mean 'silence_ratio'?"),
+        (
+            "acoustics.silence_ration > 0.4",
+            "1:1: unknown field 'silence_ration' of acoustics, did you mean 'silence_ratio'?",
+        ),
         ("acoustics.zzz > 0.4", "1:1: unknown field 'zzz' of acoustics (known: duration_s, silence_ratio,"),
-        ("facets.emotions.label == 'anger'", "1:1: facets.emotions is a list: it has no field 'label' (test its items with exists(), all() or filter())"),
+        (
+            "facets.emotions.label == 'anger'",
+            "1:1: facets.emotions is a list: it has no field 'label' (test its items with exists(), all() or filter())",
+        ),
         ("facets.emotions.exists(e, e.lable == 'anger')", "1:27: unknown field 'lable' of e, did you mean 'label'?"),
-        ("facets.sound_events.exists(s, s.intensity > 0.5)", "1:31: unknown field 'intensity' of s (known: label, confidence, window, start, end, span)"),
+        (
+            "facets.sound_events.exists(s, s.intensity > 0.5)",
+            "1:31: unknown field 'intensity' of s (known: label, confidence, window, start, end, span)",
+        ),
         ("facets.emotions[0].rol == 'x'", "1:1: unknown field 'rol' of facets.emotions[...], did you mean 'role'?"),
         ("caption.text == 'x'", "1:1: caption is a string: it has no field 'text'"),
-        ("has(acoustics.overtalk_ratoi)", "1:5: unknown field 'overtalk_ratoi' of acoustics, did you mean 'overtalk_ratio'?"),
-        ("event.call_id == 'x'", "1:1: unknown field 'call_id' of event (expected a CloudEvents attribute or extension"),
+        (
+            "has(acoustics.overtalk_ratoi)",
+            "1:5: unknown field 'overtalk_ratoi' of acoustics, did you mean 'overtalk_ratio'?",
+        ),
+        (
+            "event.call_id == 'x'",
+            "1:1: unknown field 'call_id' of event (expected a CloudEvents attribute or extension",
+        ),
         ("emotion('customer', ['anger'])", "1:1: emotion() takes 3 arguments (role, labels, min_intensity), got 2"),
         ("emotion('customer', ['anger'], '0.6')", "1:32: emotion(): min_intensity must be number, got string"),
         ("sound(3, 0.5)", "1:7: sound(): labels must be string or list of strings, got number"),
@@ -198,13 +213,22 @@ def test_requires_is_every_conjunct_trigger(source: str, requires: list[set[str]
 @pytest.mark.parametrize(
     ("source", "floors"),
     [
-        ('emotion("customer", ["anger", "frustration"], 0.6)', [FloorTest("emotion", "customer", frozenset({"anger", "frustration"}), 0.6)]),
-        ('emotion("any", "fear", 0.3) && sound(["alarm"], 0.5)', [FloorTest("emotion", None, frozenset({"fear"}), 0.3), FloorTest("sound", None, frozenset({"alarm"}), 0.5)]),
+        (
+            'emotion("customer", ["anger", "frustration"], 0.6)',
+            [FloorTest("emotion", "customer", frozenset({"anger", "frustration"}), 0.6)],
+        ),
+        (
+            'emotion("any", "fear", 0.3) && sound(["alarm"], 0.5)',
+            [FloorTest("emotion", None, frozenset({"fear"}), 0.3), FloorTest("sound", None, frozenset({"alarm"}), 0.5)],
+        ),
         (
             'facets.emotions.exists(e, e.label == "anger" && e.intensity > 0.7 && e.role == "agent")',
             [FloorTest("emotion", "agent", frozenset({"anger"}), 0.7)],
         ),
-        ('facets.sound_events.exists(s, s.label in ["alarm", "siren"] && 0.4 <= s.confidence)', [FloorTest("sound", None, frozenset({"alarm", "siren"}), 0.4)]),
+        (
+            'facets.sound_events.exists(s, s.label in ["alarm", "siren"] && 0.4 <= s.confidence)',
+            [FloorTest("sound", None, frozenset({"alarm", "siren"}), 0.4)],
+        ),
         ('emotion(context.role, ["anger"], 0.6)', []),  # the role is not a literal
         ('emotion("customer", ["anger"], context.floor)', []),
         ('!emotion("customer", ["anger"], 0.6)', []),

@@ -68,7 +68,10 @@ def test_explain(tmp_path: Path) -> None:
             "context": {"callid": "c-1", "customer_tier": "gold"},
             "caption": "A calm call.",
             "windows": [{"index": 0, "start": 0.0, "end": 30.0, "channel": 1, "role": "customer", "caption": "calm"}],
-            "facets": {"emotions": [], "sound_events": [{"label": "alarm", "confidence": 0.9, "window": 0, "start": 3.0, "end": 4.0, "span": "beeping"}]},
+            "facets": {
+                "emotions": [],
+                "sound_events": [{"label": "alarm", "confidence": 0.9, "window": 0, "start": 3.0, "end": 4.0, "span": "beeping"}],
+            },
             "acoustics": {"silence_ratio": 0.5, "longest_silence_s": 2.0},
         },
     }  # fmt: skip
@@ -103,7 +106,21 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_silences_from_the_command_line(nats_url: str) -> None:
-    added = rules("silence", "add", "team=qa", "rule=~dead-.*", "--duration", "2h", "--comment", "maintenance", "--author", "me", "--nats", nats_url, "--json")
+    added = rules(
+        "silence",
+        "add",
+        "team=qa",
+        "rule=~dead-.*",
+        "--duration",
+        "2h",
+        "--comment",
+        "maintenance",
+        "--author",
+        "me",
+        "--nats",
+        nats_url,
+        "--json",
+    )
     assert added.exit_code == 0, added.output
     silence = json.loads(added.output)
     assert [m["op"] for m in silence["matchers"]] == ["=", "=~"]
@@ -153,7 +170,12 @@ def test_backtest_from_the_command_line(nats_url: str, monkeypatch: pytest.Monke
         js = nc.jetstream()
         cfg = NatsSettings(subject_prefix="bt", out_stream="BT_OUT", in_stream="BT_IN", dlq_stream="BT_DLQ")
         await provision(js, cfg)
-        data = {"context": {"callid": "c-1", "customer_tier": "gold"}, "acoustics": {"silence_ratio": 0.6, "longest_silence_s": 1.0}, "facets": {"emotions": [], "sound_events": []}, "caption": ""}
+        data = {
+            "context": {"callid": "c-1", "customer_tier": "gold"},
+            "acoustics": {"silence_ratio": 0.6, "longest_silence_s": 1.0},
+            "facets": {"emotions": [], "sound_events": []},
+            "caption": "",
+        }
         await publish_event(js, "bt.captioned", new_event("com.listenpost.audio.captioned", "/t", data, id="h1"), msg_id="h1")
         await nc.drain()
 

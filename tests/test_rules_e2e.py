@@ -54,7 +54,7 @@ async def rules_status() -> dict[str, Any]:
     from ray import serve
 
     handle = serve.get_deployment_handle("RulesEngine", app_name="listenpost")
-    return await handle.status.remote()  # type: ignore[no-any-return]
+    return await handle.status.remote()
 
 
 async def until(check: Any, timeout: float = 20.0, every: float = 0.2) -> Any:
@@ -73,7 +73,14 @@ async def send(nc: NATS, settings: Settings, marker: str) -> str:
         "caption": "A short calm call.",
         "windows": [{"index": 0, "start": 0.0, "end": 5.0, "channel": None, "role": None, "caption": "calm"}],
         "facets": {"emotions": [], "sound_events": [], "languages": ["en"]},
-        "acoustics": {"duration_s": 5.0, "silence_ratio": 0.05, "longest_silence_s": 0.5, "dead_air_s": 0.0, "peak_dbfs": -6.0, "channels": []},
+        "acoustics": {
+            "duration_s": 5.0,
+            "silence_ratio": 0.05,
+            "longest_silence_s": 0.5,
+            "dead_air_s": 0.0,
+            "peak_dbfs": -6.0,
+            "channels": [],
+        },
     }
     event = new_event(CAPTIONED, "urn:test:rules-e2e", data)
     await publish_event(nc.jetstream(), settings.nats.subject("captioned"), event, msg_id=event.get_id())

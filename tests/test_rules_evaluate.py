@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from services.rules import (
-    Limits,
     ALERT_RAISED,
     ROUTE_DECIDED,
     RULE_FAILED,
     RULE_SHADOW_MATCHED,
     TAG_ADDED,
+    Limits,
     RuleError,
     RuleMatch,
     RuleSet,
@@ -252,7 +252,17 @@ def test_shipped_rules_angry_customer_escalates() -> None:
     data = captioned(
         windows=[{"index": 0, "start": 0.0, "end": 30.0, "channel": 1, "role": "customer", "caption": "Shouting."}],
         facets={
-            "emotions": [{"role": "customer", "label": "anger", "intensity": 0.8, "window": 0, "start": 65.0, "end": 70.0, "span": "Enough!"}],
+            "emotions": [
+                {
+                    "role": "customer",
+                    "label": "anger",
+                    "intensity": 0.8,
+                    "window": 0,
+                    "start": 65.0,
+                    "end": 70.0,
+                    "span": "Enough!",
+                }
+            ],
             "sound_events": [],
         },
         acoustics={"silence_ratio": 0.1, "longest_silence_s": 2.0},
@@ -278,7 +288,15 @@ def windows(*spans: tuple[float, float], role: str = "customer") -> list[dict[st
 
 
 def anger(window: int, start: float, intensity: float = 0.9) -> dict[str, Any]:
-    return {"role": "customer", "label": "anger", "intensity": intensity, "window": window, "start": start, "end": start + 1, "span": f"angry {window}"}
+    return {
+        "role": "customer",
+        "label": "anger",
+        "intensity": intensity,
+        "window": window,
+        "start": start,
+        "end": start + 1,
+        "span": f"angry {window}",
+    }
 
 
 DEBOUNCED = 'emotion("customer", ["anger"], 0.6)'
@@ -379,7 +397,19 @@ def test_helpers_record_evidence_for_templates(tmp_path: Path) -> None:
     """
     data = captioned(
         caption="Someone smashes a window.",
-        facets={"emotions": [], "sound_events": [{"label": "glass_breaking", "confidence": 0.75, "window": 3, "start": 95.5, "end": 96.0, "span": "glass shatters"}]},
+        facets={
+            "emotions": [],
+            "sound_events": [
+                {
+                    "label": "glass_breaking",
+                    "confidence": 0.75,
+                    "window": 3,
+                    "start": 95.5,
+                    "end": 96.0,
+                    "span": "glass shatters",
+                }
+            ],
+        },
     )
     [alert] = evaluate(rules(tmp_path, body), EVENT, data).decisions
     assert alert.data["summary"] == "glass_breaking at 01:35 (0.75) by rule glass of qa"
@@ -433,7 +463,11 @@ def test_emit_renders_data_with_json_types(tmp_path: Path) -> None:
 
 def test_oversized_inputs_are_capped_and_reported(tmp_path: Path) -> None:
     ruleset = rules(tmp_path, rule("size", when="size(caption) == 10 && size(facets.emotions) == 3"))
-    data = captioned(caption="x" * 50, facets={"emotions": [anger(0, 1.0)] * 5, "sound_events": []}, windows=windows(*[(i, i + 1) for i in range(5)]))
+    data = captioned(
+        caption="x" * 50,
+        facets={"emotions": [anger(0, 1.0)] * 5, "sound_events": []},
+        windows=windows(*[(i, i + 1) for i in range(5)]),
+    )
     result = evaluate(ruleset, EVENT, data, limits=Limits(max_caption_chars=10, max_list_items=3))
     assert routed(result) == ["size"]
     assert set(result.truncated) == {"caption", "windows", "facets.emotions"}
@@ -479,7 +513,11 @@ def test_time_limits_count_cpu_time_not_waiting() -> None:
 
 
 def test_helper_errors_are_rule_errors_not_false(tmp_path: Path) -> None:
-    ruleset = rules(tmp_path, rule("e", priority=1, when='emotion("customer", ["anger"], 0.5)', extra="  continue: true") + rule("ok", priority=2))
+    ruleset = rules(
+        tmp_path,
+        rule("e", priority=1, when='emotion("customer", ["anger"], 0.5)', extra="  continue: true")
+        + rule("ok", priority=2),
+    )
     broken = captioned(facets={"emotions": [{"role": "customer", "label": "anger", "intensity": "high"}], "sound_events": []})
     result = evaluate(ruleset, EVENT, broken)
     assert result.errors == [RuleError(rule_id="e", message="intensity of emotion 'anger' must be a number, got str")]
@@ -489,7 +527,10 @@ def test_helper_errors_are_rule_errors_not_false(tmp_path: Path) -> None:
 
 
 def test_a_value_cel_cannot_take_fails_every_rule_visibly(tmp_path: Path) -> None:
-    ruleset = rules(tmp_path, rule("a", priority=1, when="size(context) > 0", extra="  continue: true") + rule("b", priority=2, when="true"))
+    ruleset = rules(
+        tmp_path,
+        rule("a", priority=1, when="size(context) > 0", extra="  continue: true") + rule("b", priority=2, when="true"),
+    )
     result = evaluate(ruleset, EVENT, captioned(context={"ids": {1, 2}}))  # a set: not JSON, not CEL
     assert [e.rule_id for e in result.errors] == ["a", "b"]
     assert result.errors[0].message.startswith("event cannot be given to CEL")
@@ -517,3 +558,10 @@ def test_cached_hash_prefixes_give_the_reference_ids_and_fingerprints() -> None:
             event_half = hashlib.sha256("".join(f"{len(p)}:{p};" for p in parts).encode()).hexdigest()[:32]
             action_half = hashlib.sha256(f"{len(rule.id)}:{rule.id};{len(str(slot))}:{slot};".encode()).hexdigest()[:32]
             assert expected == event_half + action_half
+
+
+def test_limits_come_from_the_rules_settings() -> None:
+    from services.settings import RulesSettings
+
+    limits = Limits.from_settings(RulesSettings(max_caption_chars=10, max_list_items=3, max_rule_ms=5, max_event_ms=50))
+    assert limits == Limits(max_caption_chars=10, max_list_items=3, max_rule_ms=5.0, max_event_ms=50.0)

@@ -71,7 +71,10 @@ BAD = {
         "bad/empty-file/rules.yaml:1:1: empty file: expected a RuleSet (apiVersion, kind, metadata, rules)",
     ],
     "unknown-field-path": [
-        "bad/unknown-field-path/rules.yaml:8:11: rules[0].when: 1:1: unknown field 'silence_ration' of acoustics, did you mean 'silence_ratio'?",
+        (
+            "bad/unknown-field-path/rules.yaml:8:11: rules[0].when: 1:1: unknown field 'silence_ration' of acoustics, "
+            "did you mean 'silence_ratio'?"
+        ),
     ],
     "template-unknown-field": [
         (
@@ -99,8 +102,14 @@ BAD = {
     ],
     "alert-hygiene": [
         "bad/alert-hygiene/rules.yaml:9:10: rules[0].for: `for` takes exactly one of windows, duration",
-        "bad/alert-hygiene/rules.yaml:14:19: rules[0].actions[0].alert.labels: label 'rule' is set by the engine (built-in labels: rule, severity)",
-        "bad/alert-hygiene/rules.yaml:15:28: rules[0].actions[0].alert.repeat_interval: '5x' is not a duration like 30s, 5m, 1h30m or 250ms",
+        (
+            "bad/alert-hygiene/rules.yaml:14:19: rules[0].actions[0].alert.labels: label 'rule' is set by the engine "
+            "(built-in labels: rule, severity)"
+        ),
+        (
+            "bad/alert-hygiene/rules.yaml:15:28: rules[0].actions[0].alert.repeat_interval: '5x' is not a duration "
+            "like 30s, 5m, 1h30m or 250ms"
+        ),
         "bad/alert-hygiene/rules.yaml:16:29: rules[0].actions[0].alert.rate_limit.max: Input should be greater than or equal to 1",
         (
             "bad/alert-hygiene/rules.yaml:18:11: rules[0].actions[1].alert: group_by names 'queue', which is not a label "

@@ -117,7 +117,7 @@ async def test_buckets_open_idempotently_from_many_replicas(js: Any) -> None:
     name = unique("KV")
     opened = await asyncio.gather(*(open_bucket(js, name, ttl_s=60) for _ in range(4)))
     await opened[0].put("k", {"v": 1})
-    assert (await opened[3].get("k")).value == {"v": 1}  # type: ignore[union-attr]
+    assert (await opened[3].get("k")).value == {"v": 1}
 
 
 RULES = """apiVersion: listenpost/v1
@@ -263,7 +263,7 @@ async def stop_engine(engine: Any) -> None:
     """What Serve does at shutdown: await the async __del__ (then keep the GC from calling it again)."""
     await engine.__del__()
 
-    class Stopped(type(engine)):  # type: ignore[misc]
+    class Stopped(type(engine)):
         def __del__(self) -> None:
             pass
 

@@ -76,7 +76,12 @@ def random_event(rng: random.Random) -> dict[str, Any]:
                 {"role": "customer", "label": "distress"}, {"role": "customer", "label": "anger", "intensity": float("nan")},
                 {"role": "customer", "label": "anger", "intensity": True, "window": 1},
             ])  # fmt: skip
-        return {"role": rng.choice(["customer", "agent", None]), "label": rng.choice(EMOTIONS), "intensity": rng.random(), "window": rng.randrange(3)}
+        return {
+            "role": rng.choice(["customer", "agent", None]),
+            "label": rng.choice(EMOTIONS),
+            "intensity": rng.random(),
+            "window": rng.randrange(3),
+        }
 
     def sound() -> Any:
         if rng.random() < 0.08:
@@ -90,7 +95,17 @@ def random_event(rng: random.Random) -> dict[str, Any]:
     if rng.random() < 0.05:
         facets = rng.choice([{}, {"emotions": "none"}, {"sound_events": None, "emotions": []}])
     caption = " ".join(rng.choice(WORDS + ["the", "customer", "Cancel.", "REFUND", "manager's"]) for _ in range(rng.randrange(12)))
-    windows = [{"index": i, "start": 15.0 * i, "end": 15.0 * (i + 1), "channel": 1, "role": "customer", "caption": rng.choice(WORDS)} for i in range(3)]
+    windows = [
+        {
+            "index": i,
+            "start": 15.0 * i,
+            "end": 15.0 * (i + 1),
+            "channel": 1,
+            "role": "customer",
+            "caption": rng.choice(WORDS),
+        }
+        for i in range(3)
+    ]
     return {
         "context": {"callid": "c", **({"queue": rng.choice(["billing", "sales"])} if rng.random() < 0.8 else {})},
         "caption": caption if rng.random() > 0.03 else 42,

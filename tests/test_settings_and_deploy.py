@@ -172,3 +172,11 @@ def test_every_deployments_serve_options_come_from_settings() -> None:
     assert deployments["RulesEngine"].num_replicas == 2 and deployments["RulesEngine"].ray_actor_options["num_cpus"] == 0.2
     assert config["RulesEngine"].health_check_timeout_s == 45
     assert config["Captioner"].autoscaling_config.max_replicas == 3
+
+
+def test_docs_settings_md_is_current_and_every_setting_is_described() -> None:
+    from services.settings import settings_markdown
+
+    assert (REPO / "docs/settings.md").read_text() == settings_markdown(), "run: listenpost settings doc -o docs/settings.md"
+    undescribed = [row for row in settings_markdown().splitlines() if row.startswith("| `") and row.endswith("|  |")]
+    assert undescribed == []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.captioner.timeline import merge_timeline, near_duplicate, new_text, parse_timeline
 from services.captioner.text import sentences, words
+from services.captioner.timeline import merge_timeline, near_duplicate, new_text, parse_timeline
 from services.events.models import Window
 
 

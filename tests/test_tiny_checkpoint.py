@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from captioner_fixtures import SAMPLE_RATE, noise_window, tiny_checkpoint  # noqa: F401
+from captioner_fixtures import SAMPLE_RATE, noise_window
 
 from services.captioner.prompt import caption_prompt
 from services.captioner.tiny_checkpoint import MARKER_FILE, TINY_CHECKPOINT_VERSION, build_tiny_checkpoint

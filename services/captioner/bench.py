@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from services.captioner.engines.base import SAMPLE_RATE, CaptionEngine, SamplingConfig
 from services.captioner.engines import build_engine
+from services.captioner.engines.base import SAMPLE_RATE, CaptionEngine, SamplingConfig
 
 DEFAULT_CONCURRENCY = (1, 8, 32, 128)
 TINY_NOTE = "tiny random-weight checkpoint: proves the harness, not the real model's speed"
@@ -89,7 +89,7 @@ async def bench_engine(
             stats.reset()
         latencies: list[float] = []
 
-        async def one(i: int, started: float) -> int:
+        async def one(i: int, started: float, c: int = c, latencies: list[float] = latencies) -> int:
             result = await engine.caption(windows[i], f"{label}c{c}-w{i}")
             latencies.append(time.perf_counter() - started)
             return result.output_tokens

@@ -16,8 +16,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 from ray import serve
 
-from services.captioner.engines.base import TextEngine
 from services.captioner.engines import CaptionEngine, CaptionResult, SamplingConfig, build_engine
+from services.captioner.engines.base import ConfigurableEngine, TextEngine
 from services.captioner.errors import GuidedExtractionError
 from services.captioner.facets import extract_facets
 from services.captioner.facets.guided import GuidedFacetExtractor
@@ -84,7 +84,7 @@ class SamplingOverrides(BaseModel):
 
 @serve.deployment(name="Captioner")
 class Captioner:
-    async def __init__(self, settings: Settings, engine: CaptionEngine | None = None) -> None:
+    async def __init__(self, settings: Settings, engine: CaptionEngine | None = None) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         # `engine` is injectable (tests, other backends); by default it comes from settings.
         self._settings = settings.captioner
         self._engine = engine or make_engine(settings.captioner, settings.preprocess.window_s)
@@ -111,11 +111,11 @@ class Captioner:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Sampling overrides from the deployment's ``user_config`` (``serve deploy`` applies them live)."""
         overrides = SamplingOverrides.model_validate(user_config or {}).model_dump(exclude_none=True)
-        config = getattr(self._engine, "config", None)
-        if config is None or not overrides:
+        engine = self._engine
+        if not isinstance(engine, ConfigurableEngine) or not overrides:
             return
-        sampling = config.sampling.model_copy(update=overrides)
-        self._engine.config = config.model_copy(update={"sampling": sampling})  # type: ignore[attr-defined]
+        sampling = engine.config.sampling.model_copy(update=overrides)
+        engine.config = engine.config.model_copy(update={"sampling": sampling})
         log.info("captioner sampling now %s", sampling)
 
     async def stats(self) -> dict[str, Any]:

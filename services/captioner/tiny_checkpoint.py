@@ -13,6 +13,10 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import Qwen2Tokenizer, Qwen3OmniMoeConfig, Qwen3OmniMoeProcessor
 
 # Bump when anything below changes what gets written: an existing dir with another marker is rebuilt.
 TINY_CHECKPOINT_VERSION = "listenpost-tiny-qwen3-omni-v2"
@@ -96,7 +100,7 @@ def _is_complete(out_dir: Path) -> bool:
     return all((out_dir / name).is_file() for name in required)
 
 
-def _build_tokenizer():  # -> transformers.Qwen2Tokenizer
+def _build_tokenizer() -> Qwen2Tokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
@@ -117,8 +121,8 @@ def _build_tokenizer():  # -> transformers.Qwen2Tokenizer
     # Qwen2Tokenizer rebuilds the Qwen pre-tokenizer (regex split + byte level) around this vocab.
     return Qwen2Tokenizer(
         vocab=state["vocab"],
-        merges=merges,
-        unk_token=None,
+        merges=merges,  # type: ignore[arg-type]  # (a, b) pairs: accepted, though annotated as strings
+        unk_token=None,  # type: ignore[arg-type]  # no unknown token: byte-level BPE covers every byte
         bos_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -127,7 +131,7 @@ def _build_tokenizer():  # -> transformers.Qwen2Tokenizer
     )
 
 
-def _build_processor(tokenizer):  # -> transformers.Qwen3OmniMoeProcessor
+def _build_processor(tokenizer: Qwen2Tokenizer) -> Qwen3OmniMoeProcessor:
     from transformers import (
         Qwen2VLImageProcessor,
         Qwen3OmniMoeProcessor,
@@ -149,10 +153,15 @@ def _build_processor(tokenizer):  # -> transformers.Qwen3OmniMoeProcessor
     )
 
 
-def _build_config(tokenizer):  # -> transformers.Qwen3OmniMoeConfig
+def _build_config(tokenizer: Qwen2Tokenizer) -> Qwen3OmniMoeConfig:
     from transformers import Qwen3OmniMoeConfig
 
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
+    def token_id(token: str) -> int:
+        found = tokenizer.convert_tokens_to_ids(token)
+        assert isinstance(found, int), token  # one token, one id
+        return found
+
+    ids = {tok: token_id(tok) for tok in SPECIAL_TOKENS}
 
     def single_id(word: str) -> int:
         # The role names are single tokens in the real vocab; in this tiny one they may not be.
@@ -285,7 +294,8 @@ def build_tiny_checkpoint(out_dir: Path, *, seed: int = 0) -> Path:
         config = _build_config(tokenizer)
 
         torch.manual_seed(seed)
-        model = Qwen3OmniMoeForConditionalGeneration(config).to(torch.float32).eval()
+        model = Qwen3OmniMoeForConditionalGeneration(config)
+        model = model.to(torch.float32).eval()  # type: ignore[arg-type]  # (.to() is annotated as its decorator's wrapper)
         eos_ids = [config.im_end_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")]
         model.generation_config = GenerationConfig(
             eos_token_id=eos_ids,

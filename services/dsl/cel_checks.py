@@ -93,9 +93,9 @@ def _collect_unknown(node: Node, names: frozenset[str], found: set[str]) -> None
         return
     if isinstance(node, Call):
         if node.is_macro:
-            assert node.target is not None and isinstance(node.args[0], Ident)
+            assert node.target is not None
             _collect_unknown(node.target, names, found)
-            inner = names | {node.args[0].name}
+            inner = names | {node.bound_name}
             for arg in node.args[1:]:
                 _collect_unknown(arg, inner, found)
             return

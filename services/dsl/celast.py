@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.dsl.errors import DslError
+
 __all__ = [
     "Binary",
     "Call",
@@ -49,7 +51,7 @@ __all__ = [
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 
 
-class CelSyntaxError(ValueError):
+class CelSyntaxError(DslError, ValueError):
     def __init__(self, message: str, offset: int) -> None:
         super().__init__(message)
         self.offset = offset
@@ -113,6 +115,13 @@ class Call(Node):
             and len(self.args) in (2, 3)
             and isinstance(self.args[0], Ident)
         )
+
+    @property
+    def bound_name(self) -> str:
+        """The name a comprehension macro binds (``e`` in ``x.exists(e, ...)``)."""
+        var = self.args[0]
+        assert self.is_macro and isinstance(var, Ident), "only comprehension macros bind a name"
+        return var.name
 
 
 @dataclass(eq=False)

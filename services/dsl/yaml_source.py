@@ -8,15 +8,14 @@ turned back into the line and column an operator sees in their editor.
 
 from __future__ import annotations
 
+import difflib
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-import difflib
-import typing
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError

@@ -41,14 +41,17 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Final, cast
 from urllib.parse import quote, unquote_to_bytes
 
+from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.common import decode_header_value
 from cloudevents.core.exceptions import CloudEventValidationError
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import OPTIONAL_ATTRIBUTES, REQUIRED_ATTRIBUTES, CloudEvent
+
+from services.events.errors import EventsError
 
 __all__ = [
     "STRUCTURED_CONTENT_TYPE",
@@ -75,7 +78,7 @@ _HEADER_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in
 _QUOTED_PAIR: Final = re.compile(r"\\(.)")
 
 
-class BindingError(ValueError):
+class BindingError(EventsError, ValueError):
     """A NATS message could not be mapped to or from a CloudEvent."""
 
 
@@ -103,7 +106,7 @@ def new_event(
         "id": str(uuid.uuid4()) if id is None else id,
         "source": source,
         "type": type,
-        "time": datetime.now(timezone.utc),
+        "time": datetime.now(UTC),
     }
     if datacontenttype is not None:
         attributes["datacontenttype"] = datacontenttype
@@ -119,7 +122,7 @@ def new_event(
     return _construct(lambda: CloudEvent(attributes, data), had_time=True)
 
 
-def encode_binary(event: CloudEvent) -> tuple[bytes, dict[str, str]]:
+def encode_binary(event: BaseCloudEvent) -> tuple[bytes, dict[str, str]]:
     """Binary mode: ``(body, headers)`` with one ``ce-`` header per attribute."""
     attributes = event.get_attributes()
     _check_extension_names(attributes)
@@ -127,7 +130,7 @@ def encode_binary(event: CloudEvent) -> tuple[bytes, dict[str, str]]:
     return _encode_data(event.get_data(), attributes.get("datacontenttype")), headers
 
 
-def encode_structured(event: CloudEvent) -> tuple[bytes, dict[str, str]]:
+def encode_structured(event: BaseCloudEvent) -> tuple[bytes, dict[str, str]]:
     """Structured mode: the JSON event format as body (``data_base64`` for bytes)."""
     _check_extension_names(event.get_attributes())
     return _FORMAT.write(event), {"content-type": STRUCTURED_CONTENT_TYPE}
@@ -152,7 +155,7 @@ def decode(body: bytes, headers: Mapping[str, str] | None) -> CloudEvent:
     )
 
 
-def event_data_json(event: CloudEvent) -> Any:
+def event_data_json(event: BaseCloudEvent) -> Any:
     """The event's data as a JSON value, whether it is held as bytes or already decoded."""
     data = event.get_data()
     # A str under a JSON content type is an already decoded JSON string, not JSON text.
@@ -166,7 +169,7 @@ def event_data_json(event: CloudEvent) -> Any:
     return data
 
 
-def event_attributes(event: CloudEvent) -> dict[str, Any]:
+def event_attributes(event: BaseCloudEvent) -> dict[str, Any]:
     """All attributes, extensions included, as a new dict (``time`` stays a datetime)."""
     return dict(event.get_attributes())
 

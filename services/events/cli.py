@@ -55,7 +55,7 @@ def _run(url: str, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
                 reconnect_time_wait=0.2,
                 error_cb=remember,
             )
-        except Exception as exc:  # noqa: BLE001 - nats-py raises several unrelated types here
+        except Exception as exc:
             cause = errors[-1] if errors else exc
             err.print(f"[red]error:[/] cannot reach NATS at {url}: {cause}", highlight=False)
             raise typer.Exit(2) from exc

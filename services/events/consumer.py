@@ -19,7 +19,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -27,12 +26,15 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from services.events.errors import EventsError
 from services.events.jetstream import TRANSIENT_NATS_ERRORS
+from services.events.models import Stage
+from services.settings import NatsSettings
 
 log = logging.getLogger(__name__)
 
 
-class RetryLater(Exception):
+class RetryLater(EventsError):
     """A transient fault: redeliver the message later (after ``delay_s``, else the consumer's delay)."""
 
     def __init__(self, reason: str, delay_s: float | None = None) -> None:
@@ -40,10 +42,27 @@ class RetryLater(Exception):
         self.delay_s = delay_s
 
 
-class Poison(Exception):
+@dataclass(frozen=True)
+class Redelivery:
+    """How a consumer retries a message: bounded deliveries (never JetStream's -1, forever),
+    doubling nak delays on transient faults, and in-progress heartbeats while it works."""
+
+    max_deliver: int
+    heartbeat_s: float = 10.0
+    retry_delay_s: float = 5.0
+    retry_delay_max_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, nats: NatsSettings) -> Redelivery:
+        """``LISTENPOST_NATS__MAX_DELIVER``, ``__RETRY_DELAY_S``, ``__RETRY_DELAY_MAX_S``; a
+        heartbeat every third of ``__ACK_WAIT_S``."""
+        return cls(nats.max_deliver, nats.ack_wait_s / 3, nats.retry_delay_s, nats.retry_delay_max_s)
+
+
+class Poison(EventsError):
     """The message can never succeed: dead-letter it with ``stage`` and ``reason``."""
 
-    def __init__(self, stage: str, reason: str, error: str | None = None) -> None:
+    def __init__(self, stage: Stage, reason: str, error: str | None = None) -> None:
         super().__init__(f"{stage}: {reason}")
         self.stage = stage
         self.reason = reason
@@ -73,24 +92,21 @@ class PullConsumer:
         durable: str,
         handler: Handler,
         dead_letter: DeadLetter,
-        max_deliver: int,
+        redelivery: Redelivery,
         max_in_flight: int = 16,
         batch: int = 8,
-        heartbeat_s: float = 10.0,
-        retry_delay_s: float = 5.0,
-        retry_delay_max_s: float = 60.0,
     ) -> None:
         self._js = js
         self._stream = stream
         self._durable = durable
         self._handler = handler
         self._dead_letter = dead_letter
-        self._max_deliver = max_deliver
+        self._max_deliver = redelivery.max_deliver
         self._slots = asyncio.Semaphore(max_in_flight)
         self._batch = batch
-        self._heartbeat_s = heartbeat_s
-        self._retry_delay_s = retry_delay_s
-        self._retry_delay_max_s = retry_delay_max_s
+        self._heartbeat_s = redelivery.heartbeat_s
+        self._retry_delay_s = redelivery.retry_delay_s
+        self._retry_delay_max_s = redelivery.retry_delay_max_s
         self._stopping = asyncio.Event()
         self._resubscribe = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -158,7 +174,7 @@ class PullConsumer:
                 continue
             try:
                 msgs = await sub.fetch(min(self._batch, free), timeout=1.0)
-            except (NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 continue  # nothing to do for now
             except TRANSIENT_NATS_ERRORS as exc:
                 # While nats-server restarts the client reconnects by itself; keep asking.
@@ -174,7 +190,7 @@ class PullConsumer:
                 task.add_done_callback(self._tasks.discard)
 
     def _free_slots(self) -> int:
-        return self._slots._value  # noqa: SLF001 - asyncio exposes no public reading
+        return self._slots._value
 
     async def _process(self, msg: Msg) -> None:
         heartbeat = asyncio.get_running_loop().create_task(self._keep_alive(msg))

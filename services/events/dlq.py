@@ -26,6 +26,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.events.binding import BindingError, decode, event_data_json
+from services.events.errors import EventsError
 from services.events.jetstream import derive_msg_id
 from services.events.models import AUDIO_FAILED, AudioFailed
 from services.settings import Settings
@@ -46,7 +47,7 @@ __all__ = [
 _CONTROL_HEADERS = ("nats-msg-id", "nats-expected-")
 
 
-class DeadLetterError(Exception):
+class DeadLetterError(EventsError):
     """A replay request that cannot be carried out."""
 
 
@@ -138,8 +139,9 @@ def read_dead_letter(raw: RawStreamMsg) -> DeadLetter:
             **common, stage=None, reason=f"unreadable dead letter: {exc}", original_id=None, replayable=False
         )
     try:
-        original: OriginalMessage | None = OriginalMessage.model_validate(failed.original)
-        original.body()  # type: ignore[union-attr]
+        parsed = OriginalMessage.model_validate(failed.original)
+        parsed.body()  # the body must decode, or the letter cannot be replayed
+        original: OriginalMessage | None = parsed
     except (ValidationError, binascii.Error, ValueError):
         original = None
     extension = event.get_attributes().get("originalid")
@@ -178,7 +180,7 @@ async def replay(
     *,
     seq: int | None = None,
     original_id: str | None = None,
-    all: bool = False,  # noqa: A002 - mirrors the CLI's --all
+    all: bool = False,
     stage: str | None = None,
     timeout_s: float = 10.0,
 ) -> ReplayReport:

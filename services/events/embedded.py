@@ -18,8 +18,10 @@ from types import TracebackType
 
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from services.events.errors import EventsError
 
-class EmbeddedNatsError(RuntimeError):
+
+class EmbeddedNatsError(EventsError, RuntimeError):
     """The embedded nats-server could not be found or did not become ready."""
 
 

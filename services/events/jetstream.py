@@ -17,6 +17,8 @@ from typing import Any, Literal
 import nats
 from cloudevents.core.base import BaseCloudEvent
 from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError, ConnectionReconnectingError, NoRespondersError, OutboundBufferLimitError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -26,8 +28,6 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.errors import ConnectionClosedError, ConnectionReconnectingError, NoRespondersError, OutboundBufferLimitError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -144,6 +144,7 @@ def consumer_configs(cfg: NatsSettings, rules_subjects: list[str]) -> dict[str, 
 async def provision(js: JetStreamContext, cfg: NatsSettings, rules_subjects: list[str] | None = None) -> None:
     """Create or update the streams and durable consumers; safe to run at every start."""
     for config in stream_configs(cfg):
+        assert config.name is not None, "stream_configs() names every stream"
         try:
             await js.stream_info(config.name)
         except NotFoundError:

@@ -46,12 +46,12 @@ import cel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from services.events.binding import CloudEvent, MalformedEventError, event_data_json, new_event
-from services.events.models import AUDIO_SUBMITTED, AudioSubmitted
-from services.ingest.errors import IngestError
 from services.dsl.cel_checks import CEL_FUNCTIONS, compile_checked, new_context, runtime_message
 from services.dsl.errors import ExpressionError, FileError, LoadError
 from services.dsl.yaml_source import Loc, YamlDocument, format_loc, parse_yaml, schema_errors
+from services.events.binding import CloudEvent, MalformedEventError, event_data_json, new_event
+from services.events.models import AUDIO_SUBMITTED, AudioSubmitted
+from services.ingest.errors import IngestError
 
 __all__ = [
     "ADAPTED_FROM",
@@ -263,14 +263,14 @@ class Adapter:
         }
         try:
             context = new_context(variables)
-        except Exception as exc:  # noqa: BLE001 - a value CEL cannot hold (e.g. bytes data)
+        except Exception as exc:
             raise AdapterError(f"adapter {self.id!r}: event cannot be given to CEL: {runtime_message(exc)}") from exc
         out: dict[str, Any] = {}
         extensions: dict[str, Any] = {}
         for field in self.fields:
             try:
                 value = field.program.execute(context)
-            except Exception as exc:  # noqa: BLE001 - the library raises KeyError, TypeError, RuntimeError...
+            except Exception as exc:
                 raise AdapterError(
                     f"adapter {self.id!r}: cannot map {field.target} from `{field.source}`: {runtime_message(exc)}"
                 ) from exc

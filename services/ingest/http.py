@@ -66,8 +66,8 @@ from services.events.binding import (
 from services.events.claimcheck import submitted_data
 from services.events.jetstream import derive_msg_id, publish_event
 from services.events.models import AUDIO_SUBMITTED, AudioSubmitted
-from services.ingest.errors import IngestError
 from services.ingest.adapters import AdapterError, AdapterSet, load_adapters, summarize
+from services.ingest.errors import IngestError
 from services.settings import HttpSettings, NatsSettings, Settings
 
 __all__ = [
@@ -179,8 +179,8 @@ class HttpIngest:
     @classmethod
     def from_settings(cls, js: JetStreamContext, settings: Settings) -> HttpIngest:
         """Build from the one settings object (``settings.http``, ``settings.adapters``)."""
-        http: HttpSettings = settings.http  # type: ignore[attr-defined]
-        adapter_settings = settings.adapters  # type: ignore[attr-defined]
+        http: HttpSettings = settings.http
+        adapter_settings = settings.adapters
         adapters = load_adapters(adapter_settings.directory) if adapter_settings.enabled else AdapterSet()
         return cls(js=js, nats=settings.nats, http=http, adapters=adapters)
 

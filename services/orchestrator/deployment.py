@@ -19,12 +19,12 @@ from ray.serve.exceptions import BackPressureError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
 from services.captioner.errors import CaptionGenerationError, EngineDeadError
-from services.events.consumer import Poison, PullConsumer, RetryLater
+from services.events.advisories import handle_advisory
+from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
 from services.events.deadletter import dead_letter
 from services.events.jetstream import connect, derive_msg_id, provision, publish_event
 from services.events.models import AudioSubmitted, Facets, Window
 from services.ingest.adapters import AdapterSet, load_adapters
-from services.events.advisories import handle_advisory
 from services.ingest.http import HttpIngest, app_for
 from services.ingest.submitted import parse_submitted
 from services.orchestrator.pipeline import caption_submitted, lexicon_facets
@@ -45,7 +45,7 @@ _TRANSIENT = (
 @serve.deployment(name="Ingress")
 @serve.ingress()  # the app comes from __serve_build_asgi_app__ (see services/ingest/http.py)
 class Ingress:
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         settings: Settings,
         preprocessor: DeploymentHandle,
@@ -62,21 +62,16 @@ class Ingress:
         self._adapters = load_adapters(settings.adapters.directory) if settings.adapters.enabled else AdapterSet()
         cfg = settings.nats
         await provision(self._js, cfg, settings.rules.subjects(cfg))
-        consumer_options = {
-            "max_deliver": cfg.max_deliver,
-            "heartbeat_s": cfg.ack_wait_s / 3,
-            "retry_delay_s": cfg.retry_delay_s,
-            "retry_delay_max_s": cfg.retry_delay_max_s,
-            "batch": cfg.fetch_batch,
-        }
+        redelivery = Redelivery.from_settings(cfg)
         self._consumer = PullConsumer(
             self._js,
             stream=cfg.in_stream,
             durable=cfg.ingest_durable,
             handler=self._handle,
             dead_letter=self._dead_letter,
+            redelivery=redelivery,
             max_in_flight=settings.ingress.max_in_flight,
-            **consumer_options,
+            batch=cfg.fetch_batch,
         )
         self._advisories = PullConsumer(
             self._js,
@@ -84,8 +79,9 @@ class Ingress:
             durable=cfg.advisory_durable,
             handler=lambda msg: handle_advisory(self._js, cfg, settings.source, msg),
             dead_letter=self._dead_letter,
+            redelivery=redelivery,
             max_in_flight=4,
-            **consumer_options,
+            batch=cfg.fetch_batch,
         )
         self._consumer.start()
         self._advisories.start()

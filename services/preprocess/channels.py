@@ -59,8 +59,8 @@ def plan_channels(channels: int, roles: Sequence[ChannelRole], mode: Literal["sp
             )
     if mode == "split" and roles:
         return [Output(r.index, r.role) for r in sorted(roles, key=lambda r: r.index)]
-    role = roles[0].role if len(roles) == 1 and channels == 1 else None
-    return [Output(None, role)]
+    only_role = roles[0].role if len(roles) == 1 and channels == 1 else None
+    return [Output(None, only_role)]
 
 
 class _Buffer:

@@ -65,7 +65,7 @@ def open_audio(data: bytes, container: Container | None = None) -> AbstractConte
     return _open_ffmpeg(data, container)
 
 
-class _NotForSndfile(Exception):
+class _NotForSndfile(Exception):  # private control flow, caught in this module
     """libsndfile knows the container but not the codec inside: FFmpeg may."""
 
 

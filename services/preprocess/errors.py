@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from services.events.models import Stage
+
 
 class PreprocessError(Exception):
     """Base: the input cannot be turned into windows."""
 
-    stage: ClassVar[str] = "preprocess"
+    stage: ClassVar[Stage] = "preprocess"
     retryable: bool = False
 
 
@@ -22,7 +24,7 @@ class PreprocessError(Exception):
 
 
 class SourceError(PreprocessError):
-    stage = "fetch"
+    stage: ClassVar[Stage] = "fetch"
 
 
 class UnsupportedSourceError(SourceError):
@@ -80,7 +82,7 @@ class SourceUnavailableError(SourceError):
 class AudioDecodeError(PreprocessError):
     """The bytes are not audio we can decode (corrupt or of an unknown kind)."""
 
-    stage = "decode-audio"
+    stage: ClassVar[Stage] = "decode-audio"
 
 
 class UnsupportedFormatError(AudioDecodeError):
@@ -113,7 +115,7 @@ class InvalidSamplesError(AudioDecodeError):
 class AudioRejectedError(PreprocessError):
     """Decodable audio outside what this deployment accepts."""
 
-    stage = "validate"
+    stage: ClassVar[Stage] = "validate"
 
 
 class AudioTooLongError(AudioRejectedError):

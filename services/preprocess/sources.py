@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import ParseResult, unquote, urlparse
 
+from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectDeletedError, ObjectNotFoundError
-from nats.errors import Error as NatsError
 
 from services.events.models import AudioRef, ObjectRef
 from services.preprocess.errors import (

@@ -40,7 +40,7 @@ class VadParams:
     min_speech_s: float = 0.25  # shorter bursts are not speech
     min_silence_s: float = 0.1  # shorter gaps do not end a segment
     pad_s: float = 0.03  # each segment is widened by this much on both sides
-    gate_dbfs: float = -60.0  # frames quieter than this are never scored
+    gate_dbfs: float | None = -60.0  # frames quieter than this are never scored (None: score all)
 
     @property
     def neg_threshold(self) -> float:  # speech ends below this (hysteresis, as in silero)

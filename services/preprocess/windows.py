@@ -11,6 +11,7 @@ by time into equal windows.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -91,7 +92,7 @@ def plan_speech_windows(
         chain.append(int(previous[chain[-1]]))
     chain.reverse()
     spans = []
-    for a, b in zip(chain, chain[1:]):
+    for a, b in itertools.pairwise(chain):
         cut = "end" if b == points.shape[0] - 1 else ("pause" if in_pause[b] else "quiet")
         spans.append(WindowSpan(start=round(float(starts[a]), 3), end=round(float(points[b]), 3), cut=cut))
     spans[-1].end = duration_s

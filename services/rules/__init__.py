@@ -7,6 +7,7 @@ streaks, alert dedup, rate limits, groups, silences) sits behind the
 tools, NATS KV in the service.
 """
 
+from services.dsl.errors import FileError
 from services.rules.decisions import (
     ALERT_RAISED,
     DEFAULT_EMIT_SUBJECTS,
@@ -19,12 +20,11 @@ from services.rules.decisions import (
     decision_id,
     fingerprint,
 )
-from services.dsl.errors import FileError
 from services.rules.errors import RuleSetError
 from services.rules.evaluate import Evaluation, RuleError, RuleMatch, Streak, evaluate
+from services.rules.expr import VARIABLES
 from services.rules.fields import rule_variables
 from services.rules.limits import DEFAULT_LIMITS, Limits
-from services.rules.expr import VARIABLES
 from services.rules.loader import lint, load_ruleset, load_sources, rule_files
 from services.rules.ruleset import CompiledAction, CompiledRule, RuleSet
 from services.rules.schema import API_VERSION, KIND, RuleFileSpec, RuleSpec, json_schema

@@ -71,7 +71,7 @@ class Matcher(BaseModel):
         name, op, value = found.groups()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
-        return cls(name=name, op=op, value=value)  # type: ignore[arg-type]
+        return cls.model_validate({"name": name, "op": op, "value": value})
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         value = labels.get(self.name, "")
@@ -154,13 +154,14 @@ class Silences:
         self._loaded_at = None
         return found["s"]
 
-    async def list(self) -> list[Silence]:
+    async def stored(self) -> list[Silence]:
+        """Every stored silence (active, pending and expired), oldest first."""
         out = [Silence.model_validate(entry.value) for entry in await self.store.entries("silence.")]
         return sorted(out, key=lambda s: (s.starts_at, s.id))
 
     async def active(self, now: float) -> list[Silence]:
         if self._loaded_at is None or now - self._loaded_at >= self.refresh_s or now < self._loaded_at:
-            self._cache = await self.list()
+            self._cache = await self.stored()
             self._loaded_at = now
         return [s for s in self._cache if s.active(now)]
 
@@ -283,8 +284,8 @@ class Alerting:
 
     async def _rate(self, decision: Decision, spec: AlertSpec, now: float) -> Suppressed | None:
         assert spec.rate_limit is not None
-        window = _seconds(spec.rate_limit.per)
-        limit = spec.rate_limit.max
+        per, limit = spec.rate_limit.per, spec.rate_limit.max
+        window = _seconds(per)
         outcome: dict[str, Suppressed | None] = {"r": None}
 
         def take(value: dict[str, Any] | None) -> Any:
@@ -294,7 +295,7 @@ class Alerting:
                 return UNCHANGED
             if len(sent) >= limit:
                 outcome["r"] = Suppressed(
-                    decision, "rate_limited", f"{len(sent)} alerts of {decision.rule_id} in the last {spec.rate_limit.per}"  # type: ignore[union-attr]
+                    decision, "rate_limited", f"{len(sent)} alerts of {decision.rule_id} in the last {per}"
                 )
                 return UNCHANGED
             outcome["r"] = None

@@ -95,7 +95,10 @@ def analyse(source: str, known: Mapping[str, Shape] = VARIABLES) -> tuple[Analys
     depth = _comprehension_depth(ast)
     if depth > MAX_COMPREHENSION_DEPTH:
         findings.append(
-            Finding(0, f"comprehensions nested {depth} deep (at most {MAX_COMPREHENSION_DEPTH}): the cost grows as a power of the list sizes")
+            Finding(
+                0,
+                f"comprehensions nested {depth} deep (at most {MAX_COMPREHENSION_DEPTH}): the cost grows as a power of the list sizes",
+            )
         )
     projections = _projections(ast, known)
     return (
@@ -106,7 +109,7 @@ def analyse(source: str, known: Mapping[str, Shape] = VARIABLES) -> tuple[Analys
             projections=projections,
             item_fields=_item_fields(ast, projections),
             trigger=_trigger(ast, frozenset()),
-            requires=tuple(dict.fromkeys(t for n in conjuncts(ast) if (t := _trigger(n, frozenset())) is not None)),
+            requires=tuple(dict.fromkeys(k for n in conjuncts(ast) if (k := _trigger(n, frozenset())) is not None)),
             floors=tuple(dict.fromkeys(t for n in conjuncts(ast) if (t := _floor_test(n)) is not None)),
             clauses=tuple((n.start, n.end) for n in conjuncts(ast)),
             bound=frozenset(checker.bound),
@@ -311,7 +314,7 @@ def _projections(root: Node, known: Mapping[str, Shape]) -> dict[str, Projection
         if isinstance(node, Call) and node.is_macro:
             assert node.target is not None
             visit(node.target, node, scope)
-            inner = scope | {node.args[0].name}  # type: ignore[attr-defined]
+            inner = scope | {node.bound_name}
             for arg in node.args[1:]:
                 visit(arg, node, inner)
             return
@@ -338,15 +341,15 @@ def _item_fields(root: Node, projections: Mapping[str, Projection]) -> dict[tupl
                 read[path] = None  # the list read other than as a comprehension's target: whole
             return
         if isinstance(node, Call) and node.is_macro and node.target is not None:
-            target, var = node.target, node.args[0]
-            inner = scope | {var.name}  # type: ignore[attr-defined]
+            target, var = node.target, node.bound_name
+            inner = scope | {var}
             if (
                 isinstance(target, Select) and isinstance(target.operand, Ident) and target.operand.name not in scope
                 and projections.get(target.operand.name) is not None
             ):  # fmt: skip
                 path = (target.operand.name, target.name)
                 # filter() returns the items themselves: whatever reads them needs them whole.
-                fields = None if node.function == "filter" else _fields_of(var.name, node.args[1:])  # type: ignore[attr-defined]
+                fields = None if node.function == "filter" else _fields_of(var, node.args[1:])
                 if fields is None or path in read and read[path] is None:
                     read[path] = None
                 else:
@@ -377,7 +380,7 @@ def _fields_of(var: str, bodies: list[Node]) -> set[str] | None:
             # A nested comprehension over another list may bind the same name: then it is not ours.
             if not visit(node.target, node, shadowed):
                 return False
-            inner = shadowed or node.args[0].name == var  # type: ignore[attr-defined]
+            inner = shadowed or node.bound_name == var
             return all(visit(arg, node, inner) for arg in node.args[1:])
         return all(visit(child, node, shadowed) for child in node.children())
 
@@ -495,7 +498,7 @@ def _graded_item_trigger(node: Node, var: str, kind: str) -> frozenset[str] | No
     tests = _item_tests(node, var, kind)
     if not tests.labels or not tests.floors:
         return None
-    return frozenset(graded_key(kind, label, tests.floor) for label in min(tests.labels, key=len))
+    return frozenset(graded_key(kind, label, tests.floor) for label in tests.narrowest_labels)
 
 
 @dataclass
@@ -510,6 +513,11 @@ class _ItemTests:
     @property
     def floor(self) -> float:
         return max(self.floors)
+
+    @property
+    def narrowest_labels(self) -> list[str]:
+        """Of several label tests (all must hold), the one that allows the fewest labels."""
+        return min(self.labels, key=lambda labels: len(labels))
 
 
 def _item_tests(node: Node, var: str, kind: str) -> _ItemTests:
@@ -574,7 +582,7 @@ def _floor_test(node: Node) -> FloorTest | None:
         if not tests.labels or not tests.floors:
             return None
         role = tests.roles[0] if tests.roles else None
-        return FloorTest(kind, role, frozenset(min(tests.labels, key=len)), tests.floor)
+        return FloorTest(kind, role, frozenset(tests.narrowest_labels), tests.floor)
     return None
 
 
@@ -582,8 +590,10 @@ def _role_of(node: Node, var: str) -> str | None:
     """``var.role == "customer"`` (either way round): the role."""
     if isinstance(node, Binary) and node.op == "==":
         for field_side, other in ((node.left, node.right), (node.right, node.left)):
-            is_role = isinstance(field_side, Select) and field_side.name == "role" and isinstance(field_side.operand, Ident)
-            if is_role and field_side.operand.name == var and isinstance(other, Lit) and other.kind == "string":  # type: ignore[union-attr]
+            if (
+                isinstance(field_side, Select) and field_side.name == "role" and isinstance(field_side.operand, Ident)
+                and field_side.operand.name == var and isinstance(other, Lit) and other.kind == "string"
+            ):  # fmt: skip
                 return str(other.value)
     return None
 
@@ -594,15 +604,16 @@ def _is_label(node: Node, var: str) -> bool:
 
 def _number_literal(node: Node) -> float | None:
     if isinstance(node, Lit) and node.kind in ("int", "uint", "double") and not isinstance(node.value, bool):
-        return float(node.value)  # type: ignore[arg-type]
+        return float(node.value)
     return None
 
 
 def _string_literals(node: Node) -> list[str] | None:
     if isinstance(node, Lit) and node.kind == "string":
         return [str(node.value)]
-    if isinstance(node, ListExpr) and all(isinstance(i, Lit) and i.kind == "string" for i in node.items):
-        return [str(i.value) for i in node.items]  # type: ignore[attr-defined]
+    if isinstance(node, ListExpr):
+        items = [i for i in node.items if isinstance(i, Lit) and i.kind == "string"]
+        return [str(i.value) for i in items] if len(items) == len(node.items) else None
     return None
 
 

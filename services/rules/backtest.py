@@ -12,12 +12,11 @@ No side effects: it reads with an ephemeral consumer that acknowledges nothing
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from services.rules.decisions import DEFAULT_PREFIX, Decision
@@ -96,7 +95,7 @@ class Replay:
 
     async def event(self, attributes: dict[str, Any], data: Any, at: float) -> None:
         self.clock[0] = at
-        stamp = datetime.fromtimestamp(at, tz=timezone.utc).isoformat()
+        stamp = datetime.fromtimestamp(at, tz=UTC).isoformat()
         self.report.first_event_at = self.report.first_event_at or stamp
         self.report.last_event_at = stamp
         self.report.events += 1
@@ -162,7 +161,7 @@ async def backtest(
     from nats.errors import TimeoutError as NatsTimeoutError
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-    start = datetime.fromtimestamp((now if now is not None else datetime.now(timezone.utc).timestamp()) - since_s, tz=timezone.utc)
+    start = datetime.fromtimestamp((now if now is not None else datetime.now(UTC).timestamp()) - since_s, tz=UTC)
     replay = Replay(ruleset, since=since_text, prefix=prefix, limits=limits)
     info = await js.stream_info(stream)
     last_seq = info.state.last_seq
@@ -180,7 +179,7 @@ async def backtest(
         while not done:
             try:
                 msgs = await sub.fetch(256, timeout=1.0)
-            except (NatsTimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeoutError):
                 break
             for msg in msgs:
                 meta = msg.metadata
@@ -201,5 +200,5 @@ async def backtest(
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
         with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, sub._consumer)  # noqa: SLF001 -- nats-py keeps the name private
+            await js.delete_consumer(stream, sub._consumer)
     return await replay.finish()

@@ -15,7 +15,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -50,8 +50,8 @@ def _emit_subjects() -> list[str]:
     return list(_settings().rules.emit_subjects)
 
 
-def _run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
 def _print_json(value: Any) -> None:
@@ -374,7 +374,7 @@ def silence_list(
     """Active and pending silences (and expired ones with --all)."""
 
     async def work(js: Any) -> Any:
-        return await (await _silences(js)).list()
+        return await (await _silences(js)).stored()
 
     now = time.time()
     silences = [s for s in _run(_with_js(_nats_url(nats_url), work)) if show_all or s.state(now) != "expired"]

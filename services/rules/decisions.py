@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from services.rules.expr import Template
 from services.rules.ruleset import CompiledAction, CompiledRule
-from services.rules.schema import AlertSpec, EmitSpec, RouteSpec, TagSpec
+from services.rules.schema import ActionKind, AlertSpec, EmitSpec, RouteSpec, TagSpec
 
 ROUTE_DECIDED = "com.listenpost.route.decided"
 ALERT_RAISED = "com.listenpost.alert.raised"
@@ -151,6 +151,7 @@ class _Plan:
 
     def __init__(self, rule: CompiledRule, action: CompiledAction, version: str, prefix: str) -> None:
         self.action, self.rule, self.version, self.prefix = action, rule, version, prefix
+        self.kind: ActionKind
         spec = action.inner
         self.slot = action.index
         self.action_digest = action_digest(rule.id, action.index)
@@ -288,7 +289,7 @@ class DecisionBuilder:
             return fingerprint(plan.rule_id, labels)
         # The values are rendered strings: json.dumps writes each as encode_basestring_ascii does.
         body = ""
-        for key, value in zip(plan.label_keys, labels.values()):  # a loop: one or two labels, usually
+        for key, value in zip(plan.label_keys, labels.values(), strict=True):  # a loop: one or two labels, usually
             body += key + encode_basestring_ascii(value) + "]"
         state = plan.fingerprint_state.copy()
         state.update((body + "]]").encode())
@@ -333,7 +334,8 @@ class DecisionBuilder:
     def _alert(self, plan: _Plan, overlay: dict[str, Any]) -> tuple[str, dict[str, str], str, str | None]:
         """An alert's rendered summary, labels, fingerprint and description (None: it has none)."""
         variables = self.variables
-        summary = plan.summary.render_over(overlay, variables)  # type: ignore[union-attr]
+        assert plan.summary is not None, "an alert always has a summary"
+        summary = plan.summary.render_over(overlay, variables)
         labels = {}
         for name, template in plan.labels:  # a loop, not a comprehension: cheaper for one or two
             labels[name] = template.render_over(overlay, variables)

@@ -38,12 +38,12 @@ from nats.aio.msg import Msg
 from ray import serve
 
 from services.events.binding import BindingError, decode, event_attributes, event_data_json, new_event
-from services.events.consumer import Poison, PullConsumer
+from services.events.consumer import Poison, PullConsumer, Redelivery
 from services.events.deadletter import dead_letter
 from services.events.jetstream import connect, provision, publish_event
 from services.rules import Decision, RuleSet, RuleSetError, load_ruleset, load_sources, rule_files
-from services.rules.limits import Limits
 from services.rules.engine import HOPS_EXTENSION, RulesProcessor, hops
+from services.rules.limits import Limits
 from services.rules.state import Stores, open_stores
 from services.rules.status import LAST_GOOD_KEY, STATUS_PREFIX
 from services.settings import Settings
@@ -93,7 +93,7 @@ def replica_name() -> str:
 
 @serve.deployment(name="RulesEngine")
 class RulesEngine:
-    async def __init__(self, settings: Settings) -> None:
+    async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         assert settings.nats.url, "the app builder always sets the NATS URL"
         self._settings = settings
         cfg = settings.rules
@@ -122,7 +122,7 @@ class RulesEngine:
             durable=settings.nats.rules_durable,
             handler=self._handle,
             dead_letter=lambda msg, poison: dead_letter(self._js, settings.nats, settings.source, msg, poison),
-            max_deliver=settings.nats.max_deliver,
+            redelivery=Redelivery.from_settings(settings.nats),
             max_in_flight=64,
             batch=32,
         )
@@ -186,7 +186,7 @@ class RulesEngine:
                 self._signature = signature
                 try:
                     await self.reload()
-                except Exception:  # noqa: BLE001 -- keep watching; the error is in the log and status
+                except Exception:
                     log.exception("rules reload failed")
 
     async def reload(self) -> str | None:
@@ -241,7 +241,7 @@ class RulesEngine:
             await asyncio.sleep(self._settings.rules.flush_interval_s)
             try:
                 await self._processor.flush(self._publish_notification)
-            except Exception:  # noqa: BLE001 -- retried on the next tick; groups stay in KV
+            except Exception:
                 log.exception("alert group flush failed")
 
     # --- status -------------------------------------------------------------------
@@ -269,7 +269,7 @@ class RulesEngine:
     async def _write_status(self) -> None:
         try:
             await self._stores.status.put(f"{STATUS_PREFIX}{_key(self._replica)}", await self.status())
-        except Exception:  # noqa: BLE001 -- status is best effort; the next tick retries
+        except Exception:
             log.warning("could not write rules status", exc_info=True)
 
     async def _report_status(self) -> None:

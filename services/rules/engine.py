@@ -149,7 +149,7 @@ class RulesProcessor:
                 if entry is not None:
                     streaks[rule_id] = Streak.from_json(entry.value)
         evaluation = evaluate(ruleset, attributes, data, prefix=self.prefix, limits=self.limits, streaks=streaks)
-        writes = []
+        writes: list[Awaitable[object]] = []
         for rule_id, streak in evaluation.streaks.items():
             if rule_id not in keys:
                 continue  # no call id, or not loaded (see debounced_rules): nothing to carry over

@@ -25,7 +25,7 @@ evaluated by the ``cel`` library. The guardrails are :mod:`services.rules.limits
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -148,6 +148,7 @@ def _walk(run: EventRun, out: _Outcome, budget: Budget, batch: bool) -> int | No
     try:
         batched = run.batch(budget) if batch else None
         last = time.perf_counter()
+        order: Iterable[int]
         if batched is None:
             batched, order = {}, range(len(run.rules))
         else:

@@ -24,10 +24,10 @@ from typing import Any
 
 import cel
 
-from services.rules.analysis import clause_text, conjuncts, disjuncts
-from services.rules.decisions import DEFAULT_PREFIX
 from services.dsl.cel_checks import runtime_message
+from services.rules.analysis import clause_text, conjuncts, disjuncts
 from services.rules.conditions import EvalContext, EventRun
+from services.rules.decisions import DEFAULT_PREFIX
 from services.rules.evaluate import Evaluation, evaluate
 from services.rules.limits import DEFAULT_LIMITS, Limits
 from services.rules.ruleset import CompiledRule, RuleSet
@@ -127,7 +127,11 @@ def explain(
             decisions = by_rule.get(rule.id, [])
             item.status = "shadow" if matched[rule.id].mode == "shadow" else "matched"
             item.actions = [
-                {"kind": d.kind, "subject": d.subject, **{k: d.data[k] for k in ("queue", "severity", "summary", "tags", "actions") if k in d.data}}
+                {
+                    "kind": d.kind,
+                    "subject": d.subject,
+                    **{k: d.data[k] for k in ("queue", "severity", "summary", "tags", "actions") if k in d.data},
+                }
                 for d in decisions
             ]
             if decisions and decisions[0].data.get("evidence"):

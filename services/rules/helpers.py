@@ -29,6 +29,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.rules.errors import RulesError
+
 
 @dataclass(frozen=True)
 class HelperSpec:
@@ -93,7 +95,7 @@ def _spaced(text: str) -> str:
     return " " + lowered.translate(_ASCII_SEPARATORS) + " "
 
 
-class HelperError(ValueError):
+class HelperError(RulesError, ValueError):
     """A helper called with values it cannot use: a rule error, never a silent false."""
 
 
@@ -280,7 +282,7 @@ class Facts:
 
     def _items(self, value: Any, what: str) -> list[Mapping[str, Any]]:
         if what in self._valid:
-            return value  # type: ignore[no-any-return]
+            return value
         if not isinstance(value, list):
             raise HelperError(f"{what} is {'missing' if value is None else type(value).__name__}, not a list")
         for item in value:

@@ -15,13 +15,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.rules.decisions import DEFAULT_EMIT_SUBJECTS, subject_allowed
 from services.dsl.errors import FileError
+from services.dsl.yaml_source import Loc, YamlDocument, parse_yaml, schema_errors
+from services.rules.decisions import DEFAULT_EMIT_SUBJECTS, subject_allowed
 from services.rules.errors import RuleSetError
 from services.rules.expr import DataTemplate, ExpressionError, Template, compile_condition
 from services.rules.ruleset import CompiledAction, CompiledRule, RuleSet
 from services.rules.schema import AlertSpec, EmitSpec, RuleFileSpec, RuleSpec
-from services.dsl.yaml_source import Loc, YamlDocument, parse_yaml, schema_errors
 
 RULE_SUFFIXES = (".yaml", ".yml")
 # Test files (given events, expected decisions) sit beside the rules, in the
@@ -196,9 +196,10 @@ def _compile_rule(
             (name, _template(doc, (*action_loc, "labels", name), value, errors))
             for name, value in sorted(action.spec.labels.items())
         ]
-        if summary is not None and all(t is not None for _, t in labels):
+        compiled_labels = tuple((name, t) for name, t in labels if t is not None)
+        if summary is not None and len(compiled_labels) == len(labels):
             actions.append(
-                CompiledAction(index=i, spec=action, summary=summary, description=description, labels=tuple(labels))  # type: ignore[arg-type]
+                CompiledAction(index=i, spec=action, summary=summary, description=description, labels=compiled_labels)
             )
     if errors or condition is None or owner is None:
         return None, errors

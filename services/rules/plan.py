@@ -253,15 +253,15 @@ def _label_keys(universe: Iterable[str]) -> dict[str, LabelKeys]:
     for key in sorted(universe):
         kind, _, rest = key.partition(":")
         if kind in ("emotion", "sound"):
-            label, at, grade = rest.rpartition("@") if "@" in rest else (rest, "", "")
+            label, at, grade_text = rest.rpartition("@") if "@" in rest else (rest, "", "")
             plain, graded = found[f"{kind}:*"].setdefault(label, ([], []))
             if at:
-                graded.append((float(grade), key))
+                graded.append((float(grade_text), key))
             else:
                 plain.append(key)
     out: dict[str, LabelKeys] = {}
     for any_key, labels in found.items():
-        out[any_key] = {}
+        keys_of_label: dict[str, tuple[tuple[str, ...], tuple[tuple[float, tuple[str, ...]], ...]]] = {}
         for label, (plain, graded) in labels.items():
             # Per grade, ascending: the keys of an item that reaches it (the plain ones and
             # every graded one up to it), so that item_keys() only compares and picks.
@@ -269,7 +269,8 @@ def _label_keys(universe: Iterable[str]) -> dict[str, LabelKeys]:
             for grade, key in sorted(graded):
                 reached = (*reached, key)
                 steps.append((grade, reached))
-            out[any_key][label] = (tuple(plain), tuple(steps))
+            keys_of_label[label] = (tuple(plain), tuple(steps))
+        out[any_key] = keys_of_label
     return out
 
 
@@ -292,7 +293,7 @@ def _reached(item: Mapping[str, Any], field: str, entry: tuple[tuple[str, ...], 
     if type(value) is not float or value != value:
         # Not a double (an int compares with a double only in some CEL builds), or NaN (which
         # the library refuses to order): the rules decide.
-        return steps[-1][1]  # type: ignore[no-any-return]
+        return steps[-1][1]
     reached = plain
     for grade, keys in steps:
         if value < grade:

@@ -21,7 +21,14 @@ class Slot:
 
     __slots__ = ("start", "end", "windows", "indices", "_caption")
 
-    def __init__(self, start: float | None, end: float | None, windows: list[Mapping[str, Any]], indices: frozenset[Any], caption: str | None = None) -> None:
+    def __init__(
+        self,
+        start: float | None,
+        end: float | None,
+        windows: list[Mapping[str, Any]],
+        indices: frozenset[Any],
+        caption: str | None = None,
+    ) -> None:
         self.start, self.end, self.windows, self.indices, self._caption = start, end, windows, indices, caption
 
     @property

@@ -25,12 +25,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.rules.errors import RulesError
+
 log = logging.getLogger(__name__)
 
 Value = dict[str, Any]
 
 
-class Conflict(Exception):
+class Conflict(RulesError):
     """A compare-and-set lost: the key changed (or appeared) since it was read."""
 
 
@@ -164,7 +166,7 @@ class NatsKVStore:
 
     @property
     def bucket(self) -> str:
-        return str(self._kv._name)  # noqa: SLF001 -- nats-py exposes no public name
+        return str(self._kv._name)
 
     async def get(self, key: str) -> Entry | None:
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
@@ -207,8 +209,8 @@ class NatsKVStore:
         # one snapshot, cannot miss a stored key. It also lists deleted keys
         # (their tombstones), which get() turns into None.
         pattern = prefix + ">" if prefix.endswith(".") else prefix
-        start = len(self._kv._pre)  # noqa: SLF001 -- "$KV.<bucket>.", no public accessor
-        subjects = await stream_subjects(self._kv._js, self._kv._stream, self._kv._pre + pattern)  # noqa: SLF001
+        start = len(self._kv._pre)
+        subjects = await stream_subjects(self._kv._js, self._kv._stream, self._kv._pre + pattern)
         # Bounded: thousands of open alert groups must not become thousands of requests at once.
         limit = asyncio.Semaphore(_READS_IN_FLIGHT)
 
@@ -233,10 +235,10 @@ async def stream_subjects(js: Any, stream: str, subjects_filter: str) -> list[st
     while True:
         request = {"subjects_filter": subjects_filter, "offset": len(found)}
         # nats-py's public stream_info() neither sends an offset nor returns the page total.
-        info = await js._api_request(  # noqa: SLF001
-            f"{js._prefix}.STREAM.INFO.{stream}",  # noqa: SLF001
+        info = await js._api_request(
+            f"{js._prefix}.STREAM.INFO.{stream}",
             json.dumps(request).encode(),
-            timeout=js._timeout,  # noqa: SLF001
+            timeout=js._timeout,
         )
         page = (info.get("state") or {}).get("subjects") or {}
         before = len(found)

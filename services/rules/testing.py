@@ -38,22 +38,22 @@ import fnmatch
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from services.dsl.errors import FileError
+from services.dsl.yaml_source import parse_yaml, schema_errors
 from services.rules.alerting import Matcher
 from services.rules.decisions import DEFAULT_EMIT_SUBJECTS, DEFAULT_PREFIX, Decision
 from services.rules.engine import RulesProcessor
-from services.dsl.errors import FileError
 from services.rules.errors import RuleSetError
 from services.rules.limits import DEFAULT_LIMITS
 from services.rules.loader import TEST_SUFFIXES, load_files, rule_files
 from services.rules.ruleset import RuleSet
 from services.rules.schema import Duration, parse_duration
-from services.dsl.yaml_source import parse_yaml, schema_errors
 from services.rules.state import memory_stores
 
 CAPTIONED_TYPE = "com.listenpost.audio.captioned"
@@ -289,7 +289,7 @@ def _event(event: TestEvent, default_id: str, now: float) -> tuple[dict[str, Any
         "id": event.id or default_id,
         "source": event.source,
         "type": event.type,
-        "time": datetime.fromtimestamp(now, tz=timezone.utc).isoformat().replace("+00:00", "Z"),
+        "time": datetime.fromtimestamp(now, tz=UTC).isoformat().replace("+00:00", "Z"),
         **event.extensions,
     }
     return attributes, data

@@ -10,8 +10,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-from pydantic import field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
 from services.captioner.errors import EmptyWindowError, EngineStoppingError, InvalidWindowError, WindowTooLongError
 
@@ -70,7 +69,7 @@ class VllmEngineConfig(EngineConfig):
     max_model_len: PositiveInt = 4096
     max_num_seqs: PositiveInt = 16
     max_num_batched_tokens: PositiveInt | None = None
-    dtype: str = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     enforce_eager: bool = False
     limit_mm_per_prompt: dict[str, int] = Field(default_factory=lambda: {"audio": 1, "image": 0, "video": 0})
     log_stats: bool = False
@@ -235,6 +234,13 @@ class CaptionEngine(Protocol):
     async def shutdown(self) -> None:
         """Stop taking windows, let those in flight finish (up to the config's drain_timeout_s), stop."""
         ...
+
+
+@runtime_checkable
+class ConfigurableEngine(Protocol):
+    """An engine whose config (and so its sampling) can be replaced while it runs."""
+
+    config: EngineConfig
 
 
 @runtime_checkable

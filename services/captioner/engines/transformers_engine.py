@@ -76,12 +76,13 @@ class TransformersCaptionEngine:
         # Straight onto an accelerator when accelerate is there (the real checkpoint is ~63 GB:
         # staging it in host memory first is slow); otherwise load, then move.
         direct = self.config.device != "cpu" and importlib.util.find_spec("accelerate") is not None
-        model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(
-            self.config.model, dtype=dtype, **({"device_map": self.config.device} if direct else {})
-        )
+        placement: dict[str, Any] = {"device_map": self.config.device} if direct else {}
+        model = Qwen3OmniMoeForConditionalGeneration.from_pretrained(self.config.model, dtype=dtype, **placement)
         if getattr(model, "has_talker", False):
             model.disable_talker()  # the Captioner answers in text only
-        self._model = (model if direct else model.to(self.config.device)).eval()
+        if not direct:
+            model = model.to(self.config.device)  # type: ignore[arg-type]  # (.to() is annotated as its decorator's wrapper)
+        self._model = model.eval()
         self._processor = Qwen3OmniMoeProcessor.from_pretrained(self.config.model)
         self._prompt = caption_prompt(self.config.model)
 
@@ -129,7 +130,7 @@ class TransformersCaptionEngine:
                     continue
                 try:
                     results = await asyncio.to_thread(self._generate, [p.request for p in batch])
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 -- whatever generate() raised fails this batch's windows, each told why
                     cause = root_cause(exc)
                     error = CaptionGenerationError(
                         f"transformers generate failed for a batch of {len(batch)}: {type(cause).__name__}: {cause}"
@@ -220,7 +221,7 @@ class TransformersCaptionEngine:
             worker.cancel()
             try:
                 await worker
-            except (asyncio.CancelledError, Exception):  # the loop's own failure was reported to callers
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 -- the loop's own failure was reported to its callers
                 pass
         self._queue = None
         self._model = self._processor = None

@@ -20,7 +20,9 @@ from services.captioner.facets import lexicon as lex
 from services.captioner.text import Token, mask, normalise, quote_spans, sentence_spans, tokenize
 
 Hedge = Literal["none", "mild", "strong"]
-_HEDGE_RANK: dict[str, int] = {"none": 0, "mild": 1, "strong": 2}
+_HEDGE_RANK: dict[Hedge, int] = {"none": 0, "mild": 1, "strong": 2}
+#: A hedge cue's label as its strength (the lexicon labels hedges "mild" or "strong").
+_HEDGE_STRENGTH: dict[str | None, Hedge] = {"mild": "mild", "strong": "strong"}
 _MAX_SPAN_CHARS = 240
 _MODIFIER_GAP = frozenset({"a", "an", "the", "more", "most"})
 
@@ -121,7 +123,7 @@ class CaptionAnalysis:
         ]
         self._post_negations = [self.token_index(c.start) for c in POST_NEGATIONS.find(self.masked)]
         self._hedge_scopes = [
-            (self.token_index(c.start), self._scope_end(self.token_index(c.end), c, after_cue_comma=True), c.label)
+            (self.token_index(c.start), self._scope_end(self.token_index(c.end), c, after_cue_comma=True), _HEDGE_STRENGTH[c.label])
             for c in HEDGES.find(self.masked)
         ]
         modifiers = MODIFIERS.find(self.masked)
@@ -191,7 +193,7 @@ class CaptionAnalysis:
         found: Hedge = "none"
         for a, b, strength in self._hedge_scopes:
             if a <= first < b and _HEDGE_RANK[strength] > _HEDGE_RANK[found]:
-                found = strength  # type: ignore[assignment]
+                found = strength
         return found
 
     def modifier(self, cue: CueMatch) -> float:

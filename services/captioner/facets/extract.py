@@ -19,11 +19,12 @@ Scoring
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from services.captioner.facets import lexicon as lex
 from services.captioner.facets.cues import EMOTIONS, LANGUAGES, SOUNDS, SPEECH, CaptionAnalysis, CueMatch
 from services.captioner.facets.roles import RoleResolver
-from services.events.facets import EmotionFacet, SoundEventFacet
+from services.events.facets import EMOTION_LABELS, SOUND_LABELS, EmotionFacet, SoundEventFacet
 from services.events.models import Facets, Window
 
 EXTRACTOR = "lexicon"
@@ -53,8 +54,12 @@ def _evidence(analysis: CaptionAnalysis, cue: CueMatch, window: Window, hedged: 
 def _stronger(new: EmotionFacet | SoundEventFacet, old: EmotionFacet | SoundEventFacet | None) -> bool:
     if old is None:
         return True
-    score = lambda f: (not f.hedged, getattr(f, "intensity", 0.0), f.confidence)  # noqa: E731
-    return score(new) > score(old)
+    return _strength(new) > _strength(old)
+
+
+def _strength(facet: EmotionFacet | SoundEventFacet) -> tuple[bool, float, float]:
+    """Unhedged first, then the stronger, then the surer."""
+    return (not facet.hedged, getattr(facet, "intensity", 0.0), facet.confidence)
 
 
 def _window_emotions(analysis: CaptionAnalysis, roles: RoleResolver, window: Window) -> list[EmotionFacet]:
@@ -70,7 +75,7 @@ def _window_emotions(analysis: CaptionAnalysis, roles: RoleResolver, window: Win
         intensity = _clamp(cue.weight + analysis.modifier(cue), 0.05, 1.0) * factors["intensity"]
         facet = EmotionFacet(
             role=verdict.role,
-            label=cue.label,  # type: ignore[arg-type]  # the lexicon's labels are the taxonomy's
+            label=_taxonomy_label(cue.label, EMOTION_LABELS),
             intensity=round(intensity, 2),
             confidence=factors["confidence"],
             **_evidence(analysis, cue, window, hedge != "none"),
@@ -89,13 +94,20 @@ def _window_sounds(analysis: CaptionAnalysis, window: Window) -> list[SoundEvent
         hedge = analysis.hedge(cue)
         scale = lex.HEDGE_FACTORS[hedge]["confidence"] / lex.HEDGE_FACTORS["none"]["confidence"]
         facet = SoundEventFacet(
-            label=cue.label,  # type: ignore[arg-type]
+            label=_taxonomy_label(cue.label, SOUND_LABELS),
             confidence=round(cue.weight * scale, 2),
             **_evidence(analysis, cue, window, hedge != "none"),
         )
         if _stronger(facet, kept.get(facet.label)):
             kept[facet.label] = facet
     return sorted(kept.values(), key=lambda f: f.span_start or 0)
+
+
+def _taxonomy_label(label: str | None, taxonomy: tuple[str, ...]) -> Any:
+    """A cue's label, checked against the taxonomy (the lexicon labels its cues with the
+    taxonomy's labels); the facet model validates it again."""
+    assert label in taxonomy, label
+    return label
 
 
 def _window_languages(analysis: CaptionAnalysis) -> list[str]:

@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
-from services.captioner.facets import lexicon as lex
 from services.captioner.engines.base import TextEngine
 from services.captioner.errors import GuidedExtractionError
-from services.events.facets import EMOTION_LABELS, SOUND_LABELS, EmotionFacet, EmotionLabel, SoundEventFacet, SoundLabel
+from services.captioner.facets import lexicon as lex
 from services.captioner.prompt import text_prompt
+from services.events.facets import EMOTION_LABELS, SOUND_LABELS, EmotionFacet, EmotionLabel, SoundEventFacet, SoundLabel
 from services.events.models import Facets, Window
 
 EXTRACTOR = "guided"
@@ -52,6 +52,9 @@ class GuidedLimits(BaseModel):
     max_sound_events: PositiveInt = 8
     max_languages: PositiveInt = 4
     max_span_chars: PositiveInt = 160
+
+
+DEFAULT_LIMITS = GuidedLimits()
 
 
 class GuidedEmotion(BaseModel):
@@ -88,7 +91,7 @@ def _roles(window: Window) -> list[str]:
     return [window.role, UNKNOWN_ROLE] if window.role else ["customer", "agent", UNKNOWN_ROLE]
 
 
-def window_schema(window: Window, limits: GuidedLimits = GuidedLimits()) -> dict[str, Any]:
+def window_schema(window: Window, limits: GuidedLimits = DEFAULT_LIMITS) -> dict[str, Any]:
     """The JSON schema one window's answer is decoded under (enums from the taxonomy)."""
     span = {"type": "string", "maxLength": limits.max_span_chars}
 
@@ -190,7 +193,7 @@ class GuidedFacetExtractor:
     """Facets from captions by guided decoding through a :class:`TextEngine` (the vLLM engine)."""
 
     def __init__(
-        self, engine: TextEngine, model: str, *, max_tokens: int = 1024, limits: GuidedLimits = GuidedLimits()
+        self, engine: TextEngine, model: str, *, max_tokens: int = 1024, limits: GuidedLimits = DEFAULT_LIMITS
     ) -> None:
         self.engine = engine
         self.model = model

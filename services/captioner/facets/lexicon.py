@@ -388,7 +388,7 @@ APPOSITION_FILLERS: Final[frozenset[str]] = frozenset(
         "likely", "probably", "presumably", "apparently", "possibly", "perhaps", "young", "younger", "old",
         "older", "elderly", "middle-aged", "adult", "mature", "male", "female", "in", "his", "her", "their",
         "twenties", "thirties", "forties", "fifties", "sixties", "seventies", "20s", "30s", "40s", "50s",
-        "60s", "70s", "early", "mid", "late", "likely", "also", "identified", "as",
+        "60s", "70s", "early", "mid", "late", "also", "identified", "as",
     }
 )  # fmt: skip
 # Between an emotion word and the person it describes ("an angry, elderly caller",
@@ -462,7 +462,7 @@ CONTRASTS: Final[frozenset[str]] = frozenset(
 CLAUSE_STARTERS: Final[frozenset[str]] = frozenset(
     {
         "a", "an", "the", "she", "he", "they", "it", "there", "someone", "his", "her", "their", "this", "that",
-        "then", "later", "now", "occasionally", "meanwhile", "in", "at", "after", "before", "later",
+        "then", "later", "now", "occasionally", "meanwhile", "in", "at", "after", "before",
     }
 )  # fmt: skip
 # Where a clause "happens in the background", its people are not parties to the call.
