@@ -215,3 +215,28 @@ def test_a_trigger_word_inside_another_is_looked_for_first(tmp_path: Path) -> No
         result = evaluate(ruleset, {"type": "t", "source": "/s", "id": "e"}, {"caption": caption})
         assert [d.subject.rsplit(".", 1)[1] for d in result.actions] == routed, caption
         assert result.evaluated == evaluated, caption  # what the pre-filter let through
+
+
+def test_a_rule_below_its_floor_is_skipped_and_what_it_reads_is_not_converted(tmp_path: Path) -> None:
+    from services.rules.conditions import EventRun
+
+    (tmp_path / "rules.yaml").write_text(
+        "apiVersion: listenpost/v1\nkind: RuleSet\nmetadata: {name: floors, owner: qa}\nrules:\n"
+        "  - id: very-angry\n    description: d\n    match: {types: [com.listenpost.audio.captioned]}\n"
+        "    when: 'facets.emotions.exists(e, e.label == \"anger\" && e.intensity >= 0.7)'\n"
+        "    actions: [{route: {queue: escalations}}]\n"
+    )
+    ruleset = load_ruleset(tmp_path)
+    below = _call({"role": "customer", "label": "anger", "intensity": 0.6, "window": 0})  # a candidate (@0.5), below 0.7
+    run = EventRun(ruleset, EVENT, below, NO_TIME_LIMITS)
+    assert [r.id for r in run.rules] == ["very-angry"] and run.proved_false == {0}
+    assert "facets" not in run.needed  # the library is not given what only a rule proved false reads
+    result = evaluate(ruleset, EVENT, below)
+    assert (result.evaluated, result.skipped, result.matches) == (0, 1, [])
+    assert outcome(result) == outcome(evaluate(ruleset, EVENT, below, prefilter=False, batch=False))
+    reached = _call({"role": "customer", "label": "anger", "intensity": 0.7, "window": 0})
+    assert [m.rule_id for m in evaluate(ruleset, EVENT, reached).matches] == ["very-angry"]
+    # An intensity that cannot be compared proves nothing: the rule runs, and fails visibly.
+    broken = _call({"role": "customer", "label": "anger", "intensity": "high", "window": 0})
+    assert EventRun(ruleset, EVENT, broken, NO_TIME_LIMITS).proved_false == frozenset()
+    assert outcome(evaluate(ruleset, EVENT, broken)) == outcome(evaluate(ruleset, EVENT, broken, prefilter=False, batch=False))

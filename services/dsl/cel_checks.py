@@ -16,7 +16,7 @@ import cel
 import cel.stdlib
 
 from services.dsl import celast
-from services.dsl.celast import Call, Ident, Node
+from services.dsl.celast import Ident
 from services.dsl.errors import ExpressionError
 
 #: Names that look like variables to the library but are not: CEL type names used as
@@ -81,34 +81,17 @@ def unknown_variables(source: str, known: Iterable[str]) -> list[str] | None:
         root = celast.parse(source)
     except celast.CelSyntaxError:
         return None
-    found: set[str] = set()
-    _collect_unknown(root, frozenset(known), found)
+    names = frozenset(known)
+    found = {
+        node.name
+        for node, parent, scope in celast.scoped_walk(root)
+        if isinstance(node, Ident)
+        and node.name not in names
+        and node.name not in scope
+        and node.name not in TYPE_NAMES
+        and not celast.is_namespace(node, parent, NAMESPACES)
+    }
     return sorted(found)
-
-
-def _collect_unknown(node: Node, names: frozenset[str], found: set[str]) -> None:
-    if isinstance(node, Ident):
-        if node.name not in names and node.name not in TYPE_NAMES:
-            found.add(node.name)
-        return
-    if isinstance(node, Call):
-        if node.is_macro:
-            assert node.target is not None
-            _collect_unknown(node.target, names, found)
-            inner = names | {node.bound_name}
-            for arg in node.args[1:]:
-                _collect_unknown(arg, inner, found)
-            return
-        target = node.target
-        if isinstance(target, Ident) and target.name in NAMESPACES and target.name not in names:
-            target = None  # `math.greatest(...)`: a function's namespace, not a variable
-        if target is not None:
-            _collect_unknown(target, names, found)
-        for arg in node.args:
-            _collect_unknown(arg, names, found)
-        return
-    for child in node.children():
-        _collect_unknown(child, names, found)
 
 
 def _syntax_message(text: str) -> str:

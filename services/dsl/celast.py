@@ -43,7 +43,9 @@ __all__ = [
     "Select",
     "Unary",
     "MACROS",
+    "is_namespace",
     "parse",
+    "scoped_walk",
     "walk",
 ]
 
@@ -204,6 +206,28 @@ def walk(node: Node) -> Iterator[Node]:
         current = stack.pop()
         yield current
         stack.extend(reversed(list(current.children())))
+
+
+def scoped_walk(root: Node) -> Iterator[tuple[Node, Node | None, frozenset[str]]]:
+    """Every node of the tree (parents before children) with its parent and the names that
+    comprehensions bind around it. A macro's bound name itself is not yielded: it is a
+    binding, not a read."""
+    stack: list[tuple[Node, Node | None, frozenset[str]]] = [(root, None, frozenset())]
+    while stack:
+        node, parent, scope = stack.pop()
+        yield node, parent, scope
+        if isinstance(node, Call) and node.is_macro:
+            assert node.target is not None
+            inner = scope | {node.bound_name}
+            children = [(node.target, scope), *((arg, inner) for arg in node.args[1:])]
+        else:
+            children = [(child, scope) for child in node.children()]
+        stack.extend((child, node, names) for child, names in reversed(children))
+
+
+def is_namespace(node: Node, parent: Node | None, namespaces: frozenset[str]) -> bool:
+    """Whether ``node`` is the namespace of a function call (``math`` in ``math.greatest(x)``)."""
+    return isinstance(node, Ident) and isinstance(parent, Call) and parent.target is node and node.name in namespaces
 
 
 # --- tokens ------------------------------------------------------------------

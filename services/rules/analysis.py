@@ -299,33 +299,17 @@ def _comprehension_depth(node: Node) -> int:
 def _projections(root: Node, known: Mapping[str, Shape]) -> dict[str, Projection]:
     """Per variable read: the top-level fields read, or None when used whole."""
     used: dict[str, set[str] | None] = {}
-
-    def visit(node: Node, parent: Node | None, scope: frozenset[str]) -> None:
-        if isinstance(node, Ident) and node.name in known and node.name not in scope:
-            if node.name in TYPE_NAMES:
-                return
-            if isinstance(parent, Select) and parent.operand is node:
-                fields = used.setdefault(node.name, set())
-                if fields is not None:
-                    fields.add(parent.name)
-            else:
-                used[node.name] = None
-            return
-        if isinstance(node, Call) and node.is_macro:
-            assert node.target is not None
-            visit(node.target, node, scope)
-            inner = scope | {node.bound_name}
-            for arg in node.args[1:]:
-                visit(arg, node, inner)
-            return
-        if isinstance(node, Call) and isinstance(node.target, Ident) and node.target.name in NAMESPACES:
-            for arg in node.args:
-                visit(arg, node, scope)
-            return
-        for child in node.children():
-            visit(child, node, scope)
-
-    visit(root, None, frozenset())
+    for node, parent, scope in celast.scoped_walk(root):
+        if not isinstance(node, Ident) or node.name not in known or node.name in scope or node.name in TYPE_NAMES:
+            continue
+        if celast.is_namespace(node, parent, NAMESPACES):
+            continue
+        if isinstance(parent, Select) and parent.operand is node:
+            fields = used.setdefault(node.name, set())
+            if fields is not None:
+                fields.add(parent.name)
+        else:
+            used[node.name] = None
     return {name: (frozenset(fields) if fields is not None else None) for name, fields in used.items()}
 
 

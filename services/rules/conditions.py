@@ -135,8 +135,16 @@ class EventRun:
             # Every key "present": nothing is skipped, not even in a `for:` rule's windows.
             self.present = frozenset(f"{kind}:*" for kind in ("emotion", "sound", "word", *self.plan.context_kinds))
             self.candidates = self.plan.subset(range(len(self.plan.rules)))
-        #: The candidate rules, in evaluation order, and the variables they read.
-        self.rules, self.needed = self.candidates.rules, self.candidates.variables
+        #: The candidate rules, in evaluation order.
+        self.rules = self.candidates.rules
+        #: Positions in :attr:`rules` of the rules proved false on the whole event: no facet item
+        #: reaches one of their floors (then they are false in every slot too).
+        self.proved_false = self._below_a_floor() if prefilter else frozenset()
+        #: What the rules left to evaluate read: all the library is given of the event.
+        self.needed = self.candidates.variables
+        if self.proved_false:
+            left = (rule for i, rule in enumerate(self.rules) if i not in self.proved_false)
+            self.needed = frozenset().union(*(rule.variables for rule in left))
         #: Why no rule can be evaluated on this event (a value the library cannot take), once started.
         self.context_error: str | None = None
         self._event: _View | None = None
@@ -197,17 +205,14 @@ class EventRun:
         held, _ = self.held(rule)
         return self.evidence() if held else {}
 
-    def may_hold(self, rule: CompiledRule) -> bool:
-        """False when the pre-filter proves ``rule`` false on the whole event: its trigger facts
-        are absent, or no facet item reaches one of its floors (then it is false in every slot,
-        and a `for:` rule need not walk them)."""
-        if rule.cannot_hold(self.present):
-            return False
-        if self.prefiltered:
-            for test in rule.floors:
-                if self.facts.highest(test.kind, test.role, test.labels) < test.floor:
-                    return False
-        return True
+    def _below_a_floor(self) -> frozenset[int]:
+        """The candidates one of whose floors (label, role, threshold: a conjunct the condition
+        needs) no facet item of the event reaches. An item that cannot be compared counts as
+        reaching every floor (``Facts.highest`` is +inf), so the rule runs and fails visibly."""
+        highest = self.facts.highest
+        return frozenset(
+            i for i, floors in self.candidates.floored if any(highest(t.kind, t.role, t.labels) < t.floor for t in floors)
+        )
 
     def event_time(self) -> float | None:
         """The event's ``time`` in seconds (what a `for:` rule counts over events without windows)."""

@@ -167,6 +167,9 @@ def _walk(run: EventRun, out: _Outcome, budget: Budget, batch: bool) -> int | No
                 if (error := budget.over_event(last)) is not None:
                     out.fail(rule, error)
                     continue
+                if position in run.proved_false:
+                    out.proved_false_on(rule)
+                    continue
                 if rule.debounce is not None:
                     held, error, evidence = out.debounce(rule)
                 else:
@@ -208,7 +211,7 @@ class _Outcome:
         self.errors: list[RuleError] = []
         self.after: dict[str, Streak] = {}
         self.evaluated = 0  # rules whose condition ran (a batch runs all its conditions)
-        self.proved_false = 0  # `for:` rules the pre-filter proved false on this event
+        self.proved_false = 0  # rules the pre-filter proved false on this event (below a floor)
 
     def fail(self, rule: CompiledRule, message: str) -> None:
         self.errors.append(RuleError(rule_id=rule.id, message=message))
@@ -224,13 +227,15 @@ class _Outcome:
         self.decisions.extend(self.builder.action(rule, action, evidence) for action in rule.actions)
         return not rule.continue_
 
+    def proved_false_on(self, rule: CompiledRule) -> None:
+        """A rule false on the whole event, by the pre-filter's proof: not evaluated; a `for:`
+        rule's streak ends here, with no windows (where it ended does not matter)."""
+        self.proved_false += 1
+        if rule.debounce is not None:
+            self.after[rule.id] = NO_STREAK
+
     def debounce(self, rule: CompiledRule) -> tuple[bool | None, str | None, dict[str, Any]]:
         """A `for:` rule on this event: (fired, error, evidence); its streak goes to ``after``."""
-        if not self.run.may_hold(rule):
-            # False in every slot: the streak ends here, with no windows (where it ended does not matter).
-            self.proved_false += 1
-            self.after[rule.id] = NO_STREAK
-            return False, None, {}
         self.evaluated += 1
         fired, error, streak, evidence = _debounce(self.run, rule, self.streaks.get(rule.id) or NO_STREAK)
         self.after[rule.id] = streak

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import cel
 
-from services.rules.analysis import Projection
+from services.rules.analysis import FloorTest, Projection
 from services.rules.helpers import GRADED_FIELD, Facts
 from services.rules.slots import Slot, slots_of
 
@@ -222,6 +222,7 @@ class Plan:
             variables,
             in_batch,
             alone,
+            floored=tuple((i, r.floors) for i, r in enumerate(rules) if r.floors),
             order=tuple(chosen),
             resets=tuple((i, self.rules[i].id) for i in resets),
         )
@@ -233,6 +234,8 @@ class Candidates:
     variables: frozenset[str]  # what they read
     in_batch: tuple[int, ...]  # batch result i -> position in `rules`
     alone: tuple[int, ...]  # positions of the rules evaluated one by one
+    #: (position, floors) of the rules with facet floors (see analysis.FloorTest).
+    floored: tuple[tuple[int, tuple[FloorTest, ...]], ...] = ()
     #: Each rule's position in the plan's rules (where a stop falls among the resets).
     order: tuple[int, ...] = ()
     #: (position in the plan's rules, id) of the `for:` rules that cannot hold: their streaks end.
