@@ -351,6 +351,11 @@ class RulesSettings(_FixedReplicas):
     max_list_items: PositiveInt = Field(default=1_000, description="Longer windows/facet lists are cut.")
     max_rule_ms: PositiveFloat = Field(default=250.0, description="A rule slower than this on one event is an error.")
     max_event_ms: PositiveFloat = Field(default=2_000.0, description="Rules not evaluated within this are errors.")
+    max_rule_iterations: PositiveInt = Field(
+        default=100_000,
+        description="Comprehension steps a rule may take on one event (its loops times the list sizes, counted "
+        "before it runs: about 1 µs each); a rule over it is an error, so no event holds the engine.",
+    )
     max_hops: PositiveInt = Field(default=3, description="Events that went through this many rule engines are dropped.")
 
     def subjects(self, nats: NatsSettings) -> list[str]:

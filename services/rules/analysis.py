@@ -60,6 +60,19 @@ class FloorTest:
 
 
 @dataclass(frozen=True)
+class Loop:
+    """A comprehension of a condition: over the list (or map) at ``path``, a field path of a
+    variable (None: not one, e.g. a list literal or an enclosing item's field), with the
+    comprehensions that run once per item inside it. What the engine multiplies by the
+    event's list sizes before running a rule (see ``Limits.max_rule_iterations``)."""
+
+    path: tuple[str, ...] | None
+    inner: tuple[Loop, ...] = ()
+    #: The size of a list literal (`[1, 2, 3].exists(...)`); None: not a literal.
+    size: int | None = None
+
+
+@dataclass(frozen=True)
 class Analysis:
     source: str
     ast: Node | None  # None: this parser could not read what the library compiled
@@ -77,6 +90,7 @@ class Analysis:
     bound: frozenset[str] = frozenset()
     helpers: frozenset[str] = frozenset()
     comprehension_depth: int = 0
+    loops: tuple[Loop, ...] = ()
 
     @property
     def opaque(self) -> bool:
@@ -115,6 +129,7 @@ def analyse(source: str, known: Mapping[str, Shape] = VARIABLES) -> tuple[Analys
             bound=frozenset(checker.bound),
             helpers=frozenset(checker.helpers),
             comprehension_depth=depth,
+            loops=_loops(ast, known, frozenset()),
         ),
         findings,
     )
@@ -283,6 +298,20 @@ def _literal_kind(node: Node) -> str | None:
     if isinstance(node, Unary) and node.op == "-" and isinstance(node.operand, Lit):
         return "number" if node.operand.kind in ("int", "uint", "double") else None
     return None
+
+
+def _loops(node: Node, known: Mapping[str, Shape], scope: frozenset[str]) -> tuple[Loop, ...]:
+    """The comprehensions of ``node``, nested as they run (see :class:`Loop`)."""
+    if isinstance(node, Call) and node.is_macro:
+        assert node.target is not None
+        path = celast.field_path(node.target)
+        own = path is not None and path[0] in known and path[0] not in scope
+        inner = scope | {node.bound_name}
+        body = tuple(loop for arg in node.args[1:] for loop in _loops(arg, known, inner))
+        size = len(node.target.items) if isinstance(node.target, ListExpr) else None
+        # The target is evaluated once, before the iteration (`x.filter(...).exists(...)`).
+        return (*_loops(node.target, known, scope), Loop(tuple(path) if own and path else None, body, size))
+    return tuple(loop for child in node.children() for loop in _loops(child, known, scope))
 
 
 def _comprehension_depth(node: Node) -> int:

@@ -34,7 +34,7 @@ from services.dsl.cel_checks import runtime_message
 from services.rules.analysis import FloorTest, ItemFields
 from services.rules.fields import rule_variables
 from services.rules.helpers import FACET_LIST, GRADED_FIELD, Facts, clock
-from services.rules.limits import Budget, Limits, cap_input
+from services.rules.limits import Budget, Limits, cap_input, comprehension_steps
 from services.rules.plan import Candidates, Plan, slot_keys
 from services.rules.slots import Slot, by_slot, highest_by_slot, window_index, window_slots
 
@@ -118,6 +118,7 @@ class EventRun:
     ) -> None:
         self.ruleset = ruleset
         self.attributes = attributes
+        self.limits = limits
         self.data, self.truncated = cap_input(data, limits)
         self.variables = rule_variables(attributes, self.data)
         facets = self.variables["facets"]
@@ -174,7 +175,7 @@ class EventRun:
     def held(self, rule: CompiledRule) -> Verdict:
         """The rule's condition on the whole event."""
         assert self._event is not None, "start() gives the library the event first"
-        return _run(self._event, rule)
+        return self._run(self._event, rule)
 
     def evidence(self) -> dict[str, Any]:
         """What the helpers of the last held() recorded (a new dict)."""
@@ -188,6 +189,8 @@ class EventRun:
         if segment is None or self.context_error is not None or budget.spent:
             return None
         assert self._event is not None, "start() gives the library the event first"
+        if any(self._too_costly(self._event, rule) for rule in segment.rules if rule.loops):
+            return None  # evaluated alone, the costly one is an error
         try:
             values = self._event.execute(segment.program)
         except Exception:  # noqa: BLE001 -- some condition failed: evaluated alone, its error is exact
@@ -249,7 +252,7 @@ class EventRun:
             view.load(rule.variables, self._given)
         except Exception as exc:  # noqa: BLE001 -- as in _run()
             return None, runtime_message(exc)
-        return _run(view, rule)
+        return self._run(view, rule)
 
     def evidence_in(self, index: int) -> dict[str, Any]:
         """What a rule that held in slot ``index`` matched: its helpers' record, the slot's
@@ -337,20 +340,33 @@ class EventRun:
             )
         return found
 
+    # --- running a condition ---------------------------------------------------------------
+
+    def _run(self, view: _View, rule: CompiledRule) -> Verdict:
+        if rule.loops and (steps := self._too_costly(view, rule)):
+            return None, (
+                f"not evaluated: its comprehensions would take about {steps:,} steps on this event, "
+                f"over the limit of {self.limits.max_rule_iterations:,}"
+            )
+        try:
+            value = view.execute(rule.program)
+        except Exception as exc:  # noqa: BLE001 -- the library raises KeyError, TypeError, RuntimeError...: all are rule errors
+            return None, runtime_message(exc)
+        return verdict_of(value)
+
+    def _too_costly(self, view: _View, rule: CompiledRule) -> int:
+        """The steps of the rule's comprehensions on this view when over the limit, else 0: the
+        library cannot be interrupted once it runs, so a rule that would hold the engine for
+        seconds is refused before it starts."""
+        steps = comprehension_steps(rule.loops, view.values, self.limits.max_list_items)
+        return steps if steps > self.limits.max_rule_iterations else 0
+
     # --- what the library is given ---------------------------------------------------------
 
     def _given(self, name: str, value: Any) -> Any:
         """What the library is given of variable ``name``: the fields the rules read, and of
         lists whose items they read only fields of, those fields of each item."""
         return _project(value, self.plan.projections.get(name), name, self.plan.item_fields)
-
-
-def _run(view: _View, rule: CompiledRule) -> Verdict:
-    try:
-        value = view.execute(rule.program)
-    except Exception as exc:  # noqa: BLE001 -- the library raises KeyError, TypeError, RuntimeError...: all are rule errors
-        return None, runtime_message(exc)
-    return verdict_of(value)
 
 
 def _project(value: Any, fields: Iterable[str] | None, name: str, item_fields: ItemFields) -> Any:

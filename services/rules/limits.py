@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.rules.analysis import Loop
 from services.settings import RulesSettings
 
 #: The facet lists capped to Limits.max_list_items.
@@ -27,6 +28,9 @@ class Limits:
     max_list_items: int = 1_000
     max_rule_ms: float = 250.0
     max_event_ms: float = 2_000.0
+    #: Comprehension steps a rule may take on one event (its loops times the event's list
+    #: sizes, counted before it runs): the library cannot be interrupted once it runs.
+    max_rule_iterations: int = 100_000
 
     @classmethod
     def from_settings(cls, settings: RulesSettings) -> Limits:
@@ -36,10 +40,36 @@ class Limits:
             max_list_items=settings.max_list_items,
             max_rule_ms=settings.max_rule_ms,
             max_event_ms=settings.max_event_ms,
+            max_rule_iterations=settings.max_rule_iterations,
         )
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def comprehension_steps(loops: tuple[Loop, ...], values: Mapping[str, Any], unknown_size: int) -> int:
+    """How many steps ``loops`` take on these values: each loop's list size times (one plus
+    the steps of the loops inside it). A size that cannot be known before running (an item's
+    own list, another comprehension's result) counts as ``unknown_size``."""
+    steps = 0
+    for loop in loops:
+        if loop.size is not None:
+            size = loop.size
+        elif loop.path is None:
+            size = unknown_size
+        else:
+            size = _size_at(values, loop.path)
+        steps += size * (1 + comprehension_steps(loop.inner, values, unknown_size)) if size else 0
+    return steps
+
+
+def _size_at(values: Mapping[str, Any], path: tuple[str, ...]) -> int:
+    value: Any = values
+    for name in path:
+        if not (type(value) is dict or isinstance(value, Mapping)) or name not in value:
+            return 0  # missing: the rule fails on its own, at once
+        value = value[name]
+    return len(value) if isinstance(value, list | dict | Mapping) else 0
 
 
 def cap_input(data: Any, limits: Limits) -> tuple[Any, tuple[str, ...]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import cel
 
-from services.rules.analysis import FloorTest
+from services.rules.analysis import FloorTest, Loop
 from services.rules.conditions import EvalContext
 from services.rules.expr import Condition, DataTemplate, Template
 from services.rules.plan import Plan
@@ -76,8 +76,10 @@ class CompiledRule:
     also_requires: tuple[tuple[frozenset[str], frozenset[str]], ...] = field(init=False, repr=False, compare=False)
     #: ``{{ rule.* }}`` of the templates (read-only there), built once.
     template_view: dict[str, Any] = field(init=False, repr=False, compare=False)
-    #: Necessary facet floors (see analysis.FloorTest): `for:` rules check them before walking a call.
+    #: Necessary facet floors (see analysis.FloorTest): the pre-filter proves a rule false without them.
     floors: tuple[FloorTest, ...] = field(init=False, repr=False, compare=False)
+    #: The condition's comprehensions (analysis.Loop): their steps on an event are counted first.
+    loops: tuple[Loop, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -90,6 +92,7 @@ class CompiledRule:
         put(self, "variables", self.condition.analysis.variables)
         put(self, "trigger", self.condition.analysis.trigger)
         put(self, "floors", self.condition.analysis.floors)
+        put(self, "loops", self.condition.analysis.loops)
         put(self, "quotes_match", any(_quotes_match(a) for a in self.actions))
         trigger = self.trigger
         put(
