@@ -244,6 +244,12 @@ async def test_redirect_from_allowed_host_to_loopback_is_refused(near: int, far:
         ("http://224.0.0.1/a.wav", "multicast"),
         ("http://240.0.0.1/a.wav", "reserved"),
         ("http://100.64.0.1/a.wav", "non-public"),  # carrier-grade NAT
+        # IPv6 forms that embed an IPv4 address, which Python 3.11 calls global:
+        ("http://[2002:7f00:1::]/a.wav", "loopback"),  # 6to4 of 127.0.0.1
+        ("http://[2002:a9fe:a9fe::]/latest/meta-data", "link-local"),  # 6to4 of 169.254.169.254
+        ("http://[64:ff9b::a00:1]/a.wav", "private"),  # NAT64 of 10.0.0.1
+        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/a.wav", "loopback"),  # Teredo, client 127.0.0.1
+        ("http://[fec0::1]/a.wav", "site-local"),  # deprecated, still routed inside some networks
     ],
 )
 async def test_private_targets_are_refused_before_connecting(url: str, kind: str) -> None:

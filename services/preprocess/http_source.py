@@ -79,10 +79,22 @@ def shown(url: httpx.URL | str) -> str:
         return "<invalid URL>"
 
 
+#: NAT64's well-known prefix: 64:ff9b::a9fe:a9fe reaches 169.254.169.254 through a NAT64 gateway.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def _kind(address: IPAddress) -> str | None:
     """Why an address is not public, or None when it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if isinstance(address, ipaddress.IPv6Address):
+        # IPv6 forms that carry an IPv4 address are judged by it (::ffff:127.0.0.1 is 127.0.0.1;
+        # Python 3.11 calls 6to4 2002::/16 and NAT64 global whatever they embed).
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return _kind(embedded)
+        if address.is_site_local:  # fec0::/10: deprecated, still routed inside some networks
+            return "site-local"
     for kind, flag in (
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
