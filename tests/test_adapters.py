@@ -300,3 +300,12 @@ def test_a_missing_path_is_an_error_and_dot_files_are_skipped(tmp_path: Path) ->
     (tmp_path / ".swap.yaml").write_text("not: [valid")
     (tmp_path / "notes.txt").write_text("ignored")
     assert len(load_adapters(tmp_path)) == 0
+
+
+def test_an_alias_bomb_is_refused_not_expanded(tmp_path: Path) -> None:
+    # The same YAML layer as rule files: a few hundred bytes may not expand to a million values.
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]\n" for prev, name in zip("abcde", "bcdef", strict=True)
+    )
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    assert errors_of(tmp_path) == [f"{tmp_path / 'bomb.yaml'}:1:1: too large: more than 100,000 values once aliases are expanded"]

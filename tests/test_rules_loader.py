@@ -25,6 +25,8 @@ KNOWN = "(known: event, data, facets, acoustics, context, caption)"
 KNOWN_TEMPLATE = "(known: event, data, facets, acoustics, context, caption, match, rule)"
 
 BAD = {
+    "alias-bomb": ["bad/alias-bomb/rules.yaml:1:1: too large: more than 100,000 values once aliases are expanded"],
+    "deep-nesting": ["bad/deep-nesting/rules.yaml:1:1: too large: lists and maps nested more than 64 deep"],
     "invalid-yaml": [
         (
             "bad/invalid-yaml/rules.yaml:7:51: invalid YAML: expected ',' or ']', but got '}' "

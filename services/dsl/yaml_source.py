@@ -20,7 +20,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from services.dsl.errors import FileError, Position
+from services.dsl.errors import DslError, FileError, Position
 
 Loc = Sequence[str | int]
 
@@ -98,27 +98,57 @@ def parse_yaml(path: Path, text: str) -> YamlDocument:
                 message += f" at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
             message += ")"
         raise FileError(path, line, col, message) from exc
+    except RecursionError as exc:
+        raise FileError(path, 1, 1, f"invalid YAML: lists and maps nested more than {MAX_DEPTH} deep") from exc
     except Exception as exc:  # ruamel raises plain ValueError etc. for e.g. `!!int x`
         raise FileError(path, 1, 1, f"invalid YAML: {exc}") from exc
-    return YamlDocument(path=path, text=text, data=to_plain(root), root=root)
+    try:
+        data = to_plain(root)
+    except _TooLarge as exc:
+        raise FileError(path, 1, 1, f"too large: {exc}") from exc
+    return YamlDocument(path=path, text=text, data=data, root=root)
+
+
+#: Values (scalars, lists, maps) a file may hold once its aliases are expanded: a rule set of
+#: hundreds of rules holds thousands, while aliases of aliases let a few hundred bytes hold
+#: millions ("billion laughs").
+MAX_VALUES = 100_000
+#: Lists and maps nested in one another, at most.
+MAX_DEPTH = 64
+
+
+class _TooLarge(DslError):
+    pass
 
 
 def to_plain(node: Any) -> Any:
-    """ruamel's round-trip types -> builtin types (same values, no formatting baggage)."""
-    if isinstance(node, dict):
-        return {to_plain(k): to_plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [to_plain(v) for v in node]
-    if isinstance(node, bool):
-        return bool(node)
-    if isinstance(node, str):
-        return str(node)
-    if isinstance(node, int):
-        # ScalarBoolean subclasses int; anchored booleans come back as it.
-        return bool(node) if type(node).__name__ == "ScalarBoolean" else int(node)
-    if isinstance(node, float):
-        return float(node)
-    return node  # None, timestamps, tagged scalars: left for the schema to reject
+    """ruamel's round-trip types -> builtin types (same values, no formatting baggage), with
+    aliases expanded, at most :data:`MAX_VALUES` values nested :data:`MAX_DEPTH` deep."""
+    count = 0
+
+    def plain(value: Any, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES:
+            raise _TooLarge(f"more than {MAX_VALUES:,} values once aliases are expanded")
+        if isinstance(value, dict | list) and depth >= MAX_DEPTH:
+            raise _TooLarge(f"lists and maps nested more than {MAX_DEPTH} deep")
+        if isinstance(value, dict):
+            return {plain(k, depth + 1): plain(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v, depth + 1) for v in value]
+        if isinstance(value, bool):
+            return bool(value)
+        if isinstance(value, str):
+            return str(value)
+        if isinstance(value, int):
+            # ScalarBoolean subclasses int; anchored booleans come back as it.
+            return bool(value) if type(value).__name__ == "ScalarBoolean" else int(value)
+        if isinstance(value, float):
+            return float(value)
+        return value  # None, timestamps, tagged scalars: left for the schema to reject
+
+    return plain(node, 0)
 
 
 # --- pydantic errors -> positions -------------------------------------------------------
