@@ -106,7 +106,15 @@ def submit(
     roles = [r.strip() for r in channels.split(",")] if channels else None
     with err.status(f"submitted {file.name}; waiting for caption and decisions..."):
         result = asyncio.run(
-            submit_file(file, nats_url=url, nats=settings.nats, channels=roles, context=ctx, wait_s=timeout)
+            submit_file(
+                file,
+                nats_url=url,
+                nats=settings.nats,
+                bucket=settings.preprocess.object_buckets[0],
+                channels=roles,
+                context=ctx,
+                wait_s=timeout,
+            )
         )
     if as_json:
         console.print_json(result.model_dump_json())

@@ -19,7 +19,6 @@ from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTE
 from services.settings import NatsSettings
 
 INLINE_LIMIT_BYTES = 256 * 1024  # beyond this, audio rides in the object store (claim check)
-UPLOAD_BUCKET = "listenpost-audio"
 
 
 class ReceivedEvent(BaseModel):
@@ -55,6 +54,7 @@ async def submit_file(
     *,
     nats_url: str,
     nats: NatsSettings,
+    bucket: str = "listenpost-audio",
     channels: list[str] | None = None,
     context: dict[str, Any] | None = None,
     source: str = "urn:listenpost:cli",
@@ -63,7 +63,8 @@ async def submit_file(
 ) -> SubmitResult:
     """Publish an ``audio.submitted`` event for ``path`` and wait for its outcome.
 
-    Small files ride inline; larger ones go to the NATS object store. After the
+    Small files ride inline; larger ones go to ``bucket`` of the NATS object store (one the
+    preprocessor reads from: ``LISTENPOST_PREPROCESS__OBJECT_BUCKETS``). After the
     captioned event arrives, decisions are collected for ``settle_s`` more.
     """
     nc = await connect(nats_url, name="listenpost-cli")
@@ -84,7 +85,7 @@ async def submit_file(
 
         # Subscribe before publishing, so nothing about our event is missed.
         sub = await nc.subscribe(f"{nats.subject_prefix}.>", cb=on_message)
-        audio = await _audio_ref(js, path, event_id)
+        audio = await _audio_ref(js, path, event_id, bucket)
         data = AudioSubmitted.model_validate(
             {
                 "audio": audio,
@@ -129,12 +130,12 @@ async def submit_file(
         await nc.drain()
 
 
-async def _audio_ref(js: Any, path: Path, event_id: str) -> dict[str, Any]:
+async def _audio_ref(js: Any, path: Path, event_id: str, bucket: str) -> dict[str, Any]:
     data = path.read_bytes()
     fmt = path.suffix.lstrip(".").lower() or None
     if len(data) <= INLINE_LIMIT_BYTES:
         return {"data_base64": base64.b64encode(data).decode(), "format": fmt}
-    store = await js.create_object_store(UPLOAD_BUCKET)  # idempotent
+    store = await js.create_object_store(bucket)  # idempotent
     name = f"{event_id}/{path.name}"
     await store.put(name, data)
-    return {"object": {"bucket": UPLOAD_BUCKET, "name": name}, "format": fmt}
+    return {"object": {"bucket": bucket, "name": name}, "format": fmt}

@@ -199,6 +199,12 @@ class PreprocessSettings(_FixedReplicas):
     file_roots: list[Path] = Field(
         default_factory=lambda: [Path.cwd()], description="Local paths and file:// URIs must lie under one of these."
     )
+    object_buckets: list[str] = Field(
+        default_factory=lambda: ["listenpost-audio"],
+        min_length=1,
+        description="NATS object-store buckets audio may be read from (claim check); `listenpost submit` "
+        "uploads to the first. An event naming another bucket is dead-lettered.",
+    )
     http_allow_private: list[str] = Field(
         default_factory=list,
         description="Host names or networks (CIDR) that http(s) sources may reach although they are private, "

@@ -19,6 +19,7 @@ from services.events.embedded import EmbeddedNatsServer
 from services.events.models import AudioRef, ObjectRef
 from services.preprocess.errors import (
     BlockedAddressError,
+    BucketNotAllowedError,
     HttpStatusError,
     InlineAudioError,
     PathOutsideRootsError,
@@ -316,6 +317,9 @@ def test_http_policy_from_settings() -> None:
 # --- the NATS object store -------------------------------------------------------------------------
 
 
+BUCKETS = ["calls"]
+
+
 @pytest.fixture(scope="module")
 async def object_store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[object]:
     with EmbeddedNatsServer(tmp_path_factory.mktemp("nats-objects")) as server:
@@ -323,6 +327,8 @@ async def object_store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
         js = nc.jetstream()
         store = await js.create_object_store("calls")
         await store.put("call-1.wav", AUDIO)
+        other = await js.create_object_store("billing-exports")
+        await other.put("customers.csv", b"name,iban\n")
         yield js
         await nc.close()
 
@@ -330,10 +336,10 @@ async def object_store(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
 async def test_object_store_source(object_store: object) -> None:
     js = object_store
     ref = ObjectRef(bucket="calls", name="call-1.wav")
-    assert await read_object(js, ref, max_bytes=10_000) == AUDIO
+    assert await read_object(js, ref, max_bytes=10_000, buckets=BUCKETS) == AUDIO
 
     async def get_object(r: ObjectRef) -> bytes:
-        return await read_object(js, r, max_bytes=10_000)
+        return await read_object(js, r, max_bytes=10_000, buckets=BUCKETS)
 
     got = await fetch_audio(AudioRef(object=ref), roots=[], max_bytes=10_000, get_object=get_object)
     assert got == AUDIO
@@ -342,11 +348,11 @@ async def test_object_store_source(object_store: object) -> None:
 async def test_object_store_failures(object_store: object) -> None:
     js = object_store
     with pytest.raises(SourceNotFoundError, match="object calls/nope.wav not found in the NATS object store"):
-        await read_object(js, ObjectRef(bucket="calls", name="nope.wav"), max_bytes=10_000)
+        await read_object(js, ObjectRef(bucket="calls", name="nope.wav"), max_bytes=10_000, buckets=BUCKETS)
     with pytest.raises(SourceNotFoundError, match="object store bucket 'nobucket' not found"):
-        await read_object(js, ObjectRef(bucket="nobucket", name="a.wav"), max_bytes=10_000)
+        await read_object(js, ObjectRef(bucket="nobucket", name="a.wav"), max_bytes=10_000, buckets=[*BUCKETS, "nobucket"])
     with pytest.raises(SourceTooLargeError, match=f"object calls/call-1.wav is {len(AUDIO)} bytes, over the limit"):
-        await read_object(js, ObjectRef(bucket="calls", name="call-1.wav"), max_bytes=100)
+        await read_object(js, ObjectRef(bucket="calls", name="call-1.wav"), max_bytes=100, buckets=BUCKETS)
     with pytest.raises(UnsupportedSourceError, match="no object store is connected"):
         await fetch_audio(AudioRef(object=ObjectRef(bucket="calls", name="x")), roots=[], max_bytes=10)
 
@@ -417,3 +423,15 @@ async def test_https_verifies_the_name_while_connecting_to_the_checked_address(
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_an_object_in_another_bucket_is_refused_without_asking_the_store(object_store: object) -> None:
+    js = object_store
+    # The bucket exists and holds the object: the event still learns nothing of it.
+    for name in ("customers.csv", "nothing-here"):
+        with pytest.raises(BucketNotAllowedError) as caught:
+            await read_object(js, ObjectRef(bucket="billing-exports", name=name), max_bytes=10_000, buckets=BUCKETS)
+        assert str(caught.value) == (
+            "object store bucket 'billing-exports' is not one audio is read from (LISTENPOST_PREPROCESS__OBJECT_BUCKETS: calls)"
+        )
+        assert caught.value.stage == "fetch" and not caught.value.retryable

@@ -29,7 +29,8 @@ class Preprocessor:
             if self._nc is None:
                 assert self._settings.nats.url, "the app builder always sets the NATS URL"
                 self._nc = await connect(self._settings.nats.url, name="listenpost-preprocessor")
-        return await read_object(self._nc.jetstream(), ref, max_bytes=self._settings.preprocess.max_bytes)
+        pre = self._settings.preprocess
+        return await read_object(self._nc.jetstream(), ref, max_bytes=pre.max_bytes, buckets=pre.object_buckets)
 
     async def prepare(self, submitted: AudioSubmitted) -> PreparedAudio:
         pre = self._settings.preprocess

@@ -35,6 +35,10 @@ class PathOutsideRootsError(SourceError):
     """A local path or file:// URI that escapes the configured roots."""
 
 
+class BucketNotAllowedError(SourceError):
+    """An object in a NATS object-store bucket audio may not be read from."""
+
+
 class SourceNotFoundError(SourceError):
     """The file, URL (HTTP 404/410) or object named by the event does not exist."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from urllib.parse import ParseResult, unquote, urlparse
 
@@ -23,6 +23,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectDeletedErro
 
 from services.events.models import AudioRef, ObjectRef
 from services.preprocess.errors import (
+    BucketNotAllowedError,
     InlineAudioError,
     PathOutsideRootsError,
     SourceNotFoundError,
@@ -118,8 +119,15 @@ def decode_inline(data_base64: str, max_bytes: int) -> bytes:
     return data
 
 
-async def read_object(js: JetStreamContext, ref: ObjectRef, *, max_bytes: int) -> bytes:
-    """An object from the NATS object store; its size is checked before it is downloaded."""
+async def read_object(js: JetStreamContext, ref: ObjectRef, *, max_bytes: int, buckets: Collection[str]) -> bytes:
+    """An object from one of the ``buckets`` of the NATS object store; its size is checked
+    before it is downloaded. Another bucket is refused before the store is asked anything (the
+    event learns nothing of what it holds)."""
+    if ref.bucket not in buckets:
+        raise BucketNotAllowedError(
+            f"object store bucket {ref.bucket!r} is not one audio is read from "
+            f"(LISTENPOST_PREPROCESS__OBJECT_BUCKETS: {', '.join(buckets) or 'none'})"
+        )
     where = f"{ref.bucket}/{ref.name}"
     try:
         store = await js.object_store(ref.bucket)
