@@ -174,13 +174,25 @@ async def test_unreadable_dead_letters_are_listed_and_kept(env: Env) -> None:
     assert not report.ok and len(await list_dead_letters(env.js, env.settings)) == 2
 
 
-async def test_an_original_no_stream_stores_is_reported_and_kept(env: Env) -> None:
-    original = {"subject": "elsewhere.in.x", "headers": {}, "body_base64": base64.b64encode(b"{}").decode()}
-    failed = AudioFailed(stage="validate", reason="r", error="E", original=original)
-    await publish_event(env.js, env.cfg.subject("dlq", "validate"), new_event(AUDIO_FAILED, "urn:t", failed.model_dump()), msg_id="m")
-    report = await replay(env.js, env.settings, seq=1)
-    assert [f.error for f in report.failed] == ["no stream stores subject 'elsewhere.in.x'; dead letter kept"]
-    assert len(await list_dead_letters(env.js, env.settings)) == 1
+async def test_a_forged_dead_letter_is_not_replayed_onto_another_subject(env: Env) -> None:
+    # Anyone who may publish a dead letter must not get a replay to publish a decision, a silence
+    # or anything else in listenpost's name: only inputs and what the rules consume are replayed.
+    before = (await env.js.stream_info(env.cfg.out_stream)).state.messages
+    for seq, subject in enumerate((env.cfg.subject("alerts", "critical"), "elsewhere.in.x", env.cfg.subject("in")), 1):
+        forged = new_event("com.listenpost.alert.raised", "urn:attacker", {"summary": "wire the money"})
+        body, headers = encode_binary(forged)
+        original = {"subject": subject, "headers": headers, "body_base64": base64.b64encode(body).decode()}
+        failed = AudioFailed(stage="rules", reason="r", error="E", original=original)
+        await publish_event(
+            env.js, env.cfg.subject("dlq", "rules"), new_event(AUDIO_FAILED, "urn:t", failed.model_dump()), msg_id=f"m{seq}"
+        )
+        report = await replay(env.js, env.settings, seq=seq)
+        assert [f.error for f in report.failed] == [
+            f"not replayed: {subject!r} is not an input of listenpost ({env.cfg.subject('in', '>')} or what the rules "
+            "consume); dead letter kept"
+        ]
+    assert (await env.js.stream_info(env.cfg.out_stream)).state.messages == before  # nothing was published
+    assert len(await list_dead_letters(env.js, env.settings)) == 3  # and every letter is kept
 
 
 async def test_unknown_selections_are_clear_errors(env: Env) -> None:

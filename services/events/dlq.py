@@ -217,11 +217,26 @@ async def replay(
     return report
 
 
+def replayable_subject(subject: str, settings: Settings) -> bool:
+    """Whether a replay may republish to ``subject``: an input (``<prefix>.in.>``) or a subject
+    the rules engine consumes, the only places a dead letter's original comes from."""
+    cfg = settings.nats
+    inputs = cfg.subject("in") + "."
+    return (subject.startswith(inputs) and len(subject) > len(inputs)) or subject in settings.rules.subjects(cfg)
+
+
 async def _replay_one(js: JetStreamContext, settings: Settings, letter: DeadLetter, timeout_s: float) -> Replayed:
     cfg = settings.nats
     if letter.original is None:
         raise DeadLetterError(f"no readable original message to republish ({letter.reason})")
     original = letter.original
+    if not replayable_subject(original.subject, settings):
+        # Anyone who can publish a dead letter could otherwise have a replay publish a
+        # decision (listenpost.alerts.critical) or a silence in listenpost's name.
+        raise DeadLetterError(
+            f"not replayed: {original.subject!r} is not an input of listenpost "
+            f"({cfg.subject('in', '>')} or what the rules consume); dead letter kept"
+        )
     headers = {k: v for k, v in original.headers.items() if not k.lower().startswith(_CONTROL_HEADERS)}
     # A new id: the original's Nats-Msg-Id may still be in the input's dedup window.
     headers["Nats-Msg-Id"] = derive_msg_id("replay", cfg.dlq_stream, str(letter.seq))
