@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,9 +264,6 @@ class Facts:
 
     def all_words(self, text: Any, words: Any) -> bool:
         return self._words(text, words, "all_words", all_of=True)
-
-    def functions(self) -> dict[str, Callable[..., bool]]:
-        return {"emotion": self.emotion, "sound": self.sound, "any_words": self.any_words, "all_words": self.all_words}
 
     def highest(self, kind: str, role: str | None, labels: Collection[str]) -> float:
         """:func:`highest` over this view's emotions or sound events, once per (kind, role, labels)."""
