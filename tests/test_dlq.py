@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from services.events.binding import encode_binary, encode_structured, new_event
 from services.events.cli import dlq_app
+from services.events.connection import connect
 from services.events.dlq import DeadLetterError, DeadLetterNotFound, list_dead_letters, replay
 from services.events.embedded import EmbeddedNatsServer
-from services.events.jetstream import connect, derive_msg_id, provision, publish_event
+from services.events.jetstream import derive_msg_id, provision, publish_event
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioFailed
 from services.settings import NatsSettings, Settings
 
@@ -67,7 +68,7 @@ class Env:
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     with EmbeddedNatsServer(tmp_path / "nats") as server:
-        nc = await connect(server.url, name="test-dlq")
+        nc = await connect(server.client_settings(), role="admin", name="test-dlq")
         settings = Settings(nats=NatsSettings(url=server.url))
         await provision(nc.jetstream(), settings.nats)
         try:

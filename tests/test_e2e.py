@@ -20,7 +20,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from services.events.binding import BindingError, decode, encode_binary, event_data_json, new_event
-from services.events.jetstream import connect
+from services.events.connection import connect
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED
 from services.settings import Settings
 from tests.conftest import tone, wav_bytes
@@ -61,7 +61,7 @@ def _link(type_: str) -> str:
 
 @pytest.fixture(scope="module")
 async def nats_client(service: Settings) -> AsyncIterator[tuple[NATS, Outputs]]:
-    nc = await connect(service.nats.url or "", name="e2e-test")
+    nc = await connect(service.nats, role="admin", name="e2e-test")
     outputs = Outputs()
     await nc.subscribe(f"{service.nats.subject_prefix}.>", cb=outputs.on_message)
     yield nc, outputs

@@ -23,8 +23,9 @@ from ray.util.state import list_actors
 from services.app import APP_NAME, build_app
 from services.events.audit import Accounting, account
 from services.events.binding import decode, event_data_json, new_event
+from services.events.connection import connect
 from services.events.embedded import EmbeddedNatsServer
-from services.events.jetstream import connect, derive_msg_id, publish_event
+from services.events.jetstream import derive_msg_id, publish_event
 from services.events.models import AUDIO_SUBMITTED
 from services.settings import Settings
 from tests.conftest import tone, wav_bytes
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 async def nc(service: Settings) -> AsyncIterator[NATS]:
-    client = await connect(service.nats.url or "", name="fault-test")
+    client = await connect(service.nats, role="admin", name="fault-test")
     yield client
     await client.close()
 

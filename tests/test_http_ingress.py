@@ -18,8 +18,9 @@ from nats.js import JetStreamContext
 from pydantic import Field, SecretStr
 
 from services.events.binding import decode, encode_binary, encode_structured, new_event
+from services.events.connection import connect
 from services.events.embedded import EmbeddedNatsServer
-from services.events.jetstream import connect, derive_msg_id, provision
+from services.events.jetstream import derive_msg_id, provision
 from services.events.models import AUDIO_SUBMITTED
 from services.ingest.adapters import AdapterLoadError, load_adapters
 from services.ingest.http import HttpIngest, HttpIngressConfigError, app_for, http_app
@@ -54,7 +55,7 @@ class Env:
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     with EmbeddedNatsServer(tmp_path / "nats") as server:
-        nc = await connect(server.url, name="test-http-ingress")
+        nc = await connect(server.client_settings(), role="admin", name="test-http-ingress")
         nats = NatsSettings(url=server.url)
         await provision(nc.jetstream(), nats)
         transport = httpx.ASGITransport(app=http_app)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 async def test_load_smoke_accounts_for_every_event(service: Settings) -> None:
     report = await run_load(
-        service.nats.url or "", service.nats, rate_per_s=3, duration_s=4, audio_s=2.0, progress=False
+        service.nats, rate_per_s=3, duration_s=4, audio_s=2.0, progress=False
     )
     assert report.submitted == 12
     assert report.balanced and report.duplicates == 0 and report.missing == 0

@@ -19,7 +19,8 @@ from nats.aio.client import Client as NATS
 from typer.testing import CliRunner
 
 from services.events.binding import BindingError, decode, event_data_json, new_event
-from services.events.jetstream import connect, publish_event
+from services.events.connection import connect
+from services.events.jetstream import publish_event
 from services.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +44,7 @@ class Decisions:
 
 @pytest.fixture
 async def bus(service: Settings) -> AsyncIterator[tuple[NATS, Decisions]]:
-    nc = await connect(service.nats.url or "", name="rules-e2e")
+    nc = await connect(service.nats, role="admin", name="rules-e2e")
     decisions = Decisions()
     await nc.subscribe(f"{service.nats.subject_prefix}.>", cb=decisions.on_message)
     yield nc, decisions
@@ -145,8 +146,14 @@ async def test_rule_edits_take_effect_live_and_broken_edits_keep_the_last_good_r
         assert await routed_to("hot-second", v3) is not None  # still the previous rules
 
         # `listenpost rules status` shows the active version and the error (via NATS KV).
-        args = ["rules", "status", "--nats", service.nats.url or "", "--json"]
-        result = await asyncio.to_thread(CliRunner().invoke, _cli(), args)  # the CLI runs its own event loop
+        # As an operator configures it: URL, CA and the operator's NKey seed file from the environment.
+        env = {
+            "LISTENPOST_NATS__URL": service.nats.url or "",
+            "LISTENPOST_NATS__TLS_CA_FILE": str(service.nats.tls_ca_file),
+            "LISTENPOST_NATS__ROLES__OPERATOR__NKEY_SEED_FILE": str(service.nats.identity("operator").nkey_seed_file),
+        }
+        args = ["rules", "status", "--json"]
+        result = await asyncio.to_thread(CliRunner().invoke, _cli(), args, env=env)  # the CLI runs its own event loop
         assert result.exit_code == 0, result.output
         [record] = [r for r in json.loads(result.output) if r["replica"] == status["replica"]]
         assert record["ruleset_version"] == v3 and "CEL syntax error" in record["last_reload_error"]

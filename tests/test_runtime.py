@@ -6,22 +6,41 @@ import json
 import os
 from pathlib import Path
 
-from services.runtime import command_nats_url, read_runtime_nats_url, remove_runtime_file, write_runtime_file
+import pytest
+
+from services.events.connection import NatsConnectError, command_settings
+from services.runtime import read_runtime_nats_url, remove_runtime_file, write_runtime_file
+from services.settings import NatsSettings
 
 
 def test_a_running_service_is_found_through_the_runtime_file(tmp_path: Path) -> None:
     path = tmp_path / "runtime.json"
     assert read_runtime_nats_url(path) is None  # none running
-    write_runtime_file("nats://127.0.0.1:4333", path)
+    write_runtime_file("nats://127.0.0.1:4333", path=path)
     assert json.loads(path.read_text()) == {"nats_url": "nats://127.0.0.1:4333", "pid": os.getpid()}
     assert read_runtime_nats_url(path) == "nats://127.0.0.1:4333"
     # An option beats the setting, which beats the running service.
-    assert command_nats_url("nats://option", "nats://setting", path) == "nats://option"
-    assert command_nats_url(None, "nats://setting", path) == "nats://setting"
-    assert command_nats_url(None, None, path) == "nats://127.0.0.1:4333"
+    assert command_settings("nats://option", NatsSettings(url="nats://setting"), path).url == "nats://option"
+    assert command_settings(None, NatsSettings(url="nats://setting"), path).url == "nats://setting"
+    assert command_settings(None, NatsSettings(), path).url == "nats://127.0.0.1:4333"
     remove_runtime_file(path)
-    assert command_nats_url(None, None, path) is None
+    with pytest.raises(NatsConnectError, match="no NATS URL: start `listenpost serve`"):
+        command_settings(None, NatsSettings(), path)
     remove_runtime_file(path)  # already gone: fine
+
+
+def test_the_embedded_servers_identities_are_found_but_not_written_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "runtime.json"
+    secrets = tmp_path / "secrets"
+    write_runtime_file("tls://127.0.0.1:4333", secrets, path=path)
+    assert json.loads(path.read_text()) == {
+        "nats_url": "tls://127.0.0.1:4333", "pid": os.getpid(), "secrets_dir": str(secrets)
+    }  # fmt: skip
+    cfg = command_settings(None, NatsSettings(), path)
+    assert cfg.identity("operator").nkey_seed_file == secrets / "operator.nk"
+    # The same server named by --nats keeps its identities; another server does not get them.
+    assert command_settings("tls://127.0.0.1:4333", NatsSettings(), path).roles["rules"].nkey_seed_file
+    assert command_settings("nats://elsewhere:4222", NatsSettings(), path).roles == {}
 
 
 def test_a_damaged_runtime_file_reads_as_no_service(tmp_path: Path) -> None:

@@ -7,14 +7,13 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
-import nats
 import typer
 from nats.js import JetStreamContext
 from rich.console import Console
 from rich.table import Table
 
+from services.events.connection import NatsConnectError, command_settings, with_jetstream
 from services.events.dlq import DeadLetter, DeadLetterError, ReplayReport, list_dead_letters, replay
-from services.runtime import command_nats_url
 from services.settings import Settings
 
 dlq_app = typer.Typer(help="Dead letters: events that failed for good, kept whole for replay.", no_args_is_help=True)
@@ -29,42 +28,15 @@ NatsUrl = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _url(option: str | None, settings: Settings) -> str:
-    url = command_nats_url(option, settings.nats.url)
-    if not url:
-        err.print("[red]error:[/] no NATS URL: start `listenpost serve` or set LISTENPOST_NATS__URL")
-        raise typer.Exit(2)
-    return url
-
-
-def _run(url: str, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
-    async def main() -> T:
-        errors: list[Exception] = []
-
-        async def remember(exc: Exception) -> None:  # instead of nats-py's traceback per attempt
-            errors.append(exc)
-
-        # A command line fails fast when NATS is down (services reconnect forever instead).
-        # nats-py only gives up on a first connect once attempts are bounded above zero.
-        try:
-            nc = await nats.connect(
-                servers=[url],
-                name="listenpost-dlq",
-                connect_timeout=5,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.2,
-                error_cb=remember,
-            )
-        except Exception as exc:
-            cause = errors[-1] if errors else exc
-            err.print(f"[red]error:[/] cannot reach NATS at {url}: {cause}", highlight=False)
-            raise typer.Exit(2) from exc
-        try:
-            return await work(nc.jetstream())
-        finally:
-            await nc.close()
-
-    return asyncio.run(main())
+def _run(option: str | None, settings: Settings, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+    """Run ``work`` as the operator on the NATS this command is pointed at; a sentence, not a
+    traceback, when NATS cannot be reached or refuses the identity."""
+    try:
+        cfg = command_settings(option, settings.nats)
+        return asyncio.run(with_jetstream(cfg, work, name="listenpost-dlq"))
+    except NatsConnectError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
 
 
 @dlq_app.command("list")
@@ -75,7 +47,7 @@ def dlq_list(
 ) -> None:
     """List dead letters, oldest first: sequence, time, stage, reason and the original event id."""
     settings = Settings()
-    letters = _run(_url(nats_url, settings), lambda js: list_dead_letters(js, settings, stage=stage))
+    letters = _run(nats_url, settings, lambda js: list_dead_letters(js, settings, stage=stage))
     if as_json:
         console.print_json(json.dumps([letter.model_dump(mode="json") for letter in letters]))
         return
@@ -124,7 +96,7 @@ def dlq_replay(
         return await replay(js, settings, seq=seq, original_id=original_id, all=all_, stage=stage)
 
     try:
-        report = _run(_url(nats_url, settings), work)
+        report = _run(nats_url, settings, work)
     except DeadLetterError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from exc

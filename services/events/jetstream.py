@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import nats
 from cloudevents.core.base import BaseCloudEvent
-from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, ConnectionReconnectingError, NoRespondersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -24,15 +21,18 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.events.binding import encode_binary, encode_structured
-from services.settings import NatsSettings
+from services.events.errors import EventsError
+from services.settings import NatsSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -49,28 +49,6 @@ TRANSIENT_NATS_ERRORS: tuple[type[BaseException], ...] = (
     OutboundBufferLimitError,
     OSError,
 )
-
-
-async def connect(url: str, *, name: str, on_reconnect: Callable[[], Awaitable[None]] | None = None) -> NATS:
-    """Connect with unbounded reconnects: a replica outlives nats-server restarts."""
-
-    async def on_error(exc: Exception) -> None:
-        log.warning("nats %s: %s", name, exc)
-
-    async def on_reconnected() -> None:
-        log.info("nats %s: reconnected", name)
-        if on_reconnect is not None:
-            await on_reconnect()
-
-    return await nats.connect(
-        servers=[url],
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=5,
-        error_cb=on_error,
-        reconnected_cb=on_reconnected,
-    )
 
 
 def advisory_subjects(cfg: NatsSettings) -> list[str]:
@@ -157,6 +135,59 @@ async def provision(js: JetStreamContext, cfg: NatsSettings, rules_subjects: lis
         # Creating a durable with an identical config is a no-op on the server;
         # a changed config is applied as an update.
         await js.add_consumer(stream, consumer)
+
+
+class NotProvisionedError(EventsError, RuntimeError):
+    """A stream listenpost needs is missing and this identity may not create it."""
+
+
+async def ensure_provisioned(js: JetStreamContext, settings: Settings) -> None:
+    """At a deployment's start: provision when its settings say it may, else check that an admin
+    did, so a missing stream is one sentence at start and not a timeout at the first event."""
+    if settings.nats.provision_on_start:
+        await provision_everything(js, settings)
+        return
+    for config in stream_configs(settings.nats):
+        try:
+            await js.stream_info(config.name or "")
+        except NotFoundError:
+            raise NotProvisionedError(
+                f"stream {config.name} does not exist: run `listenpost nats provision` with admin credentials "
+                "(LISTENPOST_NATS__PROVISION_ON_START is false, so deployments do not create streams)"
+            ) from None
+
+
+def bucket_configs(settings: Settings) -> tuple[list[KeyValueConfig], list[ObjectStoreConfig]]:
+    """The KV buckets (rule state, silences, status) and object stores (audio) listenpost uses."""
+    rules = settings.rules
+    kv = [
+        KeyValueConfig(bucket=rules.state_bucket, history=1, ttl=rules.state_ttl_s, storage=StorageType.FILE),
+        KeyValueConfig(bucket=rules.silence_bucket, history=1, storage=StorageType.FILE),
+        KeyValueConfig(bucket=rules.status_bucket, history=1, storage=StorageType.FILE),
+    ]
+    objects = [ObjectStoreConfig(bucket=b, storage=StorageType.FILE) for b in settings.preprocess.object_buckets]
+    return kv, objects
+
+
+async def provision_everything(js: JetStreamContext, settings: Settings) -> None:
+    """Streams, consumers, KV buckets and object stores: what an admin provisions once, before
+    deployments whose identities may not create them start (``listenpost nats provision``)."""
+    await provision(js, settings.nats, settings.rules.subjects(settings.nats))
+    kv, objects = bucket_configs(settings)
+    for kv_config in kv:
+        assert kv_config.bucket is not None
+        try:
+            await js.key_value(kv_config.bucket)
+        except BucketNotFoundError:
+            await js.create_key_value(kv_config)
+            log.info("created KV bucket %s", kv_config.bucket)
+    for obj_config in objects:
+        assert obj_config.bucket is not None
+        try:
+            await js.object_store(obj_config.bucket)
+        except BucketNotFoundError:
+            await js.create_object_store(obj_config.bucket, config=obj_config)
+            log.info("created object store %s", obj_config.bucket)
 
 
 def derive_msg_id(*parts: str) -> str:

@@ -20,9 +20,10 @@ from ray.serve.handle import DeploymentHandle
 
 from services.captioner.errors import CaptionGenerationError, EngineDeadError
 from services.events.advisories import handle_advisory
+from services.events.connection import connect
 from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
 from services.events.deadletter import dead_letter
-from services.events.jetstream import connect, derive_msg_id, provision, publish_event
+from services.events.jetstream import derive_msg_id, ensure_provisioned, publish_event
 from services.events.models import AudioSubmitted, Facets, Window
 from services.ingest.adapters import AdapterSet, load_adapters
 from services.ingest.http import HttpIngest, app_for
@@ -57,11 +58,11 @@ class Ingress:
         self._preprocessor = preprocessor
         self._captioner = captioner
         self._rules = rules
-        self._nc = await connect(settings.nats.url, name="listenpost-ingress", on_reconnect=self._on_reconnect)
+        self._nc = await connect(settings.nats, role="ingress", name="listenpost-ingress", on_reconnect=self._on_reconnect)
         self._js = self._nc.jetstream()
         self._adapters = load_adapters(settings.adapters.directory) if settings.adapters.enabled else AdapterSet()
         cfg = settings.nats
-        await provision(self._js, cfg, settings.rules.subjects(cfg))
+        await ensure_provisioned(self._js, settings)
         redelivery = Redelivery.from_settings(cfg)
         self._consumer = PullConsumer(
             self._js,

@@ -7,7 +7,7 @@ import asyncio
 from nats.aio.client import Client as NATS
 from ray import serve
 
-from services.events.jetstream import connect
+from services.events.connection import connect
 from services.events.models import AudioSubmitted, ObjectRef
 from services.preprocess.pipeline import PreparedAudio, prepare
 from services.preprocess.sources import fetch_audio, http_policy, read_object
@@ -28,7 +28,7 @@ class Preprocessor:
         async with self._nc_lock:
             if self._nc is None:
                 assert self._settings.nats.url, "the app builder always sets the NATS URL"
-                self._nc = await connect(self._settings.nats.url, name="listenpost-preprocessor")
+                self._nc = await connect(self._settings.nats, role="preprocess", name="listenpost-preprocessor")
         pre = self._settings.preprocess
         return await read_object(self._nc.jetstream(), ref, max_bytes=pre.max_bytes, buckets=pre.object_buckets)
 

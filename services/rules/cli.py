@@ -177,24 +177,16 @@ def _action_text(action: dict[str, Any]) -> str:
     return f"{kind} {action.get('subject', '')}"
 
 
-def _nats_url(option: str | None) -> str:
-    from services.runtime import command_nats_url
+def _with_js(option: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work`` as the operator; a sentence, not a traceback, when NATS is out of reach."""
+    from services.events.connection import NatsConnectError, command_settings, with_jetstream
 
-    url = command_nats_url(option, _settings().nats.url)
-    if not url:
-        err.print("no NATS URL: pass --nats, set LISTENPOST_NATS__URL, or run `listenpost serve`")
-        raise typer.Exit(2)
-    return url
-
-
-async def _with_js(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
-    import nats
-
-    nc = await nats.connect(servers=[url], name="listenpost-rules-cli", connect_timeout=5, max_reconnect_attempts=2)
     try:
-        return await work(nc.jetstream())
-    finally:
-        await nc.drain()
+        cfg = command_settings(option, _settings().nats)
+        return _run(with_jetstream(cfg, work, name="listenpost-rules-cli"))
+    except NatsConnectError as exc:
+        err.print(str(exc))
+        raise typer.Exit(2) from exc
 
 
 @rules_app.command("backtest")
@@ -235,7 +227,7 @@ def rules_backtest(
             limits=Limits.from_settings(settings.rules), decode=decode_msg,
         )  # fmt: skip
 
-    report = _run(_with_js(_nats_url(nats_url), work))
+    report = _with_js(nats_url, work)
     if as_json:
         _print_json(report.to_json())
         return
@@ -269,7 +261,7 @@ def _status_impl(nats_url: str | None, as_json: bool) -> None:
     from services.rules.status import read_status
 
     settings = _settings()
-    records = _run(_with_js(_nats_url(nats_url), lambda js: read_status(js, settings.rules.status_bucket)))
+    records = _with_js(nats_url, lambda js: read_status(js, settings.rules.status_bucket))
     if as_json:
         _print_json(records)
         return
@@ -358,7 +350,7 @@ def silence_add(
         silences = await _silences(js)
         return await silences.add(parsed, ends_at=time.time() + seconds, comment=comment, created_by=author)
 
-    silence = _run(_with_js(_nats_url(nats_url), work))
+    silence = _with_js(nats_url, work)
     if as_json:
         _print_json(silence.model_dump())
         return
@@ -377,7 +369,7 @@ def silence_list(
         return await (await _silences(js)).stored()
 
     now = time.time()
-    silences = [s for s in _run(_with_js(_nats_url(nats_url), work)) if show_all or s.state(now) != "expired"]
+    silences = [s for s in _with_js(nats_url, work) if show_all or s.state(now) != "expired"]
     if as_json:
         _print_json([{**s.model_dump(), "state": s.state(now)} for s in silences])
         return
@@ -400,7 +392,7 @@ def silence_expire(silence_id: Annotated[str, typer.Argument(help="The silence's
         return await (await _silences(js)).expire(silence_id)
 
     try:
-        silence = _run(_with_js(_nats_url(nats_url), work))
+        silence = _with_js(nats_url, work)
     except KeyError as exc:
         err.print(f"no silence {silence_id}")
         raise typer.Exit(1) from exc

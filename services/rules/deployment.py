@@ -38,9 +38,10 @@ from nats.aio.msg import Msg
 from ray import serve
 
 from services.events.binding import BindingError, decode, event_attributes, event_data_json, new_event
+from services.events.connection import connect
 from services.events.consumer import Poison, PullConsumer, Redelivery
 from services.events.deadletter import dead_letter
-from services.events.jetstream import connect, provision, publish_event
+from services.events.jetstream import ensure_provisioned, publish_event
 from services.rules import Decision, RuleSet, RuleSetError, load_ruleset, load_sources, rule_files
 from services.rules.engine import HOPS_EXTENSION, RulesProcessor, hops
 from services.rules.limits import Limits
@@ -103,9 +104,9 @@ class RulesEngine:
         self._loaded_at: float | None = None
         self._last_error: str | None = None
         self._last_error_at: float | None = None
-        self._nc = await connect(settings.nats.url, name="listenpost-rules")
+        self._nc = await connect(settings.nats, role="rules", name="listenpost-rules")
         self._js = self._nc.jetstream()
-        await provision(self._js, settings.nats, cfg.subjects(settings.nats))
+        await ensure_provisioned(self._js, settings)
         self._stores: Stores = await open_stores(
             self._js,
             state_bucket=cfg.state_bucket,
@@ -282,6 +283,10 @@ class RulesEngine:
             raise RuntimeError(f"rules consumer loop died: {failure!r}")
 
     async def __del__(self) -> None:
+        if not hasattr(self, "_tasks"):  # the constructor failed part way (its error is the news)
+            if hasattr(self, "_nc"):
+                await self._nc.close()
+            return
         for task in self._tasks:
             task.cancel()
         with contextlib.suppress(Exception):

@@ -1,0 +1,169 @@
+"""Who may publish and subscribe to what: one set of NATS permissions per role.
+
+Least privilege, subject by subject. A producer (a PBX, a CRM, a webhook relay) may only
+submit inputs and upload their audio, so it cannot forge a decision on LISTENPOST_OUT or add a
+silence that mutes every alert. Each deployment may touch only the streams, consumers and
+buckets it works with; the operators' command line reads everything and writes only what its
+commands do; ``admin`` provisions streams and buckets and is used by nothing at run time.
+
+JetStream is driven by subjects too, so the permissions name its API subjects: a pull consumer
+needs ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>`` and ``$JS.ACK.<stream>.<durable>.>``; a
+KV bucket ``B`` is the stream ``KV_B`` written on ``$KV.B.>``; an object store ``B`` is the stream
+``OBJ_B`` written on ``$O.B.>``. Every role reads replies on its own inbox prefix
+(``_INBOX_<role>``, see services/events/connection.py), never another role's.
+
+The shipped server configuration (deploy/nats-server.conf) and the embedded server's are both
+rendered from :func:`role_permissions` (services/events/server_config.py), so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from pydantic import BaseModel
+
+from services.settings import NatsRole, Settings
+
+ROLES: tuple[NatsRole, ...] = get_args(NatsRole)
+AUDIT_STREAM = "LISTENPOST_AUDIT"
+
+
+class Permissions(BaseModel):
+    """Subjects a role may publish to and subscribe to (nats-server ``allow`` lists)."""
+
+    publish: list[str]
+    subscribe: list[str]
+
+
+def _api(*tokens: str) -> str:
+    return ".".join(("$JS.API", *tokens))
+
+
+def _stream_reader(stream: str) -> list[str]:
+    """Read a stream: its info, single messages (direct or not), and ordered consumers of it."""
+    return [
+        _api("STREAM.INFO", stream),
+        _api("STREAM.MSG.GET", stream),
+        _api("DIRECT.GET", stream),
+        _api("DIRECT.GET", stream, ">"),
+        _api("CONSUMER.CREATE", stream),
+        _api("CONSUMER.CREATE", stream, ">"),
+        _api("CONSUMER.DELETE", stream, ">"),
+        _api("CONSUMER.INFO", stream, ">"),
+        f"$JS.FC.{stream}.>",  # flow-control replies of ordered consumers
+    ]
+
+
+def _durable(stream: str, durable: str) -> list[str]:
+    """Consume a stream through one provisioned durable pull consumer (no creating others)."""
+    return [
+        _api("STREAM.INFO", stream),
+        _api("CONSUMER.INFO", stream, durable),
+        _api("CONSUMER.MSG.NEXT", stream, durable),
+        f"$JS.ACK.{stream}.{durable}.>",
+    ]
+
+
+def _kv_reader(bucket: str) -> list[str]:
+    return _stream_reader(f"KV_{bucket}")
+
+
+def _kv_writer(bucket: str) -> list[str]:
+    return [*_kv_reader(bucket), f"$KV.{bucket}.>"]
+
+
+def _object_reader(bucket: str) -> list[str]:
+    return _stream_reader(f"OBJ_{bucket}")
+
+
+def _object_uploader(bucket: str) -> list[str]:
+    """Add objects to a bucket. Seeing whether a name exists reads only metadata, never audio."""
+    stream = f"OBJ_{bucket}"
+    return [
+        _api("STREAM.INFO", stream),
+        _api("DIRECT.GET", stream, f"$O.{bucket}.M.>"),
+        f"$O.{bucket}.C.>",
+        f"$O.{bucket}.M.>",
+    ]
+
+
+def _object_deleter(bucket: str) -> list[str]:
+    """Delete objects: a deleted-marker in the metadata, then a purge of the chunks."""
+    return [*_object_uploader(bucket), _api("STREAM.PURGE", f"OBJ_{bucket}")]
+
+
+def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
+    """Every role's permissions for these settings (prefix, stream, bucket and durable names)."""
+    nats, rules = settings.nats, settings.rules
+    prefix = nats.subject_prefix
+    inputs = nats.subject("in", ">")
+    captioned = nats.subject("captioned")
+    dead_letters = nats.subject("dlq", ">")
+    audit = nats.subject("audit", ">")
+    decisions = [
+        nats.subject("routes", ">"),
+        nats.subject("alerts", ">"),
+        nats.subject("tags"),
+        *(nats.subject(s) for s in rules.emit_subjects),
+    ]
+    audio_buckets = settings.preprocess.object_buckets
+    streams = [nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, AUDIT_STREAM]
+
+    def inbox(role: NatsRole) -> str:
+        return f"_INBOX_{role}.>"
+
+    ingress = [
+        inputs,  # the HTTP door publishes inputs it admitted
+        captioned,
+        dead_letters,
+        audit,
+        *_durable(nats.in_stream, nats.ingest_durable),
+        *_durable(nats.advisory_stream, nats.advisory_durable),
+        *(_api("STREAM.INFO", s) for s in streams),
+        # An advisory names an input by sequence: read it to dead-letter it, then remove it.
+        _api("STREAM.MSG.GET", nats.in_stream),
+        _api("STREAM.MSG.DELETE", nats.in_stream),
+    ]
+    rules_engine = [
+        *(_api("STREAM.INFO", s) for s in streams),  # checks at start that an admin provisioned them
+        *decisions,
+        dead_letters,
+        audit,
+        *_durable(nats.out_stream, nats.rules_durable),
+        *_kv_writer(rules.state_bucket),
+        *_kv_writer(rules.status_bucket),
+        *_kv_reader(rules.silence_bucket),
+    ]
+    replayable = [inputs, *(nats.subject(s) for s in rules.consume_subjects)]
+    operator = [
+        *replayable,
+        audit,
+        *(p for s in streams for p in _stream_reader(s)),
+        *_kv_writer(rules.silence_bucket),
+        *_kv_reader(rules.state_bucket),
+        *_kv_reader(rules.status_bucket),
+        *(p for b in audio_buckets for p in _object_reader(b)),
+        *(p for b in audio_buckets for p in _object_deleter(b)),
+        _api("STREAM.NAMES"),
+        _api("STREAM.LIST"),
+        _api("INFO"),
+    ]
+    table: dict[NatsRole, Permissions] = {
+        "producer": Permissions(
+            publish=[inputs, *(p for b in audio_buckets[:1] for p in _object_uploader(b))],
+            subscribe=[inbox("producer")],
+        ),
+        "ingress": Permissions(publish=ingress, subscribe=[inbox("ingress")]),
+        "preprocess": Permissions(
+            publish=[p for b in audio_buckets for p in _object_reader(b)], subscribe=[inbox("preprocess")]
+        ),
+        "rules": Permissions(publish=rules_engine, subscribe=[inbox("rules")]),
+        # `listenpost submit` watches the outcome of what it sent as core messages.
+        "operator": Permissions(publish=operator, subscribe=[inbox("operator"), f"{prefix}.>"]),
+        "admin": Permissions(publish=[">"], subscribe=[">"]),
+    }
+    return {role: Permissions(publish=_unique(p.publish), subscribe=_unique(p.subscribe)) for role, p in table.items()}
+
+
+def _unique(subjects: list[str]) -> list[str]:
+    return list(dict.fromkeys(subjects))
