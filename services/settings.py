@@ -273,6 +273,29 @@ class PreprocessSettings(_FixedReplicas):
     max_bytes: PositiveInt = Field(default=512 * 1024 * 1024, description="Largest encoded recording accepted.")
     max_inline_bytes: PositiveInt = Field(default=8 * 1024 * 1024, description="Largest inline data_base64 audio.")
     max_channels: PositiveInt = Field(default=16, description="Most channels a recording may have.")
+    max_channel_seconds: PositiveFloat = Field(
+        default=2 * 4 * 3600.0,
+        description="Most channel-seconds a recording may decode to: the channels kept (each role-named "
+        "channel, or 1 for a down-mix) times its duration. Counted while decoding; 28,800 is a 4-hour stereo call "
+        "(1.8 GB at 16 kHz float32).",
+    )
+    max_samples_per_byte: PositiveFloat = Field(
+        default=1000.0,
+        description="Most decoded samples (frames x channels) per encoded byte, from the header and counted "
+        "while decoding. Real codecs stay below ~145 (Opus at 6 kbit/s); a FLAC of constant subframes "
+        "(a decompression bomb) reaches 4,500 and more.",
+    )
+    max_concurrent_prepares: PositiveInt = Field(
+        default=4,
+        description="Recordings a replica decodes at once (CPU-bound threads); more wait. "
+        "max_ongoing_requests bounds the calls a replica accepts, fetching included.",
+    )
+    max_prepare_memory_bytes: PositiveInt = Field(
+        default=4 * 1024**3,
+        description="Memory a replica's prepares may hold together: each reserves its encoded bytes plus its "
+        "projected 16 kHz float32 before decoding and waits for room; one whose own projection is larger is "
+        "refused (stage validate).",
+    )
     min_sample_rate: PositiveInt = Field(default=4_000, description="Lowest sample rate accepted.")
     max_sample_rate: PositiveInt = Field(default=192_000, description="Highest sample rate accepted.")
     silent_audio_dbfs: float = Field(
@@ -296,7 +319,11 @@ class PreprocessSettings(_FixedReplicas):
     )
     # Sources
     file_roots: list[Path] = Field(
-        default_factory=lambda: [Path.cwd()], description="Local paths and file:// URIs must lie under one of these."
+        default_factory=list,
+        description="Directories local paths and file:// URIs must lie under (symlinks resolved, checked again on "
+        "the opened file). None by default: local files are refused until a directory of recordings is named "
+        "(never the working directory, which holds `.env` and `.cache/nats`). `listenpost submit` does not need "
+        "one: it sends the audio inline or through the object store.",
     )
     object_buckets: list[str] = Field(
         default_factory=lambda: ["listenpost-audio"],

@@ -4,6 +4,8 @@ store on a real nats-server, inline base64."""
 from __future__ import annotations
 
 import base64
+import os
+import re
 import socket
 import threading
 import time
@@ -17,6 +19,7 @@ import pytest
 
 from services.events.embedded import EmbeddedNatsServer
 from services.events.models import AudioRef, ObjectRef
+from services.preprocess import sources
 from services.preprocess.errors import (
     BlockedAddressError,
     BucketNotAllowedError,
@@ -30,7 +33,14 @@ from services.preprocess.errors import (
     SourceUnavailableError,
     UnsupportedSourceError,
 )
-from services.preprocess.sources import HttpPolicy, fetch_audio, http_policy, read_object, resolve_local_path
+from services.preprocess.sources import (
+    HttpPolicy,
+    fetch_audio,
+    http_policy,
+    read_local,
+    read_object,
+    resolve_local_path,
+)
 from services.settings import PreprocessSettings
 
 AUDIO = b"RIFF-pretend-audio-" * 100
@@ -49,9 +59,10 @@ async def test_local_path_and_file_uri(tmp_path: Path) -> None:
 async def test_local_failures(tmp_path: Path) -> None:
     path = tmp_path / "a.wav"
     path.write_bytes(b"abc")
-    with pytest.raises(SourceNotFoundError, match="audio file not found"):
-        await fetch_audio(AudioRef(uri=str(tmp_path / "missing.wav")), roots=[tmp_path], max_bytes=10)
-    with pytest.raises(SourceNotFoundError, match="not a regular file"):
+    missing = str(tmp_path / "missing.wav")
+    with pytest.raises(SourceNotFoundError, match=f"^audio file {re.escape(repr(missing))} not found under the allowed roots$"):
+        await fetch_audio(AudioRef(uri=missing), roots=[tmp_path], max_bytes=10)
+    with pytest.raises(SourceNotFoundError, match="not found under the allowed roots"):  # a directory
         await fetch_audio(AudioRef(uri=str(tmp_path)), roots=[tmp_path], max_bytes=10)
     with pytest.raises(SourceTooLargeError, match="is 3 bytes, over the limit of 2"):
         await fetch_audio(AudioRef(uri=str(path)), roots=[tmp_path], max_bytes=2)
@@ -59,27 +70,140 @@ async def test_local_failures(tmp_path: Path) -> None:
         await fetch_audio(AudioRef(uri="ftp://host/a.wav"), roots=[tmp_path], max_bytes=10)
     with pytest.raises(UnsupportedSourceError, match="remote host is not supported"):
         await fetch_audio(AudioRef(uri="file://fileserver/share/a.wav"), roots=[tmp_path], max_bytes=10)
-    with pytest.raises(PathOutsideRootsError, match="outside the allowed roots: \\(none configured\\)"):
+    with pytest.raises(
+        PathOutsideRootsError,
+        match=r"^local audio files are not accepted here: no roots are configured "
+        r"\(LISTENPOST_PREPROCESS__FILE_ROOTS\); refused '.*a\.wav'$",
+    ):
         await fetch_audio(AudioRef(uri=str(path)), roots=[], max_bytes=10)
+
+
+async def test_no_file_roots_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The working directory holds .env and .cache/nats: by default no local file is read at all."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("LISTENPOST_HTTP__API_KEYS='[\"secret\"]'\n")
+    roots = PreprocessSettings().file_roots
+    assert roots == []
+    with pytest.raises(PathOutsideRootsError, match="no roots are configured"):
+        await fetch_audio(AudioRef(uri=str(tmp_path / ".env")), roots=roots, max_bytes=10_000)
+    with pytest.raises(PathOutsideRootsError, match="no roots are configured"):
+        await fetch_audio(AudioRef(uri=".env"), roots=roots, max_bytes=10_000)
+
+
+def _refusal(uri: str, roots: list[Path]) -> tuple[str, str]:
+    """The dead letter's error type and reason for ``uri``, with the URI itself (the event's own input) masked."""
+    with pytest.raises(SourceNotFoundError) as caught:
+        read_local(uri, roots, 1000)
+    return type(caught.value).__name__, str(caught.value).replace(repr(uri), "URI")
 
 
 def test_file_uri_escaping_its_root_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "calls"
     root.mkdir()
-    (tmp_path / "secret.wav").write_bytes(b"x")
-    escaping = (root / "x").as_uri().replace("/calls/x", "/calls/%2E%2E/secret.wav")
-    with pytest.raises(PathOutsideRootsError, match="is outside the allowed roots"):
-        resolve_local_path(escaping, [root])
-    with pytest.raises(PathOutsideRootsError):
-        resolve_local_path(f"file://{root}/../secret.wav", [root])
-    with pytest.raises(PathOutsideRootsError):
-        resolve_local_path(str(root / ".." / "secret.wav"), [root])
-    (root / "link.wav").symlink_to(tmp_path / "secret.wav")
-    with pytest.raises(PathOutsideRootsError):
-        resolve_local_path(str(root / "link.wav"), [root])
-    with pytest.raises(PathOutsideRootsError):  # a sibling whose name starts like the root
-        (tmp_path / "calls-old").mkdir()
-        resolve_local_path(str(tmp_path / "calls-old" / "a.wav"), [root])
+    secret = tmp_path / "secret.wav"
+    secret.write_bytes(b"x")
+    (root / "link.wav").symlink_to(secret)
+    (tmp_path / "calls-old").mkdir()  # a sibling whose name starts like the root
+    (tmp_path / "calls-old" / "a.wav").write_bytes(b"x")
+    escaping = [
+        (root / "x").as_uri().replace("/calls/x", "/calls/%2E%2E/secret.wav"),
+        f"file://{root}/../secret.wav",
+        str(root / ".." / "secret.wav"),
+        str(root / "link.wav"),
+        str(tmp_path / "calls-old" / "a.wav"),
+    ]
+    for uri in escaping:
+        with pytest.raises(SourceNotFoundError, match="not found under the allowed roots"):
+            resolve_local_path(uri, [root])
+
+
+def test_outside_missing_and_escaping_symlink_read_the_same(tmp_path: Path) -> None:
+    """A dead letter tells nothing of what lies outside the roots: an existing file outside, a missing one
+    inside or out, and a symlink out of the roots (to a file that exists, or not) read exactly alike,
+    and never name where a link points."""
+    root = tmp_path / "calls"
+    root.mkdir()
+    outside = tmp_path / "private" / "hr-interview.wav"
+    outside.parent.mkdir()
+    outside.write_bytes(b"RIFF secret")
+    (root / "to-existing.wav").symlink_to(outside)
+    (root / "to-missing.wav").symlink_to(tmp_path / "private" / "nothing.wav")
+    cases = {
+        "outside, exists": str(outside),
+        "outside, missing": str(tmp_path / "private" / "nothing.wav"),
+        "inside, missing": str(root / "nothing.wav"),
+        "symlink out, target exists": str(root / "to-existing.wav"),
+        "symlink out, target missing": str(root / "to-missing.wav"),
+        "directory": str(root),
+    }
+    refusals = {name: _refusal(uri, [root]) for name, uri in cases.items()}
+    assert set(refusals.values()) == {("SourceNotFoundError", "audio file URI not found under the allowed roots")}
+    for uri in (str(root / "to-existing.wav"), str(root / "to-missing.wav")):
+        with pytest.raises(SourceNotFoundError) as caught:
+            read_local(uri, [root], 1000)
+        assert "private" not in str(caught.value)  # where the link points stays unsaid
+
+
+def test_a_symlink_swapped_in_after_the_check_is_not_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check-then-open race: the file is checked under the root, then replaced by a symlink to a secret
+    before it is opened. O_NOFOLLOW refuses the link; the secret is never read."""
+    root = tmp_path / "calls"
+    root.mkdir()
+    secret = tmp_path / "secret.wav"
+    secret.write_bytes(b"RIFF secret")
+    target = root / "call.wav"
+    target.write_bytes(b"RIFF call")
+    checked = sources.resolve_local_path
+
+    def check_then_swap(uri: str, roots: list[Path]) -> Path:
+        path = checked(uri, roots)  # the check passes on the real file
+        target.unlink()
+        target.symlink_to(secret)  # ...and the attacker swaps it before the open
+        return path
+
+    monkeypatch.setattr(sources, "resolve_local_path", check_then_swap)
+    with pytest.raises(SourceNotFoundError, match="not found under the allowed roots") as caught:
+        read_local(str(target), [root], 1000)
+    assert isinstance(caught.value.__cause__, OSError)  # the open itself failed (ELOOP)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="checks the opened descriptor through /proc")
+def test_a_directory_swapped_for_a_symlink_after_the_check_is_caught_on_the_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """O_NOFOLLOW guards only the last component: a directory on the way swapped for a symlink out of the
+    roots is caught by checking where the opened descriptor really is."""
+    root = tmp_path / "calls"
+    (root / "day").mkdir(parents=True)
+    (root / "day" / "call.wav").write_bytes(b"RIFF call")
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "call.wav").write_bytes(b"RIFF secret")
+    checked = sources.resolve_local_path
+
+    def check_then_swap(uri: str, roots: list[Path]) -> Path:
+        path = checked(uri, roots)
+        (root / "day").rename(tmp_path / "day-moved")
+        (root / "day").symlink_to(private, target_is_directory=True)
+        return path
+
+    monkeypatch.setattr(sources, "resolve_local_path", check_then_swap)
+    opened: list[int] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
+    with pytest.raises(SourceNotFoundError, match="not found under the allowed roots"):
+        read_local(str(root / "day" / "call.wav"), [root], 1000)
+    assert opened  # the open succeeded (through the swapped directory); the descriptor check refused it
+    with pytest.raises(OSError):
+        os.fstat(opened[0])  # and closed it
+
+
+def test_a_fifo_under_the_root_does_not_hang_the_reader(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.wav")
+    started = time.monotonic()
+    with pytest.raises(SourceNotFoundError, match="not found under the allowed roots"):
+        read_local(str(tmp_path / "pipe.wav"), [tmp_path], 1000)
+    assert time.monotonic() - started < 1.0
 
 
 # --- inline ----------------------------------------------------------------------------------------

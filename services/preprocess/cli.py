@@ -117,7 +117,9 @@ def inspect(
         raise typer.Exit(2) from exc
     started = time.perf_counter()
     try:
-        prepared = prepare(read_local(file.expanduser().resolve(), settings.max_bytes), submitted, settings)
+        # The operator names the file on their own machine: its own directory is the root.
+        path = file.expanduser().resolve()
+        prepared = prepare(read_local(str(path), [path.parent], settings.max_bytes), submitted, settings)
     except PreprocessError as exc:
         if as_json:
             error = {"stage": exc.stage, "type": type(exc).__name__, "reason": str(exc)}

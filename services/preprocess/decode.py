@@ -32,6 +32,8 @@ BLOCK_FRAMES = 1 << 16  # ~1.4-8 s per block, depending on the rate: few Python 
 # A decoder may end a little short of what its header declares (codec delay and padding); more than
 # this is a truncated file.
 _TRUNCATION_SLACK_S = 0.25
+# libsndfile's frame count for a stream that does not declare its length (FLAC's STREAMINFO total 0).
+_SF_UNKNOWN_FRAMES = 2**62
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class StreamInfo:
     sample_rate: int
     channels: int
     declared_frames: int | None  # what the header says; None where the container does not say
+    # A decoder's guess where nothing is declared (bit rate x size, the last Ogg page): sizes the
+    # memory reserved, never refuses anything.
+    estimated_frames: int | None = None
 
     @property
     def declared_duration_s(self) -> float | None:
@@ -168,6 +173,10 @@ def _open_sndfile(data: bytes, container: Container) -> Iterator[AudioReader]:
     with handle:
         if handle.channels <= 0:
             raise ZeroChannelsError(f"audio has zero channels ({container.name})")
+        if handle.frames >= _SF_UNKNOWN_FRAMES:
+            # libsndfile cannot read such a stream (it seeks to its unknown end); FFmpeg decodes it,
+            # and the decode limits count what it produces.
+            raise _NotForSndfile(f"{container.name} declares no length")
         trusted = container.name in ("flac", "aiff", "caf") or (container.name == "mp3" and mp3_declares_length(data))
         if trusted and handle.frames > 0:
             declared = handle.frames  # from STREAMINFO, the Xing/LAME header or the chunk sizes
@@ -177,6 +186,7 @@ def _open_sndfile(data: bytes, container: Container) -> Iterator[AudioReader]:
             sample_rate=int(handle.samplerate),
             channels=int(handle.channels),
             declared_frames=declared,
+            estimated_frames=None if declared is not None or handle.frames <= 0 else int(handle.frames),
         )
         yield _SndfileReader(handle, info)
 
@@ -279,7 +289,10 @@ def _ffmpeg_info(
         declared = int(round(float(stream.duration * stream.time_base) * rate))
     elif container.name == "webm" and handle.duration:
         declared = int(round(handle.duration / av.time_base * rate))
-    return StreamInfo(container.name, stream.codec_context.name, rate, channels, declared)
+    estimated = None
+    if declared is None and handle.duration and handle.duration > 0:
+        estimated = int(round(handle.duration / av.time_base * rate))
+    return StreamInfo(container.name, stream.codec_context.name, rate, channels, declared, estimated)
 
 
 # --- whole-file decoding (small clips, tools, tests) --------------------------------------------------

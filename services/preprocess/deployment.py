@@ -9,7 +9,8 @@ from ray import serve
 
 from services.events.connection import connect
 from services.events.models import AudioSubmitted, ObjectRef
-from services.preprocess.pipeline import PreparedAudio, prepare
+from services.preprocess.gate import PrepareGate
+from services.preprocess.pipeline import PreparedAudio
 from services.preprocess.sources import fetch_audio, http_policy, read_object
 from services.preprocess.vad import default_detector
 from services.settings import Settings
@@ -23,6 +24,8 @@ class Preprocessor:
         self._nc: NATS | None = None
         self._nc_lock = asyncio.Lock()
         default_detector()  # load the VAD model now, not in the first request
+        # Decoding slots and the memory budget of this replica's prepares (see gate.py).
+        self._gate = PrepareGate(settings.preprocess)
 
     async def _get_object(self, ref: ObjectRef) -> bytes:
         async with self._nc_lock:
@@ -42,8 +45,8 @@ class Preprocessor:
             http=self._http,
             max_inline_bytes=pre.max_inline_bytes,
         )
-        # Decoding, resampling and VAD are CPU-bound: keep the replica's loop free for other calls.
-        return await asyncio.to_thread(prepare, data, submitted, pre)
+        # Decoding, resampling and VAD are CPU-bound: the gate runs them in threads, within its slots and budget.
+        return await self._gate.prepare(data, submitted)
 
     async def __del__(self) -> None:
         if self._nc is not None:

@@ -140,3 +140,23 @@ class AllSilentError(AudioRejectedError):
 
 class ChannelRoleError(AudioRejectedError):
     """The event names a channel the recording does not have."""
+
+
+class SamplesPerByteError(AudioRejectedError):
+    """The audio decodes (or its header says it decodes) to more samples per encoded byte than
+    allowed: a decompression bomb, such as a FLAC of constant subframes."""
+
+
+class ChannelSecondsError(AudioRejectedError):
+    """The kept channels times the duration exceed the configured channel-seconds."""
+
+
+class PrepareMemoryError(AudioRejectedError):
+    """The recording alone would take more memory, decoded, than a replica's budget for prepares."""
+
+
+class PrepareMemoryBusyError(AudioRejectedError):
+    """The recording decodes to more than its header projected, and the replica's memory budget
+    has no room for the rest now: the event may pass on a later delivery."""
+
+    retryable = True

@@ -1,9 +1,11 @@
 """Bytes + the submitted event -> model windows and acoustics. Pure: no I/O.
 
 The stages, in order: sniff the container and check the declared format;
-decode in blocks, keeping or down-mixing channels and resampling each kept
-channel to 16 kHz as the blocks come; refuse what is too long, cut short or
-silent; find speech (Silero VAD); cut windows in pauses; measure the call.
+refuse from the header what already shows over a limit and project the memory
+to hold (:func:`plan`, :mod:`.limits`); decode in blocks, counting each block
+against the limits before it is kept, keeping or down-mixing channels and
+resampling each kept channel to 16 kHz as the blocks come; refuse what is cut
+short or silent; find speech (Silero VAD); cut windows in pauses; measure the call.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ import numpy as np
 
 from services.events.models import Acoustics, AudioFacts, AudioSubmitted
 from services.preprocess.acoustics import FRAME_S, AcousticLimits, ChannelMeasure, frame_power, measure
-from services.preprocess.channels import MODEL_RATE, ChannelAudio, ChannelCollector, plan_channels
-from services.preprocess.decode import StreamInfo, check_complete, open_audio
-from services.preprocess.errors import AllSilentError, AudioTooLongError, SampleRateError, TooManyChannelsError
+from services.preprocess.budget import MemoryBudget, Reservation
+from services.preprocess.channels import MODEL_RATE, ChannelAudio, ChannelCollector, Output, plan_channels
+from services.preprocess.decode import AudioReader, StreamInfo, check_complete, open_audio
+from services.preprocess.errors import (
+    AllSilentError,
+    AudioTooLongError,
+    PrepareMemoryError,
+    SampleRateError,
+    TooManyChannelsError,
+)
 from services.preprocess.formats import check_declared, sniff
+from services.preprocess.limits import DecodeGuard, DecodeLimits, Projection, project
 from services.preprocess.vad import SpeechDetector, VadParams, default_detector
 from services.preprocess.windows import WindowSpan, plan_speech_windows
 from services.settings import PreprocessSettings
@@ -48,8 +58,11 @@ def prepare(
     settings: PreprocessSettings,
     *,
     detector: SpeechDetector | None = None,
+    reservation: Reservation | None = None,
 ) -> PreparedAudio:
-    info, channels = decode_channels(data, submitted, settings)
+    """``reservation``: memory already held for this prepare (see :mod:`.gate`); without one, the
+    prepare holds its own from a budget of ``max_prepare_memory_bytes``."""
+    info, channels = decode_channels(data, submitted, settings, reservation=reservation)
     powers = [frame_power(ch.samples) for ch in channels]
     _check_not_silent(channels, powers, settings.silent_audio_dbfs)
     detector = detector or default_detector()
@@ -85,32 +98,69 @@ def prepare(
     )
 
 
-def decode_channels(
-    data: bytes, submitted: AudioSubmitted, settings: PreprocessSettings
-) -> tuple[StreamInfo, list[ChannelAudio]]:
-    """Decode block by block into the kept (or down-mixed) channels at 16 kHz, within the limits."""
+@dataclass(frozen=True)
+class Plan:
+    """What preparing a recording will hold, from its header (see :func:`plan`)."""
+
+    info: StreamInfo
+    outputs: list[Output]
+    limits: DecodeLimits
+    projection: Projection
+
+
+def plan(data: bytes, submitted: AudioSubmitted, settings: PreprocessSettings) -> Plan:
+    """Read the header only: refuse what it already shows over a limit, project the memory to reserve."""
     container = sniff(data)
     check_declared(submitted.audio.format, container)
     with open_audio(data, container) as reader:
-        info = reader.info
-        _check_stream(info, settings)
-        limit = int(settings.max_duration_s * info.sample_rate)
-        collector = ChannelCollector(
-            plan_channels(info.channels, submitted.channels, settings.channel_mode),
-            rate=info.sample_rate,
-            clip_level=settings.clip_level,
-            # Room for what the header declares, up to an hour: a lying header cannot reserve more.
-            expected_frames=min(info.declared_frames or limit, limit, 3600 * info.sample_rate),
-        )
-        for block in reader.blocks():
-            collector.add(block)
-            if collector.frames > limit:  # stop decoding: memory stays bounded by the limit
-                raise AudioTooLongError(
-                    f"audio is longer than the limit of {settings.max_duration_s:.0f} s "
-                    f"(decoding stopped at {collector.frames / info.sample_rate:.1f} s)"
-                )
-        check_complete(info, collector.frames)
-        return info, collector.finish()
+        return _plan(reader, len(data), submitted, settings)
+
+
+def _plan(reader: AudioReader, encoded_bytes: int, submitted: AudioSubmitted, settings: PreprocessSettings) -> Plan:
+    info = reader.info
+    _check_stream(info, settings)
+    outputs = plan_channels(info.channels, submitted.channels, settings.channel_mode)
+    limits = DecodeLimits.of(settings, encoded_bytes)
+    return Plan(info, outputs, limits, project(info, len(outputs), limits))
+
+
+def decode_channels(
+    data: bytes,
+    submitted: AudioSubmitted,
+    settings: PreprocessSettings,
+    *,
+    reservation: Reservation | None = None,
+) -> tuple[StreamInfo, list[ChannelAudio]]:
+    """Decode block by block into the kept (or down-mixed) channels at 16 kHz, within the limits.
+
+    Each block is counted before it is kept, so decoding stops at the first block over a
+    limit: a bomb costs what the limits allow, never what it would decode to.
+    """
+    container = sniff(data)
+    check_declared(submitted.audio.format, container)
+    with open_audio(data, container) as reader:
+        p = _plan(reader, len(data), submitted, settings)
+        own = reservation is None
+        held = reservation or MemoryBudget(settings.max_prepare_memory_bytes).try_reserve(p.projection.bytes)
+        if held is None:  # cannot happen: a projection never exceeds the budget it was made for
+            raise PrepareMemoryError(f"audio needs {p.projection.bytes} bytes, over the budget for prepares")
+        try:
+            guard = DecodeGuard(p.info, len(p.outputs), p.limits, held)
+            collector = ChannelCollector(
+                p.outputs,
+                rate=p.info.sample_rate,
+                clip_level=settings.clip_level,
+                # Room for the projection, up to an hour: a lying header cannot make us allocate more.
+                expected_frames=min(p.projection.frames, 3600 * p.info.sample_rate),
+            )
+            for block in reader.blocks():
+                guard.admit(block.shape[0])  # raises, and so stops decoding, before the block is kept
+                collector.add(block)
+            check_complete(p.info, collector.frames)
+            return p.info, collector.finish()
+        finally:
+            if own:
+                held.release()
 
 
 def _check_stream(info: StreamInfo, settings: PreprocessSettings) -> None:

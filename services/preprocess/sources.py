@@ -1,6 +1,7 @@
 """Fetching audio bytes from where an ``audio.submitted`` event points.
 
-- local paths and ``file://`` URIs, confined to configured roots;
+- local paths and ``file://`` URIs, confined to configured roots (none by default), opened
+  without following a final symlink and checked again on the opened descriptor;
 - ``http(s)://`` URLs, see :mod:`.http_source`;
 - the NATS object store (``object: {bucket, name}``, the claim check);
 - inline ``data_base64``.
@@ -13,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import os
+import stat
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from urllib.parse import ParseResult, unquote, urlparse
@@ -35,8 +38,18 @@ from services.preprocess.http_source import HttpPolicy, fetch_http
 from services.settings import PreprocessSettings
 
 ObjectGetter = Callable[[ObjectRef], Awaitable[bytes]]
+FILE_ROOTS_SETTING = "LISTENPOST_PREPROCESS__FILE_ROOTS"
 
-__all__ = ["HttpPolicy", "ObjectGetter", "fetch_audio", "http_policy", "read_object", "resolve_local_path"]
+__all__ = [
+    "HttpPolicy",
+    "ObjectGetter",
+    "fetch_audio",
+    "http_policy",
+    "open_local",
+    "read_local",
+    "read_object",
+    "resolve_local_path",
+]
 
 
 def http_policy(settings: PreprocessSettings) -> HttpPolicy:
@@ -57,11 +70,8 @@ def _parse(uri: str) -> ParseResult:
         raise UnsupportedSourceError(f"invalid audio URL: {exc}") from exc
 
 
-def resolve_local_path(uri: str, roots: Sequence[Path]) -> Path:
-    """Map a path or file:// URI to a real path, refusing anything outside ``roots``.
-
-    Symlinks, ``..`` and percent-encoded ``%2E%2E`` are resolved first, so none can escape a root.
-    """
+def _local_path(uri: str) -> str:
+    """The path a local URI names, as given (``file://`` decoded); other schemes are refused."""
     parsed = _parse(uri)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
@@ -73,36 +83,95 @@ def resolve_local_path(uri: str, roots: Sequence[Path]) -> Path:
         raise UnsupportedSourceError(f"unsupported audio URI scheme {parsed.scheme!r} in {uri!r}")
     if "\x00" in raw:
         raise UnsupportedSourceError(f"audio path contains a NUL byte: {uri!r}")
+    return raw
+
+
+def _unavailable(uri: str) -> SourceNotFoundError:
+    # One message and one type for a path outside the roots, a missing file, a symlink that leaves
+    # the roots, a directory and an unreadable file: a dead letter must not tell an event's author
+    # which files exist outside the roots, or where a link points.
+    return SourceNotFoundError(f"audio file {uri!r} not found under the allowed roots")
+
+
+def _roots(roots: Sequence[Path]) -> list[Path]:
+    return [Path(root).expanduser().resolve() for root in roots]
+
+
+def resolve_local_path(uri: str, roots: Sequence[Path]) -> Path:
+    """Map a path or file:// URI to a real path under one of ``roots``.
+
+    Symlinks, ``..`` and percent-encoded ``%2E%2E`` are resolved first, so none can escape a
+    root. This is the first check only: :func:`read_local` checks again what it opened.
+    """
+    raw = _local_path(uri)
+    if not roots:
+        raise PathOutsideRootsError(
+            f"local audio files are not accepted here: no roots are configured ({FILE_ROOTS_SETTING}); "
+            f"refused {uri!r}"
+        )
     path = Path(raw).expanduser().resolve()
-    resolved_roots = [Path(root).expanduser().resolve() for root in roots]
-    if not any(path.is_relative_to(root) for root in resolved_roots):
-        allowed = ", ".join(str(r) for r in resolved_roots) or "(none configured)"
-        raise PathOutsideRootsError(f"audio path {str(path)!r} is outside the allowed roots: {allowed}")
+    if not any(path.is_relative_to(root) for root in _roots(roots)):
+        raise _unavailable(uri)
     return path
 
 
-def read_local(path: Path, max_bytes: int) -> bytes:
+def _opened_path(fd: int) -> Path | None:
+    """Where the kernel says ``fd`` lies (Linux's /proc), None where it cannot say."""
     try:
-        size = path.stat().st_size
-    except FileNotFoundError as exc:
-        raise SourceNotFoundError(f"audio file not found: {str(path)!r}") from exc
-    if not path.is_file():
-        raise SourceNotFoundError(f"audio path is not a regular file: {str(path)!r}")
-    if size > max_bytes:
-        raise SourceTooLargeError(f"audio file {str(path)!r} is {size} bytes, over the limit of {max_bytes}")
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
+
+
+def open_local(uri: str, roots: Sequence[Path]) -> int:
+    """A read-only descriptor of the regular file ``uri`` names, verified to lie under ``roots``.
+
+    Checking a path and then opening it races with anyone who can rename in the roots (a
+    file swapped for a symlink in between). So the last component is opened with
+    ``O_NOFOLLOW`` (a symlink there fails), and what was opened is checked on the
+    descriptor itself: the kernel's path of it must lie under a root, and it must be the
+    very file (device and inode) that the check resolved. ``O_NONBLOCK``: a FIFO must not
+    hang the reader.
+    """
+    path = resolve_local_path(uri, roots)
     try:
-        with path.open("rb") as f:
-            # Read what stat() promised, then check the file did not grow past the limit since.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:  # missing, a symlink swapped in (ELOOP), permission denied...
+        raise _unavailable(uri) from exc
+    try:
+        opened = os.fstat(fd)
+        where = _opened_path(fd)
+        inside = where is None or any(where.is_relative_to(root) for root in _roots(roots))
+        try:
+            checked = os.stat(path, follow_symlinks=False)
+            same = (checked.st_dev, checked.st_ino) == (opened.st_dev, opened.st_ino)
+        except OSError:
+            same = False
+        if not (inside and same and stat.S_ISREG(opened.st_mode)):
+            raise _unavailable(uri)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_local(uri: str, roots: Sequence[Path], max_bytes: int) -> bytes:
+    """The bytes of a local file under ``roots``, at most ``max_bytes``."""
+    fd = open_local(uri, roots)
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise SourceTooLargeError(f"audio file {uri!r} is {size} bytes, over the limit of {max_bytes}")
+        try:
+            # Read what fstat() promised, then check the file did not grow past the limit since.
             # (Never read(max_bytes): Python would allocate the whole limit up front.)
             data = f.read(size)
             while len(data) <= max_bytes and (more := f.read(1 << 20)):
                 data += more
-    except PermissionError as exc:
-        raise SourceNotFoundError(f"audio file {str(path)!r} cannot be read: permission denied") from exc
-    except OSError as exc:
-        raise SourceUnavailableError(f"audio file {str(path)!r} cannot be read: {exc}") from exc
+        except OSError as exc:
+            raise SourceUnavailableError(f"audio file {uri!r} cannot be read: {exc.strerror or exc}") from exc
     if len(data) > max_bytes:
-        raise SourceTooLargeError(f"audio file {str(path)!r} is over the limit of {max_bytes} bytes")
+        raise SourceTooLargeError(f"audio file {uri!r} is over the limit of {max_bytes} bytes")
     return data
 
 
@@ -171,6 +240,5 @@ async def fetch_audio(
     assert ref.uri is not None  # AudioRef guarantees exactly one location
     if _parse(ref.uri).scheme.lower() in ("http", "https"):
         return await fetch_http(ref.uri, max_bytes=max_bytes, policy=http or HttpPolicy())
-    path = resolve_local_path(ref.uri, roots)
     # A large file takes a while to read: keep the event loop free meanwhile.
-    return await asyncio.to_thread(read_local, path, max_bytes)
+    return await asyncio.to_thread(read_local, ref.uri, roots, max_bytes)
