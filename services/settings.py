@@ -13,6 +13,7 @@ naming it and suggesting the closest known one, never a silently kept default.
 
 from __future__ import annotations
 
+import base64
 import difflib
 import json
 import os
@@ -24,6 +25,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -44,6 +46,8 @@ NOT_SETTINGS = frozenset({"LISTENPOST_VENV"})  # scripts/setup.sh: where the vir
 RENAMED = {
     "LISTENPOST_INGEST_REPLICAS": "LISTENPOST_INGRESS__REPLICAS",
     "LISTENPOST_INGEST_MAX_IN_FLIGHT": "LISTENPOST_INGRESS__MAX_IN_FLIGHT",
+    # Not a plain rename: each key became an object with an id and sources (HttpSettings says how).
+    "LISTENPOST_HTTP__API_KEYS": "LISTENPOST_HTTP__KEYS",
 }
 
 
@@ -501,6 +505,109 @@ class IngressSettings(_FixedReplicas):
         default=100, description="HTTP requests and status calls a replica accepts at once."
     )
     max_in_flight: PositiveInt = Field(default=16, description="Events in flight per replica.")
+    # Bounds on an input's `context`, checked at the HTTP door and again on every input consumed
+    # (a 300-level context used to be accepted and fail only after captioning, five times).
+    max_context_bytes: PositiveInt = Field(
+        default=16 * 1024, description="Largest `context` of an input, as compact JSON (UTF-8 bytes)."
+    )
+    max_context_depth: PositiveInt = Field(
+        default=8, description="Deepest nesting of objects and lists in an input's `context` (the context itself is 1)."
+    )
+    max_context_keys: PositiveInt = Field(
+        default=256, description="Most keys in an input's `context`, counted in every nested object."
+    )
+
+
+#: Shortest bearer secret an API key may have: 32 characters of `openssl rand -base64 32` are ~190 bits.
+MIN_API_KEY_CHARS = 32
+# Standard Webhooks: signing secrets are 24 to 64 random bytes, base64, written with this prefix.
+_WEBHOOK_SECRET_PREFIX = "whsec_"
+_WEBHOOK_SECRET_BYTES = (24, 64)
+
+
+def _read_secret(path: Path, what: str, key_id: str) -> SecretStr:
+    """A secret kept in a file (a mounted Kubernetes secret): its content, surrounding whitespace stripped."""
+    try:
+        return SecretStr(path.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        cause = exc.strerror if isinstance(exc, OSError) else exc
+        raise ValueError(f"key {key_id!r}: cannot read {what} {str(path)!r}: {cause}") from None
+
+
+class ApiKey(_Group):
+    """One HTTP API key: who holds it, which event sources it may submit for, until when, how fast."""
+
+    id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Names the key in logs, problems and on stored events (never the secret).",
+    )
+    secret: SecretStr | None = Field(
+        default=None, description=f"The bearer token, at least {MIN_API_KEY_CHARS} characters; or secret_file."
+    )
+    secret_file: Path | None = Field(default=None, description="File holding the bearer token (read at start).")
+    sources: list[str] = Field(
+        min_length=1,
+        description="Glob patterns (fnmatch, case-sensitive; `*` also matches `/`) of the CloudEvents `source` "
+        "this key may submit events for, e.g. `urn:pbx:site-a/*`.",
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="After this instant (ISO 8601 with an offset) the key is refused."
+    )
+    rate_per_s: PositiveFloat = Field(default=20.0, description="Events per second this key may submit (per replica).")
+    burst: PositiveInt = Field(default=100, description="Events this key may submit at once before rate_per_s applies.")
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Standard Webhooks signing secret (`whsec_` + base64 of 24-64 bytes): when set, every request "
+        "with this key must also be signed (webhook-id, webhook-timestamp, webhook-signature headers).",
+    )
+    webhook_secret_file: Path | None = Field(default=None, description="File holding the webhook secret.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_a_bare_secret(cls, data: Any) -> Any:
+        if isinstance(data, str | SecretStr):
+            raise ValueError(
+                "a key is an object naming who holds it and what it may submit, not a bare secret: "
+                '{"id": "pbx-a", "secret": "...", "sources": ["urn:pbx:a/*"]}'
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _secrets(self) -> ApiKey:
+        if self.secret is not None and self.secret_file is not None:
+            raise ValueError(f"key {self.id!r}: set secret or secret_file, not both")
+        if self.secret_file is not None:
+            self.secret = _read_secret(self.secret_file, "secret_file", self.id)
+        if self.secret is None:
+            raise ValueError(f"key {self.id!r}: no secret: set secret or secret_file")
+        if len(self.secret.get_secret_value()) < MIN_API_KEY_CHARS:
+            raise ValueError(
+                f"key {self.id!r}: the secret has {len(self.secret.get_secret_value())} characters, at least "
+                f"{MIN_API_KEY_CHARS} are required (make one with `openssl rand -base64 32`)"
+            )
+        if self.webhook_secret is not None and self.webhook_secret_file is not None:
+            raise ValueError(f"key {self.id!r}: set webhook_secret or webhook_secret_file, not both")
+        if self.webhook_secret_file is not None:
+            self.webhook_secret = _read_secret(self.webhook_secret_file, "webhook_secret_file", self.id)
+        if self.webhook_secret is not None:
+            self.webhook_key()  # refuse a malformed secret now, not on the first request
+        return self
+
+    def webhook_key(self) -> bytes | None:
+        """The HMAC key of the webhook secret: the base64 after ``whsec_``, decoded."""
+        if self.webhook_secret is None:
+            return None
+        text = self.webhook_secret.get_secret_value()
+        if not text.startswith(_WEBHOOK_SECRET_PREFIX):
+            raise ValueError(f"key {self.id!r}: webhook_secret must start with {_WEBHOOK_SECRET_PREFIX!r}")
+        try:
+            key = base64.b64decode(text.removeprefix(_WEBHOOK_SECRET_PREFIX), validate=True)
+        except ValueError:
+            raise ValueError(f"key {self.id!r}: webhook_secret is not base64 after {_WEBHOOK_SECRET_PREFIX!r}") from None
+        low, high = _WEBHOOK_SECRET_BYTES
+        if not low <= len(key) <= high:
+            raise ValueError(f"key {self.id!r}: webhook_secret is {len(key)} bytes, {low} to {high} are required")
+        return key
 
 
 class HttpSettings(_Group):
@@ -509,14 +616,19 @@ class HttpSettings(_Group):
     enabled: bool = Field(default=False, description="Serve POST /events; off unless asked for.")
     host: str = Field(default="127.0.0.1", description="Where the Serve HTTP proxy listens (0.0.0.0: all interfaces).")
     port: int = Field(default=8000, ge=1, le=65535, description="Port of the Serve HTTP proxy.")
-    api_keys: list[SecretStr] = Field(
+    keys: list[ApiKey] = Field(
         default_factory=list,
-        description="Bearer API keys, any one of which is accepted (JSON list in the env var).",
+        description="API keys (JSON list of objects): `id`, `secret` or `secret_file`, `sources` (glob patterns "
+        "of the event sources the key may submit for), optional `expires_at`, `rate_per_s`, `burst`, "
+        "`webhook_secret` or `webhook_secret_file`. See docs/ingestion.md.",
     )
     allow_anonymous: bool = Field(
         default=False,
-        description="Accept requests without a key. Only valid with no api_keys: an ingress "
+        description="Accept requests without a key, for any source. Only valid with no keys: an ingress "
         "with neither refuses to start rather than silently run open.",
+    )
+    webhook_tolerance_s: PositiveFloat = Field(
+        default=300.0, description="Signed requests whose webhook-timestamp is further from now than this are refused."
     )
     max_body_bytes: PositiveInt = Field(
         default=1024 * 1024, description="Largest body of a single event (binary or structured mode)."
@@ -526,6 +638,28 @@ class HttpSettings(_Group):
     publish_timeout_s: PositiveFloat = Field(
         default=10.0, description="How long to wait for JetStream to store an event before answering 503."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unbound_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "api_keys" in data:
+            raise PydanticCustomError(
+                "replaced_setting",
+                "api_keys is replaced by keys: every key now has an id and the sources it may submit for, "
+                'e.g. [{"id": "pbx-a", "secret": "...", "sources": ["urn:pbx:a/*"]}] (see docs/ingestion.md)',
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> HttpSettings:
+        ids = [key.id for key in self.keys]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"key id(s) {', '.join(map(repr, twice))} used more than once: ids name keys in logs")
+        secrets = [key.secret.get_secret_value() for key in self.keys if key.secret is not None]
+        if len(secrets) != len(set(secrets)):
+            raise ValueError("two keys share one secret: a request could not tell which key it holds")
+        return self
 
 
 class AdapterSettings(_Group):
@@ -641,7 +775,7 @@ def settings_markdown() -> str:
         "Every setting is an environment variable with the prefix `LISTENPOST_` (groups nested with",
         "`__`), or the same name, nested, in the `args` of a Serve config (deploy/serve-config.yaml):",
         "`LISTENPOST_CAPTIONER__MAX_REPLICAS=4` is `args: {captioner: {max_replicas: 4}}`. A `.env` file in",
-        "the working directory is read too. Lists and maps take JSON (`LISTENPOST_HTTP__API_KEYS='[\"k\"]'`).",
+        "the working directory is read too. Lists and maps take JSON (`LISTENPOST_PREPROCESS__FILE_ROOTS='[\"/calls\"]'`).",
         "",
         "Settings are strict: an unknown key, or a `LISTENPOST_` variable that is no setting, is an error",
         "naming it and the closest setting. The one exception is `LISTENPOST_VENV`, read by",
@@ -692,7 +826,7 @@ def _type_name(annotation: Any) -> str:
     if typing.get_origin(annotation) is Literal:
         return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
     text = getattr(annotation, "__name__", None) if typing.get_origin(annotation) is None else None
-    text = text or str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
+    text = text or str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "").replace(f"{__name__}.", "")
     return text.replace("|", "\\|")
 
 

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from services.events.embedded import EmbeddedNatsServer, free_port
 from services.settings import (
+    ApiKey,
     CaptionerSettings,
     HttpSettings,
     NatsSettings,
@@ -28,7 +29,7 @@ from services.settings import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-HTTP_API_KEY = "test-key-0123456789"
+HTTP_API_KEY = "test-key-0123456789-abcdefghijklmnopqrstuv"
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -95,7 +96,11 @@ def service(
         preprocess=PreprocessSettings(file_roots=[audio_dir]),
         rules=RulesSettings(directory=rules_dir, reload_interval_s=0.5),
         ingress={"replicas": 2},
-        http=HttpSettings(enabled=True, port=free_port(), api_keys=[SecretStr(HTTP_API_KEY)]),
+        http=HttpSettings(
+            enabled=True,
+            port=free_port(),
+            keys=[ApiKey(id="e2e", secret=SecretStr(HTTP_API_KEY), sources=["urn:test:*"])],
+        ),
     )
     # Replicas import tests/fault_engine.py (the injectable engine factory).
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}}

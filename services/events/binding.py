@@ -162,11 +162,19 @@ def event_data_json(event: BaseCloudEvent) -> Any:
     if isinstance(data, str) and _is_json(event.get_datacontenttype()):
         return data
     if isinstance(data, (bytes, bytearray, str)):
-        try:
-            return json.loads(data)
-        except ValueError as exc:
-            raise MalformedEventError(f"data of event {event.get_id()!r} is not JSON: {exc}") from exc
+        return _load_json(data, f"data of event {event.get_id()!r} is not JSON")
     return data
+
+
+def _load_json(text: bytes | bytearray | str, what: str) -> Any:
+    """``json.loads``, with JSON nested deeper than the parser's recursion limit a
+    :class:`MalformedEventError` like any other bad JSON (100,000 ``[`` were a 500)."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise MalformedEventError(f"{what}: {exc}") from exc
+    except RecursionError:
+        raise MalformedEventError(f"{what}: nested too deeply") from None
 
 
 def event_attributes(event: BaseCloudEvent) -> dict[str, Any]:
@@ -180,10 +188,7 @@ def _decode_structured(body: bytes, content_type: str | None) -> CloudEvent:
         raise MalformedEventError(
             f"unsupported structured content type {content_type!r}: only {_FORMAT.CONTENT_TYPE} is read"
         )
-    try:
-        parsed = json.loads(body)
-    except ValueError as exc:
-        raise MalformedEventError(f"structured body is not valid JSON: {exc}") from exc
+    parsed = _load_json(body, "structured body is not valid JSON")
     if not isinstance(parsed, dict):
         raise MalformedEventError(f"structured body must be a JSON object, not {type(parsed).__name__}")
     attributes = {name: value for name, value in parsed.items() if name not in ("data", "data_base64")}
@@ -237,6 +242,8 @@ def _construct(make: Callable[[], CloudEvent], *, had_time: bool) -> CloudEvent:
         raise MalformedEventError(f"invalid CloudEvent: {details}") from exc
     except (ValueError, TypeError) as exc:  # a bad 'time' or data_base64 inside JSONFormat.read
         raise MalformedEventError(f"invalid CloudEvent: {exc}") from exc
+    except RecursionError:  # JSONFormat.read parses again, a few frames deeper than our own parse
+        raise MalformedEventError("invalid CloudEvent: JSON nested too deeply") from None
     if not had_time:
         # get_attributes() is the SDK event's own dict: this undoes its made-up time.
         event.get_attributes().pop("time", None)
@@ -291,10 +298,7 @@ def _decode_data(body: bytes, content_type: str | None) -> Any:
         return None
     if content_type is None or not _is_json(content_type):
         return bytes(body)
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise MalformedEventError(f"data is not valid JSON for datacontenttype {content_type!r}: {exc}") from exc
+    return _load_json(body, f"data is not valid JSON for datacontenttype {content_type!r}")
 
 
 def _is_json(content_type: str | None) -> bool:

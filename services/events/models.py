@@ -6,11 +6,16 @@ The CloudEvent envelope (id, source, type, extensions) is the SDK's event, see
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.events.errors import EventsError
 from services.events.facets import EmotionFacet, SoundEventFacet
+from services.settings import IngressSettings
 
 AUDIO_SUBMITTED = "com.listenpost.audio.submitted"
 AUDIO_CAPTIONED = "com.listenpost.audio.captioned"
@@ -78,6 +83,56 @@ class AudioSubmitted(BaseModel):
         if len(indexes) != len(set(indexes)):
             raise ValueError(f"channels names an index twice: {indexes}")
         return self
+
+
+class ContextLimitError(EventsError, ValueError):
+    """An input's ``context`` is deeper, wider or bigger than the configured limits."""
+
+
+@dataclass(frozen=True)
+class ContextLimits:
+    """Bounds on ``AudioSubmitted.context``: it rides along into every output, so it is
+    checked before any work (``LISTENPOST_INGRESS__MAX_CONTEXT_*``)."""
+
+    max_depth: int
+    max_keys: int
+    max_bytes: int
+
+    @classmethod
+    def from_settings(cls, ingress: IngressSettings) -> ContextLimits:
+        return cls(
+            max_depth=ingress.max_context_depth, max_keys=ingress.max_context_keys, max_bytes=ingress.max_context_bytes
+        )
+
+
+#: The limits of the default settings.
+DEFAULT_CONTEXT_LIMITS = ContextLimits.from_settings(IngressSettings())
+
+
+def check_context(context: Mapping[str, Any], limits: ContextLimits) -> None:
+    """Raise :class:`ContextLimitError` when ``context`` crosses a limit.
+
+    The walk is iterative and stops at the first limit crossed: a hostile context
+    costs no more than its own size, and no recursion (a deep one must not raise
+    RecursionError where a clear refusal is due). Size is measured last, as compact
+    JSON, once depth and key count are known to be small.
+    """
+    keys = 0
+    stack: list[tuple[Any, int]] = [(context, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limits.max_depth:
+            raise ContextLimitError(f"context is nested more than {limits.max_depth} levels deep (the limit)")
+        if isinstance(value, Mapping):
+            keys += len(value)
+            if keys > limits.max_keys:
+                raise ContextLimitError(f"context has more than {limits.max_keys} keys (the limit, counting nested objects)")
+            stack.extend((item, depth + 1) for item in value.values() if isinstance(item, Mapping | list))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value if isinstance(item, Mapping | list))
+    size = len(json.dumps(context, ensure_ascii=False, separators=(",", ":"), default=str).encode())
+    if size > limits.max_bytes:
+        raise ContextLimitError(f"context is {size} bytes as JSON, over the limit of {limits.max_bytes}")
 
 
 class SourceEventRef(BaseModel):

@@ -16,16 +16,30 @@ resends it whole, and dedup makes resending the good ones harmless.
 
 Decisions, for clients:
 
-- Authentication: ``Authorization: Bearer <key>``, one of ``http.api_keys``.
-  An ingress with no keys refuses to start unless ``http.allow_anonymous`` is
-  set (and setting both is refused as contradictory): an open door must be a
-  choice, not a default.
+- Authentication: ``Authorization: Bearer <secret>`` of one of ``http.keys``
+  (:mod:`services.ingest.auth`). A key may submit only events whose ``source``
+  matches one of its patterns (``403`` otherwise), until its ``expires_at``, at
+  its ``rate_per_s`` with ``burst`` (``429`` with ``Retry-After``; a batch costs
+  one token per event, paid after it is counted). A key with a ``webhook_secret``
+  must also sign each request (Standard Webhooks headers). The key's id, never
+  its secret, is in logs and on the stored event (extension ``listenpostkeyid``,
+  set by the ingress: a client's own value is replaced). An ingress with no keys
+  refuses to start unless ``http.allow_anonymous`` is set (and setting both is
+  refused as contradictory): an open door must be a choice, not a default.
+- No ``/docs``, ``/redoc`` or ``/openapi.json``: the ingress's only clients are
+  machines, and the schema need not be served to strangers (``http_app.openapi()``
+  gives it offline).
+- JSON is nested at most :data:`MAX_JSON_DEPTH` levels in an event (deeper is
+  ``400``), and an input's ``context`` is bounded by ``LISTENPOST_INGRESS__MAX_CONTEXT_*``
+  (``400``), the same bounds the consumer applies to inputs from NATS.
 - Errors are RFC 9457 ``application/problem+json``. ``400``: not a CloudEvent,
   a malformed one, or data its type's contract (or adapter) rejects. ``422``:
   a well-formed event of a type no one here handles (no adapter maps it): the
   request is understood, resending it will not help until an adapter exists.
   A batch answers ``400`` with one entry per bad event in ``errors`` (unless
-  every entry shares another status, which is then used). ``413``: a body over
+  every entry shares another status, which is then used); an entry names the
+  index, the id and the reason, never echoes the event, and every detail is cut at
+  :data:`MAX_DETAIL_CHARS`. ``413``: a body over
   the limit (checked while reading, before it is all buffered) or an event too
   big for a NATS message. ``503`` (with ``Retry-After``): JetStream did not
   store the event; resend, dedup makes it safe.
@@ -41,12 +55,13 @@ replica to serve (see its docstring for why deployments must not name the app).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import nats.errors
@@ -65,13 +80,24 @@ from services.events.binding import (
 )
 from services.events.claimcheck import submitted_data
 from services.events.jetstream import derive_msg_id, publish_event
-from services.events.models import AUDIO_SUBMITTED, AudioSubmitted
+from services.events.models import (
+    AUDIO_SUBMITTED,
+    DEFAULT_CONTEXT_LIMITS,
+    AudioSubmitted,
+    ContextLimitError,
+    ContextLimits,
+    check_context,
+)
 from services.ingest.adapters import AdapterError, AdapterSet, load_adapters, summarize
+from services.ingest.auth import Caller, Keyring, RateLimited, SourceNotAllowed, Unauthorized, verify_webhook
 from services.ingest.errors import IngestError
 from services.settings import HttpSettings, NatsSettings, Settings
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
+    "KEY_ID_EXTENSION",
+    "MAX_DETAIL_CHARS",
+    "MAX_JSON_DEPTH",
     "PROBLEM_CONTENT_TYPE",
     "STRUCTURED_CONTENT_TYPE",
     "HttpIngest",
@@ -92,6 +118,14 @@ SOURCE_TAG: Final = "http"  # the input subject's last token and the Nats-Msg-Id
 # Room for the NATS headers publish_event adds (Nats-Msg-Id) and the protocol's own framing.
 _HEADER_OVERHEAD: Final = 128
 _RETRY_AFTER_S: Final = 5
+#: Extension attribute on a stored event: the id of the key that submitted it (for audit).
+KEY_ID_EXTENSION: Final = "listenpostkeyid"
+#: Deepest JSON nesting of an event's data (a batch entry: of the entry). Deeper input is
+#: refused at the door, before adapters, CEL or a re-encode walk it.
+MAX_JSON_DEPTH: Final = 64
+#: Longest problem detail: details may quote client input (a bad attribute value), never at length.
+MAX_DETAIL_CHARS: Final = 500
+_MAX_ECHOED_ID_CHARS: Final = 200
 
 
 class HttpIngressConfigError(IngestError, ValueError):
@@ -111,6 +145,7 @@ class Problem(IngestError):
         headers: Mapping[str, str] | None = None,
         extensions: Mapping[str, Any] | None = None,
     ) -> None:
+        detail = _clip(detail, MAX_DETAIL_CHARS)
         super().__init__(detail)
         self.status = status
         # None: the status code says it all (RFC 9457's "about:blank").
@@ -129,6 +164,10 @@ class Problem(IngestError):
             "instance": instance,
             **self.extensions,
         }
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def _malformed(detail: str) -> Problem:
@@ -152,6 +191,24 @@ def _too_large(detail: str) -> Problem:
     return Problem(413, "too-large", "Content too large", detail)
 
 
+_CHALLENGE: Final = 'Bearer realm="listenpost"'
+
+
+def _unauthorized(exc: Unauthorized) -> Problem:
+    challenge = f'{_CHALLENGE}, error="invalid_token"' if exc.invalid_token else _CHALLENGE
+    return Problem(401, "unauthorized", "Unauthorized", exc.detail, headers={"WWW-Authenticate": challenge})
+
+
+def _forbidden_source(exc: SourceNotAllowed) -> Problem:
+    return Problem(403, "forbidden-source", "Source not allowed for this key", str(exc))
+
+
+def _rate_limited(exc: RateLimited) -> Problem:
+    return Problem(
+        429, "rate-limited", "Too many requests", str(exc), headers={"Retry-After": str(exc.retry_after_s)}
+    )
+
+
 @dataclass
 class HttpIngest:
     """What the routes need: JetStream, the settings, the source adapters."""
@@ -160,56 +217,71 @@ class HttpIngest:
     nats: NatsSettings
     http: HttpSettings
     adapters: AdapterSet = field(default_factory=AdapterSet)
+    context_limits: ContextLimits = DEFAULT_CONTEXT_LIMITS
 
     def __post_init__(self) -> None:
-        if not self.http.api_keys and not self.http.allow_anonymous:
+        if not self.http.keys and not self.http.allow_anonymous:
             raise HttpIngressConfigError(
-                "the HTTP ingress has no API keys: set LISTENPOST_HTTP__API_KEYS (a JSON list), "
-                "or LISTENPOST_HTTP__ALLOW_ANONYMOUS=true to accept unauthenticated events on purpose"
+                "the HTTP ingress has no API keys: set LISTENPOST_HTTP__KEYS (a JSON list of "
+                '{"id", "secret", "sources"}), or LISTENPOST_HTTP__ALLOW_ANONYMOUS=true to accept '
+                "unauthenticated events on purpose"
             )
-        if self.http.api_keys and self.http.allow_anonymous:
+        if self.http.keys and self.http.allow_anonymous:
             raise HttpIngressConfigError(
-                "http.allow_anonymous is set together with http.api_keys: choose one "
+                "http.allow_anonymous is set together with http.keys: choose one "
                 "(keys would be pointless if anonymous requests were accepted)"
             )
-        if any(not key.get_secret_value() for key in self.http.api_keys):
-            raise HttpIngressConfigError("http.api_keys contains an empty key")
-        self._keys = [key.get_secret_value().encode() for key in self.http.api_keys]
+        self._keyring = Keyring(self.http.keys, time.monotonic())
+        self._webhook_keys = {key.id: key.webhook_key() for key in self.http.keys}
+        for key in self._keyring.expired(datetime.now(UTC)):
+            log.warning("HTTP API key %r expired at %s: requests with it are refused", key.id, key.expires_at)
+        log.info(
+            "HTTP ingress: %s",
+            f"{len(self._keyring)} API key(s): " + ", ".join(repr(k.id) for k in self.http.keys)
+            if self.http.keys
+            else "anonymous access, any source",
+        )
 
     @classmethod
-    def from_settings(cls, js: JetStreamContext, settings: Settings) -> HttpIngest:
-        """Build from the one settings object (``settings.http``, ``settings.adapters``)."""
-        http: HttpSettings = settings.http
-        adapter_settings = settings.adapters
-        adapters = load_adapters(adapter_settings.directory) if adapter_settings.enabled else AdapterSet()
-        return cls(js=js, nats=settings.nats, http=http, adapters=adapters)
+    def from_settings(cls, js: JetStreamContext, settings: Settings, adapters: AdapterSet | None = None) -> HttpIngest:
+        """Build from the one settings object (``http``, ``ingress``, ``adapters`` unless given)."""
+        if adapters is None:
+            adapter_settings = settings.adapters
+            adapters = load_adapters(adapter_settings.directory) if adapter_settings.enabled else AdapterSet()
+        return cls(
+            js=js,
+            nats=settings.nats,
+            http=settings.http,
+            adapters=adapters,
+            context_limits=ContextLimits.from_settings(settings.ingress),
+        )
 
     @property
     def subject(self) -> str:
         return self.nats.subject("in", SOURCE_TAG)
 
-    def authenticate(self, authorization: str | None) -> None:
-        if not self._keys:
-            return  # allow_anonymous, checked at construction
-        challenge = 'Bearer realm="listenpost"'
-        if not authorization:
-            raise Problem(
-                401, "unauthorized", "Unauthorized", "missing bearer API key", headers={"WWW-Authenticate": challenge}
-            )
-        scheme, _, token = authorization.strip().partition(" ")
-        presented = token.strip().encode()
-        # Compare against every key, without stopping early, so timing tells nothing about which matched.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(presented, key)
-        if scheme.lower() != "bearer" or not matched:
-            raise Problem(
-                401,
-                "unauthorized",
-                "Unauthorized",
-                "invalid API key",
-                headers={"WWW-Authenticate": f'{challenge}, error="invalid_token"'},
-            )
+    def authenticate(self, authorization: str | None) -> Caller:
+        """The caller of a request (before its body is read), rate limit included: 401 or 429."""
+        if not self.http.keys:
+            return Caller(key=None)  # allow_anonymous, checked at construction
+        try:
+            caller = self._keyring.identify(authorization, datetime.now(UTC))
+            caller.throttle(time.monotonic())
+        except Unauthorized as exc:
+            raise _unauthorized(exc) from None
+        except RateLimited as exc:
+            raise _rate_limited(exc) from None
+        return caller
+
+    def check_signature(self, caller: Caller, body: bytes, headers: Mapping[str, str]) -> None:
+        """A key with a webhook secret signs each request: check it over the body as received."""
+        key = self._webhook_keys.get(caller.key_id or "")
+        if key is None:
+            return
+        try:
+            verify_webhook(key, body, headers, time.time(), self.http.webhook_tolerance_s)
+        except Unauthorized as exc:
+            raise _unauthorized(exc) from None
 
     def nats_connected(self) -> bool:
         # JetStreamContext exposes no public view of its connection's state.
@@ -282,6 +354,8 @@ def split_batch(body: bytes, max_events: int) -> list[Any]:
         items = json.loads(body)
     except ValueError as exc:
         raise _malformed(f"batch body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise _malformed(f"batch body is not valid JSON: nested more than {MAX_JSON_DEPTH} levels deep") from None
     if not isinstance(items, list):
         raise _malformed(f"a {BATCH_CONTENT_TYPE} body is a JSON array, not {type(items).__name__}")
     if len(items) > max_events:
@@ -292,31 +366,55 @@ def split_batch(body: bytes, max_events: int) -> list[Any]:
 def decode_batch_item(item: Any) -> CloudEvent:
     if not isinstance(item, dict):
         raise _malformed(f"batch entries are JSON objects (structured events), not {type(item).__name__}")
+    check_depth(item, "the event")
     body = json.dumps(item).encode()
     return decode_single(body, {"content-type": STRUCTURED_CONTENT_TYPE})
+
+
+def check_depth(value: Any, what: str) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_JSON_DEPTH`; iterative, so a deep value cannot recurse."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _malformed(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 # --- admitting an event ----------------------------------------------------------------
 
 
-def admit(event: CloudEvent, adapters: AdapterSet) -> None:
+def admit(event: CloudEvent, adapters: AdapterSet, limits: ContextLimits = DEFAULT_CONTEXT_LIMITS) -> None:
     """Refuse at the door what the pipeline could never process."""
     event_type = event.get_type()
     if event_type == AUDIO_SUBMITTED:
         try:
-            AudioSubmitted.model_validate(submitted_data(event))
+            submitted = AudioSubmitted.model_validate(submitted_data(event))
         except BindingError as exc:
             raise _invalid_data(str(exc)) from exc
         except ValidationError as exc:
             raise _invalid_data(f"invalid {AUDIO_SUBMITTED} data: {summarize(exc)}") from exc
-        return
-    adapter = adapters.match(event_type, event.get_source())
-    if adapter is None:
-        raise _unknown_type(event_type)
+    else:
+        adapter = adapters.match(event_type, event.get_source())
+        if adapter is None:
+            raise _unknown_type(event_type)
+        try:
+            _, submitted = adapter.adapt(event)
+        except AdapterError as exc:
+            raise _invalid_data(str(exc)) from exc
     try:
-        adapter.adapt(event)
-    except AdapterError as exc:
-        raise _invalid_data(str(exc)) from exc
+        check_context(submitted.context, limits)
+    except ContextLimitError as exc:
+        raise _invalid_data(f"invalid {AUDIO_SUBMITTED} data: {exc}") from exc
+
+
+def stamp(event: CloudEvent, caller: Caller) -> None:
+    """Record on the event which key submitted it; a client's own value for the attribute is dropped."""
+    attributes = event.get_attributes()  # the SDK event's own dict
+    attributes.pop(KEY_ID_EXTENSION, None)
+    if caller.key_id is not None:
+        attributes[KEY_ID_EXTENSION] = caller.key_id
 
 
 def check_size(event: CloudEvent, limit: int) -> None:
@@ -365,6 +463,10 @@ http_app = FastAPI(
     title="listenpost ingress",
     description="CloudEvents in over HTTP (binary, structured and batch modes), stored in NATS JetStream.",
     version="1",
+    # Not served: the schema is for integrators (http_app.openapi()), not for whoever can reach the port.
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
 )
 
 
@@ -393,10 +495,13 @@ def _ingest(request: Request) -> HttpIngest:
 async def _problem_response(request: Request, problem: Problem) -> JSONResponse:
     instance = f"urn:uuid:{uuid.uuid4()}"  # quoted in logs too, so a client's report can be found
     level = logging.WARNING if problem.status >= 500 else logging.INFO
+    # %r: the path and the detail may carry client text; repr escapes newlines and
+    # terminal escapes, so no client can write a line of its own into the log.
     log.log(
         level,
-        "%s %s -> %s %s (%s): %s",
-        request.method, request.url.path, problem.status, problem.type, instance, problem.detail,
+        "%s %r -> %s %s (%s, key %s): %r",
+        request.method, request.url.path, problem.status, problem.type, instance,
+        _key_label(getattr(request.state, "key_id", None)), problem.detail,
     )  # fmt: skip
     return JSONResponse(
         problem.body(instance), status_code=problem.status, headers=problem.headers, media_type=PROBLEM_CONTENT_TYPE
@@ -412,7 +517,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 @http_app.exception_handler(Exception)
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    log.error("%s %r failed", request.method, request.url.path, exc_info=exc)
     problem = Problem(500, None, "Internal Server Error", "the event may not have been stored; resend it")
     return await _problem_response(request, problem)
 
@@ -432,21 +537,27 @@ async def healthz(request: Request) -> dict[str, str]:
     responses={
         202: {"description": "Stored in JetStream: `{accepted: [{id, duplicate}]}`"},
         400: {"description": "Malformed event or rejected data", "content": {PROBLEM_CONTENT_TYPE: {}}},
-        401: {"description": "Missing or invalid API key", "content": {PROBLEM_CONTENT_TYPE: {}}},
+        401: {"description": "Missing, invalid or expired API key, or a bad signature", "content": {PROBLEM_CONTENT_TYPE: {}}},
+        403: {"description": "The key may not submit for the event's source", "content": {PROBLEM_CONTENT_TYPE: {}}},
         413: {"description": "Body or event too large", "content": {PROBLEM_CONTENT_TYPE: {}}},
         415: {"description": "Unsupported CloudEvents format", "content": {PROBLEM_CONTENT_TYPE: {}}},
         422: {"description": "Event type not handled", "content": {PROBLEM_CONTENT_TYPE: {}}},
+        429: {"description": "The key's rate limit; see Retry-After", "content": {PROBLEM_CONTENT_TYPE: {}}},
         503: {"description": "Not stored; retry", "content": {PROBLEM_CONTENT_TYPE: {}}},
     },
 )
 async def post_events(request: Request) -> JSONResponse:
     """Accept CloudEvents (binary, structured or batch mode); answer once JetStream has stored them."""
     ingest = _ingest(request)
-    ingest.authenticate(request.headers.get("authorization"))
+    caller = ingest.authenticate(request.headers.get("authorization"))
+    request.state.key_id = caller.key_id
     media_type = _media_type(request.headers.get("content-type"))
     if media_type == BATCH_CONTENT_TYPE:
         body = await read_limited(request, ingest.http.max_batch_bytes)
-        events = _admit_batch(ingest, split_batch(body, ingest.http.max_batch_events))
+        ingest.check_signature(caller, body, request.headers)
+        items = split_batch(body, ingest.http.max_batch_events)
+        caller.charge(len(items) - 1)  # the first event was paid at the door
+        events = _admit_batch(ingest, caller, items)
     elif media_type.startswith("application/cloudevents") and media_type != STRUCTURED_CONTENT_TYPE:
         raise Problem(
             415,
@@ -456,26 +567,44 @@ async def post_events(request: Request) -> JSONResponse:
         )
     else:
         body = await read_limited(request, ingest.http.max_body_bytes)
+        ingest.check_signature(caller, body, request.headers)
         event = decode_single(body, binding_headers(request.scope["headers"]))
-        admit(event, ingest.adapters)
-        check_size(event, ingest.nats.max_payload_bytes)
+        check_depth(event.get_data(), "the event's data")
+        _admit_one(ingest, caller, event)
         events = [event]
     accepted = await _store_all(ingest, events)
+    duplicates = sum(1 for a in accepted if a["duplicate"])
+    log.info("stored %d event(s) (%d duplicate) from key %s", len(accepted), duplicates, _key_label(caller.key_id))
     return JSONResponse({"accepted": accepted}, status_code=202)
 
 
-def _admit_batch(ingest: HttpIngest, items: list[Any]) -> list[CloudEvent]:
+def _key_label(key_id: str | None) -> str:
+    return repr(key_id) if key_id is not None else "none"
+
+
+def _admit_one(ingest: HttpIngest, caller: Caller, event: CloudEvent) -> None:
+    """Source first: a key learns nothing about what adapters make of another's events."""
+    try:
+        caller.check_source(event.get_source())
+    except SourceNotAllowed as exc:
+        raise _forbidden_source(exc) from None
+    admit(event, ingest.adapters, ingest.context_limits)
+    stamp(event, caller)
+    check_size(event, ingest.nats.max_payload_bytes)
+
+
+def _admit_batch(ingest: HttpIngest, caller: Caller, items: list[Any]) -> list[CloudEvent]:
     events: list[CloudEvent] = []
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         try:
             event = decode_batch_item(item)
-            admit(event, ingest.adapters)
-            check_size(event, ingest.nats.max_payload_bytes)
+            _admit_one(ingest, caller, event)
         except Problem as problem:
+            # Index, id and reason only: the entry never echoes the event (its data may be secrets or megabytes).
             entry: dict[str, Any] = {"pointer": f"/{index}"}
             if isinstance(item, dict) and isinstance(item.get("id"), str):
-                entry["id"] = item["id"]
+                entry["id"] = _clip(item["id"], _MAX_ECHOED_ID_CHARS)
             entry.update({"type": problem.type, "status": problem.status, "detail": problem.detail})
             errors.append(entry)
         else:

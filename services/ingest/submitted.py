@@ -4,6 +4,10 @@ What the orchestrator's NATS consumer runs on every message; an input that can n
 become ``audio.submitted`` is :class:`~services.events.consumer.Poison` (dead-lettered with
 stage ``decode-event`` or ``validate``). The HTTP door checks the same things before it
 stores an event (:func:`services.ingest.http.admit`).
+
+An input's ``context`` is bounded (depth, keys, bytes: :class:`ContextLimits`) here too, not
+only at the HTTP door: inputs published straight to NATS never passed it, and a context that
+would fail later must fail before any audio is fetched, never be retried.
 """
 
 from __future__ import annotations
@@ -13,21 +17,40 @@ from collections.abc import Mapping
 from cloudevents.core.base import BaseCloudEvent
 from pydantic import ValidationError
 
-from services.events.binding import BindingError, decode
+from services.events.binding import BindingError, CloudEvent, decode
 from services.events.claimcheck import submitted_data
 from services.events.consumer import Poison
-from services.events.models import AUDIO_SUBMITTED, AudioSubmitted
+from services.events.models import (
+    AUDIO_SUBMITTED,
+    DEFAULT_CONTEXT_LIMITS,
+    AudioSubmitted,
+    ContextLimitError,
+    ContextLimits,
+    check_context,
+)
 from services.ingest.adapters import AdapterError, AdapterSet
 
 
 def parse_submitted(
-    body: bytes, headers: Mapping[str, str] | None, adapters: AdapterSet | None = None
+    body: bytes,
+    headers: Mapping[str, str] | None,
+    adapters: AdapterSet | None = None,
+    limits: ContextLimits = DEFAULT_CONTEXT_LIMITS,
 ) -> tuple[BaseCloudEvent, AudioSubmitted]:
     """Decode and validate an input; other event types go through a matching source adapter."""
     try:
-        event = decode(body, headers)
+        received = decode(body, headers)
     except BindingError as exc:
         raise Poison("decode-event", str(exc), error=type(exc).__name__) from exc
+    event, submitted = _as_submitted(received, adapters)
+    try:
+        check_context(submitted.context, limits)
+    except ContextLimitError as exc:
+        raise Poison("validate", f"invalid {AUDIO_SUBMITTED} data: {exc}", error=type(exc).__name__) from exc
+    return event, submitted
+
+
+def _as_submitted(event: CloudEvent, adapters: AdapterSet | None) -> tuple[BaseCloudEvent, AudioSubmitted]:
     if event.get_type() != AUDIO_SUBMITTED:
         adapter = adapters.match(event.get_type(), event.get_source()) if adapters else None
         if adapter is None:

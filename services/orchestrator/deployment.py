@@ -24,7 +24,7 @@ from services.events.connection import connect
 from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
 from services.events.deadletter import dead_letter
 from services.events.jetstream import derive_msg_id, ensure_provisioned, publish_event
-from services.events.models import AudioSubmitted, Facets, Window
+from services.events.models import AudioSubmitted, ContextLimits, Facets, Window
 from services.ingest.adapters import AdapterSet, load_adapters
 from services.ingest.http import HttpIngest, app_for
 from services.ingest.submitted import parse_submitted
@@ -61,6 +61,7 @@ class Ingress:
         self._nc = await connect(settings.nats, role="ingress", name="listenpost-ingress", on_reconnect=self._on_reconnect)
         self._js = self._nc.jetstream()
         self._adapters = load_adapters(settings.adapters.directory) if settings.adapters.enabled else AdapterSet()
+        self._context_limits = ContextLimits.from_settings(settings.ingress)
         cfg = settings.nats
         await ensure_provisioned(self._js, settings)
         redelivery = Redelivery.from_settings(cfg)
@@ -92,7 +93,7 @@ class Ingress:
         cfg = self._settings
         if not cfg.http.enabled:
             return app_for(None)
-        return app_for(HttpIngest(js=self._js, nats=cfg.nats, http=cfg.http, adapters=self._adapters))
+        return app_for(HttpIngest.from_settings(self._js, cfg, adapters=self._adapters))
 
     async def _on_reconnect(self) -> None:
         for consumer in (self._consumer, self._advisories):
@@ -113,7 +114,7 @@ class Ingress:
         return await lexicon_facets(windows, request_id)
 
     async def _handle(self, msg: Msg) -> None:
-        event, submitted = parse_submitted(msg.data, msg.headers, self._adapters)
+        event, submitted = parse_submitted(msg.data, msg.headers, self._adapters, self._context_limits)
         cfg = self._settings
         try:
             captioned = await caption_submitted(

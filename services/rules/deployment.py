@@ -221,9 +221,10 @@ class RulesEngine:
         assert ruleset is not None, "the consumer starts only once rules are active"
         outcome = await self._processor.process(ruleset, attributes, data)
         if outcome.skipped:
-            log.warning("event %s not evaluated: %s", event.get_id(), outcome.skipped)
+            # %r: the id and any message quoting event values are client text (no forged log lines).
+            log.warning("event %r not evaluated: %r", event.get_id(), outcome.skipped)
         for error in outcome.evaluation.errors if outcome.evaluation else []:
-            log.warning("rule %s failed on event %s: %s", error.rule_id, event.get_id(), error.message)
+            log.warning("rule %s failed on event %r: %r", error.rule_id, event.get_id(), error.message)
         # Concurrent acks, ordered sends: each publish is written to the connection when its
         # coroutine starts, in list order, so the stream keeps the evaluation order.
         await asyncio.gather(
