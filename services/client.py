@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ from cloudevents.core.base import BaseCloudEvent
 from pydantic import BaseModel, Field
 
 from services.events.binding import BindingError, decode, event_data_json, new_event
+from services.events.bounds import StreamFullError
 from services.events.claimcheck import object_dataref
 from services.events.jetstream import connect, derive_msg_id, publish_event
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioSubmitted
@@ -65,7 +67,8 @@ async def submit_file(
 
     Small files ride inline; larger ones go to ``bucket`` of the NATS object store (one the
     preprocessor reads from: ``LISTENPOST_PREPROCESS__OBJECT_BUCKETS``). After the
-    captioned event arrives, decisions are collected for ``settle_s`` more.
+    captioned event arrives, decisions are collected for ``settle_s`` more. Raises
+    :class:`~services.events.bounds.StreamFullError` when the input stream is full.
     """
     nc = await connect(nats_url, name="listenpost-cli")
     try:
@@ -102,7 +105,13 @@ async def submit_file(
             extensions=extensions or None,
         )  # fmt: skip
         started = time.perf_counter()
-        await publish_event(js, nats.subject("in", "cli"), event, msg_id=derive_msg_id("submit", source, event_id))
+        try:
+            await publish_event(js, nats.subject("in", "cli"), event, msg_id=derive_msg_id("submit", source, event_id))
+        except StreamFullError:
+            if "object" in audio:  # no event will ever name it: do not leave the audio behind
+                with contextlib.suppress(Exception):
+                    await (await js.object_store(audio["object"]["bucket"])).delete(audio["object"]["name"])
+            raise
 
         result = SubmitResult(event_id=event_id)
         settled_at = started
