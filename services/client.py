@@ -13,9 +13,9 @@ from typing import Any
 from cloudevents.core.base import BaseCloudEvent
 from pydantic import BaseModel, Field
 
-from services.events.binding import BindingError, decode, event_data_json, new_event
+from services.events.binding import BindingError, decode, new_event
 from services.events.bounds import StreamFullError
-from services.events.claimcheck import object_dataref
+from services.events.claimcheck import ClaimCheckError, object_dataref, resolve_data
 from services.events.jetstream import connect, derive_msg_id, publish_event
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioSubmitted
 from services.settings import NatsSettings
@@ -39,11 +39,9 @@ class SubmitResult(BaseModel):
     elapsed_s: float = 0.0
 
 
-def _received(subject: str, event: BaseCloudEvent) -> ReceivedEvent:
+def _received(subject: str, event: BaseCloudEvent, data: Any) -> ReceivedEvent:
     attributes = {k: v for k, v in event.get_attributes().items() if k != "data"}
-    return ReceivedEvent(
-        subject=subject, type=event.get_type(), id=event.get_id(), attributes=attributes, data=event_data_json(event)
-    )
+    return ReceivedEvent(subject=subject, type=event.get_type(), id=event.get_id(), attributes=attributes, data=data)
 
 
 def _concerns(event: ReceivedEvent, ids: set[str]) -> bool:
@@ -79,8 +77,13 @@ async def submit_file(
 
         async def on_message(msg: Any) -> None:
             try:
-                event = _received(msg.subject, decode(msg.data, msg.headers))
-            except BindingError:
+                decoded = decode(msg.data, msg.headers)
+                candidate = _received(msg.subject, decoded, None)
+                if not _concerns(candidate, related_ids):
+                    return
+                # A captioned event too large for NATS names its data in the outputs bucket.
+                event = _received(msg.subject, decoded, await resolve_data(js, decoded, buckets=[nats.outputs_bucket]))
+            except (BindingError, ClaimCheckError):
                 return
             if _concerns(event, related_ids):
                 related_ids.add(event.id)  # decisions name the captioned event as their input

@@ -331,7 +331,8 @@ async def test_cli_list_pages(env: Env, monkeypatch: pytest.MonkeyPatch) -> None
 
 async def test_an_original_too_large_to_embed_is_stored_by_reference_and_replayed_from_there(env: Env) -> None:
     # The largest input the stream takes: base64 makes it ~1.3 MiB, over NATS's 1 MiB payload.
-    big = new_event(AUDIO_SUBMITTED, "urn:test:dlq", {"audio": {"uri": "file:///calls/1.wav"}, "context": {"pad": "x" * 900_000}}, id="ev-big")
+    data = {"audio": {"uri": "file:///calls/1.wav"}, "context": {"pad": "x" * 900_000}}
+    big = new_event(AUDIO_SUBMITTED, "urn:test:dlq", data, id="ev-big")
     body, headers = encode_binary(big)
     ack = await env.js.publish(env.cfg.subject("in", "test"), body, headers=headers)
     stored = await env.js.get_msg(ack.stream, ack.seq)
