@@ -258,6 +258,6 @@ async def test_a_full_dead_letter_stream_keeps_the_input_and_stops_after_max_del
             assert (await jsc.stream_info(cfg.in_stream)).state.messages == 1  # ...and not lost
             assert (await jsc.stream_info(cfg.dlq_stream)).state.messages == 1  # the filler, nothing dropped
             assert "DEAD-LETTER STREAM FULL: LISTENPOST_IN #1 (stage validate: bad event) could not be " \
-                   "dead-lettered (maximum messages exceeded); it stays in LISTENPOST_IN" in caplog.text
+                   "dead-lettered (listenpost.dlq.validate: maximum messages exceeded); it stays in LISTENPOST_IN" in caplog.text
         finally:
             await nc.close()

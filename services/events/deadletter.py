@@ -77,21 +77,20 @@ async def publish_dead_letter(
         return new_event(AUDIO_FAILED, source, data.model_dump(mode="json"), extensions=extensions)
 
     event = letter(original)
-    if encoded_size(event) > cfg.max_payload_bytes - HEADER_ROOM:
-        blob = json.dumps(original).encode()
-        ref = await put_object(
-            js, cfg.dlq_bucket, f"{stream}/{sequence}", blob, ttl_s=cfg.dlq_max_age_s, max_bytes=cfg.dlq_max_bytes
-        )
-        log.info("original of %s #%d is too large to embed in its dead letter: stored as %s", stream, sequence, ref)
-        event = letter({"subject": original.get("subject"), "ref": ref, "size": len(blob)})
-    msg_id = derive_msg_id("dlq", stream, str(sequence))
     try:
+        if encoded_size(event) > cfg.max_payload_bytes - HEADER_ROOM:
+            blob = json.dumps(original).encode()
+            name = f"{stream}/{sequence}"
+            ref = await put_object(js, cfg.dlq_bucket, name, blob, ttl_s=cfg.dlq_max_age_s, max_bytes=cfg.dlq_max_bytes)
+            log.info("original of %s #%d is too large to embed in its dead letter: stored as %s", stream, sequence, ref)
+            event = letter({"subject": original.get("subject"), "ref": ref, "size": len(blob)})
+        msg_id = derive_msg_id("dlq", stream, str(sequence))
         await publish_event(js, cfg.subject("dlq", poison.stage), event, msg_id=msg_id)
     except StreamFullError as exc:
         log.error(
-            "DEAD-LETTER STREAM FULL: %s #%d (stage %s: %s) could not be dead-lettered (%s); it stays in %s. "
+            "DEAD-LETTER STREAM FULL: %s #%d (stage %s: %s) could not be dead-lettered (%s: %s); it stays in %s. "
             "Replay or remove dead letters (listenpost dlq list), or raise LISTENPOST_NATS__DLQ_MAX_MSGS/_BYTES",
-            stream, sequence, poison.stage, poison.reason, exc.limit, stream,
+            stream, sequence, poison.stage, poison.reason, exc.subject, exc.limit, stream,
         )  # fmt: skip
         raise
 
