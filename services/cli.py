@@ -98,6 +98,7 @@ def submit(
 ) -> None:
     """Publish an audio.submitted event for FILE, wait for its caption and decisions, print them."""
     from services.client import submit_file
+    from services.events.bounds import StreamFullError
     from services.events.connection import NatsConnectError, command_settings
 
     settings = Settings()
@@ -109,17 +110,22 @@ def submit(
     ctx = _parse_context(context)
     ctx.setdefault("callid", file.stem)
     roles = [r.strip() for r in channels.split(",")] if channels else None
-    with err.status(f"submitted {file.name}; waiting for caption and decisions..."):
-        result = asyncio.run(
-            submit_file(
-                file,
-                nats=nats,
-                bucket=settings.preprocess.object_buckets[0],
-                channels=roles,
-                context=ctx,
-                wait_s=timeout,
+    try:
+        with err.status(f"submitted {file.name}; waiting for caption and decisions..."):
+            result = asyncio.run(
+                submit_file(
+                    file,
+                    nats=nats,
+                    bucket=settings.preprocess.object_buckets[0],
+                    channels=roles,
+                    context=ctx,
+                    wait_s=timeout,
+                )
             )
-        )
+    except StreamFullError as exc:
+        # listenpost is behind, not broken: say so, and exit with sysexits' EX_TEMPFAIL for scripts.
+        err.print(f"[red]not submitted:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(75) from None
     if as_json:
         console.print_json(result.model_dump_json())
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -13,8 +14,9 @@ from cloudevents.core.base import BaseCloudEvent
 from nats.js.errors import BucketNotFoundError
 from pydantic import BaseModel, Field
 
-from services.events.binding import BindingError, decode, event_data_json, new_event
-from services.events.claimcheck import object_dataref
+from services.events.binding import BindingError, decode, new_event
+from services.events.bounds import StreamFullError
+from services.events.claimcheck import ClaimCheckError, object_dataref, resolve_data
 from services.events.connection import connect
 from services.events.jetstream import derive_msg_id, publish_event
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioSubmitted
@@ -39,11 +41,9 @@ class SubmitResult(BaseModel):
     elapsed_s: float = 0.0
 
 
-def _received(subject: str, event: BaseCloudEvent) -> ReceivedEvent:
+def _received(subject: str, event: BaseCloudEvent, data: Any) -> ReceivedEvent:
     attributes = {k: v for k, v in event.get_attributes().items() if k != "data"}
-    return ReceivedEvent(
-        subject=subject, type=event.get_type(), id=event.get_id(), attributes=attributes, data=event_data_json(event)
-    )
+    return ReceivedEvent(subject=subject, type=event.get_type(), id=event.get_id(), attributes=attributes, data=data)
 
 
 def _concerns(event: ReceivedEvent, ids: set[str]) -> bool:
@@ -66,7 +66,8 @@ async def submit_file(
 
     Small files ride inline; larger ones go to ``bucket`` of the NATS object store (one the
     preprocessor reads from: ``LISTENPOST_PREPROCESS__OBJECT_BUCKETS``). After the
-    captioned event arrives, decisions are collected for ``settle_s`` more.
+    captioned event arrives, decisions are collected for ``settle_s`` more. Raises
+    :class:`~services.events.bounds.StreamFullError` when the input stream is full.
     """
     nc = await connect(nats, role="operator", name="listenpost-cli")
     try:
@@ -77,8 +78,13 @@ async def submit_file(
 
         async def on_message(msg: Any) -> None:
             try:
-                event = _received(msg.subject, decode(msg.data, msg.headers))
-            except BindingError:
+                decoded = decode(msg.data, msg.headers)
+                candidate = _received(msg.subject, decoded, None)
+                if not _concerns(candidate, related_ids):
+                    return
+                # A captioned event too large for NATS names its data in the outputs bucket.
+                event = _received(msg.subject, decoded, await resolve_data(js, decoded, buckets=[nats.outputs_bucket]))
+            except (BindingError, ClaimCheckError):
                 return
             if _concerns(event, related_ids):
                 related_ids.add(event.id)  # decisions name the captioned event as their input
@@ -103,7 +109,13 @@ async def submit_file(
             extensions=extensions or None,
         )  # fmt: skip
         started = time.perf_counter()
-        await publish_event(js, nats.subject("in", "cli"), event, msg_id=derive_msg_id("submit", source, event_id))
+        try:
+            await publish_event(js, nats.subject("in", "cli"), event, msg_id=derive_msg_id("submit", source, event_id))
+        except StreamFullError:
+            if "object" in audio:  # no event will ever name it: do not leave the audio behind
+                with contextlib.suppress(Exception):
+                    await (await js.object_store(audio["object"]["bucket"])).delete(audio["object"]["name"])
+            raise
 
         result = SubmitResult(event_id=event_id)
         settled_at = started

@@ -250,6 +250,46 @@ class NatsSettings(_Group):
     def subject(self, *tokens: str) -> str:
         return ".".join((self.subject_prefix, *tokens))
 
+    # Bounds on what the streams and buckets may hold (issue 12, "resources are bounded"). Sized for
+    # one machine: inputs are small (audio rides by reference), outputs are history. nats-server
+    # reserves each max_bytes on disk when a stream is made: the defaults reserve 5.25 GiB in all.
+    in_max_msgs: PositiveInt = Field(
+        default=100_000, description="Most inputs waiting in the input stream; beyond it a publish is refused "
+        "(HTTP 503 with Retry-After), nothing stored is dropped."
+    )
+    in_max_bytes: PositiveInt = Field(
+        default=256 * 1024**2, description="Most bytes of inputs waiting in the input stream (refused beyond, as above)."
+    )
+    out_max_msgs: PositiveInt = Field(
+        default=1_000_000, description="Most captioned events and decisions kept; the oldest go first."
+    )
+    out_max_bytes: PositiveInt = Field(
+        default=2 * 1024**3, description="Most bytes of output history (the oldest go first), and of the outputs "
+        "bucket (emptied by out_max_age_s)."
+    )
+    dlq_max_msgs: PositiveInt = Field(
+        default=100_000, description="Most dead letters kept. A full dead-letter stream refuses new ones (logged as "
+        "an error): the failed input then stays in the input stream, never silently dropped."
+    )
+    dlq_max_bytes: PositiveInt = Field(
+        default=512 * 1024**2, description="Most bytes of dead letters, and of the dead-letter bucket; refused beyond."
+    )
+    dlq_max_age_s: PositiveFloat = Field(
+        default=30 * 24 * 3600, description="Dead letters (and originals stored by reference) older than this expire."
+    )
+    outputs_bucket: str = Field(
+        default="listenpost-outputs", pattern=r"^[A-Za-z0-9_-]+$",
+        description="Object-store bucket for outputs too large for a NATS message (named by the `dataref` attribute).",
+    )
+    dlq_bucket: str = Field(
+        default="listenpost-dlq", pattern=r"^[A-Za-z0-9_-]+$",
+        description="Object-store bucket for dead-lettered originals too large to embed in the dead letter.",
+    )
+    max_handling_s: PositiveFloat = Field(
+        default=3600.0, description="Longest a consumer works on one message; then it counts as a failed delivery "
+        "(retried, then dead-lettered), so no message is held forever by heartbeats."
+    )
+
 
 class PreprocessSettings(_FixedReplicas):
     """Fetching, decoding, windowing and measuring audio (``LISTENPOST_PREPROCESS__*``)."""

@@ -191,3 +191,74 @@ async def test_max_deliveries_advisory_dead_letters_what_a_dead_replica_held(tmp
 def test_redelivery_comes_from_the_nats_settings() -> None:
     policy = Redelivery.from_settings(NatsSettings(max_deliver=7, ack_wait_s=90, retry_delay_s=2, retry_delay_max_s=30))
     assert policy == Redelivery(max_deliver=7, heartbeat_s=30.0, retry_delay_s=2.0, retry_delay_max_s=30.0)
+
+
+async def test_a_handler_that_never_returns_is_cancelled_and_dead_lettered(tmp_path: Path) -> None:
+    # Before issue 12 heartbeats held such a message forever: nothing redelivered it, nothing dead-lettered it.
+    with EmbeddedNatsServer(tmp_path / "nats") as server:
+        cfg = NatsSettings(url=server.url, ack_wait_s=2, max_deliver=2, retry_delay_s=0.1, max_handling_s=0.5)
+        nc = await connect(server.url, name="consumer-test")
+        jsc = nc.jetstream()
+        await provision(jsc, cfg)
+        try:
+            [event_id] = await publish(jsc, cfg)
+            calls = 0
+
+            async def hang(msg: Msg) -> None:
+                nonlocal calls
+                calls += 1
+                await asyncio.Event().wait()
+
+            consumer = PullConsumer(
+                jsc, stream=cfg.in_stream, durable=cfg.ingest_durable, handler=hang,
+                dead_letter=lambda msg, poison: dead_letter(jsc, cfg, "urn:test", msg, poison),
+                redelivery=Redelivery(
+                    cfg.max_deliver, heartbeat_s=0.2, retry_delay_s=0.1, retry_delay_max_s=0.2,
+                    max_handling_s=cfg.max_handling_s,
+                ),
+            )  # fmt: skip
+            consumer.start()
+            async with asyncio.timeout(15):
+                while consumer.stats.dead_lettered == 0:
+                    await asyncio.sleep(0.05)
+            await consumer.stop(drain_timeout_s=2)
+            assert calls == 2
+            [letter] = await dead_letters(jsc, cfg)
+            assert letter["stage"] == "retry"
+            assert letter["reason"] == "gave up after 2 deliveries: HandlingTimeout: not finished within max_handling_s=0.5 s"
+            assert (await jsc.stream_info(cfg.in_stream)).state.messages == 0
+            assert letter["original"]["headers"]["ce-id"] == event_id
+        finally:
+            await nc.close()
+
+
+async def test_a_full_dead_letter_stream_keeps_the_input_and_stops_after_max_deliver(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with EmbeddedNatsServer(tmp_path / "nats") as server:
+        cfg = NatsSettings(url=server.url, ack_wait_s=2, max_deliver=3, retry_delay_s=0.1, dlq_max_msgs=1)
+        nc = await connect(server.url, name="consumer-test")
+        jsc = nc.jetstream()
+        await provision(jsc, cfg)
+        try:
+            filler = new_event("com.listenpost.audio.failed", "urn:test", {"n": 0})
+            await publish_event(jsc, cfg.subject("dlq", "fetch"), filler, msg_id="filler")  # the DLQ is now full
+            await publish(jsc, cfg)
+            calls = 0
+
+            async def poison(msg: Msg) -> None:
+                nonlocal calls
+                calls += 1
+                raise Poison("validate", "bad event")
+
+            consumer = await run_consumer(jsc, cfg, poison, until=lambda c: calls >= 3, timeout=15)
+            await asyncio.sleep(1.5)  # longer than the nak delay: no fourth delivery comes
+            assert calls == 3 and consumer.stats.dead_lettered == 0
+            info = await jsc.consumer_info(cfg.in_stream, cfg.ingest_durable)
+            assert (info.num_pending, info.num_ack_pending) == (0, 0)  # not redelivered again...
+            assert (await jsc.stream_info(cfg.in_stream)).state.messages == 1  # ...and not lost
+            assert (await jsc.stream_info(cfg.dlq_stream)).state.messages == 1  # the filler, nothing dropped
+            assert "DEAD-LETTER STREAM FULL: LISTENPOST_IN #1 (stage validate: bad event) could not be " \
+                   "dead-lettered (listenpost.dlq.validate: maximum messages exceeded); it stays in LISTENPOST_IN" in caplog.text
+        finally:
+            await nc.close()

@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
+from nats.js.errors import ObjectDeletedError, ObjectNotFoundError
 from typer.testing import CliRunner
 
 from services.events.binding import encode_binary, encode_structured, new_event
 from services.events.cli import dlq_app
 from services.events.connection import connect
-from services.events.dlq import DeadLetterError, DeadLetterNotFound, list_dead_letters, replay
+from services.events.consumer import Poison
+from services.events.deadletter import original_record, publish_dead_letter
+from services.events.dlq import DeadLetterError, DeadLetterNotFound, list_dead_letters, page_dead_letters, replay
 from services.events.embedded import EmbeddedNatsServer
 from services.events.jetstream import derive_msg_id, provision, publish_event
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioFailed
@@ -250,3 +255,122 @@ async def test_cli_without_a_reachable_nats_fails_fast(monkeypatch: pytest.Monke
     result = await asyncio.to_thread(CliRunner().invoke, dlq_app, ["list", "--nats-url", "nats://127.0.0.1:1"])
     assert result.exit_code == 2
     assert "cannot reach NATS at nats://127.0.0.1:1" in result.stderr
+
+
+# --- paging (issue 12: `dlq list` loaded every dead letter with its body) -----------------------
+
+
+async def test_list_reads_one_page_of_bodies_and_says_how_to_get_the_next(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(55):
+        await env.fail(f"ev-{i:02d}", "caption" if i % 5 == 0 else "fetch")
+    bodies_read: list[int] = []
+    get_msg = env.js.get_msg
+
+    async def counting(stream: str, seq: int | None = None, **kwargs: Any) -> Any:
+        bodies_read.append(seq or 0)
+        return await get_msg(stream, seq, **kwargs)
+
+    monkeypatch.setattr(env.js, "get_msg", counting)
+    page = await page_dead_letters(env.js, env.settings)
+    assert [d.seq for d in page.letters] == list(range(1, 51))  # the default page: 50, oldest first
+    assert (page.total, page.next_after) == (55, 50)
+    assert bodies_read == list(range(1, 51))  # only the bodies shown were read
+
+    bodies_read.clear()
+    last = await page_dead_letters(env.js, env.settings, after=50)
+    assert [d.original_id for d in last.letters] == [f"ev-{i}" for i in range(50, 55)]
+    assert (last.total, last.next_after) == (5, None)
+    assert bodies_read == [51, 52, 53, 54, 55]
+
+    caption = await page_dead_letters(env.js, env.settings, stage="caption", limit=4)
+    assert [d.original_id for d in caption.letters] == ["ev-00", "ev-05", "ev-10", "ev-15"]
+    assert (caption.total, caption.next_after) == (11, 16)
+    future = await page_dead_letters(env.js, env.settings, since=datetime.now(UTC) + timedelta(hours=1))
+    assert (future.letters, future.total) == ([], 0)
+    past = await page_dead_letters(env.js, env.settings, since=datetime.now(UTC) - timedelta(hours=1), limit=2)
+    assert ([d.seq for d in past.letters], past.total) == ([1, 2], 55)
+    with pytest.raises(DeadLetterError, match="a page holds at least one dead letter, not 0"):
+        await page_dead_letters(env.js, env.settings, limit=0)
+    # No listing leaves a consumer behind on the DLQ stream.
+    assert (await env.js.stream_info(env.cfg.dlq_stream)).state.consumer_count == 0
+
+
+def unboxed(text: str) -> str:
+    """Rich's error panel, as one line of words."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+async def test_cli_list_pages(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LISTENPOST_NATS__URL", raising=False)
+    for i in range(55):
+        await env.fail(f"ev-{i:02d}")
+    runner = CliRunner()
+
+    async def cli(*args: str) -> Any:
+        return await asyncio.to_thread(runner.invoke, dlq_app, [*args, "--nats-url", env.url])
+
+    first = await cli("list")
+    assert first.exit_code == 0, first.output
+    assert "LISTENPOST_DLQ: 55 dead letters, showing 1..50" in first.stdout
+    assert "ev-49" in first.stdout and "ev-50" not in first.stdout
+    assert "5 more: listenpost dlq list --after 50" in first.stdout
+    second = await cli("list", "--after", "50", "--json")
+    assert [d["original_id"] for d in json.loads(second.stdout)] == [f"ev-{i}" for i in range(50, 55)]
+    recent = await cli("list", "--since", "1h", "--limit", "3", "--json")
+    assert [d["seq"] for d in json.loads(recent.stdout)] == [1, 2, 3]
+    both = await cli("list", "--since", "1h", "--after", "3")
+    assert both.exit_code == 2 and "give --after or --since, not both" in unboxed(both.output)
+    bad = await cli("list", "--since", "yesterday")
+    assert bad.exit_code == 2
+    assert "'yesterday' is neither a duration (90m, 24h, 7d) nor an ISO 8601 time" in unboxed(bad.output)
+    replayed = await cli("replay", "--all", "--json")  # works through the pages
+    assert len(json.loads(replayed.stdout)["replayed"]) == 55
+
+
+# --- originals too large to embed (issue 12: "a dead letter ... stores the original by reference") --
+
+
+async def test_an_original_too_large_to_embed_is_stored_by_reference_and_replayed_from_there(env: Env) -> None:
+    # The largest input the stream takes: base64 makes it ~1.3 MiB, over NATS's 1 MiB payload.
+    data = {"audio": {"uri": "file:///calls/1.wav"}, "context": {"pad": "x" * 900_000}}
+    big = new_event(AUDIO_SUBMITTED, "urn:test:dlq", data, id="ev-big")
+    body, headers = encode_binary(big)
+    ack = await env.js.publish(env.cfg.subject("in", "test"), body, headers=headers)
+    stored = await env.js.get_msg(ack.stream, ack.seq)
+    await env.js.delete_msg(ack.stream, ack.seq)
+    # Before issue 12 this raised nats' MaxPayloadError: the input could never be dead-lettered.
+    await publish_dead_letter(
+        env.js, env.cfg, "urn:listenpost", poison=Poison("validate", "context too deep"), stream=ack.stream,
+        sequence=ack.seq, original=original_record(stored.subject, stored.headers, stored.data), deliveries=1,
+    )  # fmt: skip
+    [letter] = await list_dead_letters(env.js, env.settings)
+    assert letter.original_id == "ev-big" and letter.replayable
+    assert letter.original_ref == f"nats-object://listenpost-dlq/{env.cfg.in_stream}/{ack.seq}"
+    assert letter.original_subject == "listenpost.in.test"
+    raw = await env.js.get_msg(env.cfg.dlq_stream, letter.seq)
+    assert len(raw.data) < 2000  # the dead letter itself stays small
+
+    report = await replay(env.js, env.settings, seq=letter.seq)
+    assert report.ok, report.failed
+    [republished] = await env.messages(env.cfg.in_stream)
+    assert republished.data == stored.data
+    assert {k: v for k, v in republished.headers.items() if k != "Nats-Msg-Id"} == dict(stored.headers)
+    store = await env.js.object_store("listenpost-dlq")
+    with pytest.raises((ObjectNotFoundError, ObjectDeletedError)):  # replayed: the stored original is removed
+        await store.get(f"{env.cfg.in_stream}/{ack.seq}")
+
+
+async def test_a_forged_reference_cannot_make_a_replay_read_another_bucket(env: Env) -> None:
+    audio = await env.js.create_object_store("listenpost-audio")
+    record = {"subject": "listenpost.in.test", "headers": {}, "body_base64": base64.b64encode(b"secret").decode()}
+    await audio.put("calls/1.json", json.dumps(record).encode())
+    forged = AudioFailed(stage="fetch", reason="forged", error="X",
+                         original={"subject": "listenpost.in.test", "ref": "nats-object://listenpost-audio/calls/1.json"})  # fmt: skip
+    letter = new_event(AUDIO_FAILED, "urn:forger", forged.model_dump(mode="json"))
+    await publish_event(env.js, env.cfg.subject("dlq", "fetch"), letter, msg_id="forged")
+    report = await replay(env.js, env.settings, all=True)
+    assert [f.error for f in report.failed] == [
+        "original not readable: dataref names bucket 'listenpost-audio', not one read here (listenpost-dlq); "
+        "dead letter kept"
+    ]
+    assert (await env.js.stream_info(env.cfg.in_stream)).state.messages == 0

@@ -17,13 +17,15 @@ import nats
 import pytest
 from nats.js.errors import BucketNotFoundError
 
-from services.events.binding import decode, event_attributes, event_data_json, new_event
+from services.events.binding import new_event
 from services.events.embedded import EmbeddedNatsServer
+from services.events.errors import EventsError
 from services.events.jetstream import provision, publish_event
 from services.rules import load_ruleset
 from services.rules.alerting import Matcher
 from services.rules.backtest import backtest
 from services.rules.engine import RulesProcessor
+from services.rules.inputs import read_input
 from services.rules.state import Conflict, Stores, open_bucket, open_stores, stream_subjects
 from services.rules.status import read_status
 from services.settings import NatsSettings, RulesSettings, Settings
@@ -213,9 +215,11 @@ async def test_backtest_replays_history_without_side_effects(js: Any, tmp_path: 
     before = await js.stream_info(cfg.out_stream)
     buckets_before = {s.config.name for s in await js.streams_info()}
 
-    def decode_msg(body: bytes, headers: Any) -> tuple[dict[str, Any], Any]:
-        event = decode(body, headers)
-        return event_attributes(event), event_data_json(event)
+    async def decode_msg(body: bytes, headers: Any) -> tuple[dict[str, Any], Any]:
+        try:
+            return await read_input(js, body, headers, buckets=[cfg.outputs_bucket])
+        except EventsError as exc:
+            raise ValueError(str(exc)) from exc
 
     report = await backtest(
         js, rules, stream=cfg.out_stream, subjects=[cfg.subject("captioned")], since_s=3600, since_text="1h",

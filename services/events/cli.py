@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, TypeVar
 
 import typer
@@ -13,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.events.connection import NatsConnectError, command_settings, with_jetstream
-from services.events.dlq import DeadLetter, DeadLetterError, ReplayReport, list_dead_letters, replay
+from services.events.dlq import PAGE_SIZE, DeadLetterError, DeadLetterPage, ReplayReport, page_dead_letters, replay
 from services.settings import Settings
 
 dlq_app = typer.Typer(help="Dead letters: events that failed for good, kept whole for replay.", no_args_is_help=True)
@@ -39,26 +41,62 @@ def _run(option: str | None, settings: Settings, work: Callable[[JetStreamContex
         raise typer.Exit(2) from exc
 
 
+_SINCE = re.compile(r"([0-9]+)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``--since``: a duration back from now (``90m``, ``24h``, ``7d``, ``1d12h``) or an ISO 8601 time."""
+    parts = _SINCE.findall(text)
+    if parts and "".join(n + u for n, u in parts) == text:
+        return (now or datetime.now(UTC)) - timedelta(seconds=sum(int(n) * _UNIT_S[u] for n, u in parts))
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither a duration (90m, 24h, 7d) nor an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 @dlq_app.command("list")
 def dlq_list(
     as_json: AsJson = False,
     stage: Annotated[str | None, typer.Option(help="Only this stage (fetch, caption, rules...).")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Dead letters per page.")] = PAGE_SIZE,
+    after: Annotated[
+        int | None, typer.Option("--after", min=0, help="Start after this DLQ sequence (the next page).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only those stored since: 24h, 7d, or an ISO 8601 time.")
+    ] = None,
     nats_url: NatsUrl = None,
 ) -> None:
-    """List dead letters, oldest first: sequence, time, stage, reason and the original event id."""
+    """List dead letters, oldest first, a page at a time: sequence, time, stage, reason and the original event id."""
+    if after is not None and since is not None:
+        raise typer.BadParameter("give --after or --since, not both")
+    start = parse_since(since) if since is not None else None
     settings = Settings()
-    letters = _run(nats_url, settings, lambda js: list_dead_letters(js, settings, stage=stage))
+    page = _run(
+        nats_url,
+        settings,
+        lambda js: page_dead_letters(js, settings, stage=stage, after=after or 0, since=start, limit=limit),
+    )
     if as_json:
-        console.print_json(json.dumps([letter.model_dump(mode="json") for letter in letters]))
+        console.print_json(json.dumps([letter.model_dump(mode="json") for letter in page.letters]))
         return
-    if not letters:
+    if not page.letters:
         console.print(f"no dead letters in {settings.nats.dlq_stream}")
         return
-    console.print(_letters_table(letters, settings.nats.dlq_stream))
+    console.print(_letters_table(page, settings.nats.dlq_stream))
+    if page.next_after is not None:
+        more = page.total - len(page.letters)
+        console.print(f"{more} more: listenpost dlq list --after {page.next_after}", highlight=False)
 
 
-def _letters_table(letters: list[DeadLetter], stream: str) -> Table:
-    table = Table(title=f"{stream}: {len(letters)} dead letter{'s' if len(letters) != 1 else ''}")
+def _letters_table(page: DeadLetterPage, stream: str) -> Table:
+    letters, total = page.letters, page.total
+    count = f"{total} dead letter{'s' if total != 1 else ''}"
+    shown = f", showing {letters[0].seq}..{letters[-1].seq}" if total > len(letters) else ""
+    table = Table(title=f"{stream}: {count}{shown}")
     for column in ("seq", "time", "stage", "original id", "subject", "reason"):
         table.add_column(column, overflow="fold")
     for letter in letters:

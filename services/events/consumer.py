@@ -6,7 +6,11 @@ The loop owns acknowledgement so every consumer in listenpost behaves alike:
 - it raises :class:`RetryLater`     -> ``nak`` with a delay (transient fault);
 - it raises :class:`Poison`         -> dead-letter with stage and reason, then ``term``;
 - anything else                     -> ``nak``, and dead-letter once MaxDeliver is reached,
-                                       so a bug never loops forever nor loses the event.
+                                       so a bug never loops forever nor loses the event;
+- it runs past ``max_handling_s``   -> cancelled, and counted like "anything else" (heartbeats
+                                       would otherwise hold the message forever);
+- the dead letter cannot be stored  -> ``nak`` at the longest delay, bounded by MaxDeliver; the
+                                       message stays in its stream (see :mod:`.deadletter`).
 
 While a handler runs, ``in_progress`` heartbeats keep the message from being
 redelivered to another replica.
@@ -51,12 +55,19 @@ class Redelivery:
     heartbeat_s: float = 10.0
     retry_delay_s: float = 5.0
     retry_delay_max_s: float = 60.0
+    max_handling_s: float = 3600.0
 
     @classmethod
     def from_settings(cls, nats: NatsSettings) -> Redelivery:
-        """``LISTENPOST_NATS__MAX_DELIVER``, ``__RETRY_DELAY_S``, ``__RETRY_DELAY_MAX_S``; a
-        heartbeat every third of ``__ACK_WAIT_S``."""
-        return cls(nats.max_deliver, nats.ack_wait_s / 3, nats.retry_delay_s, nats.retry_delay_max_s)
+        """``LISTENPOST_NATS__MAX_DELIVER``, ``__RETRY_DELAY_S``, ``__RETRY_DELAY_MAX_S``,
+        ``__MAX_HANDLING_S``; a heartbeat every third of ``__ACK_WAIT_S``."""
+        return cls(
+            nats.max_deliver, nats.ack_wait_s / 3, nats.retry_delay_s, nats.retry_delay_max_s, nats.max_handling_s
+        )
+
+
+class HandlingTimeout(EventsError):
+    """A handler worked on one message longer than ``max_handling_s``."""
 
 
 class Poison(EventsError):
@@ -107,6 +118,7 @@ class PullConsumer:
         self._heartbeat_s = redelivery.heartbeat_s
         self._retry_delay_s = redelivery.retry_delay_s
         self._retry_delay_max_s = redelivery.retry_delay_max_s
+        self._max_handling_s = redelivery.max_handling_s
         self._stopping = asyncio.Event()
         self._resubscribe = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -194,8 +206,20 @@ class PullConsumer:
 
     async def _process(self, msg: Msg) -> None:
         heartbeat = asyncio.get_running_loop().create_task(self._keep_alive(msg))
+        # Heartbeats would hold a message whose handler never returns forever: bound the work.
+        timer = asyncio.timeout(self._max_handling_s)
         try:
-            await self._handler(msg)
+            async with timer:
+                await self._handler(msg)
+        except TimeoutError as exc:
+            failure: Exception = exc
+            if timer.expired():
+                log.error("handler did not finish %s within %g s; counted as a failed delivery",
+                          msg.subject, self._max_handling_s)  # fmt: skip
+                failure = HandlingTimeout(f"not finished within max_handling_s={self._max_handling_s:g} s")
+            else:
+                log.exception("handler failed on %s", msg.subject)
+            await self._retry_or_give_up(msg, failure, delay_s=self._retry_delay_s)
         except RetryLater as exc:
             await self._retry_or_give_up(msg, exc, delay_s=exc.delay_s or self._retry_delay_s)
         except Poison as exc:
@@ -225,9 +249,12 @@ class PullConsumer:
         try:
             await self._dead_letter(msg, exc)
         except Exception:
-            # Could not store the dead letter: leave the message for redelivery rather than lose it.
-            log.exception("dead-lettering failed; message will be redelivered")
-            await _settle(msg.nak(delay=5.0))
+            # Could not store the dead letter (a full DLQ, NATS down): never lose the message, never
+            # loop on it either. It is redelivered at the longest retry delay, so at most max_deliver
+            # times in all; then JetStream's MAX_DELIVERIES advisory tries the dead letter once more,
+            # and if that fails too the message stays, unacked, in its stream for an operator.
+            log.exception("dead-lettering failed; message kept in %s and redelivered (bounded)", self._stream)
+            await _settle(msg.nak(delay=self._retry_delay_max_s))
             return
         await _settle(msg.term())
         self.stats.dead_lettered += 1

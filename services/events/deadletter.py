@@ -3,25 +3,57 @@
 One dead letter per stored input message: its ``Nats-Msg-Id`` comes from the
 input's stream and sequence, so the consumer's own dead-lettering and a later
 JetStream advisory about the same message never store two.
+
+The dead letter carries the original whole (subject, headers, body) so it can be
+replayed. An original too large to embed (a 1 MiB input is 1.33 MiB in base64) is
+stored in the object-store bucket ``LISTENPOST_NATS__DLQ_BUCKET`` as the same JSON
+record, named ``<stream>/<sequence>``, and the dead letter's ``original`` is
+``{"subject", "ref", "size"}`` instead; ``dlq replay`` reads it back from there.
+
+A full dead-letter stream refuses new dead letters (it never drops old ones): that is
+logged as an error and raised as :class:`~services.events.bounds.StreamFullError`, and
+the failed input stays in its stream (see :mod:`services.events.consumer`).
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import logging
 from collections.abc import Mapping
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from services.events.binding import new_event
+from services.events.binding import BindingError, CloudEvent, decode, new_event
+from services.events.bounds import StreamFullError
+from services.events.claimcheck import HEADER_ROOM, encoded_size, put_object
 from services.events.consumer import Poison
 from services.events.jetstream import derive_msg_id, publish_event
 from services.events.models import AUDIO_FAILED, AudioFailed
 from services.settings import NatsSettings
 
+log = logging.getLogger(__name__)
+
 
 def original_record(subject: str, headers: Mapping[str, str] | None, body: bytes) -> dict[str, object]:
     return {"subject": subject, "headers": dict(headers or {}), "body_base64": base64.b64encode(body).decode()}
+
+
+def original_id(original: Mapping[str, object]) -> str | None:
+    """The failed event's CloudEvents id: its ``ce-id`` header, else its structured body's ``id``."""
+    headers = original.get("headers")
+    if isinstance(headers, Mapping):
+        for name, value in headers.items():
+            if str(name).lower() == "ce-id" and isinstance(value, str):
+                return value
+    body = original.get("body_base64")
+    if not isinstance(body, str) or not isinstance(headers, Mapping):
+        return None
+    try:
+        return decode(base64.b64decode(body), {str(k): str(v) for k, v in headers.items()}).get_id()
+    except (BindingError, ValueError):
+        return None
 
 
 async def publish_dead_letter(
@@ -35,15 +67,32 @@ async def publish_dead_letter(
     original: dict[str, object],
     deliveries: int | None,
 ) -> None:
-    data = AudioFailed(
-        stage=poison.stage, reason=poison.reason, error=poison.error, deliveries=deliveries, original=original
-    )
-    headers = original.get("headers")
-    original_id = headers.get("ce-id") if isinstance(headers, Mapping) else None
-    extensions = {"originalid": original_id} if original_id else None
-    event = new_event(AUDIO_FAILED, source, data.model_dump(mode="json"), extensions=extensions)
-    msg_id = derive_msg_id("dlq", stream, str(sequence))
-    await publish_event(js, cfg.subject("dlq", poison.stage), event, msg_id=msg_id)
+    failed_id = original_id(original)
+    extensions = {"originalid": failed_id} if failed_id else None
+
+    def letter(record: dict[str, object]) -> CloudEvent:
+        data = AudioFailed(
+            stage=poison.stage, reason=poison.reason, error=poison.error, deliveries=deliveries, original=record
+        )
+        return new_event(AUDIO_FAILED, source, data.model_dump(mode="json"), extensions=extensions)
+
+    event = letter(original)
+    try:
+        if encoded_size(event) > cfg.max_payload_bytes - HEADER_ROOM:
+            blob = json.dumps(original).encode()
+            name = f"{stream}/{sequence}"
+            ref = await put_object(js, cfg.dlq_bucket, name, blob, ttl_s=cfg.dlq_max_age_s, max_bytes=cfg.dlq_max_bytes)
+            log.info("original of %s #%d is too large to embed in its dead letter: stored as %s", stream, sequence, ref)
+            event = letter({"subject": original.get("subject"), "ref": ref, "size": len(blob)})
+        msg_id = derive_msg_id("dlq", stream, str(sequence))
+        await publish_event(js, cfg.subject("dlq", poison.stage), event, msg_id=msg_id)
+    except StreamFullError as exc:
+        log.error(
+            "DEAD-LETTER STREAM FULL: %s #%d (stage %s: %s) could not be dead-lettered (%s: %s); it stays in %s. "
+            "Replay or remove dead letters (listenpost dlq list), or raise LISTENPOST_NATS__DLQ_MAX_MSGS/_BYTES",
+            stream, sequence, poison.stage, poison.reason, exc.subject, exc.limit, stream,
+        )  # fmt: skip
+        raise
 
 
 async def dead_letter(js: JetStreamContext, cfg: NatsSettings, source: str, msg: Msg, poison: Poison) -> None:

@@ -10,22 +10,34 @@ JetStream ack awaited *before* the dead letter is deleted. A crash in between
 leaves both, and the next replay of the same dead letter reuses its
 ``Nats-Msg-Id`` (derived from the dead letter's stream sequence), so JetStream
 drops the second copy and the dead letter is then deleted.
+
+Listing pages (:func:`page_dead_letters`): a headers-only consumer finds the
+sequences of one page (no body leaves the server), and only the dead letters of
+that page are then fetched whole. ``replay --all`` works through the same pages,
+``replay --id`` matches the ``originalid`` header before it reads any body. An
+original stored by reference (too large to embed, see :mod:`.deadletter`) is read
+back from the dead-letter bucket only, and only when it is replayed.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import nats.errors
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.events.binding import BindingError, decode, event_data_json
+from services.events.claimcheck import ClaimCheckError, delete_object, read_object
 from services.events.errors import EventsError
 from services.events.jetstream import derive_msg_id
 from services.events.models import AUDIO_FAILED, AudioFailed
@@ -35,10 +47,12 @@ __all__ = [
     "DeadLetter",
     "DeadLetterError",
     "DeadLetterNotFound",
+    "DeadLetterPage",
     "ReplayFailure",
     "ReplayReport",
     "Replayed",
     "list_dead_letters",
+    "page_dead_letters",
     "replay",
 ]
 
@@ -81,8 +95,34 @@ class DeadLetter(BaseModel):
     original_id: str | None = Field(description="The failed event's CloudEvents id, when it can be read.")
     original_subject: str | None = None
     replayable: bool = Field(description="Whether the original message can be republished.")
+    original_ref: str | None = Field(
+        default=None, description="Where the original is stored when it was too large to embed (nats-object://...)."
+    )
     # What a replay republishes; excluded from listings (and --json) as the body can be large.
     original: OriginalMessage | None = Field(default=None, exclude=True, repr=False)
+
+
+#: Dead letters shown per page by default (`dlq list --limit`).
+PAGE_SIZE = 50
+
+
+class DeadLetterPage(BaseModel):
+    """One page of dead letters, oldest first."""
+
+    letters: list[DeadLetter]
+    total: int = Field(description="Dead letters from the page's start on (of the stage), this page included.")
+
+    @property
+    def next_after(self) -> int | None:
+        """What ``--after`` takes for the next page; None on the last page."""
+        return self.letters[-1].seq if self.letters and self.total > len(self.letters) else None
+
+
+class _OriginalRef(BaseModel):
+    """``AudioFailed.original`` of an original stored by reference."""
+
+    subject: str = Field(min_length=1)
+    ref: str
 
 
 class Replayed(BaseModel):
@@ -109,20 +149,111 @@ class ReplayReport(BaseModel):
         return not self.failed
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """What the headers of a dead letter say, before its body is read."""
+
+    seq: int
+    original_id: str | None
+
+
+async def _scan(
+    js: JetStreamContext, stream: str, subject: str, *, after: int, since: datetime | None, limit: int
+) -> tuple[list[_Stored], int]:
+    """Up to ``limit`` dead letters from ``after`` (or ``since``), headers only, and how many there are in all."""
+    start: dict[str, Any] = (
+        {"deliver_policy": DeliverPolicy.BY_START_TIME, "opt_start_time": since.isoformat()}
+        if since is not None
+        else {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
+    )
+    # An ephemeral, in-memory consumer that acks nothing: a listing leaves nothing behind.
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE, filter_subject=subject, headers_only=True, mem_storage=True,
+        inactive_threshold=30.0, **start,
+    )  # fmt: skip
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    try:
+        total = int((await sub.consumer_info()).num_pending or 0)
+        found: list[_Stored] = []
+        while len(found) < min(limit, total):
+            try:
+                msgs = await sub.fetch(min(limit, total) - len(found), timeout=2.0)
+            except (TimeoutError, NatsTimeoutError):
+                break
+            for msg in msgs:
+                headers = {k.lower(): v for k, v in (msg.headers or {}).items()}
+                found.append(_Stored(msg.metadata.sequence.stream, headers.get("ce-originalid")))
+        return found, total
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, sub._consumer)
+
+
+async def _read(js: JetStreamContext, stream: str, seq: int) -> DeadLetter | None:
+    try:
+        return read_dead_letter(await js.get_msg(stream, seq))
+    except NotFoundError:
+        return None  # replayed or expired since the scan
+
+
+async def page_dead_letters(
+    js: JetStreamContext,
+    settings: Settings,
+    *,
+    stage: str | None = None,
+    after: int = 0,
+    since: datetime | None = None,
+    limit: int = PAGE_SIZE,
+) -> DeadLetterPage:
+    """One page of dead letters (of ``stage``), oldest first: those after sequence ``after``, or
+    stored since ``since``; at most ``limit``, and only their bodies are read."""
+    if limit < 1:
+        raise DeadLetterError(f"a page holds at least one dead letter, not {limit}")
+    cfg = settings.nats
+    stored, total = await _scan(
+        js, cfg.dlq_stream, cfg.subject("dlq", stage or ">"), after=after, since=since, limit=limit
+    )
+    letters = [letter for s in stored if (letter := await _read(js, cfg.dlq_stream, s.seq)) is not None]
+    return DeadLetterPage(letters=letters, total=total - (len(stored) - len(letters)))
+
+
+async def _pages(js: JetStreamContext, settings: Settings, stage: str | None) -> AsyncIterator[list[DeadLetter]]:
+    after = 0
+    while True:
+        page = await page_dead_letters(js, settings, stage=stage, after=after)
+        if page.letters:
+            yield page.letters
+        if page.next_after is None:
+            return
+        after = page.next_after
+
+
 async def list_dead_letters(js: JetStreamContext, settings: Settings, *, stage: str | None = None) -> list[DeadLetter]:
-    """Every dead letter, oldest first (optionally of one stage)."""
+    """Every dead letter, oldest first (optionally of one stage), read page by page."""
+    return [letter async for page in _pages(js, settings, stage) for letter in page]
+
+
+async def _by_original_id(
+    js: JetStreamContext, settings: Settings, original_id: str, stage: str | None
+) -> list[DeadLetter]:
+    """Dead letters of one original id: matched on the ``originalid`` header; only letters
+    without that header (written by older versions) are read whole to find their id."""
     cfg = settings.nats
     subject = cfg.subject("dlq", stage or ">")
-    letters: list[DeadLetter] = []
-    seq = 1
-    # Direct lookups by sequence leave no consumer behind on the DLQ stream.
+    matches: list[DeadLetter] = []
+    after = 0
     while True:
-        try:
-            raw = await js.get_msg(cfg.dlq_stream, seq, subject=subject, next=True)
-        except NotFoundError:
-            return letters
-        letters.append(read_dead_letter(raw))
-        seq = int(raw.seq or seq) + 1
+        stored, total = await _scan(js, cfg.dlq_stream, subject, after=after, since=None, limit=1000)
+        for s in stored:
+            if s.original_id in (original_id, None):
+                letter = await _read(js, cfg.dlq_stream, s.seq)
+                if letter is not None and letter.original_id == original_id:
+                    matches.append(letter)
+        if len(stored) >= total or not stored:
+            return matches
+        after = stored[-1].seq
 
 
 def read_dead_letter(raw: RawStreamMsg) -> DeadLetter:
@@ -138,12 +269,18 @@ def read_dead_letter(raw: RawStreamMsg) -> DeadLetter:
         return DeadLetter(
             **common, stage=None, reason=f"unreadable dead letter: {exc}", original_id=None, replayable=False
         )
-    try:
-        parsed = OriginalMessage.model_validate(failed.original)
-        parsed.body()  # the body must decode, or the letter cannot be replayed
-        original: OriginalMessage | None = parsed
-    except (ValidationError, binascii.Error, ValueError):
-        original = None
+    original: OriginalMessage | None = None
+    reference: _OriginalRef | None = None
+    if "ref" in failed.original:
+        with contextlib.suppress(ValidationError):
+            reference = _OriginalRef.model_validate(failed.original)
+    else:
+        try:
+            parsed = OriginalMessage.model_validate(failed.original)
+            parsed.body()  # the body must decode, or the letter cannot be replayed
+            original = parsed
+        except (ValidationError, binascii.Error, ValueError):
+            original = None
     extension = event.get_attributes().get("originalid")
     return DeadLetter(
         **common,
@@ -153,7 +290,8 @@ def read_dead_letter(raw: RawStreamMsg) -> DeadLetter:
         deliveries=failed.deliveries,
         original_id=str(extension) if extension else _original_id(original),
         original_subject=original.subject if original else _str(failed.original.get("subject")),
-        replayable=original is not None,
+        replayable=original is not None or reference is not None,
+        original_ref=reference.ref if reference else None,
         original=original,
     )
 
@@ -202,19 +340,45 @@ async def replay(
         except NotFoundError:
             raise DeadLetterNotFound(f"no dead letter with sequence {seq} in {cfg.dlq_stream}") from None
         letters = [read_dead_letter(raw)]
-    else:
-        letters = await list_dead_letters(js, settings, stage=stage)
-        if original_id is not None:
-            letters = [letter for letter in letters if letter.original_id == original_id]
-            if not letters:
-                raise DeadLetterNotFound(f"no dead letter of original event id {original_id!r} in {cfg.dlq_stream}")
+    elif original_id is not None:
+        letters = await _by_original_id(js, settings, original_id, stage)
+        if not letters:
+            raise DeadLetterNotFound(f"no dead letter of original event id {original_id!r} in {cfg.dlq_stream}")
     report = ReplayReport()
+    if all:  # page by page: never every body in memory at once
+        async for page in _pages(js, settings, stage):
+            await _replay_all(js, settings, page, timeout_s, report)
+    else:
+        await _replay_all(js, settings, letters, timeout_s, report)
+    return report
+
+
+async def _replay_all(
+    js: JetStreamContext, settings: Settings, letters: list[DeadLetter], timeout_s: float, report: ReplayReport
+) -> None:
     for letter in letters:
         try:
             report.replayed.append(await _replay_one(js, settings, letter, timeout_s))
         except DeadLetterError as exc:
             report.failed.append(ReplayFailure(seq=letter.seq, original_id=letter.original_id, error=str(exc)))
-    return report
+
+
+async def _stored_original(js: JetStreamContext, settings: Settings, letter: DeadLetter) -> OriginalMessage:
+    """The original of a dead letter that holds it by reference, from the dead-letter bucket only."""
+    if letter.original_ref is None:
+        raise DeadLetterError(f"no readable original message to republish ({letter.reason})")
+    bucket = settings.nats.dlq_bucket
+    try:
+        # Only the dead-letter bucket: a forged dead letter cannot make a replay read (and
+        # republish) another bucket's objects.
+        blob = await read_object(js, letter.original_ref, buckets=[bucket])
+        original = OriginalMessage.model_validate_json(blob)
+        original.body()
+    except ClaimCheckError as exc:
+        raise DeadLetterError(f"original not readable: {exc}; dead letter kept") from exc
+    except (ValidationError, binascii.Error, ValueError) as exc:
+        raise DeadLetterError(f"original stored at {letter.original_ref} is not a message record; dead letter kept") from exc
+    return original
 
 
 def replayable_subject(subject: str, settings: Settings) -> bool:
@@ -227,9 +391,7 @@ def replayable_subject(subject: str, settings: Settings) -> bool:
 
 async def _replay_one(js: JetStreamContext, settings: Settings, letter: DeadLetter, timeout_s: float) -> Replayed:
     cfg = settings.nats
-    if letter.original is None:
-        raise DeadLetterError(f"no readable original message to republish ({letter.reason})")
-    original = letter.original
+    original = letter.original or await _stored_original(js, settings, letter)
     if not replayable_subject(original.subject, settings):
         # Anyone who can publish a dead letter could otherwise have a replay publish a
         # decision (listenpost.alerts.critical) or a silence in listenpost's name.
@@ -255,6 +417,9 @@ async def _replay_one(js: JetStreamContext, settings: Settings, letter: DeadLett
             f"republished (stream {ack.stream} seq {ack.seq}) but the dead letter could not be deleted "
             f"({type(exc).__name__}: {exc}); replaying it again is safe: JetStream drops the repeat"
         ) from exc
+    if letter.original_ref is not None:
+        # The stored original has served its purpose; it would expire with the DLQ's max age anyway.
+        await delete_object(js, letter.original_ref)
     return Replayed(
         seq=letter.seq,
         original_id=letter.original_id,

@@ -27,10 +27,11 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from nats.js.errors import APIError, BucketNotFoundError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from services.events.binding import encode_binary, encode_structured
+from services.events.bounds import StreamFullError, stream_full
 from services.events.errors import EventsError
 from services.settings import NatsSettings, Settings
 
@@ -68,6 +69,9 @@ def stream_configs(cfg: NatsSettings) -> list[StreamConfig]:
             storage=StorageType.FILE,
             duplicate_window=cfg.duplicate_window_s,
             max_msg_size=cfg.max_payload_bytes,
+            # Without these, discard: new never applies and IN grows until the disk is full.
+            max_msgs=cfg.in_max_msgs,
+            max_bytes=cfg.in_max_bytes,
         ),
         StreamConfig(
             name=cfg.out_stream,
@@ -79,15 +83,25 @@ def stream_configs(cfg: NatsSettings) -> list[StreamConfig]:
                 cfg.subject("rules", ">"),
             ],
             retention=RetentionPolicy.LIMITS,
+            # History: the oldest outputs make room for new ones (their inputs are already acked).
+            discard=DiscardPolicy.OLD,
             storage=StorageType.FILE,
             max_age=cfg.out_max_age_s,
+            max_msgs=cfg.out_max_msgs,
+            max_bytes=cfg.out_max_bytes,
             duplicate_window=cfg.duplicate_window_s,
         ),
+        # Dead letters are the only copy of a failed input: a full DLQ refuses new ones (the
+        # consumer logs it and the input stays in IN) rather than deleting old ones unseen.
         StreamConfig(
             name=cfg.dlq_stream,
             subjects=[cfg.subject("dlq", ">")],
             retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.NEW,
             storage=StorageType.FILE,
+            max_age=cfg.dlq_max_age_s,
+            max_msgs=cfg.dlq_max_msgs,
+            max_bytes=cfg.dlq_max_bytes,
             duplicate_window=cfg.duplicate_window_s,
         ),
         # Advisories are core messages, lost when nobody listens: a stream keeps them.
@@ -208,16 +222,27 @@ async def publish_event(
     """Publish and await the stream's ack. Returns False when JetStream saw a duplicate.
 
     Retries transient faults (a restarting server) for ``retry_for_s``: the same
-    ``Nats-Msg-Id`` makes a retry of a publish that did land harmless.
+    ``Nats-Msg-Id`` makes a retry of a publish that did land harmless. Raises
+    :class:`~services.events.bounds.StreamFullError` at once when the stream is full.
     """
     body, headers = encode_binary(event) if mode == "binary" else encode_structured(event)
     headers["Nats-Msg-Id"] = msg_id
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(TRANSIENT_NATS_ERRORS),
-        stop=stop_after_delay(retry_for_s),
-        wait=wait_exponential(multiplier=0.2, max=3.0),
-        reraise=True,
-    ):
-        with attempt:
-            ack = await js.publish(subject, body, headers=headers, timeout=timeout_s)
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_delay(retry_for_s),
+            wait=wait_exponential(multiplier=0.2, max=3.0),
+            reraise=True,
+        ):
+            with attempt:
+                ack = await js.publish(subject, body, headers=headers, timeout=timeout_s)
+    except APIError as exc:
+        if (limit := stream_full(exc)) is not None:
+            raise StreamFullError(subject, limit) from exc
+        raise
     return not ack.duplicate
+
+
+def _transient(exc: BaseException) -> bool:
+    # A full stream answers 503 like a restarting one, but waiting does not empty it.
+    return isinstance(exc, TRANSIENT_NATS_ERRORS) and stream_full(exc) is None

@@ -42,7 +42,8 @@ Decisions, for clients:
   :data:`MAX_DETAIL_CHARS`. ``413``: a body over
   the limit (checked while reading, before it is all buffered) or an event too
   big for a NATS message. ``503`` (with ``Retry-After``): JetStream did not
-  store the event; resend, dedup makes it safe.
+  store the event; resend, dedup makes it safe. A full input stream is its own
+  ``503`` (type ``input-full``, ``Retry-After: 30``), answered at once.
 - Events are validated at the door, but stored as received (adapted types
   too): the consumer maps them again with the same adapters, so the raw event
   stays what is kept and replayed.
@@ -78,6 +79,7 @@ from services.events.binding import (
     decode,
     encode_binary,
 )
+from services.events.bounds import StreamFullError
 from services.events.claimcheck import submitted_data
 from services.events.jetstream import derive_msg_id, publish_event
 from services.events.models import (
@@ -126,6 +128,7 @@ MAX_JSON_DEPTH: Final = 64
 #: Longest problem detail: details may quote client input (a bad attribute value), never at length.
 MAX_DETAIL_CHARS: Final = 500
 _MAX_ECHOED_ID_CHARS: Final = 200
+_FULL_RETRY_AFTER_S: Final = 30  # a full input stream drains at captioning speed, not in seconds
 
 
 class HttpIngressConfigError(IngestError, ValueError):
@@ -457,6 +460,18 @@ def _unavailable(exc: BaseException, accepted: list[dict[str, Any]] | None = Non
     )
 
 
+def _input_full(exc: StreamFullError, accepted: list[dict[str, Any]] | None = None) -> Problem:
+    # Its own type and a longer wait than a blip: the Ingress must first work through what is queued.
+    return Problem(
+        503,
+        "input-full",
+        "Input stream full",
+        f"the input stream is full ({exc.limit}): the event was not stored; resend it after Retry-After seconds",
+        headers={"Retry-After": str(_FULL_RETRY_AFTER_S)},
+        extensions={"accepted": accepted} if accepted else None,
+    )
+
+
 # --- the app ----------------------------------------------------------------------------------
 
 http_app = FastAPI(
@@ -629,8 +644,11 @@ async def _store_all(ingest: HttpIngest, events: list[CloudEvent]) -> list[dict[
     accepted = [r for r in results if isinstance(r, dict)]
     failures = [r for r in results if isinstance(r, BaseException)]
     for failure in failures:
-        if not isinstance(failure, _STORE_ERRORS):
+        if not isinstance(failure, (*_STORE_ERRORS, StreamFullError)):
             raise failure
+    if full := [f for f in failures if isinstance(f, StreamFullError)]:
+        log.warning("input stream full: %d of %d events refused (%s)", len(failures), len(events), full[0].limit)
+        raise _input_full(full[0], accepted)
     if failures:
         log.warning("could not store %d of %d events: %r", len(failures), len(events), failures[0])
         raise _unavailable(failures[0], accepted)

@@ -2,8 +2,9 @@
 
 It consumes ``audio.submitted`` CloudEvents from the LISTENPOST_IN stream with a
 durable pull consumer, drives the Preprocessor and the Captioner through Serve
-handles, and publishes ``audio.captioned`` to LISTENPOST_OUT, acking the input
-only once that publish is stored.
+handles, and publishes ``audio.captioned`` to LISTENPOST_OUT (by reference when it
+is too large for a NATS message, see :mod:`.publish`), acking the input only once
+that publish is stored.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from services.events.advisories import handle_advisory
 from services.events.connection import connect
 from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
 from services.events.deadletter import dead_letter
-from services.events.jetstream import derive_msg_id, ensure_provisioned, publish_event
+from services.events.jetstream import ensure_provisioned
 from services.events.models import AudioSubmitted, ContextLimits, Facets, Window
 from services.ingest.adapters import AdapterSet, load_adapters
 from services.ingest.http import HttpIngest, app_for
 from services.ingest.submitted import parse_submitted
 from services.orchestrator.pipeline import caption_submitted, lexicon_facets
+from services.orchestrator.publish import publish_captioned
 from services.preprocess.pipeline import PreparedAudio
 from services.settings import Settings
 
@@ -130,8 +132,7 @@ class Ingress:
             )
         except _TRANSIENT as exc:
             raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
-        msg_id = derive_msg_id("captioned", event.get_source(), event.get_id())
-        await publish_event(self._js, cfg.nats.subject("captioned"), captioned, msg_id=msg_id)
+        await publish_captioned(self._js, cfg.nats, captioned, input_source=event.get_source(), input_id=event.get_id())
 
     async def status(self) -> dict[str, Any]:
         """What an operator asks first: is it consuming, and which rules are active."""

@@ -153,11 +153,15 @@ async def backtest(
     since_text: str,
     prefix: str = DEFAULT_PREFIX,
     limits: Limits = DEFAULT_LIMITS,
-    decode: Callable[[bytes, Any], tuple[dict[str, Any], Any]],
+    decode: Callable[[bytes, Any], Awaitable[tuple[dict[str, Any], Any]]],
     progress: Callable[[int], Awaitable[None] | None] | None = None,
     now: float | None = None,
 ) -> BacktestReport:
-    """Replay ``subjects`` of ``stream`` from ``since_s`` seconds ago until the stream's end (at start)."""
+    """Replay ``subjects`` of ``stream`` from ``since_s`` seconds ago until the stream's end (at start).
+
+    ``decode`` reads one message as ``(attributes, data)`` (resolving a ``dataref``, as the engine
+    does) or raises ValueError; such messages are counted as undecodable.
+    """
     from nats.errors import TimeoutError as NatsTimeoutError
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -184,7 +188,7 @@ async def backtest(
             for msg in msgs:
                 meta = msg.metadata
                 try:
-                    attributes, data = decode(msg.data, msg.headers)
+                    attributes, data = await decode(msg.data, msg.headers)
                 except ValueError:
                     replay.report.undecodable += 1
                 else:

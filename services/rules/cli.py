@@ -200,8 +200,9 @@ def rules_backtest(
 
     No side effects: nothing is published, no state is written.
     """
-    from services.events.binding import decode, event_attributes, event_data_json
+    from services.events.errors import EventsError
     from services.rules.backtest import backtest
+    from services.rules.inputs import read_input
     from services.rules.loader import load_ruleset
 
     settings = _settings()
@@ -215,11 +216,13 @@ def rules_backtest(
         err.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(1) from exc
 
-    def decode_msg(body: bytes, headers: Any) -> tuple[dict[str, Any], Any]:
-        event = decode(body, headers)
-        return event_attributes(event), event_data_json(event)
-
     async def work(js: Any) -> Any:
+        async def decode_msg(body: bytes, headers: Any) -> tuple[dict[str, Any], Any]:
+            try:  # as the engine reads it: a captioned event stored by reference is read back
+                return await read_input(js, body, headers, buckets=[settings.nats.outputs_bucket])
+            except EventsError as exc:
+                raise ValueError(str(exc)) from exc
+
         return await backtest(
             js, ruleset,
             stream=settings.nats.out_stream, subjects=settings.rules.subjects(settings.nats),

@@ -37,13 +37,14 @@ from typing import Any
 from nats.aio.msg import Msg
 from ray import serve
 
-from services.events.binding import BindingError, decode, event_attributes, event_data_json, new_event
+from services.events.binding import new_event
 from services.events.connection import connect
-from services.events.consumer import Poison, PullConsumer, Redelivery
+from services.events.consumer import PullConsumer, Redelivery
 from services.events.deadletter import dead_letter
 from services.events.jetstream import ensure_provisioned, publish_event
 from services.rules import Decision, RuleSet, RuleSetError, load_ruleset, load_sources, rule_files
 from services.rules.engine import HOPS_EXTENSION, RulesProcessor, hops
+from services.rules.inputs import read_input
 from services.rules.limits import Limits
 from services.rules.state import Stores, open_stores
 from services.rules.status import LAST_GOOD_KEY, STATUS_PREFIX
@@ -208,23 +209,18 @@ class RulesEngine:
     # --- events -----------------------------------------------------------------
 
     async def _handle(self, msg: Msg) -> None:
-        try:
-            event = decode(msg.data, msg.headers)
-        except BindingError as exc:
-            raise Poison("rules", str(exc), error=type(exc).__name__) from exc
-        attributes = event_attributes(event)
-        try:
-            data = event_data_json(event)
-        except ValueError as exc:
-            raise Poison("rules", f"event data is not JSON: {exc}", error=type(exc).__name__) from exc
+        attributes, data = await read_input(
+            self._js, msg.data, msg.headers, buckets=[self._settings.nats.outputs_bucket]
+        )
+        event_id = attributes.get("id")
         ruleset = self._ruleset  # one ruleset for the whole event, even if a reload lands meanwhile
         assert ruleset is not None, "the consumer starts only once rules are active"
         outcome = await self._processor.process(ruleset, attributes, data)
         if outcome.skipped:
             # %r: the id and any message quoting event values are client text (no forged log lines).
-            log.warning("event %r not evaluated: %r", event.get_id(), outcome.skipped)
+            log.warning("event %r not evaluated: %r", event_id, outcome.skipped)
         for error in outcome.evaluation.errors if outcome.evaluation else []:
-            log.warning("rule %s failed on event %r: %r", error.rule_id, event.get_id(), error.message)
+            log.warning("rule %s failed on event %r: %r", error.rule_id, event_id, error.message)
         # Concurrent acks, ordered sends: each publish is written to the connection when its
         # coroutine starts, in list order, so the stream keeps the evaluation order.
         await asyncio.gather(
