@@ -1,4 +1,5 @@
-"""``listenpost dlq ...``: look at dead letters and replay them once the cause is fixed."""
+"""``listenpost dlq ...``: look at dead letters and replay them once the cause is fixed;
+``listenpost audit list``: read the audit trail."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import nats
 import typer
 from nats.js import JetStreamContext
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from services.events.audit import ACTIONS, AuditError, list_records, parse_since
 from services.events.dlq import DeadLetter, DeadLetterError, ReplayReport, list_dead_letters, replay
 from services.runtime import command_nats_url
 from services.settings import Settings
@@ -132,7 +135,9 @@ def dlq_replay(
         console.print_json(report.model_dump_json())
     else:
         _print_report(report)
-    if not report.ok:
+    if report.unaudited:
+        err.print(f"[red]audit:[/] {report.unaudited} replay(s) not recorded in the audit trail (see the log)")
+    if not report.ok or report.unaudited:
         raise typer.Exit(1)
 
 
@@ -151,3 +156,46 @@ def _print_report(report: ReplayReport) -> None:
     for failure in report.failed:
         what = f"{failure.seq} ({failure.original_id or 'no id'})"
         err.print(f"[red]not replayed[/] {what}: {failure.error}", highlight=False)
+
+
+# --- audit -----------------------------------------------------------------------------
+
+audit_app = typer.Typer(help="The audit trail: who submitted, replayed, silenced, activated or erased what.",
+                        no_args_is_help=True)  # fmt: skip
+
+
+@audit_app.command("list")
+def audit_list(
+    since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d, or an ISO time.")] = "24h",
+    action: Annotated[str | None, typer.Option(help=f"Only this action ({', '.join(ACTIONS)}).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many records, oldest first.")] = 10_000,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per line instead of a table.")] = False,
+    nats_url: NatsUrl = None,
+) -> None:
+    """Audit records since a time, oldest first: when, who, what, and the ids it touched."""
+    settings = Settings()
+    try:
+        start = parse_since(since)
+        records = _run(
+            _url(nats_url, settings),
+            lambda js: list_records(js, settings.nats, settings.audit, since=start, action=action, limit=limit),
+        )
+    except AuditError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    if as_json:
+        for rec in records:
+            print(rec.model_dump_json())
+        return
+    if not records:
+        console.print(f"no audit records in {settings.audit.stream} since {start:%Y-%m-%d %H:%M:%S} UTC")
+        return
+    table = Table(title=f"{settings.audit.stream}: {len(records)} record{'s' if len(records) != 1 else ''}")
+    for column in ("seq", "time (UTC)", "actor", "action", "call id", "event", "details"):
+        table.add_column(column, overflow="fold")
+    for rec in records:
+        event = " ".join(x for x in (rec.source, rec.event_id) if x)
+        details = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in rec.details.items())
+        table.add_row(str(rec.seq), f"{rec.time:%Y-%m-%d %H:%M:%S}", escape(str(rec.actor)), rec.action,
+                      escape(rec.call_id or ""), escape(event), escape(details))  # fmt: skip
+    console.print(table)

@@ -18,6 +18,7 @@ import base64
 import binascii
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -25,6 +26,7 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.events.audit import Actor, AuditRecord, operator_action, record
 from services.events.binding import BindingError, decode, event_data_json
 from services.events.errors import EventsError
 from services.events.jetstream import derive_msg_id
@@ -103,6 +105,7 @@ class ReplayFailure(BaseModel):
 class ReplayReport(BaseModel):
     replayed: list[Replayed] = Field(default_factory=list)
     failed: list[ReplayFailure] = Field(default_factory=list)
+    unaudited: int = Field(default=0, description="Replays whose audit record could not be stored (logged).")
 
     @property
     def ok(self) -> bool:
@@ -183,6 +186,7 @@ async def replay(
     all: bool = False,
     stage: str | None = None,
     timeout_s: float = 10.0,
+    actor: Actor | None = None,
 ) -> ReplayReport:
     """Republish dead letters' originals, then delete the dead letters.
 
@@ -190,7 +194,8 @@ async def replay(
     narrows ``original_id`` and ``all``. Raises :class:`DeadLetterNotFound`
     when ``seq`` or ``original_id`` matches nothing; ``all`` on an empty DLQ
     is an empty report. A dead letter that cannot be republished is reported
-    in ``failed`` and kept.
+    in ``failed`` and kept. Each replay is recorded in the audit trail, as done by ``actor``
+    (default: the operator running this process).
     """
     chosen = sum(x is not None for x in (seq, original_id)) + int(all)
     if chosen != 1:
@@ -209,12 +214,31 @@ async def replay(
             if not letters:
                 raise DeadLetterNotFound(f"no dead letter of original event id {original_id!r} in {cfg.dlq_stream}")
     report = ReplayReport()
+    who = actor or Actor.cli()
     for letter in letters:
         try:
-            report.replayed.append(await _replay_one(js, settings, letter, timeout_s))
+            done = await _replay_one(js, settings, letter, timeout_s)
         except DeadLetterError as exc:
             report.failed.append(ReplayFailure(seq=letter.seq, original_id=letter.original_id, error=str(exc)))
+            continue
+        report.replayed.append(done)
+        rec = replay_record(letter, done, who)
+        if not await record(js, cfg, settings.audit, rec):
+            report.unaudited += 1
     return report
+
+
+def replay_record(letter: DeadLetter, done: Replayed, actor: Actor) -> AuditRecord:
+    """The audit record of one replay: which dead letter, republished where (ids only)."""
+    headers = letter.original.headers if letter.original is not None else {}
+    # ce- headers are percent-encoded (services/events/binding.py)
+    call_id = next((unquote(v) for k, v in headers.items() if k.lower() == "ce-callid"), None)
+    source = next((unquote(v) for k, v in headers.items() if k.lower() == "ce-source"), None)
+    return operator_action(
+        "dlq.replay", actor, source=source, event_id=letter.original_id, call_id=call_id,
+        details={"dlq_seq": letter.seq, "stage": letter.stage, "subject": done.subject,
+                 "stored_in": f"{done.stream} #{done.stream_seq}", "duplicate": done.duplicate},
+    )  # fmt: skip
 
 
 def replayable_subject(subject: str, settings: Settings) -> bool:

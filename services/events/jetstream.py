@@ -32,7 +32,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavaila
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.events.binding import encode_binary, encode_structured
-from services.settings import NatsSettings
+from services.settings import AuditSettings, NatsSettings, RetentionSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,11 @@ def advisory_subjects(cfg: NatsSettings) -> list[str]:
     return [f"$JS.EVENT.ADVISORY.CONSUMER.{kind}.{cfg.in_stream}.*" for kind in ("MAX_DELIVERIES", "MSG_TERMINATED")]
 
 
-def stream_configs(cfg: NatsSettings) -> list[StreamConfig]:
+def stream_configs(
+    cfg: NatsSettings, *, audit: AuditSettings | None = None, retention: RetentionSettings | None = None
+) -> list[StreamConfig]:
+    audit = audit or AuditSettings()
+    retention = retention or RetentionSettings()
     return [
         # Work-queue retention removes a message once acked; DiscardPolicy.NEW
         # refuses new input when full rather than deleting unconsumed input.
@@ -110,6 +114,7 @@ def stream_configs(cfg: NatsSettings) -> list[StreamConfig]:
             subjects=[cfg.subject("dlq", ">")],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            max_age=retention.dlq_max_age_s,
             duplicate_window=cfg.duplicate_window_s,
         ),
         # Advisories are core messages, lost when nobody listens: a stream keeps them.
@@ -119,6 +124,18 @@ def stream_configs(cfg: NatsSettings) -> list[StreamConfig]:
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             max_age=cfg.out_max_age_s,
+        ),
+        # The audit trail: append-only at the server (deny_delete, deny_purge), so no client,
+        # listenpost's own erase included, can remove a record; only max_age ages them out.
+        StreamConfig(
+            name=audit.stream,
+            subjects=[cfg.subject("audit", ">")],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=audit.max_age_s,
+            duplicate_window=cfg.duplicate_window_s,
+            deny_delete=True,
+            deny_purge=True,
         ),
     ]
 
@@ -141,9 +158,19 @@ def consumer_configs(cfg: NatsSettings, rules_subjects: list[str]) -> dict[str, 
     }
 
 
-async def provision(js: JetStreamContext, cfg: NatsSettings, rules_subjects: list[str] | None = None) -> None:
-    """Create or update the streams and durable consumers; safe to run at every start."""
-    for config in stream_configs(cfg):
+async def provision(
+    js: JetStreamContext,
+    cfg: NatsSettings,
+    rules_subjects: list[str] | None = None,
+    *,
+    audit: AuditSettings | None = None,
+    retention: RetentionSettings | None = None,
+) -> None:
+    """Create or update the streams and durable consumers; safe to run at every start.
+
+    ``audit`` and ``retention`` default to their default settings: services pass theirs.
+    """
+    for config in stream_configs(cfg, audit=audit, retention=retention):
         assert config.name is not None, "stream_configs() names every stream"
         try:
             await js.stream_info(config.name)
