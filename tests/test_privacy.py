@@ -37,7 +37,7 @@ from services.events.audit import (
 )
 from services.events.binding import encode_binary, encode_structured, new_event
 from services.events.embedded import EmbeddedNatsServer
-from services.events.jetstream import connect, derive_msg_id, provision, publish_event
+from services.events.jetstream import connect, provision, publish_event
 from services.events.models import (
     ALERT_RAISED,
     AUDIO_CAPTIONED,
@@ -381,3 +381,47 @@ async def test_history_bucket_fixture_is_real(env: Env) -> None:
     ]  # fmt: skip
     info = await env.js.stream_info("KV_LISTENPOST_NOTES")
     assert info.config.max_msgs_per_subject == 5
+
+
+# --- the Ingress's wiring (its real methods, no Ray) --------------------------------------------
+
+
+# The bare instance is never started by Serve, so its async __del__ is never awaited either.
+@pytest.mark.filterwarnings("ignore:coroutine .*__del__' was never awaited:RuntimeWarning")
+async def test_ingress_audits_every_input_and_drops_a_refused_inputs_audio_when_told(env: Env) -> None:
+    from services.events.consumer import Poison
+    from services.ingest.adapters import AdapterSet
+    from services.orchestrator.deployment import Ingress
+
+    settings = env.settings.model_copy(
+        update={"retention": RetentionSettings(keep_dead_lettered_audio=False, audio_max_age_s=86400.0,
+                                               dlq_max_age_s=86400.0)}
+    )  # fmt: skip
+    ingress = Ingress.func_or_class.__new__(Ingress.func_or_class)  # the deployment's class, not started by Serve
+    ingress._settings, ingress._js, ingress._adapters = settings, env.js, AdapterSet()
+    await provision_audio_buckets(env.js, [BUCKET], settings.retention)
+    store = await env.js.object_store(BUCKET)
+    await store.put("ev-k/a.wav", wav_with_title(CALL_A))
+    good = new_event(AUDIO_SUBMITTED, "urn:pbx:a", {"audio": {"object": {"bucket": BUCKET, "name": "ev-k/a.wav"}},
+                     "context": {"callid": CALL_A}}, id="ev-k")  # fmt: skip
+    body, headers = encode_binary(good)
+    await env.js.publish(env.cfg.subject("in", "http"), body, headers={**headers, KEY_ID_HEADER: "pbx-a"})
+    await env.js.publish(env.cfg.subject("in", "raw"), b"not an event")
+    sub = await env.js.pull_subscribe_bind(env.cfg.ingest_durable, env.cfg.in_stream)
+    first, second = await sub.fetch(2, timeout=5)
+
+    with pytest.raises(Poison, match="decode-event"):
+        await ingress._handle(second)
+    # The good input fails later (say its preprocessing): dead-lettered, and its audio goes.
+    await ingress._audit_submission(first, good, AudioSubmitted.model_validate(json.loads(body)), refused=None)
+    await ingress._dead_letter(first, Poison("preprocess", "no speech"))
+    with pytest.raises(ObjectNotFoundError):
+        await store.get_info("ev-k/a.wav", show_deleted=True)
+
+    records = await list_records(env.js, env.cfg, settings.audit, since=parse_since("5m"), action="submit")
+    assert [(str(r.actor), r.event_id, r.call_id, r.details.get("refused")) for r in records] == [
+        ("nats", None, None, "decode-event: not a CloudEvent: no 'ce-specversion' header (binary mode) and no "
+         "'application/cloudevents' content type (structured mode)"),
+        ("key:pbx-a", "ev-k", CALL_A, None),
+    ]
+    await sub.unsubscribe()
