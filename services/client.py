@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent
+from nats.js.errors import BucketNotFoundError
 from pydantic import BaseModel, Field
 
 from services.events.binding import BindingError, decode, event_data_json, new_event
@@ -135,7 +136,12 @@ async def _audio_ref(js: Any, path: Path, event_id: str, bucket: str) -> dict[st
     fmt = path.suffix.lstrip(".").lower() or None
     if len(data) <= INLINE_LIMIT_BYTES:
         return {"data_base64": base64.b64encode(data).decode(), "format": fmt}
-    store = await js.create_object_store(bucket)  # idempotent
+    try:
+        # Bind first: the Ingress creates the bucket with its TTL (retention settings), and
+        # creating it again with another configuration is an error.
+        store = await js.object_store(bucket)
+    except BucketNotFoundError:
+        store = await js.create_object_store(bucket)
     name = f"{event_id}/{path.name}"
     await store.put(name, data)
     return {"object": {"bucket": bucket, "name": name}, "format": fmt}
