@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from services.events.audit import Accounting, account
+from services.events.accounting import Accounting, account
 from services.events.binding import decode, new_event
 from services.events.connection import command_settings, connect
 from services.events.jetstream import derive_msg_id, publish_event

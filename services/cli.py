@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from services.events.cli import dlq_app
+from services.events.cli import audit_app, dlq_app
 from services.preprocess.cli import audio_app
 from services.rules.cli import rules_app
 from services.settings import Settings, SettingsError
@@ -27,6 +27,7 @@ app.add_typer(settings_app, name="settings")
 app.add_typer(rules_app, name="rules")
 app.add_typer(audio_app, name="audio")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(audit_app, name="audit")
 app.command("facets")(__import__("services.captioner.cli", fromlist=["facets_command"]).facets_command)
 
 console = Console()
@@ -168,6 +169,65 @@ def _print_result(result: Any) -> None:
         decisions.add_row(d.type, d.subject, str(body.get("rule_id", "")), str(detail))
     console.print(decisions if result.decisions else "no rule fired")
     console.print(f"elapsed {result.elapsed_s:.1f} s")
+
+
+@app.command()
+def erase(
+    callid: Annotated[str, typer.Option("--callid", help="The call id (context.callid / the callid extension).")],
+    yes: Annotated[bool, typer.Option("--yes", help="Erase without showing what will go and asking first.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    nats_url: Annotated[str | None, typer.Option(help="Default: settings, else the running `listenpost serve`.")] = None,
+) -> None:
+    """Erase a call everywhere: its events, decisions, dead letters, audio and rule state.
+
+    Every stream, KV bucket (all revisions) and object store is searched; what carries the
+    call id is securely deleted, and the erasure is recorded in the audit trail (docs/privacy.md).
+    """
+    from services.events.audit import Actor
+    from services.events.cli import _run
+    from services.events.erasure import ErasureError, ErasureReport, erase_call
+    from services.rules.state import safe_key
+
+    settings = Settings()
+    actor = Actor.cli()
+    # The rules key a call's debounce streaks by a hash of its id (services/rules/engine.py).
+    tokens = [safe_key(callid)]
+
+    def run(dry_run: bool) -> ErasureReport:
+        try:
+            return _run(nats_url, settings, lambda js: erase_call(js, settings, callid, actor=actor, key_tokens=tokens, dry_run=dry_run))
+        except ErasureError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(2) from exc
+
+    if not yes:
+        found = run(dry_run=True)
+        if not found.removed:
+            console.print(f"nothing stored carries call id {escape(callid)!r}")
+            return
+        console.print(_erasure_table(found, title=f"call {callid}: will erase {len(found.removed)} items"))
+        if not typer.confirm("Erase them? This cannot be undone", default=False):
+            raise typer.Exit(1)
+    report = run(dry_run=False)
+    if as_json:
+        console.print_json(report.model_dump_json())
+    else:
+        console.print(_erasure_table(report, title=f"call {callid}: erased {len(report.removed)} items"))
+    for failure in report.failed:
+        err.print(f"[red]not erased:[/] {escape(failure)}", highlight=False)
+    if not report.audited:
+        err.print("[red]audit:[/] the erasure was not recorded in the audit trail (see the log)")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _erasure_table(report: Any, *, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("where", "kind", "item", "action", "messages"):
+        table.add_column(column, overflow="fold")
+    for item in report.removed:
+        table.add_row(escape(item.place), item.kind, escape(item.item), item.action, str(item.messages))
+    return table
 
 
 @settings_app.command("doc")

@@ -149,9 +149,11 @@ async def _audio_ref(js: Any, path: Path, event_id: str, bucket: str) -> dict[st
     if len(data) <= INLINE_LIMIT_BYTES:
         return {"data_base64": base64.b64encode(data).decode(), "format": fmt}
     try:
-        store = await js.object_store(bucket)  # provisioned (listenpost nats provision)
+        # Bind first: the Ingress creates the bucket with its TTL (retention settings), and
+        # creating it again with another configuration is an error.
+        store = await js.object_store(bucket)
     except BucketNotFoundError:
-        store = await js.create_object_store(bucket)  # an open server: whoever comes first creates it
+        store = await js.create_object_store(bucket)
     name = f"{event_id}/{path.name}"
     await store.put(name, data)
     return {"object": {"bucket": bucket, "name": name}, "format": fmt}

@@ -709,6 +709,47 @@ class AdapterSettings(_Group):
     directory: Path = Field(default=Path("adapters"), description="Adapter files (*.yaml); must exist when enabled.")
 
 
+class AuditSettings(_Group):
+    """The audit trail: who submitted, replayed, silenced, activated or erased what (append-only stream)."""
+
+    stream: str = Field(
+        default="LISTENPOST_AUDIT",
+        description="Append-only stream of audit records (`<prefix>.audit.<action>`); deletes and purges are refused.",
+    )
+    max_age_s: PositiveFloat = Field(
+        default=400 * 24 * 3600.0, description="How long audit records are kept (the only way one leaves the stream)."
+    )
+    publish_retry_s: PositiveFloat = Field(
+        default=10.0,
+        description="How long storing a record is retried (a restarting server) before it is given up and logged "
+        "as an error; the action it records is not undone or held back.",
+    )
+
+
+class RetentionSettings(_Group):
+    """How long uploaded audio is kept (events: nats.out_max_age_s; dead letters: nats.dlq_max_age_s)."""
+
+    keep_audio_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="0: delete an uploaded audio object (object store) once its input is captioned; N > 0: keep "
+        "it, and let the bucket expire objects N seconds after upload.",
+    )
+    keep_dead_lettered_audio: bool = Field(
+        default=True,
+        description="Keep a dead-lettered input's audio so `dlq replay` can process it again (it then ages out "
+        "with audio_max_age_s); false deletes it with the refusal, and a replay fails at fetch.",
+    )
+    audio_max_age_s: PositiveFloat = Field(
+        default=30 * 24 * 3600.0,
+        description="With keep_audio_s 0: the object-store buckets' TTL, the most any audio object lives "
+        "(uploaded but never submitted, waiting, or kept for a dead letter's replay).",
+    )
+    def audio_ttl_s(self) -> float:
+        """The object-store buckets' TTL: keep_audio_s when audio is kept, else audio_max_age_s."""
+        return self.keep_audio_s if self.keep_audio_s > 0 else self.audio_max_age_s
+
+
 class Settings(BaseSettings):
     """Every setting of listenpost (``LISTENPOST_*``; see docs/settings.md)."""
 
@@ -723,6 +764,8 @@ class Settings(BaseSettings):
     rules: RulesSettings = Field(default_factory=RulesSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     adapters: AdapterSettings = Field(default_factory=AdapterSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     def __init__(self, **values: Any) -> None:
         env_file = values.get("_env_file", self.model_config.get("env_file"))
@@ -738,6 +781,18 @@ class Settings(BaseSettings):
     @classmethod
     def _only_known_keys(cls, data: Any) -> Any:
         return _known_keys(cls, data)
+
+    @model_validator(mode="after")
+    def _dead_letters_replayable(self) -> Settings:
+        # A dead letter whose audio expired first cannot be replayed: say so at start, not at replay.
+        audio_ttl, dlq_age = self.retention.audio_ttl_s(), self.nats.dlq_max_age_s
+        if self.retention.keep_dead_lettered_audio and audio_ttl < dlq_age:
+            raise ValueError(
+                f"audio expires after {audio_ttl:g} s but dead letters are kept {dlq_age:g} s: raise "
+                "retention.audio_max_age_s (or keep_audio_s), lower nats.dlq_max_age_s, or set "
+                "retention.keep_dead_lettered_audio false"
+            )
+        return self
 
 
 def _problems(exc: ValidationError) -> list[str]:

@@ -322,7 +322,7 @@ async def test_cli_list_pages(env: Env, monkeypatch: pytest.MonkeyPatch) -> None
     assert both.exit_code == 2 and "give --after or --since, not both" in unboxed(both.output)
     bad = await cli("list", "--since", "yesterday")
     assert bad.exit_code == 2
-    assert "'yesterday' is neither a duration (90m, 24h, 7d) nor an ISO 8601 time" in unboxed(bad.output)
+    assert "--since 'yesterday' is neither a duration (30m, 24h, 7d) nor an ISO time" in unboxed(bad.output)
     replayed = await cli("replay", "--all", "--json")  # works through the pages
     assert len(json.loads(replayed.stdout)["replayed"]) == 55
 

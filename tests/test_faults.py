@@ -21,7 +21,7 @@ from ray import serve
 from ray.util.state import list_actors
 
 from services.app import APP_NAME, build_app
-from services.events.audit import Accounting, account
+from services.events.accounting import Accounting, account
 from services.events.binding import decode, event_data_json, new_event
 from services.events.connection import connect
 from services.events.embedded import EmbeddedNatsServer

@@ -102,6 +102,13 @@ def test_schema_is_current() -> None:
 @pytest.fixture(scope="module")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
     with EmbeddedNatsServer(tmp_path_factory.mktemp("cli-nats")) as server:
+
+        async def provisioned() -> None:  # as a running service leaves it: silences are audited
+            nc = await nats.connect(server.url)
+            await provision(nc.jetstream(), NatsSettings(url=server.url))
+            await nc.close()
+
+        asyncio.run(provisioned())
         yield server.url
 
 

@@ -1,19 +1,21 @@
-"""``listenpost dlq ...``: look at dead letters and replay them once the cause is fixed."""
+"""``listenpost dlq ...``: look at dead letters and replay them once the cause is fixed;
+``listenpost audit list``: read the audit trail."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, TypeVar
 
 import typer
 from nats.js import JetStreamContext
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from services.events.audit import ACTIONS, AuditError, list_records, parse_since
 from services.events.connection import NatsConnectError, command_settings, with_jetstream
 from services.events.dlq import PAGE_SIZE, DeadLetterError, DeadLetterPage, ReplayReport, page_dead_letters, replay
 from services.settings import Settings
@@ -41,20 +43,12 @@ def _run(option: str | None, settings: Settings, work: Callable[[JetStreamContex
         raise typer.Exit(2) from exc
 
 
-_SINCE = re.compile(r"([0-9]+)([smhd])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """``--since``: a duration back from now (``90m``, ``24h``, ``7d``, ``1d12h``) or an ISO 8601 time."""
-    parts = _SINCE.findall(text)
-    if parts and "".join(n + u for n, u in parts) == text:
-        return (now or datetime.now(UTC)) - timedelta(seconds=sum(int(n) * _UNIT_S[u] for n, u in parts))
+def _since(text: str) -> datetime:
+    """``--since`` of a command: the audit trail's grammar, a usage error when it does not parse."""
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is neither a duration (90m, 24h, 7d) nor an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return parse_since(text)
+    except AuditError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @dlq_app.command("list")
@@ -73,7 +67,7 @@ def dlq_list(
     """List dead letters, oldest first, a page at a time: sequence, time, stage, reason and the original event id."""
     if after is not None and since is not None:
         raise typer.BadParameter("give --after or --since, not both")
-    start = parse_since(since) if since is not None else None
+    start = _since(since) if since is not None else None
     settings = Settings()
     page = _run(
         nats_url,
@@ -142,7 +136,9 @@ def dlq_replay(
         console.print_json(report.model_dump_json())
     else:
         _print_report(report)
-    if not report.ok:
+    if report.unaudited:
+        err.print(f"[red]audit:[/] {report.unaudited} replay(s) not recorded in the audit trail (see the log)")
+    if not report.ok or report.unaudited:
         raise typer.Exit(1)
 
 
@@ -161,3 +157,47 @@ def _print_report(report: ReplayReport) -> None:
     for failure in report.failed:
         what = f"{failure.seq} ({failure.original_id or 'no id'})"
         err.print(f"[red]not replayed[/] {what}: {failure.error}", highlight=False)
+
+
+# --- audit -----------------------------------------------------------------------------
+
+audit_app = typer.Typer(help="The audit trail: who submitted, replayed, silenced, activated or erased what.",
+                        no_args_is_help=True)  # fmt: skip
+
+
+@audit_app.command("list")
+def audit_list(
+    since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d, or an ISO time.")] = "24h",
+    action: Annotated[str | None, typer.Option(help=f"Only this action ({', '.join(ACTIONS)}).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many records, oldest first.")] = 10_000,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON record per line instead of a table.")] = False,
+    nats_url: NatsUrl = None,
+) -> None:
+    """Audit records since a time, oldest first: when, who, what, and the ids it touched."""
+    settings = Settings()
+    try:
+        start = parse_since(since)
+        records = _run(
+            nats_url,
+            settings,
+            lambda js: list_records(js, settings.nats, settings.audit, since=start, action=action, limit=limit),
+        )
+    except AuditError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    if as_json:
+        for rec in records:
+            print(rec.model_dump_json())
+        return
+    if not records:
+        console.print(f"no audit records in {settings.audit.stream} since {start:%Y-%m-%d %H:%M:%S} UTC")
+        return
+    table = Table(title=f"{settings.audit.stream}: {len(records)} record{'s' if len(records) != 1 else ''}")
+    for column in ("seq", "time (UTC)", "actor", "action", "call id", "event", "details"):
+        table.add_column(column, overflow="fold")
+    for rec in records:
+        event = " ".join(x for x in (rec.source, rec.event_id) if x)
+        details = ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in rec.details.items())
+        table.add_row(str(rec.seq), f"{rec.time:%Y-%m-%d %H:%M:%S}", escape(str(rec.actor)), rec.action,
+                      escape(rec.call_id or ""), escape(event), escape(details))  # fmt: skip
+    console.print(table)

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import nats.errors
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -36,6 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.events.audit import Actor, AuditRecord, operator_action, record
 from services.events.binding import BindingError, decode, event_data_json
 from services.events.claimcheck import ClaimCheckError, delete_object, read_object
 from services.events.errors import EventsError
@@ -143,6 +145,7 @@ class ReplayFailure(BaseModel):
 class ReplayReport(BaseModel):
     replayed: list[Replayed] = Field(default_factory=list)
     failed: list[ReplayFailure] = Field(default_factory=list)
+    unaudited: int = Field(default=0, description="Replays whose audit record could not be stored (logged).")
 
     @property
     def ok(self) -> bool:
@@ -321,6 +324,7 @@ async def replay(
     all: bool = False,
     stage: str | None = None,
     timeout_s: float = 10.0,
+    actor: Actor | None = None,
 ) -> ReplayReport:
     """Republish dead letters' originals, then delete the dead letters.
 
@@ -328,7 +332,8 @@ async def replay(
     narrows ``original_id`` and ``all``. Raises :class:`DeadLetterNotFound`
     when ``seq`` or ``original_id`` matches nothing; ``all`` on an empty DLQ
     is an empty report. A dead letter that cannot be republished is reported
-    in ``failed`` and kept.
+    in ``failed`` and kept. Each replay is recorded in the audit trail, as done by ``actor``
+    (default: the operator running this process).
     """
     chosen = sum(x is not None for x in (seq, original_id)) + int(all)
     if chosen != 1:
@@ -345,22 +350,32 @@ async def replay(
         if not letters:
             raise DeadLetterNotFound(f"no dead letter of original event id {original_id!r} in {cfg.dlq_stream}")
     report = ReplayReport()
+    who = actor or Actor.cli()
     if all:  # page by page: never every body in memory at once
         async for page in _pages(js, settings, stage):
-            await _replay_all(js, settings, page, timeout_s, report)
+            await _replay_all(js, settings, page, timeout_s, report, who)
     else:
-        await _replay_all(js, settings, letters, timeout_s, report)
+        await _replay_all(js, settings, letters, timeout_s, report, who)
     return report
 
 
 async def _replay_all(
-    js: JetStreamContext, settings: Settings, letters: list[DeadLetter], timeout_s: float, report: ReplayReport
+    js: JetStreamContext,
+    settings: Settings,
+    letters: list[DeadLetter],
+    timeout_s: float,
+    report: ReplayReport,
+    who: Actor,
 ) -> None:
     for letter in letters:
         try:
-            report.replayed.append(await _replay_one(js, settings, letter, timeout_s))
+            done = await _replay_one(js, settings, letter, timeout_s)
         except DeadLetterError as exc:
             report.failed.append(ReplayFailure(seq=letter.seq, original_id=letter.original_id, error=str(exc)))
+            continue
+        report.replayed.append(done)
+        if not await record(js, settings.nats, settings.audit, replay_record(letter, done, who)):
+            report.unaudited += 1
 
 
 async def _stored_original(js: JetStreamContext, settings: Settings, letter: DeadLetter) -> OriginalMessage:
@@ -379,6 +394,19 @@ async def _stored_original(js: JetStreamContext, settings: Settings, letter: Dea
     except (ValidationError, binascii.Error, ValueError) as exc:
         raise DeadLetterError(f"original stored at {letter.original_ref} is not a message record; dead letter kept") from exc
     return original
+
+
+def replay_record(letter: DeadLetter, done: Replayed, actor: Actor) -> AuditRecord:
+    """The audit record of one replay: which dead letter, republished where (ids only)."""
+    headers = letter.original.headers if letter.original is not None else {}
+    # ce- headers are percent-encoded (services/events/binding.py)
+    call_id = next((unquote(v) for k, v in headers.items() if k.lower() == "ce-callid"), None)
+    source = next((unquote(v) for k, v in headers.items() if k.lower() == "ce-source"), None)
+    return operator_action(
+        "dlq.replay", actor, source=source, event_id=letter.original_id, call_id=call_id,
+        details={"dlq_seq": letter.seq, "stage": letter.stage, "subject": done.subject,
+                 "stored_in": f"{done.stream} #{done.stream_seq}", "duplicate": done.duplicate},
+    )  # fmt: skip
 
 
 def replayable_subject(subject: str, settings: Settings) -> bool:

@@ -33,7 +33,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 from services.events.binding import encode_binary, encode_structured
 from services.events.bounds import StreamFullError, stream_full
 from services.events.errors import EventsError
-from services.settings import NatsSettings, Settings
+from services.settings import AuditSettings, NatsSettings, RetentionSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,11 @@ def advisory_subjects(cfg: NatsSettings) -> list[str]:
     return [f"$JS.EVENT.ADVISORY.CONSUMER.{kind}.{cfg.in_stream}.*" for kind in ("MAX_DELIVERIES", "MSG_TERMINATED")]
 
 
-def stream_configs(cfg: NatsSettings) -> list[StreamConfig]:
+def stream_configs(
+    cfg: NatsSettings, *, audit: AuditSettings | None = None, retention: RetentionSettings | None = None
+) -> list[StreamConfig]:
+    audit = audit or AuditSettings()
+    retention = retention or RetentionSettings()
     return [
         # Work-queue retention removes a message once acked; DiscardPolicy.NEW
         # refuses new input when full rather than deleting unconsumed input.
@@ -112,6 +116,18 @@ def stream_configs(cfg: NatsSettings) -> list[StreamConfig]:
             storage=StorageType.FILE,
             max_age=cfg.out_max_age_s,
         ),
+        # The audit trail: append-only at the server (deny_delete, deny_purge), so no client,
+        # listenpost's own erase included, can remove a record; only max_age ages them out.
+        StreamConfig(
+            name=audit.stream,
+            subjects=[cfg.subject("audit", ">")],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=audit.max_age_s,
+            duplicate_window=cfg.duplicate_window_s,
+            deny_delete=True,
+            deny_purge=True,
+        ),
     ]
 
 
@@ -133,9 +149,19 @@ def consumer_configs(cfg: NatsSettings, rules_subjects: list[str]) -> dict[str, 
     }
 
 
-async def provision(js: JetStreamContext, cfg: NatsSettings, rules_subjects: list[str] | None = None) -> None:
-    """Create or update the streams and durable consumers; safe to run at every start."""
-    for config in stream_configs(cfg):
+async def provision(
+    js: JetStreamContext,
+    cfg: NatsSettings,
+    rules_subjects: list[str] | None = None,
+    *,
+    audit: AuditSettings | None = None,
+    retention: RetentionSettings | None = None,
+) -> None:
+    """Create or update the streams and durable consumers; safe to run at every start.
+
+    ``audit`` and ``retention`` default to their default settings: services pass theirs.
+    """
+    for config in stream_configs(cfg, audit=audit, retention=retention):
         assert config.name is not None, "stream_configs() names every stream"
         try:
             await js.stream_info(config.name)
@@ -161,7 +187,7 @@ async def ensure_provisioned(js: JetStreamContext, settings: Settings) -> None:
     if settings.nats.provision_on_start:
         await provision_everything(js, settings)
         return
-    for config in stream_configs(settings.nats):
+    for config in stream_configs(settings.nats, audit=settings.audit, retention=settings.retention):
         try:
             await js.stream_info(config.name or "")
         except NotFoundError:
@@ -172,21 +198,34 @@ async def ensure_provisioned(js: JetStreamContext, settings: Settings) -> None:
 
 
 def bucket_configs(settings: Settings) -> tuple[list[KeyValueConfig], list[ObjectStoreConfig]]:
-    """The KV buckets (rule state, silences, status) and object stores (audio) listenpost uses."""
-    rules = settings.rules
+    """The KV buckets (rule state, silences, status) and the object stores of large outputs and
+    dead letters' originals (the audio buckets: :func:`~services.events.retention.provision_audio_buckets`)."""
+    rules, nats = settings.rules, settings.nats
     kv = [
         KeyValueConfig(bucket=rules.state_bucket, history=1, ttl=rules.state_ttl_s, storage=StorageType.FILE),
         KeyValueConfig(bucket=rules.silence_bucket, history=1, storage=StorageType.FILE),
         KeyValueConfig(bucket=rules.status_bucket, history=1, storage=StorageType.FILE),
     ]
-    objects = [ObjectStoreConfig(bucket=b, storage=StorageType.FILE) for b in settings.preprocess.object_buckets]
+    objects = [
+        # An object lives as long as the event or dead letter that names it.
+        ObjectStoreConfig(
+            bucket=nats.outputs_bucket, ttl=nats.out_max_age_s, max_bytes=nats.out_max_bytes, storage=StorageType.FILE
+        ),
+        ObjectStoreConfig(
+            bucket=nats.dlq_bucket, ttl=nats.dlq_max_age_s, max_bytes=nats.dlq_max_bytes, storage=StorageType.FILE
+        ),
+    ]
     return kv, objects
 
 
 async def provision_everything(js: JetStreamContext, settings: Settings) -> None:
     """Streams, consumers, KV buckets and object stores: what an admin provisions once, before
     deployments whose identities may not create them start (``listenpost nats provision``)."""
-    await provision(js, settings.nats, settings.rules.subjects(settings.nats))
+    from services.events.retention import provision_audio_buckets
+
+    nats = settings.nats
+    await provision(js, nats, settings.rules.subjects(nats), audit=settings.audit, retention=settings.retention)
+    await provision_audio_buckets(js, settings.preprocess.object_buckets, settings.retention)
     kv, objects = bucket_configs(settings)
     for kv_config in kv:
         assert kv_config.bucket is not None

@@ -25,7 +25,6 @@ from pydantic import BaseModel
 from services.settings import NatsRole, Settings
 
 ROLES: tuple[NatsRole, ...] = get_args(NatsRole)
-AUDIT_STREAM = "LISTENPOST_AUDIT"
 
 
 class Permissions(BaseModel):
@@ -107,7 +106,10 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         *(nats.subject(s) for s in rules.emit_subjects),
     ]
     audio_buckets = settings.preprocess.object_buckets
-    streams = [nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, AUDIT_STREAM]
+    event_streams = [nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream]
+    streams = [*event_streams, settings.audit.stream]
+    kv_buckets = [rules.state_bucket, rules.silence_bucket, rules.status_bucket]
+    object_buckets = [*audio_buckets, nats.outputs_bucket, nats.dlq_bucket]
 
     def inbox(role: NatsRole) -> str:
         return f"_INBOX_{role}.>"
@@ -123,6 +125,11 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         # An advisory names an input by sequence: read it to dead-letter it, then remove it.
         _api("STREAM.MSG.GET", nats.in_stream),
         _api("STREAM.MSG.DELETE", nats.in_stream),
+        # Large captions and dead letters' originals by reference (a redelivery replaces the
+        # object: purge); uploaded audio deleted once it has served (retention).
+        *_object_deleter(nats.outputs_bucket),
+        *_object_deleter(nats.dlq_bucket),
+        *(p for b in audio_buckets for p in _object_deleter(b)),
     ]
     rules_engine = [
         *(_api("STREAM.INFO", s) for s in streams),  # checks at start that an admin provisioned them
@@ -133,20 +140,28 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         *_kv_writer(rules.state_bucket),
         *_kv_writer(rules.status_bucket),
         *_kv_reader(rules.silence_bucket),
+        *_object_reader(nats.outputs_bucket),  # captions too large for a message
+        *_object_deleter(nats.dlq_bucket),  # originals too large for a dead letter
     ]
     replayable = [inputs, *(nats.subject(s) for s in rules.consume_subjects)]
     operator = [
         *replayable,
         audit,
-        *(p for s in streams for p in _stream_reader(s)),
-        *_kv_writer(rules.silence_bucket),
-        *_kv_reader(rules.state_bucket),
-        *_kv_reader(rules.status_bucket),
-        *(p for b in audio_buckets for p in _object_reader(b)),
-        *(p for b in audio_buckets for p in _object_deleter(b)),
         _api("STREAM.NAMES"),
         _api("STREAM.LIST"),
         _api("INFO"),
+        # Reads everything (dlq list, audit list, backtest, status, erase's search) ...
+        *(p for s in streams for p in _stream_reader(s)),
+        *(p for b in kv_buckets for p in _kv_reader(b)),
+        *(p for b in object_buckets for p in _object_reader(b)),
+        # ... writes silences, replays originals held by reference, and erases a call: secure
+        # deletes in the event streams and buckets (never in the audit stream), KV purges.
+        *_kv_writer(rules.silence_bucket),
+        *(p for b in object_buckets for p in _object_deleter(b)),
+        *(_api("STREAM.MSG.DELETE", s) for s in event_streams),
+        *(_api("STREAM.MSG.DELETE", f"OBJ_{b}") for b in object_buckets),
+        *(_api("STREAM.PURGE", f"KV_{b}") for b in kv_buckets),
+        *(f"$KV.{b}.>" for b in kv_buckets),
     ]
     table: dict[NatsRole, Permissions] = {
         "producer": Permissions(

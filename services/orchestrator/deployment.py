@@ -5,6 +5,10 @@ durable pull consumer, drives the Preprocessor and the Captioner through Serve
 handles, and publishes ``audio.captioned`` to LISTENPOST_OUT (by reference when it
 is too large for a NATS message, see :mod:`.publish`), acking the input only once
 that publish is stored.
+
+Every input it consumes is recorded in the audit trail (submitter, source, id, call id;
+refused ones too), and once an input is captioned its uploaded audio is deleted unless
+retention settings keep it (services/events/retention.py, docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ from ray.serve.handle import DeploymentHandle
 
 from services.captioner.errors import CaptionGenerationError, EngineDeadError
 from services.events.advisories import handle_advisory
+from services.events.audit import record, submission
 from services.events.connection import connect
 from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
 from services.events.deadletter import dead_letter
 from services.events.jetstream import ensure_provisioned
 from services.events.models import AudioSubmitted, ContextLimits, Facets, Window
+from services.events.retention import release_audio
 from services.ingest.adapters import AdapterSet, load_adapters
 from services.ingest.http import HttpIngest, app_for
 from services.ingest.submitted import parse_submitted
-from services.orchestrator.pipeline import caption_submitted, lexicon_facets
+from services.orchestrator.pipeline import caption_submitted, correlation_extensions, lexicon_facets
 from services.orchestrator.publish import publish_captioned
 from services.preprocess.pipeline import PreparedAudio
 from services.settings import Settings
@@ -103,6 +109,29 @@ class Ingress:
 
     async def _dead_letter(self, msg: Msg, poison: Poison) -> None:
         await dead_letter(self._js, self._settings.nats, self._settings.source, msg, poison)
+        try:  # an input's audio may go with it (retention.keep_dead_lettered_audio false)
+            event, submitted = parse_submitted(msg.data, msg.headers, self._adapters)
+        except Poison:
+            return  # not a readable input (or an advisory): no audio of ours to find
+        await self._release_audio(event.get_id(), submitted, "dead-lettered")
+
+    async def _release_audio(self, event_id: str, submitted: AudioSubmitted, outcome: str) -> None:
+        cfg = self._settings
+        await release_audio(
+            self._js, submitted, outcome=outcome, retention=cfg.retention,
+            buckets=cfg.preprocess.object_buckets, event_id=event_id,
+        )  # fmt: skip
+
+    async def _audit_submission(self, msg: Msg, event: Any, submitted: AudioSubmitted | None, refused: str | None) -> None:
+        headers = msg.headers or {}
+        if event is not None:
+            source, event_id = event.get_source(), event.get_id()
+            call_id = correlation_extensions(event, submitted).get("callid") if submitted is not None else None
+        else:  # unreadable: what the binary-mode headers say, if anything
+            source, event_id, call_id = headers.get("ce-source"), headers.get("ce-id"), headers.get("ce-callid")
+        rec = submission(headers, source=source, event_id=event_id, call_id=call_id, subject=msg.subject, refused=refused)
+        cfg = self._settings
+        await record(self._js, cfg.nats, cfg.audit, rec)
 
     async def _prepare(self, submitted: AudioSubmitted) -> PreparedAudio:
         return await self._preprocessor.prepare.remote(submitted)
@@ -116,7 +145,12 @@ class Ingress:
         return await lexicon_facets(windows, request_id)
 
     async def _handle(self, msg: Msg) -> None:
-        event, submitted = parse_submitted(msg.data, msg.headers, self._adapters, self._context_limits)
+        try:
+            event, submitted = parse_submitted(msg.data, msg.headers, self._adapters, self._context_limits)
+        except Poison as exc:
+            await self._audit_submission(msg, None, None, refused=f"{exc.stage}: {exc.reason}")
+            raise
+        await self._audit_submission(msg, event, submitted, refused=None)
         cfg = self._settings
         try:
             captioned = await caption_submitted(
@@ -133,6 +167,9 @@ class Ingress:
         except _TRANSIENT as exc:
             raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
         await publish_captioned(self._js, cfg.nats, captioned, input_source=event.get_source(), input_id=event.get_id())
+        # Stored: the audio has served. (A crash before the ack redelivers the input, which
+        # then fails at fetch and is dead-lettered, while its caption is already stored.)
+        await self._release_audio(event.get_id(), submitted, "captioned")
 
     async def status(self) -> dict[str, Any]:
         """What an operator asks first: is it consuming, and which rules are active."""

@@ -351,13 +351,15 @@ def silence_add(
 
     async def work(js: Any) -> Any:
         silences = await _silences(js)
-        return await silences.add(parsed, ends_at=time.time() + seconds, comment=comment, created_by=author)
+        silence = await silences.add(parsed, ends_at=time.time() + seconds, comment=comment, created_by=author)
+        return silence, await _audit_silence(js, "silence.add", silence)
 
-    silence = _with_js(nats_url, work)
+    silence, audited = _with_js(nats_url, work)
     if as_json:
         _print_json(silence.model_dump())
-        return
-    console.print(f"silence {silence.id}: {' '.join(str(m) for m in silence.matchers)} until {_when(silence.ends_at)}")
+    else:
+        console.print(f"silence {silence.id}: {' '.join(str(m) for m in silence.matchers)} until {_when(silence.ends_at)}")
+    _audit_warning(audited)
 
 
 @silence_app.command("list")
@@ -392,14 +394,34 @@ def silence_expire(silence_id: Annotated[str, typer.Argument(help="The silence's
     """End a silence now."""
 
     async def work(js: Any) -> Any:
-        return await (await _silences(js)).expire(silence_id)
+        silence = await (await _silences(js)).expire(silence_id)
+        return silence, await _audit_silence(js, "silence.expire", silence)
 
     try:
-        silence = _with_js(nats_url, work)
+        silence, audited = _with_js(nats_url, work)
     except KeyError as exc:
         err.print(f"no silence {silence_id}")
         raise typer.Exit(1) from exc
     console.print(f"silence {silence.id} expired at {_when(silence.ends_at)}")
+    _audit_warning(audited)
+
+
+async def _audit_silence(js: Any, action: Any, silence: Any) -> bool:
+    """Record a silence added or expired in the audit trail: who, which matchers, until when."""
+    from services.events.audit import Actor, operator_action, record
+
+    settings = _settings()
+    details = {
+        "silence_id": silence.id, "matchers": [str(m) for m in silence.matchers],
+        "starts_at": silence.starts_at, "ends_at": silence.ends_at, "created_by": silence.created_by,
+    }  # fmt: skip
+    return await record(js, settings.nats, settings.audit, operator_action(action, Actor.cli(), details=details))
+
+
+def _audit_warning(audited: bool) -> None:
+    if not audited:
+        err.print("audit: this change was made but not recorded in the audit trail (see the log)")
+        raise typer.Exit(1)
 
 
 def _when(epoch: float) -> str:

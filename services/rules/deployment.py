@@ -21,6 +21,8 @@ decision as a CloudEvent with a deterministic id before acking.
 - **Status**: every replica writes its status (ruleset version, rule count,
   last error, counters) to the status bucket, which ``listenpost rules status``
   reads; the Ingress's ``status()`` includes it too.
+- **Audit**: every activation of a rule set (at start, on reload, from the last good
+  copy) is recorded in the audit trail as done by ``service:rules`` with its version.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from ray import serve
 
+from services.events.audit import Actor, operator_action, record
 from services.events.binding import new_event
 from services.events.connection import connect
 from services.events.consumer import PullConsumer, Redelivery
@@ -70,6 +73,15 @@ def decision_event(decision: Decision, input_attributes: dict[str, Any] | None, 
     if isinstance(callid, str) and _EXTENSION_VALUE.match(callid):
         extensions["callid"] = callid
     return new_event(decision.type, source, decision.data, id=decision.id, subject=decision.rule_id, extensions=extensions)
+
+
+def activation_record(ruleset: RuleSet, origin: str, replica: str) -> Any:
+    """The audit record of a rule set version going live on one replica."""
+    return operator_action(
+        "ruleset.activate", Actor.service("rules"),
+        details={"version": ruleset.version, "rules": len(ruleset.rules), "origin": origin, "replica": replica,
+                 "files": sorted(p.name for p in ruleset.files)},
+    )  # fmt: skip
 
 
 def files_signature(directory: Any) -> tuple[tuple[str, int, int], ...]:
@@ -172,6 +184,7 @@ class RulesEngine:
                 LAST_GOOD_KEY, {"version": ruleset.version, "saved_at": self._loaded_at, "sources": dict(ruleset.sources)}
             )
         log.info("rules active: version %s, %d rules, from %s", ruleset.version, len(ruleset.rules), origin)
+        await record(self._js, self._settings.nats, self._settings.audit, activation_record(ruleset, origin, self._replica))
         if not self._consuming:
             self._consumer.start()
             self._consuming = True
