@@ -197,7 +197,7 @@ async def test_a_handler_that_never_returns_is_cancelled_and_dead_lettered(tmp_p
     # Before issue 12 heartbeats held such a message forever: nothing redelivered it, nothing dead-lettered it.
     with EmbeddedNatsServer(tmp_path / "nats") as server:
         cfg = NatsSettings(url=server.url, ack_wait_s=2, max_deliver=2, retry_delay_s=0.1, max_handling_s=0.5)
-        nc = await connect(server.url, name="consumer-test")
+        nc = await connect(server.client_settings(), role="admin", name="consumer-test")
         jsc = nc.jetstream()
         await provision(jsc, cfg)
         try:
@@ -237,7 +237,7 @@ async def test_a_full_dead_letter_stream_keeps_the_input_and_stops_after_max_del
 ) -> None:
     with EmbeddedNatsServer(tmp_path / "nats") as server:
         cfg = NatsSettings(url=server.url, ack_wait_s=2, max_deliver=3, retry_delay_s=0.1, dlq_max_msgs=1)
-        nc = await connect(server.url, name="consumer-test")
+        nc = await connect(server.client_settings(), role="admin", name="consumer-test")
         jsc = nc.jetstream()
         await provision(jsc, cfg)
         try:

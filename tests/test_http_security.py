@@ -26,8 +26,9 @@ from nats.aio.msg import Msg
 from pydantic import SecretStr
 
 from services.events.binding import decode, encode_binary, encode_structured, new_event
+from services.events.connection import connect
 from services.events.embedded import EmbeddedNatsServer
-from services.events.jetstream import connect, derive_msg_id, provision
+from services.events.jetstream import derive_msg_id, provision
 from services.events.models import AUDIO_SUBMITTED, ContextLimits, check_context
 from services.ingest.adapters import load_adapters
 from services.ingest.auth import TokenBucket, Unauthorized, verify_webhook
@@ -66,7 +67,7 @@ class Door:
 @pytest.fixture
 async def door(tmp_path: Path) -> AsyncIterator[Door]:
     with EmbeddedNatsServer(tmp_path / "nats") as server:
-        nc = await connect(server.url, name="test-http-security")
+        nc = await connect(server.client_settings(), role="admin", name="test-http-security")
         nats = NatsSettings(url=server.url)
         await provision(nc.jetstream(), nats)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=http_app), base_url="http://ingress") as client:
@@ -355,7 +356,7 @@ def test_check_context_counts_lists_as_levels_and_stops_early() -> None:
 async def test_a_bad_context_or_deep_json_from_nats_is_dead_lettered_once_not_retried(tmp_path: Path) -> None:
     with EmbeddedNatsServer(tmp_path / "nats") as server:
         cfg = NatsSettings(url=server.url, ack_wait_s=2, max_deliver=3, retry_delay_s=0.1)
-        nc = await connect(server.url, name="test-context-consumer")
+        nc = await connect(server.client_settings(), role="admin", name="test-context-consumer")
         js = nc.jetstream()
         await provision(js, cfg)
         deep_context = event("urn:nats", "deep-context", {**SUBMITTED_DATA, "context": nested(300)})

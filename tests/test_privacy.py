@@ -36,8 +36,9 @@ from services.events.audit import (
     submission,
 )
 from services.events.binding import encode_binary, encode_structured, new_event
+from services.events.connection import connect
 from services.events.embedded import EmbeddedNatsServer
-from services.events.jetstream import connect, provision, publish_event
+from services.events.jetstream import provision, publish_event
 from services.events.models import (
     ALERT_RAISED,
     AUDIO_CAPTIONED,
@@ -92,7 +93,7 @@ class Env:
 async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
     monkeypatch.delenv("LISTENPOST_NATS__URL", raising=False)
     with EmbeddedNatsServer(tmp_path / "nats") as server:
-        nc = await connect(server.url, name="test-privacy")
+        nc = await connect(server.client_settings(), role="admin", name="test-privacy")
         settings = Settings(nats=NatsSettings(url=server.url))
         await provision(nc.jetstream(), settings.nats, audit=settings.audit, retention=settings.retention)
         try:
@@ -390,6 +391,7 @@ async def test_history_bucket_fixture_is_real(env: Env) -> None:
 @pytest.mark.filterwarnings("ignore:coroutine .*__del__' was never awaited:RuntimeWarning")
 async def test_ingress_audits_every_input_and_drops_a_refused_inputs_audio_when_told(env: Env) -> None:
     from services.events.consumer import Poison
+    from services.events.models import ContextLimits
     from services.ingest.adapters import AdapterSet
     from services.orchestrator.deployment import Ingress
 
@@ -398,6 +400,7 @@ async def test_ingress_audits_every_input_and_drops_a_refused_inputs_audio_when_
     )  # fmt: skip
     ingress = Ingress.func_or_class.__new__(Ingress.func_or_class)  # the deployment's class, not started by Serve
     ingress._settings, ingress._js, ingress._adapters = settings, env.js, AdapterSet()
+    ingress._context_limits = ContextLimits.from_settings(settings.ingress)
     await provision_audio_buckets(env.js, [BUCKET], settings.retention)
     store = await env.js.object_store(BUCKET)
     await store.put("ev-k/a.wav", wav_with_title(CALL_A))

@@ -29,9 +29,9 @@ from services.events.jetstream import derive_msg_id, provision, publish_event, s
 from services.events.models import AUDIO_SUBMITTED
 from services.ingest.adapters import AdapterSet
 from services.ingest.http import HttpIngest, app_for, http_app
-from services.settings import HttpSettings, NatsSettings
+from services.settings import ApiKey, HttpSettings, NatsSettings
 
-KEY = "k-3f9a1c-bounded"
+KEY = "k-3f9a1c-bounded-0123456789abcdef-streams"
 DATA = {"audio": {"uri": "file:///calls/1.wav"}}
 
 
@@ -112,7 +112,7 @@ async def test_http_answers_503_input_full_with_retry_after(server: EmbeddedNats
         cfg = tiny(server.url)
         await provision(js, cfg)
         await fill(js, cfg, 2)
-        http = HttpSettings(api_keys=[SecretStr(KEY)], publish_timeout_s=20)
+        http = HttpSettings(keys=[ApiKey(id="bounded", secret=SecretStr(KEY), sources=["urn:test:*"])], publish_timeout_s=20)
         app_for(HttpIngest(js=js, nats=cfg, http=http, adapters=AdapterSet()))
         transport = httpx.ASGITransport(app=http_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as client:
