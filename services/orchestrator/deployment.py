@@ -19,6 +19,7 @@ from ray.serve.exceptions import BackPressureError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
 from services.captioner.errors import CaptionGenerationError, EngineDeadError
+from services.captioner.redaction import RedactionPolicy
 from services.events.advisories import handle_advisory
 from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
 from services.events.deadletter import dead_letter
@@ -60,6 +61,7 @@ class Ingress:
         self._nc = await connect(settings.nats.url, name="listenpost-ingress", on_reconnect=self._on_reconnect)
         self._js = self._nc.jetstream()
         self._adapters = load_adapters(settings.adapters.directory) if settings.adapters.enabled else AdapterSet()
+        self._redaction = RedactionPolicy.from_settings(settings.captioner)
         cfg = settings.nats
         await provision(self._js, cfg, settings.rules.subjects(cfg))
         redelivery = Redelivery.from_settings(cfg)
@@ -125,6 +127,7 @@ class Ingress:
                 source=cfg.source,
                 deliveries=msg.metadata.num_delivered,
                 facets=self._facets,
+                redaction=self._redaction,
             )
         except _TRANSIENT as exc:
             raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
