@@ -1,6 +1,7 @@
 """No planted identifier leaves the Captioner: real audio decoded and windowed, scripted captions,
 the ``audio.captioned`` event built by the pipeline, stored in a real nats-server and read back,
-and the rules' decisions made from it. Facets are the same as without redaction.
+and the rules' decisions made from it. Facets are the same as without redaction. A failed
+guided facet pass, whose error quotes the model's answer, is logged redacted.
 
 The caption engine is scripted (the tiny checkpoint writes noise): what is under test is what
 happens to the captions after the engine, so the engine's words must be known.
@@ -22,6 +23,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from services.captioner.engines import CaptionResult
+from services.captioner.engines.base import TextResult
 from services.captioner.facets import extract_facets
 from services.captioner.redaction import OFF, RedactionPolicy
 from services.events.binding import decode, event_data_json, new_event
@@ -33,6 +35,7 @@ from services.preprocess.pipeline import PreparedAudio, prepare
 from services.rules import evaluate, load_ruleset
 from services.settings import CaptionerSettings, NatsSettings, PreprocessSettings
 from tests.audio_factory import call, sndfile_bytes
+from tests.test_captioner_deployment import StubEngine, make_captioner
 
 # What the scripted engine "hears", window by window (cycled): identifiers inside sentences
 # that also carry facet cues, so the facets' evidence quotes them too.
@@ -212,3 +215,27 @@ async def test_facets_are_those_of_the_raw_captions_with_their_quotes_redacted(r
     # Acoustics and audio facts are untouched by redaction.
     plain = AudioCaptioned.model_validate(event_data_json(await captioned_event(recording, OFF)))
     assert (data.acoustics, data.audio) == (plain.acoustics, plain.audio)
+
+
+class _QuotingEngine(StubEngine):
+    """Answers the guided pass with JSON that quotes the caption in a field the schema forbids."""
+
+    async def complete(self, prompt: str, *, request_id: str, max_tokens: int, json_schema: object = None) -> TextResult:
+        answer = {"emotions": [], "sound_events": [], "languages": [], "speech_present": True, "music_present": False,
+                  "quote": "her card is 4111 1111 1111 1111"}  # fmt: skip
+        return TextResult(request_id=request_id, text=json.dumps(answer), prompt_tokens=1, output_tokens=1, engine_seconds=0)
+
+
+@pytest.mark.filterwarnings("ignore:coroutine 'Captioner.__del__' was never awaited")
+async def test_a_failed_guided_pass_logs_its_error_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    windows = [Window(index=0, start=0, end=30, channel=None, caption="The customer is furious: 4111 1111 1111 1111.")]
+    replica: Any = await make_captioner(_QuotingEngine(), facets_extractor="guided", model="stub-model")
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("WARNING", logger="services.captioner.deployment"):
+        patch.setattr("services.captioner.facets.guided.text_prompt", lambda model, system, user: user)
+        facets = await replica.facets(windows, "evt")
+    assert facets.extractor == "lexicon"
+    [record] = [r for r in caplog.records if r.name == "services.captioner.deployment"]
+    message = record.getMessage()
+    assert message.startswith("guided facets failed for evt, using the lexicon extractor: window 0: the guided answer is not valid facets")
+    assert "input_value='her card is [CARD]'" in message
+    assert "4111" not in message
