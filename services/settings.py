@@ -33,6 +33,7 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -395,6 +396,12 @@ class PreprocessSettings(_FixedReplicas):
         return self
 
 
+#: What caption redaction can replace (services/captioner/redaction.py, docs/redaction.md).
+RedactLabel = Literal["email", "phone", "card", "iban", "national_id"]
+#: The national ids redaction knows (each a format, most with a checksum: docs/redaction.md).
+NationalIdKind = Literal["us_ssn", "gb_nino", "gb_nhs", "de_idnr", "nl_bsn", "es_dni", "fr_nir", "it_codicefiscale"]
+
+
 class CaptionerSettings(_ServeOptions):
     """The Captioner deployment: engine, engine arguments, sampling, autoscaling, facets."""
 
@@ -460,6 +467,49 @@ class CaptionerSettings(_ServeOptions):
         description="Import path 'module:callable' of (engine name, config dict) -> CaptionEngine; "
         "replaces the built-in engines (other backends, fault injection in tests).",
     )
+    # Redaction of identifiers in captions (docs/redaction.md). On by default: call captions are
+    # personal data, and an identifier that reaches LISTENPOST_OUT is copied to every consumer.
+    redact: list[RedactLabel] = Field(
+        default_factory=lambda: list(typing.get_args(RedactLabel)),
+        description="Identifiers replaced by a typed placeholder before captions leave the Captioner "
+        "(email, phone, card, iban, national_id); an empty list turns redaction off.",
+    )
+    redact_placeholders: dict[RedactLabel, str] = Field(
+        default_factory=dict,
+        description="Placeholder per label instead of the default [EMAIL], [PHONE], [CARD], [IBAN], [NATIONAL_ID].",
+    )
+    redact_phone_regions: list[str] = Field(
+        default_factory=lambda: ["US"],
+        description="Countries (ISO 3166 alpha-2) whose national phone formats are recognised; "
+        "numbers written with +country code are recognised for every country (an empty list: only those).",
+    )
+    redact_national_ids: list[NationalIdKind] = Field(
+        default_factory=lambda: list(typing.get_args(NationalIdKind)),
+        description="National ids recognised when national_id is redacted: us_ssn, gb_nino, gb_nhs, de_idnr, "
+        "nl_bsn, es_dni (and NIE), fr_nir, it_codicefiscale.",
+    )
+    redact_spoken_digits: bool = Field(
+        default=True,
+        description="Also read digits said as words ('four one one one ...', 'double four') as numbers.",
+    )
+
+    @field_validator("redact_placeholders")
+    @classmethod
+    def _placeholders(cls, value: dict[str, str]) -> dict[str, str]:
+        for label, placeholder in value.items():
+            if not placeholder.strip() or len(placeholder) > 64:
+                raise ValueError(f"the placeholder of {label!r} must be 1 to 64 characters, not {placeholder!r}")
+        return value
+
+    @field_validator("redact_phone_regions")
+    @classmethod
+    def _phone_regions(cls, value: list[str]) -> list[str]:
+        from phonenumbers import SUPPORTED_REGIONS  # here: only this check needs the phone metadata
+
+        unknown = [r for r in value if r not in SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown region(s) {unknown}: ISO 3166 alpha-2 codes, upper case, e.g. 'GB'")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> CaptionerSettings:

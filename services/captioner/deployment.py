@@ -21,6 +21,7 @@ from services.captioner.engines.base import ConfigurableEngine, TextEngine
 from services.captioner.errors import GuidedExtractionError
 from services.captioner.facets import extract_facets
 from services.captioner.facets.guided import GuidedFacetExtractor
+from services.captioner.redaction import RedactionPolicy, redact
 from services.events.models import Facets, Window
 from services.settings import CaptionerSettings, Settings
 
@@ -87,6 +88,7 @@ class Captioner:
     async def __init__(self, settings: Settings, engine: CaptionEngine | None = None) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         # `engine` is injectable (tests, other backends); by default it comes from settings.
         self._settings = settings.captioner
+        self._redaction = RedactionPolicy.from_settings(settings.captioner)
         self._engine = engine or make_engine(settings.captioner, settings.preprocess.window_s)
         await self._engine.start()
 
@@ -105,7 +107,9 @@ class Captioner:
             try:
                 return await extractor.extract(windows, request_id)
             except GuidedExtractionError as exc:
-                log.warning("guided facets failed for %s, using the lexicon extractor: %s", request_id, exc)
+                # The error may quote the model's answer, and so the caption: redacted like captions.
+                reason = redact(str(exc), self._redaction).text
+                log.warning("guided facets failed for %s, using the lexicon extractor: %s", request_id, reason)
         return extract_facets(windows)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

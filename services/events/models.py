@@ -252,6 +252,11 @@ class AudioCaptioned(BaseModel):
     engine: str
     timings: dict[str, float]
     deliveries: int = Field(default=1, description="JetStream deliveries the input needed; >1 means it was retried.")
+    redactions: dict[str, int] = Field(
+        default_factory=dict,
+        description="Identifiers replaced in the captions, by label (email, phone, card, iban, national_id); "
+        "empty when none were found or redaction is off (docs/redaction.md).",
+    )
 
 
 Stage = Literal["decode-event", "validate", "fetch", "decode-audio", "preprocess", "caption", "publish", "rules", "retry"]

@@ -24,6 +24,7 @@ from ray.serve.exceptions import BackPressureError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
 from services.captioner.errors import CaptionGenerationError, EngineDeadError
+from services.captioner.redaction import RedactionPolicy
 from services.events.advisories import handle_advisory
 from services.events.audit import record, submission
 from services.events.connection import connect
@@ -70,6 +71,7 @@ class Ingress:
         self._js = self._nc.jetstream()
         self._adapters = load_adapters(settings.adapters.directory) if settings.adapters.enabled else AdapterSet()
         self._context_limits = ContextLimits.from_settings(settings.ingress)
+        self._redaction = RedactionPolicy.from_settings(settings.captioner)
         cfg = settings.nats
         await ensure_provisioned(self._js, settings)
         redelivery = Redelivery.from_settings(cfg)
@@ -163,6 +165,7 @@ class Ingress:
                 source=cfg.source,
                 deliveries=msg.metadata.num_delivered,
                 facets=self._facets,
+                redaction=self._redaction,
             )
         except _TRANSIENT as exc:
             raise RetryLater(f"{type(exc).__name__}: {exc}") from exc

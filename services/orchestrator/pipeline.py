@@ -3,11 +3,18 @@
 Plain async code over two injected calls (prepare, caption) so it is tested
 without Ray; the Serve deployment passes its handles in. Failures are sorted
 into :class:`Poison` (dead-letter) and :class:`RetryLater` (redeliver).
+
+Identifiers in the captions (e-mail, phone, card, IBAN, national id) are redacted
+here, the one place where captions become the event: facets are read from the raw
+captions first (so they are the same with or without redaction), then the windows,
+the merged timeline and the caption text the facets quote are redacted together
+(docs/redaction.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +25,8 @@ from cloudevents.core.base import BaseCloudEvent
 
 from services.captioner.errors import EmptyWindowError, WindowTooLongError
 from services.captioner.facets import extract_facets
+from services.captioner.redact_captions import redact_captions
+from services.captioner.redaction import DEFAULT_POLICY, RedactionPolicy
 from services.captioner.timeline import merge_timeline
 from services.events.binding import new_event
 from services.events.consumer import Poison, RetryLater
@@ -37,6 +46,8 @@ Prepare = Callable[[AudioSubmitted], Awaitable[PreparedAudio]]
 Caption = Callable[[np.ndarray, str], Awaitable[Any]]  # -> CaptionResult
 ExtractFacets = Callable[[list[Window], str], Awaitable[Facets]]
 
+log = logging.getLogger(__name__)
+
 
 async def lexicon_facets(windows: list[Window], request_id: str) -> Facets:
     return extract_facets(windows)
@@ -55,6 +66,7 @@ async def caption_submitted(
     source: str,
     deliveries: int = 1,
     facets: ExtractFacets = lexicon_facets,
+    redaction: RedactionPolicy = DEFAULT_POLICY,
 ) -> BaseCloudEvent:
     started = time.perf_counter()
     try:
@@ -90,13 +102,22 @@ async def caption_submitted(
         )
         for w, r in zip(prepared.windows, results, strict=True)
     ]
+    # Facets from the raw captions; then nothing raw goes further.
+    redacted = redact_captions(windows, await facets(windows, event.get_id()), redaction)
+    if redacted.counts:
+        log.info(
+            "redacted %s from the captions of event %r",
+            ", ".join(f"{n} {label}" for label, n in redacted.counts.items()),
+            event.get_id(),
+        )
     data = AudioCaptioned(
         source_event=SourceEventRef(id=event.get_id(), source=event.get_source(), type=event.get_type()),
         context=submitted.context,
         audio=prepared.facts,
-        windows=windows,
-        caption=merge_timeline(windows),
-        facets=await facets(windows, event.get_id()),
+        windows=redacted.windows,
+        caption=merge_timeline(redacted.windows),
+        facets=redacted.facets,
+        redactions={str(label): n for label, n in redacted.counts.items()},
         acoustics=prepared.acoustics,
         model=model,
         engine=engine,
