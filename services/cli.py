@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.events.cli import audit_app, dlq_app
+from services.events.nats_cli import nats_app
 from services.preprocess.cli import audio_app
 from services.rules.cli import rules_app
 from services.settings import Settings, SettingsError
@@ -27,6 +28,7 @@ app.add_typer(settings_app, name="settings")
 app.add_typer(rules_app, name="rules")
 app.add_typer(audio_app, name="audio")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(nats_app, name="nats")
 app.add_typer(audit_app, name="audit")
 app.command("facets")(__import__("services.captioner.cli", fromlist=["facets_command"]).facets_command)
 

@@ -121,8 +121,13 @@ async def test_audit_stream_is_append_only_at_the_server(env: Env) -> None:
 
 
 async def test_submission_records_name_the_api_key_or_nats_and_are_deduplicated(env: Env) -> None:
+    http = "listenpost.in.http"
     by_key = submission({KEY_ID_HEADER: "pbx-a", "ce-id": "x"}, source="urn:pbx:a", event_id="ev-1",
-                        call_id="c-1", subject="listenpost.in.http")  # fmt: skip
+                        call_id="c-1", subject=http, http_subject=http)  # fmt: skip
+    # A NATS producer that claims a key on another subject is recorded as what it is.
+    claimed = submission({KEY_ID_HEADER: "pbx-a"}, source="urn:pbx:a", event_id="ev-2", call_id=None,
+                         subject="listenpost.in.pbx", http_subject=http)  # fmt: skip
+    assert str(claimed.actor) == "nats"
     by_nats = submission({}, source=None, event_id=None, call_id=None, subject="listenpost.in.raw",
                          refused="decode-event: not a CloudEvent")  # fmt: skip
     for rec in (by_key, by_key.model_copy(update={"time": by_key.time}), by_nats):  # a redelivery: one record

@@ -41,7 +41,9 @@ from services.settings import AuditSettings, NatsSettings
 log = logging.getLogger(__name__)
 
 #: The header the HTTP door puts on a stored input: the id of the API key that submitted it.
-KEY_ID_HEADER = "Listenpost-Key-Id"
+#: The HTTP door's record of the API key that submitted an input (extension ``listenpostkeyid``,
+#: binary mode). Believed only on the HTTP door's own subject, which producers may not publish to.
+KEY_ID_HEADER = "ce-listenpostkeyid"
 
 Action = Literal[
     "submit",
@@ -130,12 +132,15 @@ def submission(
     event_id: str | None,
     call_id: str | None,
     subject: str,
+    http_subject: str | None = None,
     refused: str | None = None,
     at: datetime | None = None,
 ) -> AuditRecord:
     """An input consumed by the Ingress. The actor is the API key the HTTP door stored on it
-    (``Listenpost-Key-Id``), else ``nats``: a NATS publisher's user is not on its messages."""
-    key_id = _header(headers, KEY_ID_HEADER)
+    (``ce-listenpostkeyid``) when it came through the HTTP door (``http_subject``; producers'
+    permissions deny it, so a NATS publisher cannot claim a key), else ``nats``: a NATS
+    publisher's user is not on its messages."""
+    key_id = _header(headers, KEY_ID_HEADER) if http_subject is not None and subject == http_subject else None
     actor = Actor(kind="key", id=key_id[:256]) if key_id else Actor(kind="nats")
     details: dict[str, Any] = {"subject": subject}
     if refused is not None:

@@ -9,6 +9,7 @@ replies and nobody else's (deploy/nats-server.conf).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -107,7 +108,9 @@ async def connect(
 
 
 @asynccontextmanager
-async def short_session(cfg: NatsSettings, *, role: NatsRole, name: str) -> AsyncIterator[NATS]:
+async def short_session(
+    cfg: NatsSettings, *, role: NatsRole, name: str, connect_timeout_s: float = 10.0
+) -> AsyncIterator[NATS]:
     """A connection for a command: fails fast, with the cause in words, when NATS is down or
     refuses the identity (services reconnect forever instead)."""
     errors: list[Exception] = []
@@ -117,17 +120,19 @@ async def short_session(cfg: NatsSettings, *, role: NatsRole, name: str) -> Asyn
 
     options = connect_options(cfg, role)
     try:
-        # nats-py only gives up on a first connect once attempts are bounded above zero.
-        nc = await nats.connect(
-            **options,
-            name=name,
-            connect_timeout=5,
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.2,
-            error_cb=remember,
-        )
+        # nats-py only gives up on a first connect once attempts are bounded above zero, and
+        # retries a failed TLS handshake (an untrusted certificate) without end: bound it.
+        async with asyncio.timeout(connect_timeout_s):
+            nc = await nats.connect(
+                **options,
+                name=name,
+                connect_timeout=5,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.2,
+                error_cb=remember,
+            )
     except Exception as exc:
-        cause = errors[-1] if errors else exc
+        cause = errors[0] if errors else exc  # the first is the cause; later ones are its echoes
         raise NatsConnectError(f"cannot reach NATS at {cfg.url} as {role}: {cause or type(cause).__name__}") from exc
     try:
         yield nc

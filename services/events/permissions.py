@@ -28,10 +28,11 @@ ROLES: tuple[NatsRole, ...] = get_args(NatsRole)
 
 
 class Permissions(BaseModel):
-    """Subjects a role may publish to and subscribe to (nats-server ``allow`` lists)."""
+    """Subjects a role may publish to and subscribe to (nats-server ``allow`` and ``deny`` lists)."""
 
     publish: list[str]
     subscribe: list[str]
+    publish_deny: list[str] = []
 
 
 def _api(*tokens: str) -> str:
@@ -167,6 +168,8 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         "producer": Permissions(
             publish=[inputs, *(p for b in audio_buckets[:1] for p in _object_uploader(b))],
             subscribe=[inbox("producer")],
+            # The HTTP door's subject: what arrives there carries the API key that was checked.
+            publish_deny=[nats.subject("in", "http")],
         ),
         "ingress": Permissions(publish=ingress, subscribe=[inbox("ingress")]),
         "preprocess": Permissions(
@@ -177,7 +180,10 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         "operator": Permissions(publish=operator, subscribe=[inbox("operator"), f"{prefix}.>"]),
         "admin": Permissions(publish=[">"], subscribe=[">"]),
     }
-    return {role: Permissions(publish=_unique(p.publish), subscribe=_unique(p.subscribe)) for role, p in table.items()}
+    return {
+        role: Permissions(publish=_unique(p.publish), subscribe=_unique(p.subscribe), publish_deny=p.publish_deny)
+        for role, p in table.items()
+    }
 
 
 def _unique(subjects: list[str]) -> list[str]:

@@ -73,7 +73,10 @@ def render(config: ServerConfig, settings: Settings) -> str:
         {
             "nkey": config.nkeys[role],
             "permissions": {
-                "publish": {"allow": list[Value](permissions[role].publish)},
+                "publish": {
+                    "allow": list[Value](permissions[role].publish),
+                    **({"deny": list[Value](permissions[role].publish_deny)} if permissions[role].publish_deny else {}),
+                },
                 "subscribe": {"allow": list[Value](permissions[role].subscribe)},
             },
         }
@@ -107,7 +110,7 @@ def render(config: ServerConfig, settings: Settings) -> str:
         "# One NKey user per role, each with only the subjects it needs; JetStream encrypted at rest;\n"
         "# TLS on every client connection. $VARIABLES come from the server's environment (SECURITY.md).\n"
     )
-    return header + _render(body, 0) + "\n"
+    return header + "\n".join(f"{key}: {_render(value, 0)}" for key, value in body.items()) + "\n"
 
 
 def _monitor(config: ServerConfig) -> Value:
@@ -136,5 +139,5 @@ def _render(value: Any, depth: int) -> str:
         return "[\n" + inner + "\n" + "  " * depth + "]"
     if isinstance(value, dict):
         inner = "\n".join(f"{pad}{key}: {_render(v, depth + 1)}" for key, v in value.items())
-        return "{\n" + inner + "\n" + "  " * depth + "}" if depth else inner
+        return "{\n" + inner + "\n" + "  " * depth + "}"
     raise TypeError(f"cannot render {type(value).__name__}")

@@ -131,7 +131,15 @@ class Ingress:
             call_id = correlation_extensions(event, submitted).get("callid") if submitted is not None else None
         else:  # unreadable: what the binary-mode headers say, if anything
             source, event_id, call_id = headers.get("ce-source"), headers.get("ce-id"), headers.get("ce-callid")
-        rec = submission(headers, source=source, event_id=event_id, call_id=call_id, subject=msg.subject, refused=refused)
+        rec = submission(
+            headers,
+            source=source,
+            event_id=event_id,
+            call_id=call_id,
+            subject=msg.subject,
+            http_subject=self._settings.nats.subject("in", "http"),
+            refused=refused,
+        )
         cfg = self._settings
         await record(self._js, cfg.nats, cfg.audit, rec)
 
