@@ -54,6 +54,7 @@ from cloudevents.core.v1.event import OPTIONAL_ATTRIBUTES, REQUIRED_ATTRIBUTES, 
 from services.events.errors import EventsError
 
 __all__ = [
+    "parse_json",
     "STRUCTURED_CONTENT_TYPE",
     "BindingError",
     "CloudEvent",
@@ -76,6 +77,7 @@ _EXTENSION_NAME: Final = re.compile(r"[a-z0-9]{1,20}")
 # Binding spec 3.1.3.2: printable ASCII passes unescaped except space, '"' and '%'.
 _HEADER_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in ' "%')
 _QUOTED_PAIR: Final = re.compile(r"\\(.)")
+_TOO_DEEP: Final = "arrays and objects nested too deeply to read"
 
 
 class BindingError(EventsError, ValueError):
@@ -162,19 +164,8 @@ def event_data_json(event: BaseCloudEvent) -> Any:
     if isinstance(data, str) and _is_json(event.get_datacontenttype()):
         return data
     if isinstance(data, (bytes, bytearray, str)):
-        return _load_json(data, f"data of event {event.get_id()!r} is not JSON")
+        return parse_json(data, f"data of event {event.get_id()!r} is not JSON")
     return data
-
-
-def _load_json(text: bytes | bytearray | str, what: str) -> Any:
-    """``json.loads``, with JSON nested deeper than the parser's recursion limit a
-    :class:`MalformedEventError` like any other bad JSON (100,000 ``[`` were a 500)."""
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise MalformedEventError(f"{what}: {exc}") from exc
-    except RecursionError:
-        raise MalformedEventError(f"{what}: nested too deeply") from None
 
 
 def event_attributes(event: BaseCloudEvent) -> dict[str, Any]:
@@ -188,7 +179,7 @@ def _decode_structured(body: bytes, content_type: str | None) -> CloudEvent:
         raise MalformedEventError(
             f"unsupported structured content type {content_type!r}: only {_FORMAT.CONTENT_TYPE} is read"
         )
-    parsed = _load_json(body, "structured body is not valid JSON")
+    parsed = parse_json(body, "structured body is not valid JSON")
     if not isinstance(parsed, dict):
         raise MalformedEventError(f"structured body must be a JSON object, not {type(parsed).__name__}")
     attributes = {name: value for name, value in parsed.items() if name not in ("data", "data_base64")}
@@ -242,8 +233,8 @@ def _construct(make: Callable[[], CloudEvent], *, had_time: bool) -> CloudEvent:
         raise MalformedEventError(f"invalid CloudEvent: {details}") from exc
     except (ValueError, TypeError) as exc:  # a bad 'time' or data_base64 inside JSONFormat.read
         raise MalformedEventError(f"invalid CloudEvent: {exc}") from exc
-    except RecursionError:  # JSONFormat.read parses again, a few frames deeper than our own parse
-        raise MalformedEventError("invalid CloudEvent: JSON nested too deeply") from None
+    except RecursionError as exc:  # JSONFormat.read parses the body again, a few frames deeper than we did
+        raise MalformedEventError(f"structured body is not valid JSON: {_TOO_DEEP}") from exc
     if not had_time:
         # get_attributes() is the SDK event's own dict: this undoes its made-up time.
         event.get_attributes().pop("time", None)
@@ -298,7 +289,37 @@ def _decode_data(body: bytes, content_type: str | None) -> Any:
         return None
     if content_type is None or not _is_json(content_type):
         return bytes(body)
-    return _load_json(body, f"data is not valid JSON for datacontenttype {content_type!r}")
+    return parse_json(body, f"data is not valid JSON for datacontenttype {content_type!r}")
+
+
+def parse_json(text: str | bytes | bytearray, refusal: str) -> Any:
+    """``json.loads``, with every way the text can be unreadable raised as one MalformedEventError
+    that starts with ``refusal``.
+
+    Two of them are not ValueErrors: nesting past the interpreter's recursion limit (about
+    1,000 levels, less the caller's own stack) raises RecursionError; and a lone UTF-16
+    surrogate (``"\\ud800"``, or its bytes in the body) parses into a str that no UTF-8
+    encoder takes, so the event could never be stored, forwarded or logged as JSON.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise MalformedEventError(f"{refusal}: {exc}") from exc
+    except RecursionError as exc:
+        raise MalformedEventError(f"{refusal}: {_TOO_DEEP}") from exc
+    # In ASCII text only a \u escape can bring one in (json.loads also reads UTF-16 and 32 bodies,
+    # and passes encoded surrogates through): skip the check for the common plain-ASCII body.
+    if isinstance(text, str) or b"\\u" in text or not text.isascii():
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            surrogate = f"\\u{ord(exc.object[exc.start]):04x}"
+            raise MalformedEventError(
+                f"{refusal}: it holds a lone UTF-16 surrogate ({surrogate}), which is no Unicode character"
+            ) from exc
+        except RecursionError as exc:
+            raise MalformedEventError(f"{refusal}: {_TOO_DEEP}") from exc
+    return value
 
 
 def _is_json(content_type: str | None) -> bool:

@@ -75,9 +75,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.events.binding import (
     BindingError,
     CloudEvent,
+    MalformedEventError,
     NotACloudEventError,
     decode,
     encode_binary,
+    parse_json,
 )
 from services.events.bounds import StreamFullError
 from services.events.claimcheck import submitted_data
@@ -354,11 +356,9 @@ def decode_single(body: bytes, headers: Mapping[str, str]) -> CloudEvent:
 
 def split_batch(body: bytes, max_events: int) -> list[Any]:
     try:
-        items = json.loads(body)
-    except ValueError as exc:
-        raise _malformed(f"batch body is not valid JSON: {exc}") from exc
-    except RecursionError:
-        raise _malformed(f"batch body is not valid JSON: nested more than {MAX_JSON_DEPTH} levels deep") from None
+        items = parse_json(body, "batch body is not valid JSON")  # too deep, lone surrogates: refused too
+    except MalformedEventError as exc:
+        raise _malformed(str(exc)) from exc
     if not isinstance(items, list):
         raise _malformed(f"a {BATCH_CONTENT_TYPE} body is a JSON array, not {type(items).__name__}")
     if len(items) > max_events:
