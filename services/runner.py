@@ -56,6 +56,9 @@ def running_service(
             provision_as_admin(settings)
         started_ray = not ray.is_initialized()
         if started_ray:
+            # A local Ray's dashboard (and its Jobs API, which runs any code it is sent) listens
+            # on loopback (ray.init's default, kept); a cluster's nodes use token auth
+            # (ray_cluster.yaml, SECURITY.md).
             ray.init(address=settings.ray_address, num_cpus=ray_num_cpus, runtime_env=runtime_env)
         try:
             if settings.http.enabled:

@@ -374,3 +374,24 @@ async def test_a_forged_reference_cannot_make_a_replay_read_another_bucket(env: 
         "dead letter kept"
     ]
     assert (await env.js.stream_info(env.cfg.in_stream)).state.messages == 0
+
+
+def test_client_text_in_the_dead_letter_table_cannot_drive_the_terminal() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from services.events.cli import _letters_table, shown
+    from services.events.dlq import DeadLetter, DeadLetterPage
+
+    hostile = "ev-1\x1b[2J\x1b[31m[bold]forged[/bold]\r\n"
+    assert shown(hostile) == "ev-1\\x1b[2J\\x1b[31m\\[bold]forged\\[/bold]\\r\\n"
+    letter = DeadLetter(seq=1, time=None, subject="listenpost.dlq.parse", stage="parse", reason=hostile,
+                        original_id=hostile, original_subject="listenpost.in.x", replayable=True)  # fmt: skip
+    out = StringIO()
+    Console(file=out, width=400, force_terminal=True, color_system=None).print(
+        _letters_table(DeadLetterPage(letters=[letter], total=1), "LISTENPOST_DLQ")
+    )
+    text = out.getvalue()
+    assert "\x1b[2J" not in text and "\r" not in text
+    assert "\\x1b[2J\\x1b[31m[bold]forged[/bold]\\r\\n" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, TypeVar
@@ -51,6 +52,15 @@ def _since(text: str) -> datetime:
         raise typer.BadParameter(str(exc)) from None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(text: str | None) -> str:
+    """Client-supplied text (ids, subjects, reasons quoting input) as a terminal shows it safely:
+    control characters (an ANSI escape, a carriage return) visible as escapes, Rich markup inert."""
+    return escape(_CONTROL.sub(lambda m: repr(m.group())[1:-1], text or ""))
+
+
 @dlq_app.command("list")
 def dlq_list(
     as_json: AsJson = False,
@@ -89,18 +99,18 @@ def dlq_list(
 def _letters_table(page: DeadLetterPage, stream: str) -> Table:
     letters, total = page.letters, page.total
     count = f"{total} dead letter{'s' if total != 1 else ''}"
-    shown = f", showing {letters[0].seq}..{letters[-1].seq}" if total > len(letters) else ""
-    table = Table(title=f"{stream}: {count}{shown}")
+    span = f", showing {letters[0].seq}..{letters[-1].seq}" if total > len(letters) else ""
+    table = Table(title=f"{stream}: {count}{span}")
     for column in ("seq", "time", "stage", "original id", "subject", "reason"):
         table.add_column(column, overflow="fold")
     for letter in letters:
         table.add_row(
             str(letter.seq),
             letter.time.strftime("%Y-%m-%d %H:%M:%S") if letter.time else "",
-            letter.stage or "?",
-            letter.original_id or "",
-            letter.original_subject or "",
-            letter.reason if letter.replayable else f"{letter.reason} (not replayable)",
+            shown(letter.stage) or "?",
+            shown(letter.original_id),
+            shown(letter.original_subject),
+            shown(letter.reason if letter.replayable else f"{letter.reason} (not replayable)"),
         )
     return table
 
@@ -150,13 +160,13 @@ def _print_report(report: ReplayReport) -> None:
         for item in report.replayed:
             note = "already republished earlier" if item.duplicate else ""
             stored = f"{item.stream} #{item.stream_seq}"
-            table.add_row(str(item.seq), item.original_id or "", item.subject, stored, note)
+            table.add_row(str(item.seq), shown(item.original_id), shown(item.subject), stored, note)
         console.print(table)
     elif not report.failed:
         console.print("no dead letters to replay")
     for failure in report.failed:
-        what = f"{failure.seq} ({failure.original_id or 'no id'})"
-        err.print(f"[red]not replayed[/] {what}: {failure.error}", highlight=False)
+        what = f"{failure.seq} ({shown(failure.original_id) or 'no id'})"
+        err.print(f"[red]not replayed[/] {what}: {shown(failure.error)}", highlight=False)
 
 
 # --- audit -----------------------------------------------------------------------------

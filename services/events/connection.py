@@ -29,6 +29,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class _QuietTlsClose(logging.Filter):
+    """asyncio warns "returning true from eof_received() has no effect when using ssl" whenever a
+    TLS connection to nats-server closes (nats-py's protocol returns True): noise, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_QuietTlsClose())
+
+
 class NatsConnectError(EventsError, ConnectionError):
     """A command could not reach or log in to NATS: the message says which and why."""
 

@@ -57,6 +57,14 @@ def advisory_subjects(cfg: NatsSettings) -> list[str]:
     return [f"$JS.EVENT.ADVISORY.CONSUMER.{kind}.{cfg.in_stream}.*" for kind in ("MAX_DELIVERIES", "MSG_TERMINATED")]
 
 
+#: JetStream's "insufficient storage resources available" (a stream's max_bytes cannot be reserved).
+_INSUFFICIENT_RESOURCES = 10047
+
+
+class NotProvisionedError(EventsError, RuntimeError):
+    """A stream listenpost needs is missing (and this identity may not create it), or cannot be made."""
+
+
 def stream_configs(
     cfg: NatsSettings, *, audit: AuditSettings | None = None, retention: RetentionSettings | None = None
 ) -> list[StreamConfig]:
@@ -164,21 +172,27 @@ async def provision(
     for config in stream_configs(cfg, audit=audit, retention=retention):
         assert config.name is not None, "stream_configs() names every stream"
         try:
-            await js.stream_info(config.name)
-        except NotFoundError:
-            await js.add_stream(config)
-            log.info("created stream %s", config.name)
-        else:
-            await js.update_stream(config)
+            try:
+                await js.stream_info(config.name)
+            except NotFoundError:
+                await js.add_stream(config)
+                log.info("created stream %s", config.name)
+            else:
+                await js.update_stream(config)
+        except APIError as exc:
+            if exc.err_code == _INSUFFICIENT_RESOURCES:
+                # nats-server reserves a stream's max_bytes on disk when it is made.
+                raise NotProvisionedError(
+                    f"stream {config.name} cannot be made: nats-server has no room to reserve its "
+                    f"{config.max_bytes:,} bytes (max_bytes) in its store; lower the stream's limit "
+                    "(LISTENPOST_NATS__*_MAX_BYTES) or give JetStream more storage"
+                ) from exc
+            raise
     subjects = rules_subjects or [cfg.subject("captioned")]
     for stream, consumer in consumer_configs(cfg, subjects).items():
         # Creating a durable with an identical config is a no-op on the server;
         # a changed config is applied as an update.
         await js.add_consumer(stream, consumer)
-
-
-class NotProvisionedError(EventsError, RuntimeError):
-    """A stream listenpost needs is missing and this identity may not create it."""
 
 
 async def ensure_provisioned(js: JetStreamContext, settings: Settings) -> None:
