@@ -302,3 +302,18 @@ def test_deploy_config_is_current_and_accepted_by_nats_server(tmp_path: Path) ->
     for role, permissions in role_permissions(SETTINGS).items():
         assert f"${role_variable(role).name}" in rendered
         assert all(json.dumps(subject) in rendered for subject in permissions.publish)
+
+
+def test_nats_keys_makes_a_seed_per_role_and_the_servers_environment(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    result = CliRunner().invoke(app, ["nats", "keys", str(tmp_path / "keys")])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split("=", 1) for line in result.stdout.splitlines() if line.startswith("LISTENPOST_"))
+    assert set(lines) == {role_variable(role).name for role in role_permissions(SETTINGS)}
+    for role in role_permissions(SETTINGS):
+        seed = tmp_path / "keys" / f"{role}.nk"
+        assert stat.S_IMODE(seed.stat().st_mode) == 0o600 and seed.read_text().startswith("SU")
+        assert lines[role_variable(role).name].startswith("U")

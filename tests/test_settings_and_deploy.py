@@ -75,12 +75,20 @@ def test_local_paths_are_made_absolute_for_replicas(tmp_path: Path, monkeypatch:
     assert hub.captioner.model == REAL_MODEL  # a hub id is left alone
 
 
-def test_shipped_serve_config_is_valid() -> None:
+def test_shipped_serve_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     config = yaml.safe_load((REPO / "deploy/serve-config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(config)
     (app,) = schema.applications
     assert app.import_path == "services.app:build"
     Settings(_env_file=None, **app.args)  # the args are valid listenpost settings
+    # ... and so is the environment it gives the replicas: hardened NATS (TLS, a seed per role).
+    for name, value in app.runtime_env["env_vars"].items():
+        monkeypatch.setenv(name, value)
+    nats = Settings(_env_file=None, **app.args).nats
+    assert nats.tls and not nats.provision_on_start
+    assert {role for role in ("ingress", "preprocess", "rules") if nats.identity(role).nkey_seed_file} == {
+        "ingress", "preprocess", "rules"
+    }  # fmt: skip
 
 
 def test_ray_cluster_config_has_cpu_head_and_gpu_workers() -> None:

@@ -65,3 +65,19 @@ def permissions_command() -> None:
         publish = "\n".join(permissions.publish + [f"deny {s}" for s in permissions.publish_deny])
         table.add_row(role, publish, "\n".join(permissions.subscribe))
     console.print(table)
+
+
+@nats_app.command("keys")
+def keys_command(
+    directory: Annotated[Path, typer.Argument(help="Folder for the seed files (made 0700; files 0600).")],
+) -> None:
+    """Make an NKey per role: its seed in DIRECTORY/<role>.nk for that role's component only, and
+    the public keys as the environment deploy/nats-server.conf reads (LISTENPOST_<ROLE>_NKEY)."""
+    from services.events.embedded import EmbeddedSecrets
+    from services.events.server_config import role_variable
+
+    secrets = EmbeddedSecrets(directory)
+    public = secrets.new_nkeys()
+    for role, key in public.items():
+        print(f"{role_variable(role).name}={key}")
+    err.print(f"seeds in {secrets.directory}/<role>.nk (0600): give each only to its component", highlight=False)
