@@ -317,3 +317,45 @@ def test_nats_keys_makes_a_seed_per_role_and_the_servers_environment(tmp_path: P
         seed = tmp_path / "keys" / f"{role}.nk"
         assert stat.S_IMODE(seed.stat().st_mode) == 0o600 and seed.read_text().startswith("SU")
         assert lines[role_variable(role).name].startswith("U")
+
+
+async def test_the_operators_commands_work_within_the_operators_permissions(provisioned: NatsSettings) -> None:
+    """dlq list, audit list and erase, run as the operator role: nothing they need is refused."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.events.audit import Actor, list_records
+    from services.events.binding import new_event
+    from services.events.dlq import page_dead_letters
+    from services.events.erasure import erase_call
+    from services.events.jetstream import publish_event
+    from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED
+
+    call = "call-hardened-7"
+    admin = await _session(provisioned, "admin")
+    try:  # what a call leaves behind, as the services would have stored it
+        captioned = new_event(AUDIO_CAPTIONED, "urn:listenpost", {"context": {"callid": call}}, id="cap-h7",
+                              extensions={"callid": call})  # fmt: skip
+        await publish_event(admin.js, CFG.subject("captioned"), captioned, msg_id="cap-h7")
+        original = {"subject": CFG.subject("in", "pbx"), "headers": {}, "body_base64": ""}
+        failed = new_event(AUDIO_FAILED, "urn:listenpost", {"stage": "validate", "reason": "bad", "error": "E",
+                           "original": original}, id="dl-h7", extensions={"callid": call, "originalid": "in-h7"})  # fmt: skip
+        await publish_event(admin.js, CFG.subject("dlq", "validate"), failed, msg_id="dl-h7")
+        await (await admin.js.key_value(SETTINGS.rules.state_bucket)).put(f"note.{call}", b'{"callid": "' + call.encode() + b'"}')
+        await (await admin.js.object_store(SETTINGS.preprocess.object_buckets[0])).put(f"{call}.wav", b"RIFF" + call.encode())
+    finally:
+        await admin.nc.close()
+
+    operator = await _session(provisioned, "operator")
+    try:
+        page = await page_dead_letters(operator.js, SETTINGS)
+        assert [(letter.stage, letter.reason) for letter in page.letters] == [("validate", "bad")]
+        report = await erase_call(operator.js, SETTINGS, call, actor=Actor(kind="cli", id="test"))
+        # listenpost's own streams, buckets and KV are searched and cleaned; another team's
+        # bucket on the same server is out of the operator's reach, and said so.
+        assert report.failed == [f"object store {PRIVATE_BUCKET}: not listed (nats: timeout)"] and report.audited
+        assert {r.place for r in report.removed} >= {CFG.out_stream, CFG.dlq_stream, SETTINGS.rules.state_bucket}
+        records = await list_records(operator.js, CFG, SETTINGS.audit, since=datetime.now(UTC) - timedelta(minutes=5))
+        assert [r.call_id for r in records if r.action == "erase"] == [call]
+        assert operator.violations and all(PRIVATE_BUCKET.lower() in v.lower() for v in operator.violations)
+    finally:
+        await operator.nc.close()

@@ -50,6 +50,9 @@ def _stream_reader(stream: str) -> list[str]:
         _api("CONSUMER.CREATE", stream, ">"),
         _api("CONSUMER.DELETE", stream, ">"),
         _api("CONSUMER.INFO", stream, ">"),
+        # Pulls from its own ephemeral consumers (which ack nothing: no $JS.ACK, so a reader
+        # cannot acknowledge a durable's messages away).
+        _api("CONSUMER.MSG.NEXT", stream, ">"),
         f"$JS.FC.{stream}.>",  # flow-control replies of ordered consumers
     ]
 
