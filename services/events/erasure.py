@@ -347,23 +347,11 @@ async def _erase_objects(js: JetStreamContext, bucket: str, call_id: str, refs: 
         try:
             count = 0
             for subject in (f"$O.{bucket}.C.{info.nuid}", meta_subject(bucket, name)):
-                count += await _count_or_delete(js, stream, subject, report.dry_run)
+                count += await delete_subject(js, stream, subject, dry_run=report.dry_run)
         except (nats.errors.Error, TimeoutError) as exc:
             report.failed.append(f"object {bucket}/{name}: not deleted ({exc})")
             continue
         report.removed.append(Removal(place=bucket, kind="object", item=name, messages=count))
-
-
-async def _count_or_delete(js: JetStreamContext, stream: str, subject: str, dry_run: bool) -> int:
-    if not dry_run:
-        return await delete_subject(js, stream, subject)
-    count, seq = 0, 1
-    while True:
-        try:
-            raw = await js.get_msg(stream, seq, subject=subject, next=True)
-        except NotFoundError:
-            return count
-        count, seq = count + 1, int(raw.seq or seq) + 1
 
 
 async def _erase_kv(

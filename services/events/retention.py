@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.api import ObjectStoreConfig, RawStreamMsg, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
 from services.events.models import AudioSubmitted, ObjectRef
@@ -69,19 +69,28 @@ async def erase_object(js: JetStreamContext, bucket: str, name: str) -> int:
     return removed
 
 
-async def delete_subject(js: JetStreamContext, stream: str, subject: str) -> int:
-    """Securely delete every message of ``stream`` on ``subject`` (all revisions); how many."""
-    removed, seq = 0, 1
+async def messages_on(js: JetStreamContext, stream: str, subject: str) -> AsyncIterator[RawStreamMsg]:
+    """Every stored message of ``stream`` on ``subject``, oldest first (all revisions of a key)."""
+    seq = 1
     while True:
         try:
             raw = await js.get_msg(stream, seq, subject=subject, next=True)
         except NotFoundError:
-            return removed
-        seq = int(raw.seq or seq)
-        # The server's default (no_erase false) overwrites the message's bytes on disk.
-        await js.delete_msg(stream, seq)
+            return
+        yield raw
+        seq = int(raw.seq or seq) + 1
+
+
+async def delete_subject(js: JetStreamContext, stream: str, subject: str, *, dry_run: bool = False) -> int:
+    """Securely delete every message of ``stream`` on ``subject`` (all revisions); how many
+    (with ``dry_run``, how many there are)."""
+    removed = 0
+    async for raw in messages_on(js, stream, subject):
+        if not dry_run:
+            # The server's default (no_erase false) overwrites the message's bytes on disk.
+            await js.delete_msg(stream, int(raw.seq or 0))
         removed += 1
-        seq += 1
+    return removed
 
 
 async def release_audio(
