@@ -359,3 +359,33 @@ async def test_the_operators_commands_work_within_the_operators_permissions(prov
         assert operator.violations and all(PRIVATE_BUCKET.lower() in v.lower() for v in operator.violations)
     finally:
         await operator.nc.close()
+
+
+async def test_a_producer_uploads_audio_and_the_ingress_deletes_it_after_use(provisioned: NatsSettings) -> None:
+    """The claim-check path under permissions: a producer puts the recording in the audio bucket,
+    the preprocessor reads it, the ingress deletes it once captioned (retention)."""
+    from services.events.models import AudioSubmitted
+    from services.events.retention import release_audio
+    from services.preprocess.sources import read_object
+
+    bucket = SETTINGS.preprocess.object_buckets[0]
+    producer = await _session(provisioned, "producer")
+    try:
+        await (await producer.js.object_store(bucket)).put("ev-up/call.wav", b"RIFF uploaded audio")
+    finally:
+        await producer.nc.close()
+    submitted = AudioSubmitted.model_validate({"audio": {"object": {"bucket": bucket, "name": "ev-up/call.wav"}}})
+    preprocess = await _session(provisioned, "preprocess")
+    try:
+        assert submitted.audio.object is not None
+        data = await read_object(preprocess.js, submitted.audio.object, max_bytes=1 << 20, buckets=[bucket])
+        assert data == b"RIFF uploaded audio"
+    finally:
+        await preprocess.nc.close()
+    ingress = await _session(provisioned, "ingress")
+    try:
+        released = await release_audio(ingress.js, submitted, outcome="captioned", retention=SETTINGS.retention,
+                                       buckets=[bucket], event_id="ev-up")  # fmt: skip
+        assert released and ingress.violations == []
+    finally:
+        await ingress.nc.close()

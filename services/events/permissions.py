@@ -43,6 +43,7 @@ def _stream_reader(stream: str) -> list[str]:
     """Read a stream: its info, single messages (direct or not), and ordered consumers of it."""
     return [
         _api("STREAM.INFO", stream),
+        _api("STREAM.NAMES"),  # nats-py finds a subject's stream before it subscribes (object reads)
         _api("STREAM.MSG.GET", stream),
         _api("DIRECT.GET", stream),
         _api("DIRECT.GET", stream, ">"),
@@ -80,10 +81,13 @@ def _object_reader(bucket: str) -> list[str]:
 
 
 def _object_uploader(bucket: str) -> list[str]:
-    """Add objects to a bucket. Seeing whether a name exists reads only metadata, never audio."""
+    """Add objects to a bucket. nats-py reads an object's metadata (does the name exist?) with
+    STREAM.MSG.GET, which the server cannot narrow to metadata: an uploader can read the bucket.
+    Producers that must not see each other's audio get a bucket each (SECURITY.md)."""
     stream = f"OBJ_{bucket}"
     return [
         _api("STREAM.INFO", stream),
+        _api("STREAM.MSG.GET", stream),
         _api("DIRECT.GET", stream, f"$O.{bucket}.M.>"),
         f"$O.{bucket}.C.>",
         f"$O.{bucket}.M.>",
@@ -91,8 +95,10 @@ def _object_uploader(bucket: str) -> list[str]:
 
 
 def _object_deleter(bucket: str) -> list[str]:
-    """Delete objects: a deleted-marker in the metadata, then a purge of the chunks."""
-    return [*_object_uploader(bucket), _api("STREAM.PURGE", f"OBJ_{bucket}")]
+    """Replace objects (nats-py purges the old chunks) and delete them for good (a secure delete
+    of each chunk and of the metadata: services/events/retention.py)."""
+    stream = f"OBJ_{bucket}"
+    return [*_object_uploader(bucket), _api("STREAM.PURGE", stream), _api("STREAM.MSG.DELETE", stream)]
 
 
 def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:

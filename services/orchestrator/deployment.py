@@ -13,13 +13,15 @@ retention settings keep it (services/events/retention.py, docs/privacy.md).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
 
@@ -50,6 +52,18 @@ _TRANSIENT = (
     CaptionGenerationError,
     TimeoutError,
 )
+
+
+@contextlib.contextmanager
+def _replica_errors_as_raised() -> Iterator[None]:
+    """A replica's own error as it raised it. Through a handle it arrives as a RayTaskError whose
+    text is the remote traceback; dead letters and logs get the plain sentence instead."""
+    try:
+        yield
+    except RayTaskError as exc:
+        if isinstance(exc.cause, Exception) and not isinstance(exc.cause, RayTaskError):
+            raise exc.cause from None
+        raise
 
 
 @serve.deployment(name="Ingress")
@@ -144,10 +158,12 @@ class Ingress:
         await record(self._js, cfg.nats, cfg.audit, rec)
 
     async def _prepare(self, submitted: AudioSubmitted) -> PreparedAudio:
-        return await self._preprocessor.prepare.remote(submitted)
+        with _replica_errors_as_raised():
+            return await self._preprocessor.prepare.remote(submitted)
 
     async def _caption(self, samples: np.ndarray, request_id: str) -> Any:
-        return await self._captioner.caption.remote(samples, request_id)
+        with _replica_errors_as_raised():
+            return await self._captioner.caption.remote(samples, request_id)
 
     async def _facets(self, windows: list[Window], request_id: str) -> Facets:
         if self._settings.captioner.facets_extractor == "guided":
