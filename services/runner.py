@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +34,8 @@ def embedded_nats(settings: Settings) -> Iterator[Settings]:
     with EmbeddedNatsServer(cfg.data_dir, secrets_dir=cfg.secrets_dir, tls=cfg.embedded_tls, settings=settings) as server:
         log.info("embedded nats-server with JetStream on %s (data in %s)", server.url, cfg.data_dir)
         yield settings.model_copy(update={"nats": server.client_settings(cfg)})
+        log.info("stopping: stopping the embedded nats-server (last, once nothing uses it)")
+    log.info("stopping: embedded nats-server stopped")
 
 
 def provision_as_admin(settings: Settings) -> None:
@@ -50,7 +53,15 @@ def provision_as_admin(settings: Settings) -> None:
 def running_service(
     settings: Settings, *, ray_num_cpus: int | None = None, runtime_env: dict[str, Any] | None = None
 ) -> Iterator[Settings]:
-    """Start everything, yield the effective settings, and stop it all on exit."""
+    """Start everything, yield the effective settings, and stop it all on exit, in order:
+
+    1. the Serve app is deleted; ``serve.delete`` blocks until every replica has stopped, and a
+       replica's ``__del__`` stops its consumers (no new fetches), lets in-flight work finish
+       and flushes and closes its NATS connection;
+    2. Serve and Ray shut down (when this call started Ray);
+    3. only then the embedded nats-server stops (it runs in its own session, so a terminal's
+       Ctrl-C reaches this process and not it: see services/events/embedded.py).
+    """
     with embedded_nats(settings) as settings:
         if not settings.nats.provision_on_start:
             provision_as_admin(settings)
@@ -66,8 +77,20 @@ def running_service(
             serve.run(build_app(settings), name=APP_NAME, route_prefix="/" if settings.http.enabled else None)
             yield settings
         finally:
-            with contextlib.suppress(Exception):
-                serve.delete(APP_NAME)
-            if started_ray:
-                serve.shutdown()
-                ray.shutdown()
+            stop_serving(started_ray)
+
+
+def stop_serving(started_ray: bool) -> None:
+    """Delete the app and wait for its replicas to drain, then shut Serve and Ray down."""
+    log.info("stopping: deleting the Serve app (replicas stop consuming, finish in-flight work, close NATS)")
+    started = time.monotonic()
+    try:
+        serve.delete(APP_NAME)  # blocks until the replicas' __del__ have run (graceful shutdown)
+    except Exception as exc:  # noqa: BLE001 -- stopping goes on: Ray and NATS must still stop
+        log.warning("stopping: the Serve app could not be deleted cleanly (%s: %s)", type(exc).__name__, exc)
+    else:
+        log.info("stopping: Serve app deleted in %.1f s", time.monotonic() - started)
+    if started_ray:
+        serve.shutdown()
+        ray.shutdown()
+        log.info("stopping: Ray stopped")

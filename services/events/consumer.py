@@ -33,6 +33,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from services.events.errors import EventsError
 from services.events.jetstream import TRANSIENT_NATS_ERRORS
 from services.events.models import Stage
+from services.events.reasons import plain_error_type, plain_reason
 from services.settings import NatsSettings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class RetryLater(EventsError):
     """A transient fault: redeliver the message later (after ``delay_s``, else the consumer's delay)."""
 
     def __init__(self, reason: str, delay_s: float | None = None) -> None:
-        super().__init__(reason)
+        super().__init__(plain_reason(reason))  # it ends up in logs and, at the last try, a dead letter
         self.delay_s = delay_s
 
 
@@ -74,10 +75,12 @@ class Poison(EventsError):
     """The message can never succeed: dead-letter it with ``stage`` and ``reason``."""
 
     def __init__(self, stage: Stage, reason: str, error: str | None = None) -> None:
+        # Every dead letter's reason and error are built here: plain words, whoever raised it.
+        reason = plain_reason(reason)
         super().__init__(f"{stage}: {reason}")
         self.stage = stage
         self.reason = reason
-        self.error = error or type(self).__name__
+        self.error = plain_error_type(error or type(self).__name__)
 
 
 Handler = Callable[[Msg], Awaitable[None]]
@@ -237,7 +240,7 @@ class PullConsumer:
     async def _retry_or_give_up(self, msg: Msg, exc: Exception, *, delay_s: float) -> None:
         deliveries = msg.metadata.num_delivered
         if deliveries >= self._max_deliver:
-            reason = f"gave up after {deliveries} deliveries: {type(exc).__name__}: {exc}"
+            reason = f"gave up after {deliveries} deliveries: {plain_error_type(type(exc).__name__)}: {exc}"
             await self._poison(msg, Poison("retry", reason, error=type(exc).__name__))
             return
         # Doubling delays: a restarting engine gets room, a blip costs little.

@@ -32,6 +32,7 @@ from services.events.consumer import Poison
 from services.events.jetstream import derive_msg_id, publish_event
 from services.events.models import AUDIO_FAILED, AudioFailed
 from services.settings import NatsSettings
+from services.telemetry import child_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,50 @@ def original_record(subject: str, headers: Mapping[str, str] | None, body: bytes
     return {"subject": subject, "headers": dict(headers or {}), "body_base64": base64.b64encode(body).decode()}
 
 
-def original_id(original: Mapping[str, object]) -> str | None:
-    """The failed event's CloudEvents id: its ``ce-id`` header, else its structured body's ``id``."""
+def _original_event(original: Mapping[str, object]) -> CloudEvent | None:
     headers = original.get("headers")
-    if isinstance(headers, Mapping):
-        for name, value in headers.items():
-            if str(name).lower() == "ce-id" and isinstance(value, str):
-                return value
     body = original.get("body_base64")
     if not isinstance(body, str) or not isinstance(headers, Mapping):
         return None
     try:
-        return decode(base64.b64decode(body), {str(k): str(v) for k, v in headers.items()}).get_id()
+        return decode(base64.b64decode(body), {str(k): str(v) for k, v in headers.items()})
     except (BindingError, ValueError):
         return None
+
+
+def _header(original: Mapping[str, object], name: str) -> str | None:
+    headers = original.get("headers")
+    if isinstance(headers, Mapping):
+        for key, value in headers.items():
+            if str(key).lower() == name and isinstance(value, str) and value:  # NATS header names: any case
+                return value
+    return None
+
+
+def original_id(original: Mapping[str, object]) -> str | None:
+    """The failed event's CloudEvents id: its ``ce-id`` header (any case), else its structured body's ``id``."""
+    return correlation(original).get("originalid")
+
+
+def correlation(original: Mapping[str, object]) -> dict[str, str]:
+    """The dead letter's extensions, read from the failed event in either content mode:
+
+    - ``originalid`` and ``inputid``: the failed event's id (``inputid`` is what every emitted
+      event carries: the id of the event it answers), absent when the original has none;
+    - ``traceparent``: a child of the original's ``traceparent``, or a new trace when it had
+      none (or an invalid one), so a dead letter continues the input's trace.
+
+    A binary-mode event's headers are read even when its body is not a readable event (that
+    may be why it failed); a structured-mode event's attributes come from its decoded body.
+    """
+    event = _original_event(original)
+    attributes = dict(event.get_attributes()) if event is not None else {}
+    failed_id = attributes.get("id") or _header(original, "ce-id")
+    parent = attributes.get("traceparent") or _header(original, "ce-traceparent")
+    extensions = {"traceparent": child_traceparent(parent if isinstance(parent, str) else None)}
+    if isinstance(failed_id, str) and failed_id:
+        extensions |= {"originalid": failed_id, "inputid": failed_id}
+    return extensions
 
 
 async def publish_dead_letter(
@@ -67,8 +98,7 @@ async def publish_dead_letter(
     original: dict[str, object],
     deliveries: int | None,
 ) -> None:
-    failed_id = original_id(original)
-    extensions = {"originalid": failed_id} if failed_id else None
+    extensions = correlation(original)
 
     def letter(record: dict[str, object]) -> CloudEvent:
         data = AudioFailed(
@@ -85,7 +115,12 @@ async def publish_dead_letter(
             log.info("original of %s #%d is too large to embed in its dead letter: stored as %s", stream, sequence, ref)
             event = letter({"subject": original.get("subject"), "ref": ref, "size": len(blob)})
         msg_id = derive_msg_id("dlq", stream, str(sequence))
-        await publish_event(js, cfg.subject("dlq", poison.stage), event, msg_id=msg_id)
+        stored = await publish_event(js, cfg.subject("dlq", poison.stage), event, msg_id=msg_id)
+        if stored:
+            log.warning(
+                "dead-lettered %s #%d (original id %r) at stage %s: %s: %r",
+                stream, sequence, extensions.get("originalid"), poison.stage, poison.error, poison.reason,
+            )  # fmt: skip
     except StreamFullError as exc:
         log.error(
             "DEAD-LETTER STREAM FULL: %s #%d (stage %s: %s) could not be dead-lettered (%s: %s); it stays in %s. "

@@ -232,7 +232,10 @@ class EmbeddedNatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.data_dir / "nats-server.log"
         args = [str(find_nats_server()), *self._arguments(), "-l", str(log_path)]
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        # Its own session: a terminal's Ctrl-C goes to the whole foreground process group and
+        # would stop nats-server at once, before the Serve app has drained; the runner stops it
+        # last, itself (services/runner.py). (Ray's own processes block SIGINT for the same reason.)
+        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             self._wait_ready()
         except Exception as exc:

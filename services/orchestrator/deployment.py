@@ -167,7 +167,8 @@ class Ingress:
 
     async def _facets(self, windows: list[Window], request_id: str) -> Facets:
         if self._settings.captioner.facets_extractor == "guided":
-            return await self._captioner.facets.remote(windows, request_id)  # through the same engine
+            with _replica_errors_as_raised():
+                return await self._captioner.facets.remote(windows, request_id)  # through the same engine
         return await lexicon_facets(windows, request_id)
 
     async def _handle(self, msg: Msg) -> None:
