@@ -54,7 +54,7 @@ class Env:
         await self.js.delete_msg(ack.stream, ack.seq)  # consumed, then termed: only the dead letter is left
         original = {"subject": stored.subject, "headers": stored.headers, "body_base64": base64.b64encode(stored.data).decode()}
         failed = AudioFailed(stage=stage, reason=f"{event_id} broke", error="FetchError", deliveries=3, original=original)
-        extensions = {"originalid": event_id} if mode == "binary" else None  # as deadletter.py: from ce-id only
+        extensions = {"originalid": event_id} if mode == "binary" else None  # (dlq list reads a structured body too)
         letter = new_event(AUDIO_FAILED, "urn:listenpost", failed.model_dump(mode="json"), extensions=extensions)
         await publish_event(self.js, self.cfg.subject("dlq", stage), letter, msg_id=derive_msg_id("dlq", ack.stream, str(ack.seq)))
         return {"subject": stored.subject, "headers": dict(stored.headers or {}), "body": stored.data, "stream": ack.stream}
