@@ -79,7 +79,7 @@ async def env(tmp_path: Path) -> AsyncIterator[tuple[JetStreamContext, Settings,
 async def ingest_like_the_ingress(jsc: JetStreamContext, settings: Settings, *, unwrap: bool = True) -> PullConsumer:
     """The Ingress's handling minus Ray: parse, prepare (real Preprocessor, errors as a handle
     delivers them), caption; dead letters through the real deadletter module."""
-    preprocessor = Preprocessor.func_or_class(settings)  # the replica class itself, without Serve
+    preprocessor = Preprocessor.func_or_class(settings)  # type: ignore[attr-defined]  # the replica class, without Serve
 
     async def prepare(submitted: Any) -> Any:
         async def through_handle() -> Any:

@@ -213,6 +213,12 @@ class Ingress:
                 raise RuntimeError(f"ingest consumer loop died: {failure!r}")
 
     async def __del__(self) -> None:
+        # Serve calls this on delete (services/runner.py waits for it before stopping NATS):
+        # stop fetching, let in-flight messages finish, then drain the connection.
+        if not hasattr(self, "_advisories"):  # the constructor failed part way (its error is the news)
+            if hasattr(self, "_nc"):
+                await self._nc.close()
+            return
         await self._advisories.stop()
         await self._consumer.stop()
         await self._nc.drain()
