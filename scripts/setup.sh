@@ -21,6 +21,23 @@ else
   flavour=cpu
 fi
 
+# Prometheus and promtool for the metrics tests (tests/test_observability.py, test_metrics_e2e.py):
+# Debian's package, unpacked into .cache/prometheus (no system service, no root needed).
+PROMETHEUS_DIR=.cache/prometheus
+fetch_prometheus() {
+  [ -x "$PROMETHEUS_DIR/usr/bin/promtool" ] && [ -x "$PROMETHEUS_DIR/usr/bin/prometheus" ] && return 0
+  local dl
+  dl=$(mktemp -d)
+  if (cd "$dl" && apt-get download prometheus >/dev/null 2>&1); then
+    mkdir -p "$PROMETHEUS_DIR"
+    dpkg -x "$dl"/prometheus_*.deb "$PROMETHEUS_DIR"
+    echo "setup: prometheus $("$PROMETHEUS_DIR/usr/bin/prometheus" --version 2>&1 | head -1 | cut -d' ' -f3) in $PROMETHEUS_DIR"
+  else
+    echo "setup: could not download Debian's prometheus package (apt-get download); the metrics tests need it" >&2
+  fi
+  rm -rf "$dl"
+}
+
 stamp_inputs() {
   cat pyproject.toml requirements/*.txt scripts/setup.sh
   echo "$flavour"
@@ -28,6 +45,7 @@ stamp_inputs() {
 want=$(stamp_inputs | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.listenpost-setup"
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  fetch_prometheus
   echo "setup: $VENV is up to date ($flavour)"
   exit 0
 fi
@@ -49,5 +67,6 @@ else
 fi
 
 "${pip[@]}" -e ".[test,bench]"
+fetch_prometheus
 echo "$want" >"$stamp"
 echo "setup: done ($flavour)"

@@ -800,6 +800,17 @@ class RetentionSettings(_Group):
         return self.keep_audio_s if self.keep_audio_s > 0 else self.audio_max_age_s
 
 
+class MetricsSettings(_Group):
+    """Prometheus metrics (services/metrics.py, docs/observability.md)."""
+
+    jetstream_poll_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="How often the Ingress reads JetStream state (consumer lag, stream and bucket sizes, DLQ "
+        "depth) into gauges; 0 turns the poller off.",
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of listenpost (``LISTENPOST_*``; see docs/settings.md)."""
 
@@ -816,6 +827,7 @@ class Settings(BaseSettings):
     adapters: AdapterSettings = Field(default_factory=AdapterSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     def __init__(self, **values: Any) -> None:
         env_file = values.get("_env_file", self.model_config.get("env_file"))

@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -34,6 +36,7 @@ from services.events.errors import EventsError
 from services.events.jetstream import TRANSIENT_NATS_ERRORS
 from services.events.models import Stage
 from services.events.reasons import plain_error_type, plain_reason
+from services.metrics import reason_label, recorder
 from services.settings import NatsSettings
 
 log = logging.getLogger(__name__)
@@ -208,6 +211,10 @@ class PullConsumer:
         return self._slots._value
 
     async def _process(self, msg: Msg) -> None:
+        metrics = recorder()
+        metrics.inc("listenpost_events_consumed", durable=self._durable)
+        if _deliveries(msg) > 1:
+            metrics.inc("listenpost_events_redelivered", durable=self._durable)
         heartbeat = asyncio.get_running_loop().create_task(self._keep_alive(msg))
         # Heartbeats would hold a message whose handler never returns forever: bound the work.
         timer = asyncio.timeout(self._max_handling_s)
@@ -233,6 +240,7 @@ class PullConsumer:
         else:
             if await _settle(msg.ack()):
                 self.stats.acked += 1
+                recorder().inc("listenpost_events_acked", durable=self._durable)
         finally:
             heartbeat.cancel()
             self._slots.release()
@@ -247,6 +255,7 @@ class PullConsumer:
         delay_s = min(delay_s * 2 ** (deliveries - 1), self._retry_delay_max_s)
         if await _settle(msg.nak(delay=delay_s)):
             self.stats.naked += 1
+            recorder().inc("listenpost_events_naked", durable=self._durable, reason=reason_label(type(exc).__name__, str(exc)))
 
     async def _poison(self, msg: Msg, exc: Poison) -> None:
         try:
@@ -261,6 +270,9 @@ class PullConsumer:
             return
         await _settle(msg.term())
         self.stats.dead_lettered += 1
+        recorder().inc(
+            "listenpost_events_dead_lettered", durable=self._durable, stage=exc.stage, reason=reason_label(exc.error, exc.reason)
+        )
 
     async def _keep_alive(self, msg: Msg) -> None:
         # in_progress resets the server's AckWait timer: a long recording is not redelivered mid-work.
@@ -268,6 +280,22 @@ class PullConsumer:
             while True:
                 await asyncio.sleep(self._heartbeat_s)
                 await msg.in_progress()
+
+
+def stored_age_s(msg: Msg) -> float | None:
+    """Seconds since JetStream stored ``msg`` (its metadata timestamp), if it says."""
+    try:
+        stored = msg.metadata.timestamp
+    except NotJSMessageError:  # not a JetStream message: no stored time to measure from
+        return None
+    return max(0.0, time.time() - stored.timestamp()) if stored is not None else None
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except NotJSMessageError:  # not a JetStream message: count it as a first delivery
+        return 1
 
 
 async def _settle(reply: Awaitable[None]) -> bool:

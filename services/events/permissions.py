@@ -132,6 +132,8 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         *_durable(nats.in_stream, nats.ingest_durable),
         *_durable(nats.advisory_stream, nats.advisory_durable),
         *(_api("STREAM.INFO", s) for s in streams),
+        # The metrics poller (services/events/jsstate.py) reads the rules engine's lag too.
+        _api("CONSUMER.INFO", nats.out_stream, nats.rules_durable),
         # An advisory names an input by sequence: read it to dead-letter it, then remove it.
         _api("STREAM.MSG.GET", nats.in_stream),
         _api("STREAM.MSG.DELETE", nats.in_stream),

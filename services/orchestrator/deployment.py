@@ -13,6 +13,7 @@ retention settings keep it (services/events/retention.py, docs/privacy.md).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from typing import Any
@@ -30,14 +31,17 @@ from services.captioner.redaction import RedactionPolicy
 from services.events.advisories import handle_advisory
 from services.events.audit import record, submission
 from services.events.connection import connect
-from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
+from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater, stored_age_s
 from services.events.deadletter import dead_letter
 from services.events.jetstream import ensure_provisioned
-from services.events.models import AudioSubmitted, ContextLimits, Facets, Window
+from services.events.jsstate import poll_forever
+from services.events.models import AudioCaptioned, AudioSubmitted, ContextLimits, Facets, Window
 from services.events.retention import release_audio
 from services.ingest.adapters import AdapterSet, load_adapters
 from services.ingest.http import HttpIngest, app_for
 from services.ingest.submitted import parse_submitted
+from services.metrics import recorder
+from services.orchestrator.metrics import observe_captioned
 from services.orchestrator.pipeline import caption_submitted, correlation_extensions, lexicon_facets
 from services.orchestrator.publish import publish_captioned
 from services.preprocess.pipeline import PreparedAudio
@@ -111,6 +115,12 @@ class Ingress:
         )
         self._consumer.start()
         self._advisories.start()
+        self._windows_waiting = 0
+        self._poller: asyncio.Task[None] | None = None
+        if settings.metrics.jetstream_poll_s > 0:
+            self._poller = asyncio.get_running_loop().create_task(
+                poll_forever(self._js, settings, settings.metrics.jetstream_poll_s), name="jetstream-metrics"
+            )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """POST /events (HTTP CloudEvents ingress) when enabled; unrouted otherwise."""
@@ -162,8 +172,14 @@ class Ingress:
             return await self._preprocessor.prepare.remote(submitted)
 
     async def _caption(self, samples: np.ndarray, request_id: str) -> Any:
-        with _replica_errors_as_raised():
-            return await self._captioner.caption.remote(samples, request_id)
+        self._windows_waiting += 1
+        recorder().set("listenpost_windows_waiting", self._windows_waiting)
+        try:
+            with _replica_errors_as_raised():
+                return await self._captioner.caption.remote(samples, request_id)
+        finally:
+            self._windows_waiting -= 1
+            recorder().set("listenpost_windows_waiting", self._windows_waiting)
 
     async def _facets(self, windows: list[Window], request_id: str) -> Facets:
         if self._settings.captioner.facets_extractor == "guided":
@@ -195,6 +211,11 @@ class Ingress:
         except _TRANSIENT as exc:
             raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
         await publish_captioned(self._js, cfg.nats, captioned, input_source=event.get_source(), input_id=event.get_id())
+        observe_captioned(
+            AudioCaptioned.model_validate(captioned.get_data()),
+            max_tokens=cfg.captioner.max_tokens,
+            input_to_stored_s=stored_age_s(msg),
+        )
         # Stored: the audio has served. (A crash before the ack redelivers the input, which
         # then fails at fetch and is dead-lettered, while its caption is already stored.)
         await self._release_audio(event.get_id(), submitted, "captioned")
@@ -219,6 +240,8 @@ class Ingress:
             if hasattr(self, "_nc"):
                 await self._nc.close()
             return
+        if self._poller is not None:
+            self._poller.cancel()
         await self._advisories.stop()
         await self._consumer.stop()
         await self._nc.drain()

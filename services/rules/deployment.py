@@ -42,13 +42,14 @@ from ray import serve
 from services.events.audit import Actor, operator_action, record
 from services.events.binding import new_event
 from services.events.connection import connect
-from services.events.consumer import PullConsumer, Redelivery
+from services.events.consumer import PullConsumer, Redelivery, stored_age_s
 from services.events.deadletter import dead_letter
 from services.events.jetstream import ensure_provisioned, publish_event
 from services.rules import Decision, RuleSet, RuleSetError, load_ruleset, load_sources, rule_files
 from services.rules.engine import HOPS_EXTENSION, RulesProcessor, hops
 from services.rules.inputs import read_input
 from services.rules.limits import Limits
+from services.rules.metrics import observe_outcome
 from services.rules.state import Stores, open_stores
 from services.rules.status import LAST_GOOD_KEY, STATUS_PREFIX
 from services.settings import Settings
@@ -228,6 +229,7 @@ class RulesEngine:
         event_id = attributes.get("id")
         ruleset = self._ruleset  # one ruleset for the whole event, even if a reload lands meanwhile
         assert ruleset is not None, "the consumer starts only once rules are active"
+        started = time.perf_counter()
         outcome = await self._processor.process(ruleset, attributes, data)
         if outcome.skipped:
             # %r: the id and any message quoting event values are client text (no forged log lines).
@@ -242,6 +244,7 @@ class RulesEngine:
                 for d in outcome.publish
             )
         )
+        observe_outcome(outcome, seconds=time.perf_counter() - started, stored_age_s=stored_age_s(msg))
 
     async def _publish_notification(self, decision: Decision) -> None:
         out = decision_event(decision, None, self._settings.source)

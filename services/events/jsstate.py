@@ -1,0 +1,70 @@
+"""JetStream state as metrics: consumer lag, stream sizes, DLQ depth, object store bytes.
+
+:func:`poll` asks the server (STREAM.INFO and CONSUMER.INFO only, which the ingress role
+may do) and returns plain readings; :func:`record` sets them as gauges. The Ingress runs
+:func:`poll_forever` every ``LISTENPOST_METRICS__JETSTREAM_POLL_S`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+
+from services.events.jetstream import TRANSIENT_NATS_ERRORS
+from services.metrics import Recorder, recorder
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reading:
+    metric: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+async def poll(js: JetStreamContext, settings: Settings) -> list[Reading]:
+    """One reading of every stream, durable and bucket listenpost works with."""
+    nats = settings.nats
+    out: list[Reading] = []
+    for stream in (nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream):
+        state = (await js.stream_info(stream)).state
+        out.append(Reading("listenpost_stream_bytes", state.bytes, (("stream", stream),)))
+        out.append(Reading("listenpost_stream_messages", state.messages, (("stream", stream),)))
+        if stream == nats.dlq_stream:
+            out.append(Reading("listenpost_dlq_messages", state.messages))
+    for stream, durable in (
+        (nats.in_stream, nats.ingest_durable),
+        (nats.advisory_stream, nats.advisory_durable),
+        (nats.out_stream, nats.rules_durable),
+    ):
+        info = await js.consumer_info(stream, durable)
+        out.append(Reading("listenpost_consumer_pending_messages", info.num_pending or 0, (("durable", durable),)))
+        out.append(Reading("listenpost_consumer_ack_pending_messages", info.num_ack_pending or 0, (("durable", durable),)))
+    for bucket in (*settings.preprocess.object_buckets, nats.outputs_bucket, nats.dlq_bucket):
+        state = (await js.stream_info(f"OBJ_{bucket}")).state
+        out.append(Reading("listenpost_object_store_bytes", state.bytes, (("bucket", bucket),)))
+    return out
+
+
+def record(readings: list[Reading], metrics: Recorder | None = None) -> None:
+    m = metrics or recorder()
+    for r in readings:
+        m.set(r.metric, r.value, **dict(r.labels))
+
+
+async def poll_forever(js: JetStreamContext, settings: Settings, interval_s: float) -> None:
+    """Poll until cancelled; a failed poll is logged and tried again next time."""
+    log.info("polling JetStream state for metrics every %g s", interval_s)
+    while True:
+        try:
+            record(await poll(js, settings))
+        except TRANSIENT_NATS_ERRORS as exc:
+            log.warning("JetStream state not polled (%r); trying again in %g s", exc, interval_s)
+        except Exception:  # a metric gap, never a dead Ingress
+            log.exception("JetStream state not polled; trying again in %g s", interval_s)
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,140 @@
+"""A real Prometheus scrapes the running service (Ray's metrics endpoint) after a few events,
+one of them dead-lettered, and finds listenpost's metric families with sane values.
+
+Prometheus is Debian's binary, unpacked by scripts/setup.sh into .cache/prometheus; the test
+writes its config and runs it on a free port, no system service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.events.binding import encode_binary, new_event
+from services.events.connection import connect
+from services.events.embedded import free_port
+from services.events.models import AUDIO_SUBMITTED
+from services.settings import Settings
+from tests.conftest import tone, wav_bytes
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+PROMETHEUS = REPO / ".cache/prometheus/usr/bin/prometheus"
+
+#: Families this workload must produce (two good calls, one undecodable, the shipped rules).
+MUST_APPEAR = (
+    "ray_listenpost_events_consumed_total",
+    "ray_listenpost_events_acked_total",
+    "ray_listenpost_events_dead_lettered_total",
+    "ray_listenpost_stage_latency_seconds_bucket",
+    "ray_listenpost_end_to_end_latency_seconds_bucket",
+    "ray_listenpost_audio_seconds_total",
+    "ray_listenpost_windows_total",
+    "ray_listenpost_prompt_tokens_total",
+    "ray_listenpost_output_tokens_total",
+    "ray_listenpost_engine_window_seconds_bucket",
+    "ray_listenpost_windows_waiting",
+    "ray_listenpost_caption_length_chars_bucket",
+    "ray_listenpost_events_captioned_total",
+    "ray_listenpost_rule_evaluations_total",
+    "ray_listenpost_consumer_pending_messages",
+    "ray_listenpost_consumer_ack_pending_messages",
+    "ray_listenpost_stream_bytes",
+    "ray_listenpost_stream_messages",
+    "ray_listenpost_dlq_messages",
+    "ray_listenpost_object_store_bytes",
+)
+
+
+def metrics_port() -> int:
+    import ray
+
+    return int(ray._private.worker.global_worker.node.metrics_export_port)
+
+
+@pytest.fixture(scope="module")
+def prometheus(service: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not PROMETHEUS.exists():
+        pytest.fail("prometheus not found: run scripts/setup.sh (it unpacks Debian's prometheus into .cache/prometheus)")
+    root = tmp_path_factory.mktemp("prometheus")
+    config = root / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 2s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: ray\n    static_configs: [{{targets: ['127.0.0.1:{metrics_port()}']}}]\n"
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=(root / "prometheus.log").open("w"),
+    )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def query(base: str, expr: str) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        body = json.load(reply)
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
+def value(base: str, expr: str) -> float:
+    found = query(base, expr)
+    return float(found[0]["value"][1]) if found else float("nan")
+
+
+async def test_prometheus_scrapes_every_family_after_a_few_events(service: Settings, prometheus: str, audio_dir: Path) -> None:
+    call = audio_dir / "metrics-call.wav"
+    call.write_bytes(wav_bytes(tone(4, 16_000), 16_000))
+    broken = audio_dir / "metrics-broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all")
+    nc = await connect(service.nats, role="admin", name="metrics-e2e")
+    try:
+        for uri in (call.as_uri(), call.as_uri(), broken.as_uri()):
+            event = new_event(AUDIO_SUBMITTED, "urn:test:metrics", {"audio": {"uri": uri}})
+            body, headers = encode_binary(event)
+            await nc.jetstream().publish(service.nats.subject("in", "test"), body, headers=headers)
+    finally:
+        await nc.drain()
+
+    # Ray reports custom metrics every few seconds; the poller every jetstream_poll_s.
+    deadline = time.monotonic() + 240
+    missing: list[str] = list(MUST_APPEAR)
+    while time.monotonic() < deadline:
+        names = {r["metric"]["__name__"] for r in query(prometheus, '{__name__=~"ray_listenpost_.+"}')}
+        missing = [n for n in MUST_APPEAR if n not in names]
+        dead = value(prometheus, 'sum(ray_listenpost_events_dead_lettered_total{stage="decode-audio"})')
+        if not missing and dead >= 1 and value(prometheus, "sum(ray_listenpost_events_captioned_total)") >= 2:
+            break
+        await asyncio.sleep(3)
+    assert missing == []
+    assert value(prometheus, 'sum(ray_listenpost_events_dead_lettered_total{stage="decode-audio",reason="unsupported"})') >= 1
+    assert value(prometheus, "sum(ray_listenpost_events_captioned_total)") >= 2
+    assert value(prometheus, "sum(ray_listenpost_audio_seconds_total)") >= 8.0 - 0.01
+    assert value(prometheus, "sum(ray_listenpost_windows_total)") >= 2
+    assert value(prometheus, "sum(ray_listenpost_output_tokens_total)") > 0
+    assert value(prometheus, 'sum(ray_listenpost_stage_latency_seconds_count{stage="caption"})') >= 2
+    p50 = 'histogram_quantile(0.5, sum by (le) (ray_listenpost_stage_latency_seconds_bucket{stage="caption"}))'
+    assert 0 < value(prometheus, p50) < 300
+    assert value(prometheus, "max(ray_listenpost_dlq_messages)") >= 1
+    assert value(prometheus, 'max(ray_listenpost_stream_bytes{stream="LISTENPOST_OUT"})') > 0
+    # Never an id as a label: every label name is from the bounded set (plus Serve's and Ray's own).
+    for series in query(prometheus, '{__name__=~"ray_listenpost_.+"}'):
+        labels = set(series["metric"]) - {"__name__", "instance", "job", "le", "deployment", "replica", "application",
+                                         "Component", "NodeAddress", "SessionName", "WorkerId", "Version", "JobId"}  # fmt: skip
+        assert labels <= {"durable", "stage", "reason", "rule_id", "ruleset_version", "outcome", "stream", "bucket", "label"}, series

@@ -1,0 +1,228 @@
+"""Metrics declarations, the consumer's and the JetStream poller's metrics against a real
+nats-server, the self-alert rules under a real promtool, and the dashboard's metric names.
+
+The Prometheus binaries come from Debian's `prometheus` package, unpacked into
+.cache/prometheus by scripts/setup.sh (no system service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from services.events.binding import new_event
+from services.events.connection import connect
+from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
+from services.events.deadletter import dead_letter
+from services.events.embedded import EmbeddedNatsServer
+from services.events.jetstream import provision_everything, publish_event
+from services.events.jsstate import poll, record
+from services.metrics import METRICS, MemoryBackend, MetricsError, all_exported_names, reason_label, use_backend
+from services.settings import NatsSettings, Settings
+
+REPO = Path(__file__).resolve().parents[1]
+OBSERVABILITY = REPO / "observability"
+SETTINGS = Settings(_env_file=None)
+
+#: Names the dashboard may use that Ray Serve exports itself (not in services/metrics.py).
+SERVE_NAMES = frozenset({"ray_serve_deployment_replica_healthy", "ray_serve_deployment_request_counter_total"})
+
+
+def promtool() -> str:
+    found = REPO / ".cache/prometheus/usr/bin/promtool"
+    if found.exists():
+        return str(found)
+    on_path = shutil.which("promtool")
+    if on_path is None:
+        pytest.fail("promtool not found: run scripts/setup.sh (it unpacks Debian's prometheus into .cache/prometheus)")
+    return on_path
+
+
+@pytest.fixture
+def memory() -> Iterator[MemoryBackend]:
+    backend = MemoryBackend()
+    use_backend(backend)
+    yield backend
+    use_backend(None)
+
+
+# --- declarations ------------------------------------------------------------------
+
+
+def test_every_metric_follows_prometheus_naming_and_bounded_labels() -> None:
+    names = [spec.name for spec in METRICS]
+    assert len(names) == len(set(names))
+    for spec in METRICS:
+        assert re.fullmatch(r"listenpost_[a-z_]+", spec.name), spec.name
+        assert not spec.name.endswith("_total"), f"{spec.name}: Ray adds _total to counters"
+        assert spec.description.endswith("."), spec.name
+        assert not {"id", "event_id", "call_id", "callid", "input_id"} & set(spec.labels), spec.name
+        if spec.kind == "histogram":
+            assert spec.buckets == tuple(sorted(spec.buckets)) and spec.buckets, spec.name
+    assert "ray_listenpost_events_dead_lettered_total" in all_exported_names()
+    assert "ray_listenpost_stage_latency_seconds_bucket" in all_exported_names()
+
+
+def test_a_metric_recorded_against_its_declaration_is_refused(memory: MemoryBackend) -> None:
+    from services.metrics import recorder
+
+    with pytest.raises(MetricsError, match=r"^metric listenpost_nope is not declared in services/metrics.py$"):
+        recorder().inc("listenpost_nope")
+    with pytest.raises(MetricsError, match=r"^metric listenpost_windows_waiting is a gauge, not a counter$"):
+        recorder().inc("listenpost_windows_waiting")
+    # An event id as a label is what bounded labels forbid.
+    with pytest.raises(MetricsError, match=r"takes labels \['durable'\], got \['durable', 'event_id'\]$"):
+        recorder().inc("listenpost_events_acked", durable="d", event_id="0b9c...")
+
+
+def test_free_text_reasons_map_to_a_fixed_vocabulary() -> None:
+    assert reason_label("UnsupportedFormatError", "audio could not be decoded: unrecognised audio format") == "unsupported"
+    assert reason_label("retry", "gave up after 8 deliveries: RuntimeError: boom") == "retries_exhausted"
+    assert reason_label("HandlingTimeout", "not finished within max_handling_s=3 s") == "timeout"
+    assert reason_label("ValidationError", "invalid audio.submitted data") == "invalid"
+    assert reason_label("KeyError", "something odd") == "error"
+
+
+# --- the consumer, on a real nats-server ---------------------------------------------
+
+
+@pytest.fixture
+async def js(tmp_path: Path) -> AsyncIterator[tuple[JetStreamContext, NatsSettings]]:
+    with EmbeddedNatsServer(tmp_path / "nats") as server:
+        cfg = NatsSettings(url=server.url, ack_wait_s=2, max_deliver=2, retry_delay_s=0.1)
+        nc = await connect(server.client_settings(), role="admin", name="metrics-test")
+        jsc = nc.jetstream()
+        await provision_everything(jsc, Settings(_env_file=None, nats=cfg))
+        yield jsc, cfg
+        await nc.close()
+
+
+async def test_the_consumer_counts_consumed_acked_naked_redelivered_and_dead_lettered(js, memory: MemoryBackend) -> None:
+    jsc, cfg = js
+    for n in range(3):
+        event = new_event("com.listenpost.audio.submitted", "urn:test", {"n": n})
+        await publish_event(jsc, cfg.subject("in", "t"), event, msg_id=event.get_id())
+
+    async def handler(msg: Msg) -> None:
+        n = json.loads(msg.data)["n"] if msg.data.startswith(b"{") else None
+        if n is None:
+            n = int(json.loads(msg.data.decode()).get("data", {}).get("n", 0))
+        if n == 1:
+            raise Poison("decode-audio", "audio could not be decoded: unrecognised audio format")
+        if n == 2 and msg.metadata.num_delivered == 1:
+            raise RetryLater("engine restarting: connection refused")
+
+    consumer = PullConsumer(
+        jsc, stream=cfg.in_stream, durable=cfg.ingest_durable, handler=handler,
+        dead_letter=lambda msg, poison: dead_letter(jsc, cfg, "urn:test", msg, poison),
+        redelivery=Redelivery(cfg.max_deliver, heartbeat_s=0.5, retry_delay_s=0.1, retry_delay_max_s=0.2),
+    )  # fmt: skip
+    consumer.start()
+    try:
+        async with asyncio.timeout(20):
+            while consumer.stats.acked < 2 or consumer.stats.dead_lettered < 1:
+                await asyncio.sleep(0.05)
+    finally:
+        await consumer.stop(drain_timeout_s=5)
+    durable = cfg.ingest_durable
+    assert memory.get("listenpost_events_consumed", durable=durable) == 4  # 3 + one redelivery
+    assert memory.get("listenpost_events_redelivered", durable=durable) == 1
+    assert memory.get("listenpost_events_acked", durable=durable) == 2
+    assert memory.get("listenpost_events_naked", durable=durable, reason="unavailable") == 1
+    assert memory.get("listenpost_events_dead_lettered", durable=durable, stage="decode-audio", reason="unsupported") == 1
+
+
+# --- the JetStream poller, as the ingress role on a hardened server ---------------------
+
+
+async def test_the_poller_reads_lag_sizes_and_dlq_depth_as_the_ingress_role(tmp_path: Path, memory: MemoryBackend) -> None:
+    root = tmp_path / "hardened"
+    with EmbeddedNatsServer(root / "data", secrets_dir=root / "secrets", tls=True, settings=SETTINGS) as server:
+        cfg = server.client_settings()
+        admin = await connect(cfg, role="admin", name="metrics-admin")
+        await provision_everything(admin.jetstream(), SETTINGS)
+        event = new_event("com.listenpost.audio.submitted", "urn:test", {"n": 1})
+        await publish_event(admin.jetstream(), SETTINGS.nats.subject("in", "t"), event, msg_id=event.get_id())
+        await admin.close()
+
+        # Before issue 13 the ingress role could not read the rules engine's consumer: the
+        # server answered CONSUMER.INFO with a permissions violation (a timeout to the client).
+        ingress = await connect(cfg, role="ingress", name="metrics-ingress")
+        try:
+            readings = await asyncio.wait_for(poll(ingress.jetstream(), SETTINGS.model_copy(update={"nats": cfg})), 20)
+        finally:
+            await ingress.close()
+    record(readings)
+    nats = SETTINGS.nats
+    assert memory.get("listenpost_consumer_pending_messages", durable=nats.ingest_durable) == 1
+    assert memory.get("listenpost_consumer_ack_pending_messages", durable=nats.ingest_durable) == 0
+    assert memory.get("listenpost_consumer_pending_messages", durable=nats.rules_durable) == 0
+    assert memory.get("listenpost_stream_messages", stream=nats.in_stream) == 1
+    assert memory.get("listenpost_stream_bytes", stream=nats.in_stream) > 0
+    assert memory.get("listenpost_dlq_messages") == 0
+    assert memory.get("listenpost_object_store_bytes", bucket=nats.outputs_bucket) == 0
+
+
+# --- self-alerts and dashboard ---------------------------------------------------------------
+
+
+def test_self_alert_rules_pass_promtool_check_and_unit_tests() -> None:
+    tool = promtool()
+    checked = subprocess.run([tool, "check", "rules", str(OBSERVABILITY / "alerts.yaml")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 6 rules found" in checked.stdout
+    tested = subprocess.run([tool, "test", "rules", str(OBSERVABILITY / "alerts_test.yaml")], capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+def test_every_alert_has_a_runbook() -> None:
+    readme = (OBSERVABILITY / "README.md").read_text()
+    alerts = re.findall(r"- alert: (\w+)", (OBSERVABILITY / "alerts.yaml").read_text())
+    assert len(alerts) == 6
+    for alert in alerts:
+        assert f"### {alert}" in readme, f"no runbook for {alert} in observability/README.md"
+
+
+_PROMQL_WORDS = frozenset(
+    {"sum", "max", "min", "avg", "rate", "increase", "delta", "by", "without", "on", "and", "or", "unless",
+     "histogram_quantile", "topk", "scalar", "vector", "le", "offset", "bool", "count"}
+)  # fmt: skip
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords,
+    label names (inside braces or by/on lists) or label values (strings)."""
+    expr = re.sub(r'"[^"]*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\b(by|on|without|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    return {w for w in re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", expr) if w not in _PROMQL_WORDS}
+
+
+def test_the_dashboard_uses_only_metrics_the_service_exports() -> None:
+    exported = all_exported_names() | SERVE_NAMES
+    (dashboard,) = sorted((OBSERVABILITY / "grafana").glob("*.json"))
+    exprs = [t["expr"] for p in json.loads(dashboard.read_text())["panels"] for t in p.get("targets", [])]
+    used = set().union(*(metric_names(e) for e in exprs))
+    assert used - exported == set(), f"{dashboard.name} uses metrics no one exports"
+    # ... and every family listenpost declares is on the dashboard somewhere.
+    families = {n.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for n in used}
+    missing = {s.name for s in METRICS if not any(f.startswith("ray_" + s.name) for f in families)}
+    assert missing == set()
+    alert_rules = (OBSERVABILITY / "alerts.yaml").read_text()
+    alert_exprs = re.findall(r"expr: \|?\n?((?:.+\n)+?)\s+(?:for|labels):", alert_rules)
+    assert alert_exprs and set().union(*(metric_names(e) for e in alert_exprs)) <= exported
+
+
+def test_the_name_check_catches_an_unknown_metric() -> None:
+    assert metric_names('sum by (durable) (rate(ray_listenpost_typo_total{durable="x"}[5m]))') == {"ray_listenpost_typo_total"}
