@@ -14,6 +14,10 @@ The loop owns acknowledgement so every consumer in listenpost behaves alike:
 
 While a handler runs, ``in_progress`` heartbeats keep the message from being
 redelivered to another replica.
+
+Traces (:mod:`services.telemetry`): each message is handled inside a CONSUMER span whose
+parent is its event's ``traceparent``, and whose ``listenpost.outcome`` says how it was settled;
+each fetched batch is one ``receive`` span linked to the traces of its messages.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from opentelemetry import trace
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.events.errors import EventsError
 from services.events.jetstream import TRANSIENT_NATS_ERRORS
 from services.events.models import Stage
 from services.settings import NatsSettings
+from services.telemetry import consume_span, mark_error, receive_span, tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +201,9 @@ class PullConsumer:
                 await asyncio.sleep(1.0)
                 self._resubscribe.set()
                 continue
+            if tracing_enabled():
+                with receive_span(stream=self._stream, durable=self._durable, messages=msgs):
+                    pass  # the fetch is done: the span marks it and links the batch's traces
             for msg in msgs:
                 await self._slots.acquire()
                 task = asyncio.get_running_loop().create_task(self._process(msg))
@@ -205,6 +214,13 @@ class PullConsumer:
         return self._slots._value
 
     async def _process(self, msg: Msg) -> None:
+        with consume_span(
+            stream=self._stream, durable=self._durable, subject=msg.subject, headers=msg.headers, body=msg.data,
+            delivery=msg.metadata.num_delivered,
+        ):
+            await self._process_traced(msg)
+
+    async def _process_traced(self, msg: Msg) -> None:
         heartbeat = asyncio.get_running_loop().create_task(self._keep_alive(msg))
         # Heartbeats would hold a message whose handler never returns forever: bound the work.
         timer = asyncio.timeout(self._max_handling_s)
@@ -230,6 +246,7 @@ class PullConsumer:
         else:
             if await _settle(msg.ack()):
                 self.stats.acked += 1
+                _outcome("acked")
         finally:
             heartbeat.cancel()
             self._slots.release()
@@ -244,6 +261,7 @@ class PullConsumer:
         delay_s = min(delay_s * 2 ** (deliveries - 1), self._retry_delay_max_s)
         if await _settle(msg.nak(delay=delay_s)):
             self.stats.naked += 1
+            _outcome("naked")
 
     async def _poison(self, msg: Msg, exc: Poison) -> None:
         try:
@@ -258,6 +276,8 @@ class PullConsumer:
             return
         await _settle(msg.term())
         self.stats.dead_lettered += 1
+        _outcome("dead-lettered")
+        mark_error(trace.get_current_span(), exc.error, f"{exc.stage}: {exc.reason}")
 
     async def _keep_alive(self, msg: Msg) -> None:
         # in_progress resets the server's AckWait timer: a long recording is not redelivered mid-work.
@@ -265,6 +285,10 @@ class PullConsumer:
             while True:
                 await asyncio.sleep(self._heartbeat_s)
                 await msg.in_progress()
+
+
+def _outcome(outcome: str) -> None:
+    trace.get_current_span().set_attribute("listenpost.outcome", outcome)
 
 
 async def _settle(reply: Awaitable[None]) -> bool:

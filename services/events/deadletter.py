@@ -10,6 +10,10 @@ stored in the object-store bucket ``LISTENPOST_NATS__DLQ_BUCKET`` as the same JS
 record, named ``<stream>/<sequence>``, and the dead letter's ``original`` is
 ``{"subject", "ref", "size"}`` instead; ``dlq replay`` reads it back from there.
 
+Dead-lettering is a ``dead-letter`` span (status error, with the stage and error type) inside the
+consume span of the failed message, so it shows in the input's own trace; the dead letter is
+published in a PRODUCER span whose ``traceparent`` it carries.
+
 A full dead-letter stream refuses new dead letters (it never drops old ones): that is
 logged as an error and raised as :class:`~services.events.bounds.StreamFullError`, and
 the failed input stays in its stream (see :mod:`services.events.consumer`).
@@ -29,9 +33,11 @@ from services.events.binding import BindingError, CloudEvent, decode, new_event
 from services.events.bounds import StreamFullError
 from services.events.claimcheck import HEADER_ROOM, encoded_size, put_object
 from services.events.consumer import Poison
-from services.events.jetstream import derive_msg_id, publish_event
+from services.events.jetstream import derive_msg_id
 from services.events.models import AUDIO_FAILED, AudioFailed
+from services.events.traced import publish_traced
 from services.settings import NatsSettings
+from services.telemetry import mark_error, stage_span
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,25 @@ async def publish_dead_letter(
     original: dict[str, object],
     deliveries: int | None,
 ) -> None:
+    attributes = {"listenpost.stage": poison.stage, "listenpost.error": poison.error,
+                  "messaging.nats.stream": stream, "messaging.nats.sequence": sequence}  # fmt: skip
+    with stage_span("dead-letter", attributes) as span:
+        mark_error(span, poison.error, f"{poison.stage}: {poison.reason}")
+        await _publish_dead_letter(js, cfg, source, poison=poison, stream=stream, sequence=sequence,
+                                   original=original, deliveries=deliveries)  # fmt: skip
+
+
+async def _publish_dead_letter(
+    js: JetStreamContext,
+    cfg: NatsSettings,
+    source: str,
+    *,
+    poison: Poison,
+    stream: str,
+    sequence: int,
+    original: dict[str, object],
+    deliveries: int | None,
+) -> None:
     failed_id = original_id(original)
     extensions = {"originalid": failed_id} if failed_id else None
 
@@ -85,7 +110,7 @@ async def publish_dead_letter(
             log.info("original of %s #%d is too large to embed in its dead letter: stored as %s", stream, sequence, ref)
             event = letter({"subject": original.get("subject"), "ref": ref, "size": len(blob)})
         msg_id = derive_msg_id("dlq", stream, str(sequence))
-        await publish_event(js, cfg.subject("dlq", poison.stage), event, msg_id=msg_id)
+        await publish_traced(js, cfg.subject("dlq", poison.stage), event, msg_id=msg_id)
     except StreamFullError as exc:
         log.error(
             "DEAD-LETTER STREAM FULL: %s #%d (stage %s: %s) could not be dead-lettered (%s: %s); it stays in %s. "
