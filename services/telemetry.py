@@ -171,6 +171,9 @@ def _message_id(headers: Mapping[str, str] | None) -> str | None:
 def stage_span(name: str, attributes: Mapping[str, Any] | None = None, *, parent: str | None = None) -> Iterator[Span]:
     """An internal span, child of the current one (or of ``parent``, a ``traceparent`` handed over
     from another replica). Exceptions are recorded and mark the span as an error."""
+    if not _enabled:  # the no-op span, without touching the context: the cost of a generator
+        yield trace.INVALID_SPAN
+        return
     ctx = context_from(parent) if parent else None
     with tracer.start_as_current_span(name, context=ctx, attributes=dict(attributes or {})) as span:
         yield span
@@ -182,9 +185,8 @@ def consume_span(
 ) -> Iterator[Span]:
     """The CONSUMER span of one message (its handling, and its ack, nak or dead letter);
     its parent is the trace the message's event carries."""
-    if not _enabled:
-        with tracer.start_as_current_span("process") as span:  # the no-op span: nothing parsed
-            yield span
+    if not _enabled:  # the no-op span: nothing parsed, the context untouched
+        yield trace.INVALID_SPAN
         return
     attributes: dict[str, Any] = {
         "messaging.system": "nats",
@@ -212,7 +214,7 @@ def receive_span(*, stream: str, durable: str, messages: Sequence[Any]) -> Itera
             ctx = context_from(message_traceparent(msg.headers, msg.data))
             if ctx is not None:
                 links.append(Link(trace.get_current_span(ctx).get_span_context()))
-    attributes = {
+    attributes: dict[str, Any] = {
         "messaging.system": "nats",
         "messaging.operation.type": "receive",
         "messaging.operation.name": "fetch",

@@ -32,10 +32,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from stub_engine import StubEngine
 
 from services import telemetry
 from services.captioner.deployment import Captioner
-from services.captioner.engines.base import CaptionResult
 from services.events.binding import new_event
 from services.events.embedded import EmbeddedNatsServer
 from services.events.jetstream import publish_event
@@ -86,7 +86,7 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 -- http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 assert self.path == "/v1/traces" and self.headers["Content-Type"] == "application/x-protobuf"
                 receiver.accept(ExportTraceServiceRequest.FromString(body))
@@ -133,27 +133,6 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
     yield endpoint
     telemetry.shutdown_tracing()
     endpoint.server.shutdown()
-
-
-class StubEngine:
-    """The model only: a caption per window, with token counts."""
-
-    name = "stub"
-    in_flight = 0
-
-    async def start(self) -> None:
-        pass
-
-    async def caption(self, audio: np.ndarray, request_id: str) -> CaptionResult:
-        await asyncio.sleep(0.01)
-        return CaptionResult(request_id=request_id, text="a caller asks about a bill.", prompt_tokens=40,
-                             output_tokens=7, engine_seconds=0.01, engine="stub", finish_reason="stop")  # fmt: skip
-
-    async def check_health(self) -> None:
-        pass
-
-    async def shutdown(self) -> None:
-        pass
 
 
 def handle(**methods: Any) -> Any:
