@@ -302,3 +302,25 @@ def collect(into: list[Any]) -> Any:
         into.append(msg)
 
     return received
+
+
+def test_vllm_gets_the_trace_only_when_its_own_tracing_is_on() -> None:
+    from services.captioner.engines.vllm_engine import engine_trace_headers
+
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert engine_trace_headers("http://collector:4317", tp) == {"traceparent": tp}
+    assert engine_trace_headers(None, tp) is None  # vLLM would log "tracing disabled" per request
+    assert engine_trace_headers("http://collector:4317", None) is None  # listenpost not tracing
+
+
+def test_no_endpoint_means_no_provider_and_no_op_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    assert telemetry.configure_tracing("listenpost-test") is False
+    assert not telemetry.tracing_enabled()
+    with telemetry.stage_span("x") as span:
+        assert not span.is_recording() and telemetry.current_traceparent() is None
+    with telemetry.publish_span("listenpost.captioned", "id") as traceparent:
+        assert traceparent is None
+    # Outputs still carry a traceparent in the input's trace (a child id, no span behind it).
+    assert telemetry.output_traceparent(INPUT_TRACEPARENT).split("-")[1] == TRACE_ID
