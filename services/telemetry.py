@@ -168,14 +168,19 @@ def _message_id(headers: Mapping[str, str] | None) -> str | None:
 
 
 @contextlib.contextmanager
-def stage_span(name: str, attributes: Mapping[str, Any] | None = None, *, parent: str | None = None) -> Iterator[Span]:
+def stage_span(
+    name: str, attributes: Mapping[str, Any] | None = None, *, parent: str | None = None, link: str | None = None
+) -> Iterator[Span]:
     """An internal span, child of the current one (or of ``parent``, a ``traceparent`` handed over
-    from another replica). Exceptions are recorded and mark the span as an error."""
+    from another replica), optionally linked to another trace (``link``, a ``traceparent``).
+    Exceptions are recorded and mark the span as an error."""
     if not _enabled:  # the no-op span, without touching the context: the cost of a generator
         yield trace.INVALID_SPAN
         return
     ctx = context_from(parent) if parent else None
-    with tracer.start_as_current_span(name, context=ctx, attributes=dict(attributes or {})) as span:
+    linked = context_from(link) if link else None
+    links = [Link(trace.get_current_span(linked).get_span_context())] if linked is not None else None
+    with tracer.start_as_current_span(name, context=ctx, links=links, attributes=dict(attributes or {})) as span:
         yield span
 
 

@@ -284,7 +284,7 @@ async def test_one_trace_from_input_event_to_decision(receiver: OtlpReceiver, tm
     [consumed] = [s for s in poison_trace if s.name == "process LISTENPOST_IN"]
     assert consumed.attributes["listenpost.outcome"] == "dead-lettered" and consumed.status == 2  # STATUS_CODE_ERROR
     [letter] = [s for s in poison_trace if s.name == "dead-letter"]
-    assert pindex[letter.parent_id] is consumed and letter.status == 2
+    assert pindex[letter.parent_id] is consumed and letter.status == 2 and letter.links == [POISON_TRACE_ID]
     assert (letter.attributes["listenpost.stage"], letter.attributes["listenpost.error"]) == ("decode-audio", "UnsupportedFormatError")
     # (The TERMINATED advisory tries the same dead letter again; JetStream drops it as a duplicate.)
     [dead] = [d for d in dead_letters if d.subject == "listenpost.dlq.decode-audio"]

@@ -11,7 +11,8 @@ record, named ``<stream>/<sequence>``, and the dead letter's ``original`` is
 ``{"subject", "ref", "size"}`` instead; ``dlq replay`` reads it back from there.
 
 Dead-lettering is a ``dead-letter`` span (status error, with the stage and error type) inside the
-consume span of the failed message, so it shows in the input's own trace; the dead letter is
+consume span of the failed message, so it shows in the input's own trace (and is linked to it,
+for a dead letter written from an advisory, in the advisory's trace); the dead letter is
 published in a PRODUCER span whose ``traceparent`` it carries.
 
 A full dead-letter stream refuses new dead letters (it never drops old ones): that is
@@ -37,7 +38,7 @@ from services.events.jetstream import derive_msg_id
 from services.events.models import AUDIO_FAILED, AudioFailed
 from services.events.traced import publish_traced
 from services.settings import NatsSettings
-from services.telemetry import mark_error, stage_span
+from services.telemetry import mark_error, message_traceparent, stage_span, tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,22 @@ async def publish_dead_letter(
 ) -> None:
     attributes = {"listenpost.stage": poison.stage, "listenpost.error": poison.error,
                   "messaging.nats.stream": stream, "messaging.nats.sequence": sequence}  # fmt: skip
-    with stage_span("dead-letter", attributes) as span:
+    # Linked to the failed message's own trace: a dead letter written from a JetStream advisory
+    # runs in the advisory's trace, and the link leads back to the input's.
+    with stage_span("dead-letter", attributes, link=_original_traceparent(original)) as span:
         mark_error(span, poison.error, f"{poison.stage}: {poison.reason}")
         await _publish_dead_letter(js, cfg, source, poison=poison, stream=stream, sequence=sequence,
                                    original=original, deliveries=deliveries)  # fmt: skip
+
+
+def _original_traceparent(original: Mapping[str, object]) -> str | None:
+    headers, body = original.get("headers"), original.get("body_base64")
+    if not tracing_enabled() or not isinstance(headers, Mapping) or not isinstance(body, str):
+        return None
+    try:
+        return message_traceparent({str(k): str(v) for k, v in headers.items()}, base64.b64decode(body))
+    except ValueError:
+        return None
 
 
 async def _publish_dead_letter(
