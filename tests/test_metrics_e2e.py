@@ -79,7 +79,19 @@ def prometheus(service: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
         stdout=subprocess.DEVNULL, stderr=(root / "prometheus.log").open("w"),
     )  # fmt: skip
     try:
-        yield f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:  # until it serves queries
+            try:
+                with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (root / "prometheus.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "prometheus did not become ready"
+            time.sleep(0.3)
+        yield base
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -24,6 +24,7 @@ from services.captioner.facets.guided import GuidedFacetExtractor
 from services.captioner.redaction import RedactionPolicy, redact
 from services.events.models import Facets, Window
 from services.settings import CaptionerSettings, Settings
+from services.telemetry import configure_tracing, stage_span
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,22 @@ class SamplingOverrides(BaseModel):
 class Captioner:
     async def __init__(self, settings: Settings, engine: CaptionEngine | None = None) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         # `engine` is injectable (tests, other backends); by default it comes from settings.
+        configure_tracing("listenpost-captioner")  # OTEL_* only; nothing without an endpoint
         self._settings = settings.captioner
         self._redaction = RedactionPolicy.from_settings(settings.captioner)
         self._engine = engine or make_engine(settings.captioner, settings.preprocess.window_s)
         await self._engine.start()
 
-    async def caption(self, samples: np.ndarray, request_id: str) -> CaptionResult:
-        return await self._engine.caption(samples, request_id)
+    async def caption(self, samples: np.ndarray, request_id: str, traceparent: str | None = None) -> CaptionResult:
+        """``traceparent``: the caller's ``caption window`` span, parent of this replica's ``engine`` span."""
+        with stage_span("engine", {"listenpost.engine": self._engine.name}, parent=traceparent):
+            return await self._engine.caption(samples, request_id)
 
-    async def facets(self, windows: list[Window], request_id: str) -> Facets:
+    async def facets(self, windows: list[Window], request_id: str, traceparent: str | None = None) -> Facets:
+        with stage_span("guided facets", parent=traceparent):
+            return await self._facets(windows, request_id)
+
+    async def _facets(self, windows: list[Window], request_id: str) -> Facets:
         """Facets of a call's captioned windows, by the configured extractor.
 
         The guided extractor runs through this replica's engine; if it fails the lexicon

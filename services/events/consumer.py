@@ -14,6 +14,10 @@ The loop owns acknowledgement so every consumer in listenpost behaves alike:
 
 While a handler runs, ``in_progress`` heartbeats keep the message from being
 redelivered to another replica.
+
+Traces (:mod:`services.telemetry`): each message is handled inside a CONSUMER span whose
+parent is its event's ``traceparent``, and whose ``listenpost.outcome`` says how it was settled;
+each fetched batch is one ``receive`` span linked to the traces of its messages.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from opentelemetry import trace
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.events.errors import EventsError
@@ -38,6 +43,7 @@ from services.events.models import Stage
 from services.events.reasons import plain_error_type, plain_reason
 from services.metrics import reason_label, recorder
 from services.settings import NatsSettings
+from services.telemetry import consume_span, mark_error, receive_span, tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +207,9 @@ class PullConsumer:
                 await asyncio.sleep(1.0)
                 self._resubscribe.set()
                 continue
+            if tracing_enabled():
+                with receive_span(stream=self._stream, durable=self._durable, messages=msgs):
+                    pass  # the fetch is done: the span marks it and links the batch's traces
             for msg in msgs:
                 await self._slots.acquire()
                 task = asyncio.get_running_loop().create_task(self._process(msg))
@@ -215,6 +224,13 @@ class PullConsumer:
         metrics.inc("listenpost_events_consumed", durable=self._durable)
         if _deliveries(msg) > 1:
             metrics.inc("listenpost_events_redelivered", durable=self._durable)
+        with consume_span(
+            stream=self._stream, durable=self._durable, subject=msg.subject, headers=msg.headers, body=msg.data,
+            delivery=_deliveries(msg),
+        ):
+            await self._process_traced(msg)
+
+    async def _process_traced(self, msg: Msg) -> None:
         heartbeat = asyncio.get_running_loop().create_task(self._keep_alive(msg))
         # Heartbeats would hold a message whose handler never returns forever: bound the work.
         timer = asyncio.timeout(self._max_handling_s)
@@ -241,6 +257,7 @@ class PullConsumer:
             if await _settle(msg.ack()):
                 self.stats.acked += 1
                 recorder().inc("listenpost_events_acked", durable=self._durable)
+                _outcome("acked")
         finally:
             heartbeat.cancel()
             self._slots.release()
@@ -256,6 +273,7 @@ class PullConsumer:
         if await _settle(msg.nak(delay=delay_s)):
             self.stats.naked += 1
             recorder().inc("listenpost_events_naked", durable=self._durable, reason=reason_label(type(exc).__name__, str(exc)))
+            _outcome("naked")
 
     async def _poison(self, msg: Msg, exc: Poison) -> None:
         try:
@@ -273,6 +291,8 @@ class PullConsumer:
         recorder().inc(
             "listenpost_events_dead_lettered", durable=self._durable, stage=exc.stage, reason=reason_label(exc.error, exc.reason)
         )
+        _outcome("dead-lettered")
+        mark_error(trace.get_current_span(), exc.error, f"{exc.stage}: {exc.reason}")
 
     async def _keep_alive(self, msg: Msg) -> None:
         # in_progress resets the server's AckWait timer: a long recording is not redelivered mid-work.
@@ -296,6 +316,10 @@ def _deliveries(msg: Msg) -> int:
         return int(msg.metadata.num_delivered)
     except NotJSMessageError:  # not a JetStream message: count it as a first delivery
         return 1
+
+
+def _outcome(outcome: str) -> None:
+    trace.get_current_span().set_attribute("listenpost.outcome", outcome)
 
 
 async def _settle(reply: Awaitable[None]) -> bool:

@@ -10,6 +10,11 @@ stored in the object-store bucket ``LISTENPOST_NATS__DLQ_BUCKET`` as the same JS
 record, named ``<stream>/<sequence>``, and the dead letter's ``original`` is
 ``{"subject", "ref", "size"}`` instead; ``dlq replay`` reads it back from there.
 
+Dead-lettering is a ``dead-letter`` span (status error, with the stage and error type) inside the
+consume span of the failed message, so it shows in the input's own trace (and is linked to it,
+for a dead letter written from an advisory, in the advisory's trace); the dead letter is
+published in a PRODUCER span whose ``traceparent`` it carries.
+
 A full dead-letter stream refuses new dead letters (it never drops old ones): that is
 logged as an error and raised as :class:`~services.events.bounds.StreamFullError`, and
 the failed input stays in its stream (see :mod:`services.events.consumer`).
@@ -29,10 +34,11 @@ from services.events.binding import BindingError, CloudEvent, decode, new_event
 from services.events.bounds import StreamFullError
 from services.events.claimcheck import HEADER_ROOM, encoded_size, put_object
 from services.events.consumer import Poison
-from services.events.jetstream import derive_msg_id, publish_event
+from services.events.jetstream import derive_msg_id
 from services.events.models import AUDIO_FAILED, AudioFailed
+from services.events.traced import publish_traced
 from services.settings import NatsSettings
-from services.telemetry import child_traceparent
+from services.telemetry import child_traceparent, mark_error, message_traceparent, stage_span, tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,39 @@ async def publish_dead_letter(
     original: dict[str, object],
     deliveries: int | None,
 ) -> None:
+    attributes = {"listenpost.stage": poison.stage, "listenpost.error": poison.error,
+                  "messaging.nats.stream": stream, "messaging.nats.sequence": sequence}  # fmt: skip
+    # Linked to the failed message's own trace: a dead letter written from a JetStream advisory
+    # runs in the advisory's trace, and the link leads back to the input's.
+    with stage_span("dead-letter", attributes, link=_original_traceparent(original)) as span:
+        mark_error(span, poison.error, f"{poison.stage}: {poison.reason}")
+        await _publish_dead_letter(js, cfg, source, poison=poison, stream=stream, sequence=sequence,
+                                   original=original, deliveries=deliveries)  # fmt: skip
+
+
+def _original_traceparent(original: Mapping[str, object]) -> str | None:
+    headers, body = original.get("headers"), original.get("body_base64")
+    if not tracing_enabled() or not isinstance(headers, Mapping) or not isinstance(body, str):
+        return None
+    try:
+        return message_traceparent({str(k): str(v) for k, v in headers.items()}, base64.b64decode(body))
+    except ValueError:
+        return None
+
+
+async def _publish_dead_letter(
+    js: JetStreamContext,
+    cfg: NatsSettings,
+    source: str,
+    *,
+    poison: Poison,
+    stream: str,
+    sequence: int,
+    original: dict[str, object],
+    deliveries: int | None,
+) -> None:
+    # originalid/inputid, and a traceparent in the input's trace (publish_traced replaces it
+    # with its PRODUCER span's while tracing is on).
     extensions = correlation(original)
 
     def letter(record: dict[str, object]) -> CloudEvent:
@@ -115,7 +154,7 @@ async def publish_dead_letter(
             log.info("original of %s #%d is too large to embed in its dead letter: stored as %s", stream, sequence, ref)
             event = letter({"subject": original.get("subject"), "ref": ref, "size": len(blob)})
         msg_id = derive_msg_id("dlq", stream, str(sequence))
-        stored = await publish_event(js, cfg.subject("dlq", poison.stage), event, msg_id=msg_id)
+        stored = await publish_traced(js, cfg.subject("dlq", poison.stage), event, msg_id=msg_id)
         if stored:
             log.warning(
                 "dead-lettered %s #%d (original id %r) at stage %s: %s: %r",

@@ -6,6 +6,10 @@ handles, and publishes ``audio.captioned`` to LISTENPOST_OUT (by reference when 
 is too large for a NATS message, see :mod:`.publish`), acking the input only once
 that publish is stored.
 
+Traces: each input is a ``process`` span (parent: the event's ``traceparent``) with ``parse``,
+the pipeline's stages and ``publish`` under it; the replicas it calls get the current span's
+``traceparent`` as an argument, as Serve handles carry no trace context.
+
 Every input it consumes is recorded in the audit trail (submitter, source, id, call id;
 refused ones too), and once an input is captioned its uploaded audio is deleted unless
 retention settings keep it (services/events/retention.py, docs/privacy.md).
@@ -46,6 +50,7 @@ from services.orchestrator.pipeline import caption_submitted, correlation_extens
 from services.orchestrator.publish import publish_captioned
 from services.preprocess.pipeline import PreparedAudio
 from services.settings import Settings
+from services.telemetry import configure_tracing, current_traceparent, stage_span
 
 # Faults of the serving system, not of the event: try again later.
 _TRANSIENT = (
@@ -81,6 +86,7 @@ class Ingress:
         rules: DeploymentHandle,
     ) -> None:
         assert settings.nats.url, "the app builder always sets the NATS URL"
+        configure_tracing("listenpost-ingress")  # OTEL_* only; nothing without an endpoint
         self._settings = settings
         self._preprocessor = preprocessor
         self._captioner = captioner
@@ -169,14 +175,14 @@ class Ingress:
 
     async def _prepare(self, submitted: AudioSubmitted) -> PreparedAudio:
         with _replica_errors_as_raised():
-            return await self._preprocessor.prepare.remote(submitted)
+            return await self._preprocessor.prepare.remote(submitted, current_traceparent())
 
     async def _caption(self, samples: np.ndarray, request_id: str) -> Any:
         self._windows_waiting += 1
         recorder().set("listenpost_windows_waiting", self._windows_waiting)
         try:
             with _replica_errors_as_raised():
-                return await self._captioner.caption.remote(samples, request_id)
+                return await self._captioner.caption.remote(samples, request_id, current_traceparent())
         finally:
             self._windows_waiting -= 1
             recorder().set("listenpost_windows_waiting", self._windows_waiting)
@@ -184,12 +190,13 @@ class Ingress:
     async def _facets(self, windows: list[Window], request_id: str) -> Facets:
         if self._settings.captioner.facets_extractor == "guided":
             with _replica_errors_as_raised():
-                return await self._captioner.facets.remote(windows, request_id)  # through the same engine
+                return await self._captioner.facets.remote(windows, request_id, current_traceparent())  # same engine
         return await lexicon_facets(windows, request_id)
 
     async def _handle(self, msg: Msg) -> None:
         try:
-            event, submitted = parse_submitted(msg.data, msg.headers, self._adapters, self._context_limits)
+            with stage_span("parse"):
+                event, submitted = parse_submitted(msg.data, msg.headers, self._adapters, self._context_limits)
         except Poison as exc:
             await self._audit_submission(msg, None, None, refused=f"{exc.stage}: {exc.reason}")
             raise
@@ -210,7 +217,8 @@ class Ingress:
             )
         except _TRANSIENT as exc:
             raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
-        await publish_captioned(self._js, cfg.nats, captioned, input_source=event.get_source(), input_id=event.get_id())
+        with stage_span("publish"):
+            await publish_captioned(self._js, cfg.nats, captioned, input_source=event.get_source(), input_id=event.get_id())
         observe_captioned(
             AudioCaptioned.model_validate(captioned.get_data()),
             max_tokens=cfg.captioner.max_tokens,

@@ -9,6 +9,11 @@ here, the one place where captions become the event: facets are read from the ra
 captions first (so they are the same with or without redaction), then the windows,
 the merged timeline and the caption text the facets quote are redacted together
 (docs/redaction.md).
+
+Traces: the stages are spans under the consume span of the input (``preprocess``, ``caption``
+with one ``caption window`` child per window: tokens, engine and queue time; ``facets``); the
+replicas' own spans (fetch, decode, VAD, acoustics; the engine) are children of those, through
+the ``traceparent`` the injected calls hand over.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ from services.events.models import (
     Window,
 )
 from services.preprocess.errors import PreprocessError
-from services.preprocess.pipeline import PreparedAudio
-from services.telemetry import child_traceparent
+from services.preprocess.pipeline import ModelWindow, PreparedAudio
+from services.telemetry import output_traceparent, stage_span
 
 Prepare = Callable[[AudioSubmitted], Awaitable[PreparedAudio]]
 Caption = Callable[[np.ndarray, str], Awaitable[Any]]  # -> CaptionResult
@@ -70,7 +75,8 @@ async def caption_submitted(
 ) -> BaseCloudEvent:
     started = time.perf_counter()
     try:
-        prepared = await prepare(submitted)
+        with stage_span("preprocess"):
+            prepared = await prepare(submitted)
     except PreprocessError as exc:
         if getattr(exc, "retryable", False):  # a source timeout or 5xx: the event is fine, try later
             raise RetryLater(f"{exc.stage}: {exc}") from exc
@@ -81,9 +87,10 @@ async def caption_submitted(
     # with the windows of other events in flight.
     request_ids = [f"{event.get_id()}/w{w.index}" for w in prepared.windows]
     try:
-        results = await asyncio.gather(
-            *(caption(w.samples, rid) for w, rid in zip(prepared.windows, request_ids, strict=True))
-        )
+        with stage_span("caption", {"listenpost.windows": len(prepared.windows)}):
+            results = await asyncio.gather(
+                *(_caption_window(caption, w, rid) for w, rid in zip(prepared.windows, request_ids, strict=True))
+            )
     except (EmptyWindowError, WindowTooLongError) as exc:
         raise Poison("caption", str(exc), error=type(exc).__name__) from exc
     captioned_at = time.perf_counter()
@@ -103,7 +110,9 @@ async def caption_submitted(
         for w, r in zip(prepared.windows, results, strict=True)
     ]
     # Facets from the raw captions; then nothing raw goes further.
-    redacted = redact_captions(windows, await facets(windows, event.get_id()), redaction)
+    with stage_span("facets"):
+        found = await facets(windows, event.get_id())
+    redacted = redact_captions(windows, found, redaction)
     if redacted.counts:
         log.info(
             "redacted %s from the captions of event %r",
@@ -137,10 +146,29 @@ async def caption_submitted(
     )
 
 
+async def _caption_window(caption: Caption, window: ModelWindow, request_id: str) -> Any:
+    """One window's span (a child of the ``caption`` stage: gather copies the context to each task)."""
+    attributes = {"listenpost.window.index": window.index, "listenpost.window.audio_s": round(window.end - window.start, 3)}
+    with stage_span("caption window", attributes) as span:
+        started = time.perf_counter()
+        result = await caption(window.samples, request_id)
+        if span.is_recording():
+            waited = time.perf_counter() - started
+            span.set_attributes({
+                "gen_ai.usage.input_tokens": result.prompt_tokens,
+                "gen_ai.usage.output_tokens": result.output_tokens,
+                "listenpost.engine_s": result.engine_seconds,
+                # Time not spent in the engine: Serve's queue and hops, and the engine's own queue.
+                "listenpost.queue_s": round(max(0.0, waited - result.engine_seconds), 6),
+                "listenpost.finish_reason": result.finish_reason or "",
+            })  # fmt: skip
+        return result
+
+
 def correlation_extensions(event: BaseCloudEvent, submitted: AudioSubmitted) -> dict[str, str]:
     """Extensions that let a consumer follow the call: input id, call id, trace."""
     attributes = event.get_attributes()
-    extensions = {"inputid": event.get_id(), "traceparent": child_traceparent(attributes.get("traceparent"))}
+    extensions = {"inputid": event.get_id(), "traceparent": output_traceparent(attributes.get("traceparent"))}
     callid = attributes.get("callid") or submitted.context.get("callid") or submitted.context.get("call_id")
     if isinstance(callid, str) and _EXTENSION_VALUE.match(callid):
         extensions["callid"] = callid

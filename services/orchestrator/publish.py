@@ -13,7 +13,8 @@ from cloudevents.core.base import BaseCloudEvent
 from nats.js import JetStreamContext
 
 from services.events.claimcheck import by_reference
-from services.events.jetstream import derive_msg_id, publish_event
+from services.events.jetstream import derive_msg_id
+from services.events.traced import publish_traced
 from services.settings import NatsSettings
 
 
@@ -31,4 +32,4 @@ async def publish_captioned(
         ttl_s=cfg.out_max_age_s,  # the object lives as long as the event that names it
         max_bytes=cfg.out_max_bytes,
     )
-    return await publish_event(js, cfg.subject("captioned"), event, msg_id=msg_id)
+    return await publish_traced(js, cfg.subject("captioned"), event, msg_id=msg_id)

@@ -8,6 +8,7 @@ through soxr into a 16 kHz buffer. Only the 16 kHz channels stay in memory.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -108,6 +109,7 @@ class ChannelCollector:
             else soxr.ResampleStream(rate, MODEL_RATE, len(self._outputs), dtype="float32", quality=_QUALITY)
         )
         self.frames = 0
+        self.resample_s = 0.0  # time in the resampler over all blocks (the trace's resample span reports it)
 
     def add(self, block: np.ndarray) -> None:
         """One block of float32 (frames, source channels)."""
@@ -145,7 +147,9 @@ class ChannelCollector:
 
     def _store(self, routed: np.ndarray, last: bool = False) -> None:
         if self._resampler is not None:
+            started = time.perf_counter()
             routed = self._resampler.resample_chunk(np.ascontiguousarray(routed), last=last)
+            self.resample_s += time.perf_counter() - started
         for i, buffer in enumerate(self._buffers):
             buffer.append(routed[:, i])
 

@@ -14,11 +14,13 @@ from services.preprocess.pipeline import PreparedAudio
 from services.preprocess.sources import fetch_audio, http_policy, read_object
 from services.preprocess.vad import default_detector
 from services.settings import Settings
+from services.telemetry import configure_tracing, stage_span
 
 
 @serve.deployment(name="Preprocessor")
 class Preprocessor:
     def __init__(self, settings: Settings) -> None:
+        configure_tracing("listenpost-preprocessor")  # OTEL_* only; nothing without an endpoint
         self._settings = settings
         self._http = http_policy(settings.preprocess)
         self._nc: NATS | None = None
@@ -35,18 +37,23 @@ class Preprocessor:
         pre = self._settings.preprocess
         return await read_object(self._nc.jetstream(), ref, max_bytes=pre.max_bytes, buckets=pre.object_buckets)
 
-    async def prepare(self, submitted: AudioSubmitted) -> PreparedAudio:
+    async def prepare(self, submitted: AudioSubmitted, traceparent: str | None = None) -> PreparedAudio:
+        """``traceparent``: the caller's span (the Ingress's ``preprocess`` stage), parent of this replica's."""
         pre = self._settings.preprocess
-        data = await fetch_audio(
-            submitted.audio,
-            roots=pre.file_roots,
-            max_bytes=pre.max_bytes,
-            get_object=self._get_object,
-            http=self._http,
-            max_inline_bytes=pre.max_inline_bytes,
-        )
-        # Decoding, resampling and VAD are CPU-bound: the gate runs them in threads, within its slots and budget.
-        return await self._gate.prepare(data, submitted)
+        with stage_span("prepare", parent=traceparent):
+            with stage_span("fetch") as span:
+                data = await fetch_audio(
+                    submitted.audio,
+                    roots=pre.file_roots,
+                    max_bytes=pre.max_bytes,
+                    get_object=self._get_object,
+                    http=self._http,
+                    max_inline_bytes=pre.max_inline_bytes,
+                )
+                span.set_attribute("listenpost.audio.bytes", len(data))
+            # Decoding, resampling and VAD are CPU-bound: the gate runs them in threads (which carry
+            # the trace context: asyncio.to_thread copies it), within its slots and budget.
+            return await self._gate.prepare(data, submitted)
 
     async def __del__(self) -> None:
         if self._nc is not None:

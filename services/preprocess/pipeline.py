@@ -6,6 +6,10 @@ to hold (:func:`plan`, :mod:`.limits`); decode in blocks, counting each block
 against the limits before it is kept, keeping or down-mixing channels and
 resampling each kept channel to 16 kHz as the blocks come; refuse what is cut
 short or silent; find speech (Silero VAD); cut windows in pauses; measure the call.
+
+Traces: ``decode`` (with its ``resample`` child: the last flush of the resampler, and the time
+spent resampling over all blocks, which are resampled as they are decoded), ``vad`` and
+``acoustics`` spans, children of the caller's current span (the Preprocessor's ``prepare``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from services.preprocess.limits import DecodeGuard, DecodeLimits, Projection, pr
 from services.preprocess.vad import SpeechDetector, VadParams, default_detector
 from services.preprocess.windows import WindowSpan, plan_speech_windows
 from services.settings import PreprocessSettings
+from services.telemetry import stage_span
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,8 @@ def prepare(
 ) -> PreparedAudio:
     """``reservation``: memory already held for this prepare (see :mod:`.gate`); without one, the
     prepare holds its own from a budget of ``max_prepare_memory_bytes``."""
-    info, channels = decode_channels(data, submitted, settings, reservation=reservation)
+    with stage_span("decode", {"listenpost.audio.bytes": len(data)}):
+        info, channels = decode_channels(data, submitted, settings, reservation=reservation)
     powers = [frame_power(ch.samples) for ch in channels]
     _check_not_silent(channels, powers, settings.silent_audio_dbfs)
     detector = detector or default_detector()
@@ -73,10 +79,11 @@ def prepare(
         pad_s=settings.vad_pad_s,
         gate_dbfs=settings.vad_gate_dbfs,
     )
-    measures = [
-        ChannelMeasure(audio=ch, power=power, speech=detector.segments(ch.samples, params))
-        for ch, power in zip(channels, powers, strict=True)
-    ]
+    with stage_span("vad", {"listenpost.channels": len(channels)}):
+        measures = [
+            ChannelMeasure(audio=ch, power=power, speech=detector.segments(ch.samples, params))
+            for ch, power in zip(channels, powers, strict=True)
+        ]
     windows: list[ModelWindow] = []
     for m in measures:
         for span in _spans(m, settings):
@@ -93,9 +100,9 @@ def prepare(
         dead_air_min_s=settings.dead_air_min_s,
         overtalk_min_s=settings.overtalk_min_s,
     )
-    return PreparedAudio(
-        facts=facts, windows=windows, acoustics=measure(measures, limits), speech=tuple(m.speech for m in measures)
-    )
+    with stage_span("acoustics"):
+        acoustics = measure(measures, limits)
+    return PreparedAudio(facts=facts, windows=windows, acoustics=acoustics, speech=tuple(m.speech for m in measures))
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,10 @@ def decode_channels(
                 guard.admit(block.shape[0])  # raises, and so stops decoding, before the block is kept
                 collector.add(block)
             check_complete(p.info, collector.frames)
-            return p.info, collector.finish()
+            with stage_span("resample", {"listenpost.from_hz": p.info.sample_rate}) as span:
+                channels = collector.finish()
+                span.set_attribute("listenpost.resample.total_s", round(collector.resample_s, 6))
+            return p.info, channels
         finally:
             if own:
                 held.release()

@@ -21,6 +21,9 @@ decision as a CloudEvent with a deterministic id before acking.
 - **Status**: every replica writes its status (ruleset version, rule count,
   last error, counters) to the status bucket, which ``listenpost rules status``
   reads; the Ingress's ``status()`` includes it too.
+- **Traces**: each event is a ``process`` span (parent: its ``traceparent``) holding
+  ``evaluate`` (one ``rule`` span per matched rule), ``alert hygiene`` and ``publish``; each
+  decision carries the ``traceparent`` of the PRODUCER span that published it.
 - **Audit**: every activation of a rule set (at start, on reload, from the last good
   copy) is recorded in the audit trail as done by ``service:rules`` with its version.
 """
@@ -44,7 +47,8 @@ from services.events.binding import new_event
 from services.events.connection import connect
 from services.events.consumer import PullConsumer, Redelivery, stored_age_s
 from services.events.deadletter import dead_letter
-from services.events.jetstream import ensure_provisioned, publish_event
+from services.events.jetstream import ensure_provisioned
+from services.events.traced import publish_traced
 from services.rules import Decision, RuleSet, RuleSetError, load_ruleset, load_sources, rule_files
 from services.rules.engine import HOPS_EXTENSION, RulesProcessor, hops
 from services.rules.inputs import read_input
@@ -53,7 +57,7 @@ from services.rules.metrics import observe_outcome
 from services.rules.state import Stores, open_stores
 from services.rules.status import LAST_GOOD_KEY, STATUS_PREFIX
 from services.settings import Settings
-from services.telemetry import child_traceparent
+from services.telemetry import configure_tracing, output_traceparent, stage_span
 
 log = logging.getLogger(__name__)
 # The cel library logs a warning for every exception a Python helper raises; the
@@ -65,7 +69,7 @@ _EXTENSION_VALUE = re.compile(r"^[\w.:@/-]{1,128}$")
 def decision_event(decision: Decision, input_attributes: dict[str, Any] | None, source: str) -> Any:
     extensions = {
         "rulesetver": decision.ruleset_version,
-        "traceparent": child_traceparent((input_attributes or {}).get("traceparent")),
+        "traceparent": output_traceparent((input_attributes or {}).get("traceparent")),
         HOPS_EXTENSION: str(hops(input_attributes or {}) + 1),
     }
     if input_attributes is not None:
@@ -110,6 +114,7 @@ def replica_name() -> str:
 class RulesEngine:
     async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         assert settings.nats.url, "the app builder always sets the NATS URL"
+        configure_tracing("listenpost-rules")  # OTEL_* only; nothing without an endpoint
         self._settings = settings
         cfg = settings.rules
         self._replica = replica_name()
@@ -238,17 +243,18 @@ class RulesEngine:
             log.warning("rule %s failed on event %r: %r", error.rule_id, event_id, error.message)
         # Concurrent acks, ordered sends: each publish is written to the connection when its
         # coroutine starts, in list order, so the stream keeps the evaluation order.
-        await asyncio.gather(
-            *(
-                publish_event(self._js, d.subject, decision_event(d, attributes, self._settings.source), msg_id=d.id)
-                for d in outcome.publish
+        with stage_span("publish", {"listenpost.decisions": len(outcome.publish)}):
+            await asyncio.gather(
+                *(
+                    publish_traced(self._js, d.subject, decision_event(d, attributes, self._settings.source), msg_id=d.id)
+                    for d in outcome.publish
+                )
             )
-        )
         observe_outcome(outcome, seconds=time.perf_counter() - started, stored_age_s=stored_age_s(msg))
 
     async def _publish_notification(self, decision: Decision) -> None:
         out = decision_event(decision, None, self._settings.source)
-        await publish_event(self._js, decision.subject, out, msg_id=decision.id)
+        await publish_traced(self._js, decision.subject, out, msg_id=decision.id)
 
     async def _flush_groups(self) -> None:
         while True:

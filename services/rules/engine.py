@@ -9,6 +9,10 @@ two stateful steps that live in a :class:`~services.rules.state.StateStore`:
 
 The Serve deployment, ``rules test``, ``rules backtest`` and the benchmark all
 use this class; only the store (NATS KV or memory) and the clock differ.
+
+Traces: ``evaluate`` (streaks loaded and saved, the rule set run) with one ``rule`` child per
+matched or failed rule (recorded after the pure evaluation, which runs all rules in one pass),
+then ``alert hygiene``; children of the caller's current span.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from services.rules.limits import DEFAULT_LIMITS, Limits
 from services.rules.plan import debounced_rules
 from services.rules.ruleset import RuleSet
 from services.rules.state import Conflict, Stores, safe_key
+from services.telemetry import mark_error, stage_span, tracing_enabled
 
 #: CloudEvents extension counting how many rule engines an event went through:
 #: an emitted event that a rule consumes again cannot loop forever.
@@ -123,15 +128,21 @@ class RulesProcessor:
         if hops(attributes) >= self.max_hops:
             self.counters.looped += 1
             return Outcome(None, [], skipped=f"{HOPS_EXTENSION} {hops(attributes)} >= {self.max_hops}: a rule loop")
-        for attempt in range(5):
-            try:
-                evaluation = await self._evaluate_with_streaks(ruleset, attributes, data)
-                break
-            except Conflict:
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(0.01 * (attempt + 1))
-        outcome = await self._hygiene(ruleset, evaluation, now)
+        with stage_span("evaluate", {"listenpost.ruleset.version": ruleset.version}) as span:
+            for attempt in range(5):
+                try:
+                    evaluation = await self._evaluate_with_streaks(ruleset, attributes, data)
+                    break
+                except Conflict:
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(0.01 * (attempt + 1))
+            if tracing_enabled():
+                span.set_attributes({"listenpost.rules.evaluated": evaluation.evaluated,
+                                     "listenpost.rules.matched": len(evaluation.matches)})  # fmt: skip
+                _rule_spans(evaluation)
+        with stage_span("alert hygiene"):
+            outcome = await self._hygiene(ruleset, evaluation, now)
         self._count(evaluation, outcome)
         return outcome
 
@@ -220,6 +231,18 @@ class RulesProcessor:
             self.counters.decisions += 1
             sent.append(due.notification)
         return sent
+
+
+def _rule_spans(evaluation: Evaluation) -> None:
+    """One span per matched (or failed) rule, so a trace shows which rules an event fired."""
+    version = evaluation.ruleset_version
+    for match in evaluation.matches:
+        with stage_span("rule", {"listenpost.rule.id": match.rule_id, "listenpost.rule.mode": match.mode,
+                                 "listenpost.ruleset.version": version}):  # fmt: skip
+            pass
+    for error in evaluation.errors:
+        with stage_span("rule", {"listenpost.rule.id": error.rule_id, "listenpost.ruleset.version": version}) as span:
+            mark_error(span, "RuleError", error.message)
 
 
 def _callid(attributes: Mapping[str, Any], data: Any) -> Any:

@@ -34,6 +34,7 @@ from services.captioner.errors import (
     WindowTooLongError,
 )
 from services.captioner.prompt import caption_prompt, caption_prompt_text_tokens
+from services.telemetry import current_traceparent
 
 
 def _is_too_short_error(exc: BaseException) -> bool:
@@ -89,6 +90,11 @@ class BatchStats:
                 pass
 
         return _BatchStatLogger
+
+
+def engine_trace_headers(otlp_traces_endpoint: str | None, traceparent: str | None) -> dict[str, str] | None:
+    """vLLM warns about (and drops) trace headers when its own tracing is off: send them only when it is on."""
+    return {"traceparent": traceparent} if otlp_traces_endpoint and traceparent else None
 
 
 class VllmCaptionEngine:
@@ -176,7 +182,7 @@ class VllmCaptionEngine:
             self._vllm_ids.add(vllm_id)
             started = time.perf_counter()
             try:
-                async for output in engine.generate(prompt, params, request_id=vllm_id):
+                async for output in engine.generate(prompt, params, request_id=vllm_id, trace_headers=self._trace_headers()):
                     final = output
             except VllmEngineDeadError as exc:
                 raise EngineDeadError(f"vllm engine died while serving {request_id!r}: {exc}") from exc
@@ -193,6 +199,11 @@ class VllmCaptionEngine:
         if final.outputs[0].finish_reason == "abort" and self._flight.closing:
             raise EngineStoppingError(f"vllm engine stopped before {request_id!r} finished")
         return final, elapsed
+
+    def _trace_headers(self) -> dict[str, str] | None:
+        """The current span's context for vLLM's own request spans (its OTLP tracing, when the
+        engine has an ``otlp_traces_endpoint`` in ``extra_engine_args``), so they join the input's trace."""
+        return engine_trace_headers(self.config.extra_engine_args.get("otlp_traces_endpoint"), current_traceparent())
 
     async def caption(self, audio: np.ndarray, request_id: str) -> CaptionResult:
         request = make_request(audio, request_id, self.config.max_window_s)
