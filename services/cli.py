@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -230,6 +232,111 @@ def _erasure_table(report: Any, *, title: str) -> Table:
     for item in report.removed:
         table.add_row(escape(item.place), item.kind, escape(item.item), item.action, str(item.messages))
     return table
+
+
+def _operator_view(nats_url: str | None) -> Any:
+    """The NATS settings a status command reads with (as the operator), or a usage error."""
+    from services.events.connection import NatsConnectError, command_settings
+
+    try:
+        return command_settings(nats_url, Settings().nats)
+    except NatsConnectError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+async def _read_state(cfg: Any, settings: Settings) -> tuple[Any, list[dict[str, Any]]]:
+    from services.events.connection import with_jetstream
+    from services.events.jsstate import snapshot
+    from services.rules.status import read_status
+
+    async def work(js: Any) -> tuple[Any, list[dict[str, Any]]]:
+        return await snapshot(js, settings), await read_status(js, settings.rules.status_bucket)
+
+    return await with_jetstream(cfg, work, name="listenpost-status")
+
+
+def _status_tables(state: Any, rules: list[dict[str, Any]], rates: dict[str, float] | None) -> list[Table]:
+    consumers = Table(title="consumers (lag)")
+    for column in ("durable", "stream", "pending", "in flight", "finished", "per s"):
+        consumers.add_column(column, justify="right" if column not in ("durable", "stream") else "left")
+    for durable, c in state.consumers.items():
+        rate = f"{rates[durable]:.1f}" if rates is not None and durable in rates else "-"
+        consumers.add_row(durable, c.stream, f"{c.pending:,}", f"{c.ack_pending:,}", f"{c.acked:,}", rate)
+    streams = Table(title=f"streams (dead letters: {state.dlq_messages:,})")
+    for column in ("stream", "messages", "bytes"):
+        streams.add_column(column, justify="left" if column == "stream" else "right")
+    for name, sizes in state.streams.items():
+        streams.add_row(name, f"{sizes['messages']:,}", f"{sizes['bytes']:,}")
+    for bucket, size in state.object_store_bytes.items():
+        streams.add_row(f"bucket {bucket}", "", f"{size:,}")
+    engines = Table(title="rules engines")
+    for column in ("replica", "ruleset", "events / decisions", "errors"):
+        engines.add_column(column)
+    for r in rules:
+        engines.add_row(str(r.get("replica", "")), str(r.get("ruleset_version", "")),
+                        f"{r.get('events', 0)} / {r.get('decisions', 0)}", escape(str(r.get("last_reload_error") or "none")))  # fmt: skip
+    return [consumers, streams, engines]
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts).")] = False,
+    nats_url: Annotated[str | None, typer.Option(help="Default: settings, else the running `listenpost serve`.")] = None,
+) -> None:
+    """Lag per consumer, stream and bucket sizes, dead letters, and the rules engines, read once."""
+    from services.events.connection import NatsConnectError
+
+    cfg = _operator_view(nats_url)
+    settings = Settings()
+    try:
+        state, rules = asyncio.run(_read_state(cfg, settings))
+    except NatsConnectError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    if as_json:
+        console.print_json(json.dumps({"jetstream": state.model_dump(mode="json"), "rules": rules}))
+        return
+    for table in _status_tables(state, rules, None):
+        console.print(table)
+
+
+@app.command()
+def top(
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 2.0,
+    iterations: Annotated[int, typer.Option(min=0, help="Stop after this many refreshes (0: until Ctrl-C).")] = 0,
+    nats_url: Annotated[str | None, typer.Option(help="Default: settings, else the running `listenpost serve`.")] = None,
+) -> None:
+    """A live view: lag and throughput per consumer, dead letters, stream sizes, rules engines.
+
+    Latency percentiles, tokens and engine saturation are metrics: see the Grafana dashboard
+    (observability/grafana/listenpost.json) on Ray's Prometheus endpoint.
+    """
+    from rich.console import Group
+    from rich.live import Live
+
+    from services.events.connection import NatsConnectError
+    from services.events.jsstate import rates
+
+    cfg = _operator_view(nats_url)
+    settings = Settings()
+    previous = None
+    count = 0
+    try:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            while True:
+                state, rules = asyncio.run(_read_state(cfg, settings))
+                per_s = rates(previous, state) if previous is not None else None
+                live.update(Group(*_status_tables(state, rules, per_s)))
+                previous, count = state, count + 1
+                if iterations and count >= iterations:
+                    break
+                time.sleep(interval)
+    except NatsConnectError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        pass
 
 
 @settings_app.command("doc")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
+from pydantic import BaseModel
 
 from services.events.jetstream import TRANSIENT_NATS_ERRORS
 from services.metrics import Recorder, recorder
@@ -68,3 +70,63 @@ async def poll_forever(js: JetStreamContext, settings: Settings, interval_s: flo
         except Exception:  # a metric gap, never a dead Ingress
             log.exception("JetStream state not polled; trying again in %g s", interval_s)
         await asyncio.sleep(interval_s)
+
+
+# --- a snapshot for operators (`listenpost status`, `listenpost top`) ------------------------
+
+
+class ConsumerState(BaseModel):
+    stream: str
+    pending: int
+    ack_pending: int
+    acked: int  # the consumer's ack floor: how many it has finished, for rates between snapshots
+
+
+class Snapshot(BaseModel):
+    """What JetStream says about listenpost at one moment."""
+
+    at: float
+    streams: dict[str, dict[str, int]]
+    consumers: dict[str, ConsumerState]
+    dlq_messages: int
+    object_store_bytes: dict[str, int]
+
+
+async def snapshot(js: JetStreamContext, settings: Settings) -> Snapshot:
+    """Streams, durables and buckets read once (the same server calls as :func:`poll`)."""
+    nats = settings.nats
+    streams: dict[str, dict[str, int]] = {}
+    for stream in (nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream):
+        state = (await js.stream_info(stream)).state
+        streams[stream] = {"messages": int(state.messages), "bytes": int(state.bytes)}
+    consumers: dict[str, ConsumerState] = {}
+    for stream, durable in (
+        (nats.in_stream, nats.ingest_durable),
+        (nats.out_stream, nats.rules_durable),
+        (nats.advisory_stream, nats.advisory_durable),
+    ):
+        info = await js.consumer_info(stream, durable)
+        floor = info.ack_floor.consumer_seq if info.ack_floor is not None else 0
+        consumers[durable] = ConsumerState(
+            stream=stream, pending=info.num_pending or 0, ack_pending=info.num_ack_pending or 0, acked=floor or 0
+        )
+    buckets = {}
+    for bucket in (*settings.preprocess.object_buckets, nats.outputs_bucket, nats.dlq_bucket):
+        buckets[bucket] = int((await js.stream_info(f"OBJ_{bucket}")).state.bytes)
+    return Snapshot(
+        at=time.time(),
+        streams=streams,
+        consumers=consumers,
+        dlq_messages=streams[nats.dlq_stream]["messages"],
+        object_store_bytes=buckets,
+    )
+
+
+def rates(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """Messages finished per second by each durable between two snapshots."""
+    elapsed = max(after.at - before.at, 1e-9)
+    return {
+        durable: max(0, state.acked - before.consumers[durable].acked) / elapsed
+        for durable, state in after.consumers.items()
+        if durable in before.consumers
+    }
