@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,8 +82,18 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
 
 
 @pytest.fixture(scope="session")
+def otlp_receiver() -> Iterator[Any]:
+    """A real OTLP/HTTP endpoint (tests/test_traces.py) that the session's service exports spans to."""
+    from test_traces import OtlpReceiver
+
+    endpoint = OtlpReceiver()
+    yield endpoint
+    endpoint.server.shutdown()
+
+
+@pytest.fixture(scope="session")
 def service(
-    tiny_checkpoint: Path, audio_dir: Path, rules_dir: Path, nats_server: EmbeddedNatsServer
+    tiny_checkpoint: Path, audio_dir: Path, rules_dir: Path, nats_server: EmbeddedNatsServer, otlp_receiver: Any
 ) -> Iterator[Settings]:
     """The whole service, as `listenpost serve` runs it, with fault-test-friendly timings:
     two Ingress replicas share the durable consumer; short AckWait and retry delays."""
@@ -103,7 +114,15 @@ def service(
         ),
     )
     # Replicas import tests/fault_engine.py (the injectable engine factory).
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}}
+    # Every replica traces, as an operator turns it on: only OTEL_* variables (observability/README.md).
+    runtime_env = {
+        "env_vars": {
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        }
+    }
     with running_service(settings, ray_num_cpus=8, runtime_env=runtime_env) as effective:
         yield effective
 

@@ -131,7 +131,10 @@ async def test_prometheus_scrapes_every_family_after_a_few_events(service: Setti
         names = {r["metric"]["__name__"] for r in query(prometheus, '{__name__=~"ray_listenpost_.+"}')}
         missing = [n for n in MUST_APPEAR if n not in names]
         dead = value(prometheus, 'sum(ray_listenpost_events_dead_lettered_total{stage="decode-audio"})')
-        if not missing and dead >= 1 and value(prometheus, "sum(ray_listenpost_events_captioned_total)") >= 2:
+        # The JetStream gauges come from a poll every jetstream_poll_s: wait for one after the outputs.
+        polled = min(value(prometheus, "max(ray_listenpost_dlq_messages)"),
+                     value(prometheus, 'max(ray_listenpost_stream_bytes{stream="LISTENPOST_OUT"})'))  # fmt: skip
+        if not missing and dead >= 1 and polled > 0 and value(prometheus, "sum(ray_listenpost_events_captioned_total)") >= 2:
             break
         await asyncio.sleep(3)
     assert missing == []
@@ -148,5 +151,6 @@ async def test_prometheus_scrapes_every_family_after_a_few_events(service: Setti
     # Never an id as a label: every label name is from the bounded set (plus Serve's and Ray's own).
     for series in query(prometheus, '{__name__=~"ray_listenpost_.+"}'):
         labels = set(series["metric"]) - {"__name__", "instance", "job", "le", "deployment", "replica", "application",
-                                         "Component", "NodeAddress", "SessionName", "WorkerId", "Version", "JobId"}  # fmt: skip
+                                         "Component", "NodeAddress", "SessionName", "WorkerId", "Version", "JobId",
+                                         "otel_scope_name"}  # fmt: skip
         assert labels <= {"durable", "stage", "reason", "rule_id", "ruleset_version", "outcome", "stream", "bucket", "label"}, series
