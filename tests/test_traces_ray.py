@@ -35,14 +35,19 @@ async def test_every_replica_exports_its_spans_in_the_input_trace(
                           extensions={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"})  # fmt: skip
         body, headers = encode_binary(event)
         await nc.jetstream().publish(settings.nats.subject("in", "test"), body, headers=headers)
+        expected = {
+            ("listenpost-ingress", "process LISTENPOST_IN"), ("listenpost-preprocessor", "decode"),
+            ("listenpost-captioner", "engine"), ("listenpost-rules", "process LISTENPOST_OUT"),
+            ("listenpost-rules", "evaluate"),
+        }  # fmt: skip
+
+        def exported() -> set[tuple[str, str]]:
+            return {(s.resource["service.name"], s.name) for s in receiver.spans if s.trace_id == TRACE_ID}
+
+        # A span is exported when it ends (batched every 200 ms): a parent after its children.
         async with asyncio.timeout(240):
-            while {s.resource["service.name"] for s in receiver.spans if s.trace_id == TRACE_ID} != SERVICES:
+            while not expected <= exported():
                 await asyncio.sleep(0.5)
     finally:
         await nc.close()
-    names = {(s.resource["service.name"], s.name) for s in receiver.spans if s.trace_id == TRACE_ID}
-    assert {
-        ("listenpost-ingress", "process LISTENPOST_IN"), ("listenpost-preprocessor", "decode"),
-        ("listenpost-captioner", "engine"), ("listenpost-rules", "process LISTENPOST_OUT"),
-        ("listenpost-rules", "evaluate"),
-    } <= names  # fmt: skip
+    assert {service for service, _ in exported()} == SERVICES
