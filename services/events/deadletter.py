@@ -110,8 +110,38 @@ async def publish_dead_letter(
     # runs in the advisory's trace, and the link leads back to the input's.
     with stage_span("dead-letter", attributes, link=_original_traceparent(original)) as span:
         mark_error(span, poison.error, f"{poison.stage}: {poison.reason}")
-        await _publish_dead_letter(js, cfg, source, poison=poison, stream=stream, sequence=sequence,
-                                   original=original, deliveries=deliveries)  # fmt: skip
+        # originalid/inputid, and a traceparent in the input's trace (publish_traced replaces it
+        # with its PRODUCER span's while tracing is on).
+        extensions = correlation(original)
+
+        def letter(record: dict[str, object]) -> CloudEvent:
+            data = AudioFailed(
+                stage=poison.stage, reason=poison.reason, error=poison.error, deliveries=deliveries, original=record
+            )
+            return new_event(AUDIO_FAILED, source, data.model_dump(mode="json"), extensions=extensions)
+
+        event = letter(original)
+        try:
+            if encoded_size(event) > cfg.max_payload_bytes - HEADER_ROOM:
+                blob = json.dumps(original).encode()
+                name = f"{stream}/{sequence}"
+                ref = await put_object(js, cfg.dlq_bucket, name, blob, ttl_s=cfg.dlq_max_age_s, max_bytes=cfg.dlq_max_bytes)
+                log.info("original of %s #%d is too large to embed in its dead letter: stored as %s", stream, sequence, ref)
+                event = letter({"subject": original.get("subject"), "ref": ref, "size": len(blob)})
+            msg_id = derive_msg_id("dlq", stream, str(sequence))
+            stored = await publish_traced(js, cfg.subject("dlq", poison.stage), event, msg_id=msg_id)
+            if stored:
+                log.warning(
+                    "dead-lettered %s #%d (original id %r) at stage %s: %s: %r",
+                    stream, sequence, extensions.get("originalid"), poison.stage, poison.error, poison.reason,
+                )  # fmt: skip
+        except StreamFullError as exc:
+            log.error(
+                "DEAD-LETTER STREAM FULL: %s #%d (stage %s: %s) could not be dead-lettered (%s: %s); it stays in %s. "
+                "Replay or remove dead letters (listenpost dlq list), or raise LISTENPOST_NATS__DLQ_MAX_MSGS/_BYTES",
+                stream, sequence, poison.stage, poison.reason, exc.subject, exc.limit, stream,
+            )  # fmt: skip
+            raise
 
 
 def _original_traceparent(original: Mapping[str, object]) -> str | None:
@@ -122,51 +152,6 @@ def _original_traceparent(original: Mapping[str, object]) -> str | None:
         return message_traceparent({str(k): str(v) for k, v in headers.items()}, base64.b64decode(body))
     except ValueError:
         return None
-
-
-async def _publish_dead_letter(
-    js: JetStreamContext,
-    cfg: NatsSettings,
-    source: str,
-    *,
-    poison: Poison,
-    stream: str,
-    sequence: int,
-    original: dict[str, object],
-    deliveries: int | None,
-) -> None:
-    # originalid/inputid, and a traceparent in the input's trace (publish_traced replaces it
-    # with its PRODUCER span's while tracing is on).
-    extensions = correlation(original)
-
-    def letter(record: dict[str, object]) -> CloudEvent:
-        data = AudioFailed(
-            stage=poison.stage, reason=poison.reason, error=poison.error, deliveries=deliveries, original=record
-        )
-        return new_event(AUDIO_FAILED, source, data.model_dump(mode="json"), extensions=extensions)
-
-    event = letter(original)
-    try:
-        if encoded_size(event) > cfg.max_payload_bytes - HEADER_ROOM:
-            blob = json.dumps(original).encode()
-            name = f"{stream}/{sequence}"
-            ref = await put_object(js, cfg.dlq_bucket, name, blob, ttl_s=cfg.dlq_max_age_s, max_bytes=cfg.dlq_max_bytes)
-            log.info("original of %s #%d is too large to embed in its dead letter: stored as %s", stream, sequence, ref)
-            event = letter({"subject": original.get("subject"), "ref": ref, "size": len(blob)})
-        msg_id = derive_msg_id("dlq", stream, str(sequence))
-        stored = await publish_traced(js, cfg.subject("dlq", poison.stage), event, msg_id=msg_id)
-        if stored:
-            log.warning(
-                "dead-lettered %s #%d (original id %r) at stage %s: %s: %r",
-                stream, sequence, extensions.get("originalid"), poison.stage, poison.error, poison.reason,
-            )  # fmt: skip
-    except StreamFullError as exc:
-        log.error(
-            "DEAD-LETTER STREAM FULL: %s #%d (stage %s: %s) could not be dead-lettered (%s: %s); it stays in %s. "
-            "Replay or remove dead letters (listenpost dlq list), or raise LISTENPOST_NATS__DLQ_MAX_MSGS/_BYTES",
-            stream, sequence, poison.stage, poison.reason, exc.subject, exc.limit, stream,
-        )  # fmt: skip
-        raise
 
 
 async def dead_letter(js: JetStreamContext, cfg: NatsSettings, source: str, msg: Msg, poison: Poison) -> None:
