@@ -10,4 +10,6 @@ echo "ruff: lint and import order"
 echo "mypy: types of services/"
 .venv/bin/mypy
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+# A crash in native code prints every thread's Python stack, not just "Segmentation fault".
+export PYTHONFAULTHANDLER=1
 exec .venv/bin/python -m pytest -ra --durations=15 "$@"

@@ -448,6 +448,14 @@ class CaptionerSettings(_ServeOptions):
         description="Items per prompt; one audio clip, no images or video (saves encoder memory).",
     )
     cpu_kvcache_gib: PositiveInt = Field(default=4, description="KV cache of the CPU build of vLLM.")
+    cpu_threads_bind: str = Field(
+        default="auto",
+        pattern=r"^(auto|nobind|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$",
+        description=(
+            "CPU build of vLLM: the cores its model threads are bound to (VLLM_CPU_OMP_THREADS_BIND), "
+            "e.g. `0-3`, so the pipeline keeps the other cores; `auto`: vLLM chooses; `nobind`: no binding."
+        ),
+    )
     # transformers engine.
     max_batch_size: PositiveInt = Field(default=8, description="transformers: windows per generate().")
     batch_wait_s: float = Field(default=0.05, ge=0, description="transformers: wait for more windows.")
@@ -524,7 +532,9 @@ class CaptionerSettings(_ServeOptions):
 
     def engine_env(self) -> dict[str, str]:
         """Environment the engine's process needs (vLLM reads these at import)."""
-        return {"VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kvcache_gib)} if self.num_gpus == 0 else {}
+        if self.num_gpus > 0:
+            return {}
+        return {"VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kvcache_gib), "VLLM_CPU_OMP_THREADS_BIND": self.cpu_threads_bind}
 
     def deployment_options(self) -> dict[str, Any]:
         """Resources, autoscaling, draining and health checks.

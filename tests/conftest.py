@@ -36,7 +36,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 #: The captioner fixtures (the tiny checkpoint, a running CPU vLLM engine), for every test module.
-pytest_plugins = ["captioner_fixtures"]
+pytest_plugins = ["captioner_fixtures", "hard_exit"]
 
 @pytest.fixture(scope="session")
 def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -84,11 +84,11 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
 @pytest.fixture(scope="session")
 def otlp_receiver() -> Iterator[Any]:
     """A real OTLP/HTTP endpoint (tests/test_traces.py) that the session's service exports spans to."""
-    from test_traces import OtlpReceiver
+    from otlp_receiver import OtlpReceiver
 
     endpoint = OtlpReceiver()
     yield endpoint
-    endpoint.server.shutdown()
+    endpoint.close()
 
 
 @pytest.fixture(scope="session")

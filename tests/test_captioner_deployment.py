@@ -31,7 +31,18 @@ def test_autoscaling_is_built_for_requests_that_take_seconds() -> None:
     assert options["graceful_shutdown_timeout_s"] > cap.drain_timeout_s
     cpu = CaptionerSettings().deployment_options()
     assert cpu["ray_actor_options"]["num_gpus"] == 0
-    assert cpu["ray_actor_options"]["runtime_env"]["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "4"}
+    assert cpu["ray_actor_options"]["runtime_env"]["env_vars"] == {
+        "VLLM_CPU_KVCACHE_SPACE": "4",
+        "VLLM_CPU_OMP_THREADS_BIND": "auto",
+    }
+    pinned = CaptionerSettings(cpu_threads_bind="0-3,6").deployment_options()
+    assert pinned["ray_actor_options"]["runtime_env"]["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] == "0-3,6"
+
+
+@pytest.mark.parametrize("value", ["all", "0-", "0;1", "$(reboot)"])
+def test_a_thread_binding_that_vllm_cannot_read_is_refused(value: str) -> None:
+    with pytest.raises(ValidationError, match="cpu_threads_bind"):
+        CaptionerSettings(cpu_threads_bind=value)
 
 
 def test_engine_arguments_and_sampling_come_from_settings() -> None:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from load import run_load
 
 from services.settings import Settings
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from load import run_load
 
 pytestmark = pytest.mark.e2e
 

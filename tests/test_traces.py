@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,10 +25,7 @@ import nats
 import numpy as np
 import pytest
 from audio_factory import sndfile_bytes, speech
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from otlp_receiver import ExportedSpan, OtlpReceiver
 from stub_engine import StubEngine
 
 from services import telemetry
@@ -64,64 +58,6 @@ rules:
 """
 
 
-@dataclass(frozen=True)
-class ExportedSpan:
-    name: str
-    kind: int
-    trace_id: str
-    span_id: str
-    parent_id: str
-    attributes: dict[str, Any]
-    links: list[str]  # trace ids
-    status: int
-    resource: dict[str, str]
-
-
-class OtlpReceiver:
-    """A real OTLP/HTTP endpoint: POST /v1/traces, protobuf in, protobuf out."""
-
-    def __init__(self) -> None:
-        self.spans: list[ExportedSpan] = []
-        self.requests = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                assert self.path == "/v1/traces" and self.headers["Content-Type"] == "application/x-protobuf"
-                receiver.accept(ExportTraceServiceRequest.FromString(body))
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def accept(self, request: ExportTraceServiceRequest) -> None:
-        self.requests += 1
-        for resource_spans in request.resource_spans:
-            resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            for scope in resource_spans.scope_spans:
-                for s in scope.spans:
-                    self.spans.append(ExportedSpan(
-                        name=s.name, kind=s.kind, trace_id=s.trace_id.hex(), span_id=s.span_id.hex(),
-                        parent_id=s.parent_span_id.hex(), attributes={a.key: _value(a.value) for a in s.attributes},
-                        links=[link.trace_id.hex() for link in s.links], status=s.status.code,
-                        resource=resource,
-                    ))  # fmt: skip
-
-
-def _value(v: Any) -> Any:
-    return getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
-
-
 @pytest.fixture
 def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
     endpoint = OtlpReceiver()
@@ -132,7 +68,7 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
     yield endpoint
     telemetry.shutdown_tracing()
-    endpoint.server.shutdown()
+    endpoint.close()
 
 
 def handle(**methods: Any) -> Any:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tone, wav_bytes
-from test_traces import OtlpReceiver
+from otlp_receiver import OtlpReceiver
 
 from services.events.binding import encode_binary, new_event
 from services.events.connection import connect
