@@ -8,8 +8,9 @@ import logging
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +22,13 @@ from services.events.nats_cli import nats_app
 from services.preprocess.cli import audio_app
 from services.rules.cli import rules_app
 from services.settings import Settings, SettingsError
+
+if TYPE_CHECKING:  # the commands import what they use when they run: `listenpost --help` stays quick
+    from rich.console import RenderableType
+
+    from services.events.jsstate import Snapshot
+    from services.metricsview.exposition import Scrape
+    from services.metricsview.view import MetricsView
 
 app = typer.Typer(help="listenpost: turn call and media audio into decisions.", no_args_is_help=True)
 model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
@@ -46,7 +54,7 @@ def serve(
     engine: Annotated[str | None, typer.Option(help="vllm or transformers (default: settings).")] = None,
 ) -> None:
     """Run listenpost: embedded nats-server (unless LISTENPOST_NATS__URL), local Ray, the Serve app."""
-    from services.runner import running_service
+    from services.runner import local_metrics_urls, running_service
     from services.runtime import remove_runtime_file, write_runtime_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -64,7 +72,8 @@ def serve(
         effective = context.__enter__()
     try:
         embedded = settings.nats.url is None
-        write_runtime_file(effective.nats.url or "", settings.nats.secrets_dir if embedded else None)
+        metrics = local_metrics_urls()
+        write_runtime_file(effective.nats.url or "", settings.nats.secrets_dir if embedded else None, metrics_urls=metrics)
         table = Table(title="listenpost is running", show_header=False)
         # The URL never holds a secret: credentials in it were moved to nats.auth (SecretStr).
         table.add_row("NATS", effective.nats.url or "")
@@ -72,6 +81,8 @@ def serve(
             table.add_row("identities", f"{settings.nats.secrets_dir}/<role>.nk (0600; TLS CA ca.pem)")
         table.add_row("model", f"{effective.captioner.model} ({effective.captioner.engine})")
         table.add_row("rules", str(effective.rules.directory))
+        for url in metrics:
+            table.add_row("metrics", url)
         table.add_row("submit", "listenpost submit FILE.wav")
         table.add_row("stop", "Ctrl-C")
         console.print(table)
@@ -256,6 +267,44 @@ async def _read_state(cfg: Any, settings: Settings) -> tuple[Any, list[dict[str,
     return await with_jetstream(cfg, work, name="listenpost-status")
 
 
+def _metrics_urls(options: list[str], settings: Settings) -> list[str]:
+    """Where the metrics are read: the options, else the setting, else the running `listenpost serve`'s node."""
+    from services.metricsview.scrape import MetricsUrlError, metrics_urls
+    from services.runtime import read_runtime_metrics_urls
+
+    try:
+        return metrics_urls(options or settings.metrics.urls or read_runtime_metrics_urls())
+    except MetricsUrlError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """One refresh: JetStream's state, the rules engines, and what the metrics endpoints said."""
+
+    state: Snapshot
+    rules: list[dict[str, Any]]
+    scrape: Scrape | None  # None: no metrics URL
+    metrics: MetricsView | None
+
+
+async def _read_all(cfg: Any, settings: Settings, urls: list[str], previous: Scrape | None, top_rules: int) -> _Reading:
+    """JetStream and the metrics endpoints read at once; the metrics over the interval since ``previous``."""
+    from services.metricsview.scrape import scrape
+    from services.metricsview.view import metrics_view
+
+    if not urls:
+        state, rules = await _read_state(cfg, settings)
+        return _Reading(state, rules, None, None)
+    m = settings.metrics
+    (state, rules), (latest, failed) = await asyncio.gather(
+        _read_state(cfg, settings),
+        scrape(urls, timeout_s=m.scrape_timeout_s, max_bytes=m.scrape_max_bytes, at=time.monotonic()),
+    )
+    return _Reading(state, rules, latest, metrics_view(latest, previous, top_rules=top_rules, failed=failed))
+
+
 def _status_tables(state: Any, rules: list[dict[str, Any]], rates: dict[str, float] | None) -> list[Table]:
     consumers = Table(title="consumers (lag)")
     for column in ("durable", "stream", "pending", "in flight", "finished", "per s"):
@@ -279,25 +328,83 @@ def _status_tables(state: Any, rules: list[dict[str, Any]], rates: dict[str, flo
     return [consumers, streams, engines]
 
 
+NO_METRICS_URL = "metrics: no metrics URL (--metrics-url, LISTENPOST_METRICS__URLS, or a running `listenpost serve`)"
+
+
+def _metrics_tables(view: MetricsView | None) -> list[RenderableType]:
+    """Latency per stage and end to end, windows in flight and the top rules; each URL not read, said plainly."""
+    from rich.text import Text
+
+    if view is None:
+        return [Text(NO_METRICS_URL, style="dim")]
+    problems: list[RenderableType] = [
+        Text(f"metrics: could not read {url}: {reason}", style="yellow") for url, reason in view.failed.items()
+    ]
+    if not view.sources:
+        return problems
+    window = "last interval" if view.interval_s is not None else "since the replicas started"
+    latency = Table(title=f"latency ({window})", caption=None if view.latency else "nothing observed yet")
+    for column in ("stage", "p50", "p99", "count"):
+        latency.add_column(column, justify="left" if column == "stage" else "right")
+    for row in view.latency:
+        stage = escape(row.stage if row.scope == "stage" else f"end to end: {row.stage}")
+        latency.add_row(stage, _seconds(row.p50_s), _seconds(row.p99_s), f"{row.count:,}")
+    in_flight = Table(title="in flight")
+    in_flight.add_column("windows waiting for the engine", justify="right")
+    in_flight.add_row("-" if view.windows_waiting is None else f"{view.windows_waiting:,}")
+    rules = Table(title=f"top rules ({window})", caption=None if view.top_rules else "no rule matched")
+    rules.add_column("rule id")
+    rules.add_column("matches", justify="right")
+    for r in view.top_rules:
+        rules.add_row(escape(r.rule_id), f"{r.matches:,}")
+    return [latency, in_flight, rules, *problems]
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+MetricsUrlOption = Annotated[
+    list[str],
+    typer.Option(
+        "--metrics-url",
+        help="Ray's metrics endpoint, one per node (repeatable or comma-separated). "
+        "Default: LISTENPOST_METRICS__URLS, else the running `listenpost serve`'s node.",
+    ),
+]
+TopRulesOption = Annotated[int, typer.Option(min=1, help="Rules shown, most matches first.")]
+
+
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts).")] = False,
     nats_url: Annotated[str | None, typer.Option(help="Default: settings, else the running `listenpost serve`.")] = None,
+    metrics_url: MetricsUrlOption = [],  # noqa: B006 -- typer reads the default, never mutates it
+    top_rules: TopRulesOption = 10,
 ) -> None:
-    """Lag per consumer, stream and bucket sizes, dead letters, and the rules engines, read once."""
+    """Lag per consumer, stream and bucket sizes, dead letters, the rules engines, and (from the
+    metrics) latency since the replicas started, windows in flight and the top rules, read once."""
     from services.events.connection import NatsConnectError
 
     cfg = _operator_view(nats_url)
     settings = Settings()
+    urls = _metrics_urls(metrics_url, settings)
     try:
-        state, rules = asyncio.run(_read_state(cfg, settings))
+        reading = asyncio.run(_read_all(cfg, settings, urls, None, top_rules))
     except NatsConnectError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from exc
     if as_json:
-        console.print_json(json.dumps({"jetstream": state.model_dump(mode="json"), "rules": rules}))
+        out = {"jetstream": reading.state.model_dump(mode="json"), "rules": reading.rules}
+        if reading.metrics is not None:
+            out["metrics"] = reading.metrics.model_dump(mode="json")
+        console.print_json(json.dumps(out))
+        for url, reason in (reading.metrics.failed if reading.metrics is not None else {}).items():
+            err.print(f"metrics: could not read {url}: {reason}", highlight=False, soft_wrap=True)
         return
-    for table in _status_tables(state, rules, None):
+    for table in (*_status_tables(reading.state, reading.rules, None), *_metrics_tables(reading.metrics)):
         console.print(table)
 
 
@@ -306,11 +413,17 @@ def top(
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 2.0,
     iterations: Annotated[int, typer.Option(min=0, help="Stop after this many refreshes (0: until Ctrl-C).")] = 0,
     nats_url: Annotated[str | None, typer.Option(help="Default: settings, else the running `listenpost serve`.")] = None,
+    metrics_url: MetricsUrlOption = [],  # noqa: B006 -- typer reads the default, never mutates it
+    top_rules: TopRulesOption = 10,
 ) -> None:
-    """A live view: lag and throughput per consumer, dead letters, stream sizes, rules engines.
+    """A live view: lag and throughput per consumer, dead letters, stream sizes, rules engines
+    (from JetStream), and p50/p99 latency per stage and end to end, windows in flight and the
+    rules that matched most over the last interval (from Ray's metrics endpoints).
 
-    Latency percentiles, tokens and engine saturation are metrics: see the Grafana dashboard
-    (observability/grafana/listenpost.json) on Ray's Prometheus endpoint.
+    The first refresh has no earlier read of the metrics, so it shows totals since the replicas
+    started. An endpoint that cannot be read is named, and the JetStream tables are still shown.
+    Tokens, engine saturation and longer windows are in the Grafana dashboard
+    (observability/grafana/listenpost.json).
     """
     from rich.console import Group
     from rich.live import Live
@@ -320,15 +433,16 @@ def top(
 
     cfg = _operator_view(nats_url)
     settings = Settings()
-    previous = None
+    urls = _metrics_urls(metrics_url, settings)
+    previous: _Reading | None = None
     count = 0
     try:
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while True:
-                state, rules = asyncio.run(_read_state(cfg, settings))
-                per_s = rates(previous, state) if previous is not None else None
-                live.update(Group(*_status_tables(state, rules, per_s)))
-                previous, count = state, count + 1
+                reading = asyncio.run(_read_all(cfg, settings, urls, previous.scrape if previous else None, top_rules))
+                per_s = rates(previous.state, reading.state) if previous is not None else None
+                live.update(Group(*_status_tables(reading.state, reading.rules, per_s), *_metrics_tables(reading.metrics)))
+                previous, count = reading, count + 1
                 if iterations and count >= iterations:
                     break
                 time.sleep(interval)

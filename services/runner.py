@@ -80,6 +80,20 @@ def running_service(
             stop_serving(started_ray)
 
 
+def local_metrics_urls() -> list[str]:
+    """The Prometheus endpoint of the Ray node this process is attached to (its metrics agent
+    binds the node's address, or loopback for a local node); [] when Ray is not running here
+    or exports no metrics (a Ray Client connection, ``RAY_enable_metrics_collection=0``)."""
+    node: Any = getattr(ray._private.worker.global_worker, "node", None)  # its port is read back from the GCS once up
+    try:
+        host, port = str(node.node_ip_address), int(node.metrics_export_port)
+    except (AttributeError, TypeError, ValueError):  # no node here, or no port
+        return []
+    if port <= 0:
+        return []
+    return [f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"]
+
+
 def stop_serving(started_ray: bool) -> None:
     """Delete the app and wait for its replicas to drain, then shut Serve and Ray down."""
     log.info("stopping: deleting the Serve app (replicas stop consuming, finish in-flight work, close NATS)")

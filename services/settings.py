@@ -819,6 +819,16 @@ class MetricsSettings(_Group):
         description="How often the Ingress reads JetStream state (consumer lag, stream and bucket sizes, DLQ "
         "depth) into gauges; 0 turns the poller off.",
     )
+    urls: list[str] = Field(
+        default_factory=list,
+        description="Ray's metrics endpoints, one per node (`http://NODE:PORT/metrics`; `NODE:PORT` will do), that "
+        "`listenpost top` and `status` read latency, windows in flight and rule matches from. Empty: the local "
+        "node's, which the running `listenpost serve` records in its runtime file.",
+    )
+    scrape_timeout_s: PositiveFloat = Field(default=3.0, description="Longest time to read one metrics endpoint.")
+    scrape_max_bytes: PositiveInt = Field(
+        default=32 * 1024 * 1024, description="A metrics endpoint's answer larger than this is refused (not read)."
+    )
 
 
 class Settings(BaseSettings):

@@ -48,3 +48,34 @@ def test_a_damaged_runtime_file_reads_as_no_service(tmp_path: Path) -> None:
     for text in ("", "{", "[]", '{"pid": 1}', '"nats://x"'):
         path.write_text(text)
         assert read_runtime_nats_url(path) is None, text
+
+
+def test_the_local_ray_nodes_metrics_endpoint_is_recorded_for_top(tmp_path: Path) -> None:
+    from services.runtime import read_runtime_metrics_urls
+
+    path = tmp_path / "runtime.json"
+    assert read_runtime_metrics_urls(path) == []  # none running
+    write_runtime_file("nats://127.0.0.1:4333", path=path, metrics_urls=["http://127.0.0.1:44217/metrics"])
+    assert json.loads(path.read_text())["metrics_urls"] == ["http://127.0.0.1:44217/metrics"]
+    assert read_runtime_metrics_urls(path) == ["http://127.0.0.1:44217/metrics"]
+    path.write_text('{"nats_url": "nats://x", "pid": 1}')  # written before the field existed
+    assert read_runtime_metrics_urls(path) == []
+
+
+def test_serve_records_the_local_ray_nodes_metrics_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import ray
+
+    from services.runner import local_metrics_urls
+
+    worker = ray._private.worker.global_worker
+    monkeypatch.setattr(worker, "node", None, raising=False)
+    assert local_metrics_urls() == []  # Ray not started here
+    # The node's port is read back from the GCS once it is up (ray/_private/node.py); -1: metrics off.
+    monkeypatch.setattr(worker, "node", types.SimpleNamespace(node_ip_address="127.0.0.1", metrics_export_port=44217))
+    assert local_metrics_urls() == ["http://127.0.0.1:44217/metrics"]
+    monkeypatch.setattr(worker, "node", types.SimpleNamespace(node_ip_address="fd00::5", metrics_export_port=44217))
+    assert local_metrics_urls() == ["http://[fd00::5]:44217/metrics"]
+    monkeypatch.setattr(worker, "node", types.SimpleNamespace(node_ip_address="10.0.0.5", metrics_export_port=-1))
+    assert local_metrics_urls() == []
