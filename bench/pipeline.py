@@ -99,8 +99,8 @@ class PipelineReport(BaseModel):
     ratio: float = Field(description="Service audio-s/s over engine-alone audio-s/s.")
     target_ratio: float = TARGET_RATIO
     pipeline_cpu_s_per_audio_s: float = Field(
-        description="CPU seconds of everything but vLLM's model threads, minus what vLLM's own front end and "
-        "scheduler spent in (a), per audio-second."
+        description="CPU seconds of (b) outside vLLM's processes, its front end (measured in (a)) and the "
+        "bench driver, per audio-second."
     )
     pipeline_realtime_per_core: float
     target_realtime_per_core: float = TARGET_REALTIME_PER_CORE
@@ -325,16 +325,21 @@ def stage_breakdown(spans: Sequence[ExportedSpan], audio_s: float) -> list[Stage
 
 # --- the report ------------------------------------------------------------------------------
 
-ENGINE_GROUPS = ("vllm model (engine cores)",)
-FRONT_END_GROUPS = ("vllm scheduler", "bench driver")  # in (a), vLLM's front end runs in the driver
+#: vLLM's own processes: the model's threads and the engine core's scheduler. A GPU replica has both.
+ENGINE_GROUPS = ("vllm model (engine cores)", "vllm scheduler")
 
 
 def pipeline_cpu_per_audio_s(engine: Run, service: Run) -> float:
-    """CPU of (b) outside vLLM's model threads, less what vLLM's own front end and scheduler
-    cost in (a) (the GPU deployment pays that too), per audio-second."""
-    outside_b = sum(s for g, s in service.cpu_s.items() if g not in ENGINE_GROUPS)
-    engine_front = sum(s for g, s in engine.cpu_s.items() if g in FRONT_END_GROUPS)
-    return max(0.0, outside_b - engine_front) / service.audio_s if service.audio_s else float("nan")
+    """CPU outside the engine per audio-second of (b).
+
+    Outside the engine: every process of (b) but vLLM's own and this driver (the producer and
+    consumer of the events, not the pipeline), less vLLM's front end (tokenising, audio features,
+    detokenising), which runs inside the Captioner replica in (b) and is what the driver spent
+    in (a), where the engine's front end was all the driver did.
+    """
+    outside_b = sum(s for g, s in service.cpu_s.items() if g not in (*ENGINE_GROUPS, "bench driver"))
+    front_end = engine.cpu_s.get("bench driver", 0.0)
+    return max(0.0, outside_b - front_end) / service.audio_s if service.audio_s else float("nan")
 
 
 def print_report(report: PipelineReport) -> None:

@@ -154,3 +154,18 @@ async def test_prometheus_scrapes_every_family_after_a_few_events(service: Setti
                                          "Component", "NodeAddress", "SessionName", "WorkerId", "Version", "JobId",
                                          "otel_scope_name"}  # fmt: skip
         assert labels <= {"durable", "stage", "reason", "rule_id", "ruleset_version", "outcome", "stream", "bucket", "label"}, series
+    # What `listenpost top` shows, read from the same live endpoint Prometheus scrapes, agrees with it.
+    view = await top_view()
+    assert view.failed == {} and view.sources
+    caption = next(row for row in view.latency if row.scope == "stage" and row.stage == "caption")
+    assert caption.count >= 2 and caption.p50_s is not None and 0 < caption.p50_s < 300
+    assert caption.count >= value(prometheus, 'sum(ray_listenpost_stage_latency_seconds_count{stage="caption"})')
+
+
+async def top_view() -> Any:
+    from services.metricsview.scrape import scrape
+    from services.metricsview.view import metrics_view
+    from services.runner import local_metrics_urls
+
+    latest, failed = await scrape(local_metrics_urls(), timeout_s=5, max_bytes=32 * 2**20, at=time.time())
+    return metrics_view(latest, failed=failed)
