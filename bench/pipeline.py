@@ -61,6 +61,8 @@ REPO = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.95
 TARGET_REALTIME_PER_CORE = 200.0
 SAMPLE_RATE = 16_000
+#: vLLM's own processes: the model's threads and the engine core's scheduler. A GPU replica has both.
+ENGINE_GROUPS = ("vllm model (engine cores)", "vllm scheduler")
 
 
 class Run(BaseModel):
@@ -139,13 +141,14 @@ def stack() -> list[psutil.Process]:
 
 
 def pin(engine_cpus: set[int], pipeline_cpus: set[int]) -> dict[str, int]:
-    """Every thread of vLLM's model process on the engine cores, every other one on the rest.
+    """Every thread of vLLM's processes (the model's and the engine core's, whose scheduler
+    busy-waits on the model while it runs) on the engine cores, every other one on the rest.
 
     Threads keep the mask they are created with, so new ones follow their process."""
     pinned: dict[str, int] = defaultdict(int)
     for proc in stack():
         group = process_group(proc)
-        cpus = engine_cpus if group == "vllm model (engine cores)" else pipeline_cpus
+        cpus = engine_cpus if group in ENGINE_GROUPS else pipeline_cpus
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             for thread in proc.threads():
                 with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
@@ -324,10 +327,6 @@ def stage_breakdown(spans: Sequence[ExportedSpan], audio_s: float) -> list[Stage
 
 
 # --- the report ------------------------------------------------------------------------------
-
-#: vLLM's own processes: the model's threads and the engine core's scheduler. A GPU replica has both.
-ENGINE_GROUPS = ("vllm model (engine cores)", "vllm scheduler")
-
 
 def pipeline_cpu_per_audio_s(engine: Run, service: Run) -> float:
     """CPU outside the engine per audio-second of (b).

@@ -10,6 +10,7 @@ defaults fit the whole graph on a 2-CPU machine.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from services.captioner.deployment import Captioner
 from services.orchestrator.deployment import Ingress
 from services.preprocess.deployment import Preprocessor
 from services.rules.deployment import RulesEngine
-from services.settings import Settings
+from services.settings import Settings, capacity_warnings
+
+log = logging.getLogger(__name__)
 
 APP_NAME = "listenpost"
 
@@ -57,6 +60,8 @@ def build_app(settings: Settings) -> Application:
             "no NATS URL: set LISTENPOST_NATS__URL (or run `listenpost serve`, which starts an embedded nats-server)"
         )
     settings = resolve_paths(settings)
+    for warning in capacity_warnings(settings):
+        log.warning("%s", warning)
     # Every deployment's options (replicas, resources, concurrency, health checks; the
     # Captioner's autoscaling) come from its settings group.
     preprocessor = _deployment(Preprocessor).options(**settings.preprocess.deployment_options()).bind(settings)

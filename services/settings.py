@@ -448,6 +448,11 @@ class CaptionerSettings(_ServeOptions):
         description="Items per prompt; one audio clip, no images or video (saves encoder memory).",
     )
     cpu_kvcache_gib: PositiveInt = Field(default=4, description="KV cache of the CPU build of vLLM.")
+    engine_spans: bool = Field(
+        default=True,
+        description="vLLM's own request spans (queue, prefill, decode times), children of each window's `engine` "
+        "span, exported where the OTEL_* variables send listenpost's; nothing without an endpoint.",
+    )
     cpu_threads_bind: str = Field(
         default="auto",
         pattern=r"^(auto|nobind|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$",
@@ -604,7 +609,12 @@ class IngressSettings(_FixedReplicas):
     max_ongoing_requests: PositiveInt = Field(
         default=100, description="HTTP requests and status calls a replica accepts at once."
     )
-    max_in_flight: PositiveInt = Field(default=16, description="Events in flight per replica.")
+    max_in_flight: PositiveInt = Field(
+        default=64,
+        description="Events in flight per replica. The engine batches only windows of events in flight: with "
+        "one-window events, replicas x max_in_flight must exceed the Captioner's max_num_seqs x replicas, or its "
+        "batches never fill (bench/README.md, pipeline). Each event in flight holds its decoded windows.",
+    )
     # Bounds on an input's `context`, checked at the HTTP door and again on every input consumed
     # (a 300-level context used to be accepted and fail only after captioning, five times).
     max_context_bytes: PositiveInt = Field(
@@ -875,6 +885,20 @@ class Settings(BaseSettings):
                 "retention.keep_dead_lettered_audio false"
             )
         return self
+
+
+def capacity_warnings(settings: Settings) -> list[str]:
+    """Valid settings that leave capacity unused, each in words and naming what to change."""
+    warnings = []
+    in_flight = settings.ingress.replicas * settings.ingress.max_in_flight
+    batch = settings.captioner.max_num_seqs * settings.captioner.max_replicas
+    if settings.captioner.engine == "vllm" and in_flight < batch:
+        warnings.append(
+            f"the Ingress holds at most {in_flight} events in flight (ingress.replicas x ingress.max_in_flight) but the "
+            f"Captioner batches up to {batch} windows (captioner.max_num_seqs x captioner.max_replicas): with short "
+            "calls the engine's batches cannot fill; raise ingress.max_in_flight or ingress.replicas"
+        )
+    return warnings
 
 
 def _problems(exc: ValidationError) -> list[str]:

@@ -53,6 +53,26 @@ def tracing_enabled() -> bool:
     return _enabled
 
 
+def engine_tracing_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What vLLM's own OTLP tracing needs to export where this process does; {} when it does not trace.
+
+    vLLM takes one ``otlp_traces_endpoint`` (used as is) and reads only
+    ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` (default grpc), where the OpenTelemetry spec also lets
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a base URL, ``/v1/traces`` appended for HTTP) and
+    ``OTEL_EXPORTER_OTLP_PROTOCOL`` (default http/protobuf) speak for traces: so derive both.
+    """
+    if (env.get("OTEL_TRACES_EXPORTER") or "otlp").strip() == "none":
+        return {}
+    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
+    endpoint = (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or "").strip()
+    if not endpoint:
+        base = (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
+        if not base:
+            return {}
+        endpoint = base if protocol == "grpc" else f"{base.rstrip('/')}/v1/traces"
+    return {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": protocol}
+
+
 def configure_tracing(service_name: str) -> bool:
     """Install an OTLP-exporting tracer provider for this process; False (and nothing done) without an endpoint.
 

@@ -151,3 +151,29 @@ async def test_facets_method_uses_the_configured_extractor_and_falls_back() -> N
         facets = await guided.facets(windows, "evt")
     assert engine.completions == 1
     assert facets.extractor == "lexicon" and facets.emotions[0].label == "anger"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, {}),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"},
+         {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+         {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4317", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://c/traces", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://ignored"},
+         {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://c/traces", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_TRACES_EXPORTER": "none"}, {}),
+    ],
+)  # fmt: skip
+def test_vllm_traces_where_the_otel_variables_send_ours(env: dict[str, str], expected: dict[str, str]) -> None:
+    from services.telemetry import engine_tracing_env
+
+    assert engine_tracing_env(env) == expected
+
+
+def test_vllm_gets_its_traces_endpoint_only_with_engine_spans_on() -> None:
+    cap = CaptionerSettings(model="m")
+    assert engine_config(cap, 30.0, "http://c:4318/v1/traces")["extra_engine_args"] == {"otlp_traces_endpoint": "http://c:4318/v1/traces"}
+    assert "extra_engine_args" not in engine_config(cap, 30.0, None)
+    assert "extra_engine_args" not in engine_config(cap.model_copy(update={"engine_spans": False}), 30.0, "http://c:4318/v1/traces")

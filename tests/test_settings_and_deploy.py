@@ -188,3 +188,15 @@ def test_docs_settings_md_is_current_and_every_setting_is_described() -> None:
     assert (REPO / "docs/settings.md").read_text() == settings_markdown(), "run: listenpost settings doc -o docs/settings.md"
     undescribed = [row for row in settings_markdown().splitlines() if row.startswith("| `") and row.endswith("|  |")]
     assert undescribed == []
+
+
+def test_an_ingress_that_cannot_fill_the_engines_batches_is_warned_about() -> None:
+    from services.settings import capacity_warnings
+
+    assert capacity_warnings(Settings()) == []  # the defaults keep the engine's batches full
+    starved = Settings(ingress={"max_in_flight": 16}, captioner={"max_num_seqs": 32, "max_replicas": 1})
+    (warning,) = capacity_warnings(starved)
+    assert "at most 16 events in flight" in warning and "up to 32 windows" in warning
+    assert "raise ingress.max_in_flight or ingress.replicas" in warning
+    assert capacity_warnings(Settings(ingress={"max_in_flight": 16, "replicas": 2},
+                                      captioner={"max_num_seqs": 32, "max_replicas": 1})) == []  # fmt: skip

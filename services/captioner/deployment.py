@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from services.captioner.facets.guided import GuidedFacetExtractor
 from services.captioner.redaction import RedactionPolicy, redact
 from services.events.models import Facets, Window
 from services.settings import CaptionerSettings, Settings
-from services.telemetry import configure_tracing, stage_span
+from services.telemetry import configure_tracing, engine_tracing_env, stage_span, tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,9 @@ def sampling_config(cap: CaptionerSettings) -> SamplingConfig:
     )
 
 
-def engine_config(cap: CaptionerSettings, max_window_s: float) -> dict[str, Any]:
-    """The chosen engine's config fields, from settings."""
+def engine_config(cap: CaptionerSettings, max_window_s: float, traces_endpoint: str | None = None) -> dict[str, Any]:
+    """The chosen engine's config fields, from settings; ``traces_endpoint``: where vLLM exports
+    its own spans (see :func:`services.telemetry.engine_tracing_env`), if ``engine_spans``."""
     common: dict[str, Any] = {
         "model": cap.model,
         "max_window_s": max_window_s,
@@ -53,7 +55,7 @@ def engine_config(cap: CaptionerSettings, max_window_s: float) -> dict[str, Any]
             "dtype": cap.dtype,
             "enforce_eager": cap.enforce_eager,
             "limit_mm_per_prompt": dict(cap.limit_mm_per_prompt),
-        }
+        } | ({"extra_engine_args": {"otlp_traces_endpoint": traces_endpoint}} if traces_endpoint and cap.engine_spans else {})
     dtype = "auto" if cap.dtype in ("auto", "bf16") else cap.dtype
     return common | {
         "dtype": dtype,
@@ -64,12 +66,17 @@ def engine_config(cap: CaptionerSettings, max_window_s: float) -> dict[str, Any]
 
 
 def make_engine(cap: CaptionerSettings, max_window_s: float) -> CaptionEngine:
-    """The engine from settings: a configured factory (import path) or a built-in engine."""
+    """The engine from settings: a configured factory (import path) or a built-in engine.
+
+    When this process traces and ``engine_spans`` is on, vLLM's tracing is pointed at the same
+    endpoint (its engine processes inherit the environment set here)."""
     factory = build_engine
     if cap.engine_factory:
         module, _, name = cap.engine_factory.partition(":")
         factory = getattr(importlib.import_module(module), name)
-    return factory(cap.engine, engine_config(cap, max_window_s))
+    tracing = engine_tracing_env(os.environ) if cap.engine == "vllm" and cap.engine_spans and tracing_enabled() else {}
+    os.environ.update(tracing)
+    return factory(cap.engine, engine_config(cap, max_window_s, tracing.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")))
 
 
 class SamplingOverrides(BaseModel):
