@@ -1,0 +1,12 @@
+"""Notifications: who hears about an alert, and how it reaches them (issue 14).
+
+Rules decide *what* happened and label it (``alert`` actions, services/rules); this package
+decides *who hears about it*, as Alertmanager does for Prometheus:
+
+- ``config``: the notification file beside the rules (routing tree, receivers, inhibition
+  rules, time intervals), strictly validated with file:line errors;
+- ``routing``, ``inhibition``, ``time_intervals``: pure functions on plain data;
+- ``receivers``: one module per receiver type: its config model, the payload it sends, and
+  how one delivery attempt is made (``send``);
+- ``model``: the plain data passed between them (:class:`Alert`, :class:`Notification`).
+"""
