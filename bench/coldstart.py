@@ -47,7 +47,9 @@ class ServeStart(BaseModel):
 
 class ReplicaStart(BaseModel):
     replica_s: float = Field(description="serve.run of the Captioner alone to a healthy replica.")
-    engine_in_process_s: float = Field(description="The engine's own start in this process: vLLM's imports, its engine processes, weights, KV cache.")
+    engine_in_process_s: float = Field(
+        description="The engine's own start in this process: vLLM's imports, its engine processes, weights, KV cache."
+    )
 
 
 class ColdStartReport(BaseModel):
