@@ -19,8 +19,9 @@ from rich.table import Table
 
 from services.events.cli import audit_app, dlq_app
 from services.events.nats_cli import nats_app
+from services.notify.cli import notify_app, rule_test_routes
 from services.preprocess.cli import audio_app
-from services.rules.cli import rules_app
+from services.rules.cli import RulesCliHooks, rules_app
 from services.settings import Settings, SettingsError
 
 if TYPE_CHECKING:  # the commands import what they use when they run: `listenpost --help` stays quick
@@ -30,12 +31,18 @@ if TYPE_CHECKING:  # the commands import what they use when they run: `listenpos
     from services.metricsview.exposition import Scrape
     from services.metricsview.view import MetricsView
 
-app = typer.Typer(help="listenpost: turn call and media audio into decisions.", no_args_is_help=True)
+app = typer.Typer(
+    help="listenpost: turn call and media audio into decisions.",
+    no_args_is_help=True,
+    # `rules test` checks the receivers alerts reach: routing the rules package may not import.
+    context_settings={"obj": RulesCliHooks(notify=rule_test_routes)},
+)
 model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
 settings_app = typer.Typer(help="Settings (LISTENPOST_* variables).", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(settings_app, name="settings")
 app.add_typer(rules_app, name="rules")
+app.add_typer(notify_app, name="notify")
 app.add_typer(audio_app, name="audio")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(nats_app, name="nats")

@@ -603,6 +603,15 @@ class RulesSettings(_FixedReplicas):
         return [nats.subject(s) for s in self.consume_subjects]
 
 
+class NotifySettings(_Group):
+    """Notifications: who hears about an alert (the routing tree, receivers, inhibition, time intervals)."""
+
+    file: Path = Field(
+        default=Path("router_rules/notifications.yaml"),
+        description="The notification file (`kind: Notifications`, docs/notifications.md); the rules loader skips it.",
+    )
+
+
 class IngressSettings(_FixedReplicas):
     """The Ingress deployment (the orchestrator): its replicas share one durable consumer."""
 
@@ -853,6 +862,7 @@ class Settings(BaseSettings):
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     adapters: AdapterSettings = Field(default_factory=AdapterSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)

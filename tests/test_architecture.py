@@ -42,6 +42,7 @@ BACK_IMPORTS = {
     "a deployment's CLI imports the runner (and every deployment)": ("services/rules/cli.py", "services.runner"),
     "source adapters import the rules' internals": ("services/ingest/adapters.py", "services.rules.expr"),
     "the client imports the orchestrator": ("services/client.py", "services.orchestrator.pipeline"),
+    "notification routing imports the rules' matchers": ("services/notify/routing.py", "services.rules.alerting"),
 }
 
 

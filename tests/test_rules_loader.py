@@ -252,3 +252,27 @@ def test_exported_json_schema_is_current_and_validates_the_shipped_rules() -> No
     broken = YAML(typ="safe").load((CASES / "bad" / "unknown-field" / "rules.yaml").read_text())
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+
+
+def test_notification_files_beside_the_rules_are_not_rule_files(tmp_path: Path) -> None:
+    from services.rules import load_sources
+
+    shutil.copy(CASES / "good" / "calls.yaml", tmp_path)
+    notifications = (SHIPPED / "notifications.yaml").read_text()
+    (tmp_path / "notifications.yaml").write_text(notifications)
+    (tmp_path / "quoted.yml").write_text('apiVersion: listenpost/v1\nkind: "Notifications"  # who hears\nroute: {}\n')
+    assert [p.name for p in rule_files(tmp_path)] == ["calls.yaml"]
+    assert lint(tmp_path) == []
+    ruleset = load_ruleset(tmp_path)
+    assert [p.name for p in ruleset.files] == ["calls.yaml"] and sorted(ruleset.sources) == ["calls.yaml"]
+    # A last-good snapshot or a chosen list that holds one skips it too, with the same version.
+    again = load_sources({"calls.yaml": (tmp_path / "calls.yaml").read_text(), "notifications.yaml": notifications})
+    assert again.version == ruleset.version and [p.name for p in again.files] == ["calls.yaml"]
+    # Any other kind is read as a rule file, and says why it is not one.
+    (tmp_path / "typo.yaml").write_text("apiVersion: listenpost/v1\nkind: Notification\nroute: {}\n")
+    assert [str(e) for e in lint(tmp_path)] == [
+        f"{tmp_path}/typo.yaml:1:1: metadata: missing required field",
+        f"{tmp_path}/typo.yaml:1:1: rules: missing required field",
+        f"{tmp_path}/typo.yaml:2:7: kind: Input should be 'RuleSet' (got 'Notification')",
+        f"{tmp_path}/typo.yaml:3:1: route: unknown field, did you mean 'rules'?",
+    ]

@@ -16,8 +16,9 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,6 +28,9 @@ from services.rules.errors import RuleSetError
 from services.rules.limits import Limits
 from services.rules.loader import lint
 from services.rules.schema import json_schema_text, parse_duration
+
+if TYPE_CHECKING:
+    from services.rules.testing import NotifyLoader
 
 rules_app = typer.Typer(help="Routing and alert rules.", no_args_is_help=True)
 silence_app = typer.Typer(help="Silence alerts for a while (stored in NATS KV, shared by every replica).", no_args_is_help=True)
@@ -38,6 +42,14 @@ DirArg = Annotated[Path, typer.Argument(help="Rule directory.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL (default: settings, then the running `listenpost serve`).")]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RulesCliHooks:
+    """What the ``listenpost`` entry point lends these commands from packages the rules may not
+    import (the layers keep deployment packages apart); found as the click context's object."""
+
+    notify: NotifyLoader | None = None  # `rules test`: the receivers an alert reaches
 
 
 def _settings() -> Any:
@@ -74,7 +86,7 @@ def rules_lint(directory: DirArg = Path("router_rules")) -> None:
 
 
 @rules_app.command("test")
-def rules_test(directory: DirArg = Path("router_rules"), as_json: JsonOpt = False) -> None:
+def rules_test(ctx: typer.Context, directory: DirArg = Path("router_rules"), as_json: JsonOpt = False) -> None:
     """Run the rule tests (*_test.yaml) next to the rule files; exit 1 on any failure."""
     from services.rules.testing import run_directory
 
@@ -82,7 +94,15 @@ def rules_test(directory: DirArg = Path("router_rules"), as_json: JsonOpt = Fals
     if not directory.is_dir():
         err.print(f"{directory}: not a directory", highlight=False, markup=False)
         raise typer.Exit(2)
-    results = _run(run_directory(directory, emit_subjects=settings.rules.emit_subjects, prefix=settings.nats.subject_prefix))
+    hooks = ctx.find_object(RulesCliHooks)
+    results = _run(
+        run_directory(
+            directory,
+            emit_subjects=settings.rules.emit_subjects,
+            prefix=settings.nats.subject_prefix,
+            notify=hooks.notify if hooks is not None else None,
+        )
+    )
     failed = sum(len(r.errors) for r in results) + sum(1 for r in results for c in r.cases if not c.passed)
     total = sum(len(r.cases) for r in results)
     if as_json:

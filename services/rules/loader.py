@@ -9,6 +9,7 @@ reported with file:line:column, not just the first one.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,31 @@ RULE_SUFFIXES = (".yaml", ".yml")
 # spirit of promtool's rule tests; they are not rules.
 TEST_SUFFIXES = ("_test.yaml", "_test.yml", ".test.yaml", ".test.yml")
 VERSION_LENGTH = 12
+#: Files of other kinds that live beside the rules and are not rules: the notification
+#: routing tree (services/notify) reads ``kind: Notifications``.
+OTHER_KINDS = frozenset({"Notifications"})
+# A top-level `kind:` line: enough to tell the kind without parsing the file (a file that
+# hides its kind in flow style is read as a rule file, and its errors say why).
+_KIND_LINE = re.compile(r"^kind:[ \t]*(['\"]?)([A-Za-z][A-Za-z0-9]*)\1[ \t]*(?:#.*)?$", re.MULTILINE)
+
+
+def declared_kind(text: str) -> str | None:
+    """The ``kind`` a YAML file declares on a top-level line, if any."""
+    found = _KIND_LINE.search(text)
+    return found.group(2) if found else None
+
+
+def _other_kind(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False  # read as a rule file: its error is reported there
+    return declared_kind(text) in OTHER_KINDS
 
 
 def rule_files(directory: Path) -> list[Path]:
-    """The rule files of a directory, in the order that breaks priority ties."""
+    """The rule files of a directory, in the order that breaks priority ties: YAML files that
+    are neither tests nor files of another kind (``kind: Notifications``)."""
     if not directory.is_dir():
         raise NotADirectoryError(f"rules directory {directory} does not exist or is not a directory")
     return sorted(
@@ -41,6 +63,7 @@ def rule_files(directory: Path) -> list[Path]:
         and p.name.endswith(RULE_SUFFIXES)
         and not p.name.endswith(TEST_SUFFIXES)
         and not p.name.startswith(".")  # editors' temp and swap files
+        and not _other_kind(p)
     )
 
 
@@ -90,6 +113,8 @@ def _load(files: list[tuple[Path, bytes]], emit_subjects: Sequence[str]) -> tupl
     loaded: list[tuple[CompiledRule, YamlDocument]] = []
     digest = hashlib.sha256()
     sources: dict[str, str] = {}
+    # Not rules (notifications.yaml in a last-good snapshot or in a test's chosen list).
+    files = [(path, raw) for path, raw in files if declared_kind(raw.decode("utf-8", errors="replace")) not in OTHER_KINDS]
     for path, raw in files:
         # Names are hashed too: renaming a file can reorder priority ties.
         digest.update(path.name.encode() + b"\0" + raw + b"\0")

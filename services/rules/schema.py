@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from services.dsl.durations import Duration, parse_duration
 
 API_VERSION = "listenpost/v1"
 KIND = "RuleSet"
@@ -41,30 +43,8 @@ _SUBJECT = re.compile(r"^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$")
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9]$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")  # Prometheus's label names
 _TAG = re.compile(r"^[a-z0-9][a-z0-9._:-]*$")
-DURATION_PATTERN = r"^(?:[0-9]+(?:ms|s|m|h|d))+$"
-_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 #: Labels every alert has; rule authors may not redefine them.
 BUILTIN_LABELS = ("rule", "severity")
-
-
-def parse_duration(text: str) -> float:
-    """Prometheus-style durations: ``90s``, ``5m``, ``1h30m``, ``250ms`` -> seconds."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 1h30m or 250ms")
-    return sum(int(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(text))
-
-
-def _duration(value: str) -> str:
-    parse_duration(value)
-    return value
-
-
-Duration = Annotated[
-    str,
-    AfterValidator(_duration),
-    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["30s", "5m", "1h30m"]}),
-]
 
 
 class _Strict(BaseModel):

@@ -23,6 +23,16 @@ A test file sits next to the rule files (``<name>_test.yaml``)::
             expect:
               alerts: [{rule: ..., count: 2}]
 
+An alert expectation may also name the ``receivers`` the alert reaches in the notification
+routing tree (``notifications:`` at the top of the test file names that file, relative to the
+test file; default ``notifications.yaml`` beside it), as ``amtool config routes test`` would
+print them::
+
+              alerts: [{rule: gunshot-or-explosion, receivers: [alertmanager, security-pagerduty, security-slack]}]
+
+The rules may not import the notification package (a sibling deployment package): the
+``listenpost`` entry point lends the routing as a :data:`NotifyLoader`.
+
 Each step's ``expect`` is strict like promtool's: ``routes``, ``alerts``,
 ``tags``, ``emits``, ``shadow`` and ``errors`` not listed are expected to be
 empty. ``suppressed`` and ``matches`` are checked only when given. The test
@@ -36,7 +46,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from services.dsl.errors import FileError
 from services.dsl.yaml_source import parse_yaml, schema_errors
-from services.rules.alerting import Matcher
+from services.rules.alerting import Matcher, alert_labels
 from services.rules.decisions import DEFAULT_EMIT_SUBJECTS, DEFAULT_PREFIX, Decision
 from services.rules.engine import RulesProcessor
 from services.rules.errors import RuleSetError
@@ -74,6 +84,12 @@ CAPTIONED: dict[str, Any] = {
     "engine": "test",
     "timings": {},
 }  # fmt: skip
+#: An alert's labels (with ``rule`` and ``severity``) -> the receivers it reaches, in tree order.
+NotifyRoutes = Callable[[Mapping[str, str]], list[str]]
+#: A notification file -> its routing; raises ``ValueError`` (the file's errors) when it does not load.
+NotifyLoader = Callable[[Path], NotifyRoutes]
+#: The notification file a test file uses unless it names one (``notifications:``).
+DEFAULT_NOTIFICATIONS = "notifications.yaml"
 #: The virtual clock's start (2024-01-01T00:00:00Z): tests do not depend on today.
 EPOCH = 1_704_067_200.0
 
@@ -100,6 +116,7 @@ class AlertExpectation(_Strict):
     labels: dict[str, str] | None = None
     count: int | None = None  # alerts in a group notification
     callid: str | None = None
+    receivers: list[str] | None = None  # in the notification routing tree, in order
 
 
 class RouteExpectation(_Strict):
@@ -165,7 +182,11 @@ class TestCase(_Strict):
 
 class RuleTestFile(_Strict):
     rule_files: list[str] | None = None
+    notifications: str | None = Field(default=None, min_length=1, description="Relative to the test file.")
     tests: list[TestCase]
+
+    def expects_receivers(self) -> bool:
+        return any(a.receivers is not None for case in self.tests for step in case.steps for a in step.expect.alerts)
 
 
 @dataclass
@@ -201,13 +222,25 @@ def merge(base: Any, override: Any) -> Any:
 
 
 async def run_directory(
-    directory: Path, *, emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS, prefix: str = DEFAULT_PREFIX
+    directory: Path,
+    *,
+    emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS,
+    prefix: str = DEFAULT_PREFIX,
+    notify: NotifyLoader | None = None,
 ) -> list[FileResult]:
-    return [await run_file(path, directory, emit_subjects=emit_subjects, prefix=prefix) for path in find_test_files(directory)]
+    return [
+        await run_file(path, directory, emit_subjects=emit_subjects, prefix=prefix, notify=notify)
+        for path in find_test_files(directory)
+    ]
 
 
 async def run_file(
-    path: Path, directory: Path, *, emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS, prefix: str = DEFAULT_PREFIX
+    path: Path,
+    directory: Path,
+    *,
+    emit_subjects: Sequence[str] = DEFAULT_EMIT_SUBJECTS,
+    prefix: str = DEFAULT_PREFIX,
+    notify: NotifyLoader | None = None,
 ) -> FileResult:
     result = FileResult(file=path)
     try:
@@ -225,8 +258,19 @@ async def run_file(
     except (RuleSetError, FileNotFoundError, NotADirectoryError) as exc:
         result.errors.append(f"{path}: rules did not load: {exc}")
         return result
+    routes: NotifyRoutes | None = None
+    if spec.expects_receivers():
+        notifications = path.parent / (spec.notifications or DEFAULT_NOTIFICATIONS)
+        if notify is None:
+            result.errors.append(f"{path}: alerts expect receivers, but no notification routing is lent here (run `listenpost rules test`)")
+            return result
+        try:
+            routes = notify(notifications)
+        except ValueError as exc:
+            result.errors.append(f"{path}: notifications did not load: {exc}")
+            return result
     for case in spec.tests:
-        result.cases.append(await run_case(path, ruleset, case, prefix=prefix))
+        result.cases.append(await run_case(path, ruleset, case, prefix=prefix, receivers=routes))
     return result
 
 
@@ -243,7 +287,9 @@ def _select_rule_files(test_file: Path, directory: Path, patterns: list[str] | N
     return chosen
 
 
-async def run_case(path: Path, ruleset: RuleSet, case: TestCase, *, prefix: str = DEFAULT_PREFIX) -> CaseResult:
+async def run_case(
+    path: Path, ruleset: RuleSet, case: TestCase, *, prefix: str = DEFAULT_PREFIX, receivers: NotifyRoutes | None = None
+) -> CaseResult:
     result = CaseResult(file=path, name=case.name)
     clock = [EPOCH]
     processor = RulesProcessor(memory_stores(), prefix=prefix, limits=DEFAULT_LIMITS, clock=lambda: clock[0], silence_refresh_s=0.0)
@@ -272,7 +318,8 @@ async def run_case(path: Path, ruleset: RuleSet, case: TestCase, *, prefix: str 
                 matches = [m.rule_id for m in outcome.evaluation.matches if m.mode == "enforce"]
         else:
             published.extend(await processor.flush(_noop, now=clock[0]))
-        result.failures.extend(f"{where}: {problem}" for problem in compare(step.expect, published, suppressed, matches, prefix))
+        problems = compare(step.expect, published, suppressed, matches, prefix, receivers=receivers)
+        result.failures.extend(f"{where}: {problem}" for problem in problems)
     return result
 
 
@@ -296,7 +343,13 @@ def _event(event: TestEvent, default_id: str, now: float) -> tuple[dict[str, Any
 
 
 def compare(
-    expect: Expect, published: list[Decision], suppressed: list[tuple[str, str]], matches: list[str], prefix: str
+    expect: Expect,
+    published: list[Decision],
+    suppressed: list[tuple[str, str]],
+    matches: list[str],
+    prefix: str,
+    *,
+    receivers: NotifyRoutes | None = None,
 ) -> list[str]:
     problems: list[str] = []
 
@@ -315,7 +368,7 @@ def compare(
     check(
         "alerts",
         [e.model_dump(exclude_none=True) for e in expect.alerts],
-        [_alert_view(d) for d in alerts],
+        [_alert_view(d, receivers) for d in alerts],
         lambda e, g: all(g.get(k) == v for k, v in e.items()),
     )
     check("tags", list(expect.tags), [t for d in published if d.kind == "tag" for t in d.data["tags"]], lambda e, g: e == g)
@@ -346,7 +399,7 @@ def compare(
     return problems
 
 
-def _alert_view(d: Decision) -> dict[str, Any]:
+def _alert_view(d: Decision, receivers: NotifyRoutes | None = None) -> dict[str, Any]:
     view = {
         "rule": d.rule_id,
         "severity": d.data.get("severity"),
@@ -357,6 +410,8 @@ def _alert_view(d: Decision) -> dict[str, Any]:
     }
     if d.data.get("callid") is not None:
         view["callid"] = d.data["callid"]
+    if receivers is not None:
+        view["receivers"] = receivers(alert_labels(d))
     return view
 
 
@@ -366,5 +421,16 @@ def _show(items: list[Any]) -> str:
     return json.dumps(items, sort_keys=True, default=str)
 
 
-__all__ = ["CAPTIONED", "CaseResult", "FileResult", "RuleTestFile", "merge", "run_directory", "run_file", "find_test_files"]
+__all__ = [
+    "CAPTIONED",
+    "CaseResult",
+    "FileResult",
+    "NotifyLoader",
+    "NotifyRoutes",
+    "RuleTestFile",
+    "merge",
+    "run_directory",
+    "run_file",
+    "find_test_files",
+]
 
