@@ -38,6 +38,24 @@ fetch_prometheus() {
   rm -rf "$dl"
 }
 
+# Alertmanager for the alertmanager receiver's tests (tests/test_notify_alertmanager.py): Debian's
+# package, unpacked into .cache/alertmanager (no system service; the binary is
+# usr/bin/prometheus-alertmanager, its templates usr/share/prometheus/alertmanager).
+ALERTMANAGER_DIR=.cache/alertmanager
+fetch_alertmanager() {
+  [ -x "$ALERTMANAGER_DIR/usr/bin/prometheus-alertmanager" ] && return 0
+  local dl
+  dl=$(mktemp -d)
+  if (cd "$dl" && apt-get download prometheus-alertmanager >/dev/null 2>&1); then
+    mkdir -p "$ALERTMANAGER_DIR"
+    dpkg -x "$dl"/prometheus-alertmanager_*.deb "$ALERTMANAGER_DIR"
+    echo "setup: alertmanager $("$ALERTMANAGER_DIR/usr/bin/prometheus-alertmanager" --version 2>&1 | head -1 | cut -d' ' -f3) in $ALERTMANAGER_DIR"
+  else
+    echo "setup: could not download Debian's prometheus-alertmanager package (apt-get download); the alertmanager receiver's tests need it" >&2
+  fi
+  rm -rf "$dl"
+}
+
 stamp_inputs() {
   cat pyproject.toml requirements/*.txt scripts/setup.sh
   echo "$flavour"
@@ -46,6 +64,7 @@ want=$(stamp_inputs | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.listenpost-setup"
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   fetch_prometheus
+  fetch_alertmanager
   echo "setup: $VENV is up to date ($flavour)"
   exit 0
 fi
@@ -68,5 +87,6 @@ fi
 
 "${pip[@]}" -e ".[test,bench]"
 fetch_prometheus
+fetch_alertmanager
 echo "$want" >"$stamp"
 echo "setup: done ($flavour)"

@@ -644,6 +644,23 @@ _WEBHOOK_SECRET_PREFIX = "whsec_"
 _WEBHOOK_SECRET_BYTES = (24, 64)
 
 
+def webhook_secret_key(text: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (``whsec_`` + base64 of 24-64 bytes): the bytes.
+
+    One decoding for the secrets the HTTP ingress verifies with and those the webhook receiver
+    signs with. The ValueError says what is wrong, never the secret."""
+    if not text.startswith(_WEBHOOK_SECRET_PREFIX):
+        raise ValueError(f"must start with {_WEBHOOK_SECRET_PREFIX!r}")
+    try:
+        key = base64.b64decode(text.removeprefix(_WEBHOOK_SECRET_PREFIX), validate=True)
+    except ValueError:
+        raise ValueError(f"is not base64 after {_WEBHOOK_SECRET_PREFIX!r}") from None
+    low, high = _WEBHOOK_SECRET_BYTES
+    if not low <= len(key) <= high:
+        raise ValueError(f"is {len(key)} bytes, {low} to {high} are required")
+    return key
+
+
 def _read_secret(path: Path, what: str, key_id: str) -> SecretStr:
     """A secret kept in a file (a mounted Kubernetes secret): its content, surrounding whitespace stripped."""
     try:
@@ -716,17 +733,10 @@ class ApiKey(_Group):
         """The HMAC key of the webhook secret: the base64 after ``whsec_``, decoded."""
         if self.webhook_secret is None:
             return None
-        text = self.webhook_secret.get_secret_value()
-        if not text.startswith(_WEBHOOK_SECRET_PREFIX):
-            raise ValueError(f"key {self.id!r}: webhook_secret must start with {_WEBHOOK_SECRET_PREFIX!r}")
         try:
-            key = base64.b64decode(text.removeprefix(_WEBHOOK_SECRET_PREFIX), validate=True)
-        except ValueError:
-            raise ValueError(f"key {self.id!r}: webhook_secret is not base64 after {_WEBHOOK_SECRET_PREFIX!r}") from None
-        low, high = _WEBHOOK_SECRET_BYTES
-        if not low <= len(key) <= high:
-            raise ValueError(f"key {self.id!r}: webhook_secret is {len(key)} bytes, {low} to {high} are required")
-        return key
+            return webhook_secret_key(self.webhook_secret.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(f"key {self.id!r}: webhook_secret {exc}") from None
 
 
 class HttpSettings(_Group):

@@ -101,6 +101,7 @@ def new_event(
     subject: str | None = None,
     extensions: Mapping[str, Any] | None = None,
     datacontenttype: str | None = "application/json",
+    time: datetime | None = None,
 ) -> CloudEvent:
     """Build a CloudEvent 1.0; ``id`` defaults to a UUID4 and ``time`` to now (UTC)."""
     attributes: dict[str, Any] = {
@@ -108,7 +109,7 @@ def new_event(
         "id": str(uuid.uuid4()) if id is None else id,
         "source": source,
         "type": type,
-        "time": datetime.now(UTC),
+        "time": datetime.now(UTC) if time is None else time,
     }
     if datacontenttype is not None:
         attributes["datacontenttype"] = datacontenttype

@@ -1,0 +1,204 @@
+"""What every receiver shares: the config base, the outcome of one attempt, and HTTP delivery.
+
+One attempt: :func:`post` sends one request and classifies what came back. Retryable (the
+sender may try again, after ``retry_after_s`` when the server said so): connection errors,
+timeouts, 408, 425, 429 and 5xx. Anything else that is not 2xx is not: a 4xx says the request
+itself is wrong (a revoked webhook, a bad routing key), and repeating it will not help.
+
+Errors are sentences: what failed, where (a URL that is a secret is shown by its host only),
+the status and the start of the response; never a traceback, never a secret's value
+(:func:`services.notify.receivers.secrets.redact`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Annotated, Final
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+
+from services.notify.model import Alert, Notification
+from services.notify.receivers.secrets import SECRET_NAME, redact
+
+__all__ = [
+    "Delivery",
+    "DeliveryError",
+    "ReceiverBase",
+    "SecretName",
+    "describe_url",
+    "parse_retry_after",
+    "post",
+    "sendable",
+]
+
+#: Receiver names: what routes refer to, and what logs and metrics say.
+RECEIVER_NAME: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SecretName = Annotated[str, Field(pattern=SECRET_NAME, description="The name of a secret (settings or a file), never its value.")]
+#: Statuses worth another try besides 5xx: Request Timeout, Too Early, Too Many Requests.
+RETRYABLE_STATUSES: Final = frozenset({408, 425, 429})
+EXCERPT_CHARS: Final = 300
+USER_AGENT: Final = "listenpost-notify/1"
+
+
+class ReceiverBase(BaseModel):
+    """Fields every receiver has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=RECEIVER_NAME, description="What routes refer to the receiver by.")
+    send_resolved: bool = Field(default=True, description="Also notify when alerts resolve.")
+    timeout_s: PositiveFloat = Field(default=10.0, description="One attempt's time limit, connecting included.")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt that succeeded (or that had nothing to send: ``skipped``)."""
+
+    receiver: str
+    type: str
+    status: int | None = None  # the last HTTP status, or the SMTP reply code
+    requests: int = 1  # requests made (PagerDuty: one event per alert)
+    elapsed_s: float = 0.0
+    detail: str = ""
+    skipped: bool = False
+
+
+class DeliveryError(Exception):
+    """One attempt that failed: ``retryable`` says whether another may succeed, ``retry_after_s``
+    when the server said how long to wait. Message and excerpt are redacted of every secret."""
+
+    def __init__(
+        self,
+        receiver: str,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after_s: float | None = None,
+        status: int | None = None,
+        response_excerpt: str = "",
+    ) -> None:
+        self.receiver = receiver
+        self.message = redact(message)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.status = status
+        self.response_excerpt = redact(response_excerpt)
+        super().__init__(f"receiver {receiver!r}: {self.message}")
+
+    def __repr__(self) -> str:
+        return (
+            f"DeliveryError(receiver={self.receiver!r}, message={self.message!r}, retryable={self.retryable}, "
+            f"retry_after_s={self.retry_after_s!r}, status={self.status!r})"
+        )
+
+
+def sendable(notification: Notification, config: ReceiverBase) -> list[Alert]:
+    """The alerts this receiver is told of: resolved ones only with ``send_resolved``."""
+    return [a for a in notification.alerts if config.send_resolved or a.status == "firing"]
+
+
+def skipped(config: ReceiverBase, type_: str) -> Delivery:
+    return Delivery(config.name, type_, requests=0, detail="only resolved alerts, and send_resolved is off", skipped=True)
+
+
+def describe_url(url: str, *, secret: str | None = None) -> str:
+    """A URL as errors show it: scheme and host only when the URL is a secret (its path is the
+    credential of a Slack or Teams webhook), else without user info and query."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return f"the URL of secret {secret!r}" if secret else "an invalid URL"
+    host = parsed.host + (f":{parsed.port}" if parsed.port else "")
+    if secret:
+        return f"{parsed.scheme}://{host} (URL of secret {secret!r})"
+    return f"{parsed.scheme}://{host}{parsed.path}"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds: delay-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
+
+
+async def post(
+    client: httpx.AsyncClient,
+    *,
+    receiver: str,
+    url: str,
+    content: bytes,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    url_secret: str | None = None,
+    auth: httpx.Auth | None = None,
+    ok_statuses: Sequence[int] = (),
+) -> httpx.Response:
+    """POST once; the response if it is 2xx (or in ``ok_statuses``), :class:`DeliveryError` otherwise."""
+    where = describe_url(url, secret=url_secret)
+    request_headers = {"user-agent": USER_AGENT, **headers}
+    try:
+        if auth is None:
+            response = await client.post(url, content=content, headers=request_headers, timeout=timeout_s)
+        else:
+            response = await client.post(url, content=content, headers=request_headers, timeout=timeout_s, auth=auth)
+    except httpx.TimeoutException:
+        raise DeliveryError(receiver, f"no answer from {where} within {timeout_s:g} s", retryable=True) from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol):
+        raise DeliveryError(receiver, f"{where} is not an http or https URL", retryable=False) from None
+    except httpx.TransportError as exc:
+        reason = str(exc) or type(exc).__name__
+        raise DeliveryError(receiver, f"could not reach {where}: {reason}", retryable=True) from None
+    if 200 <= response.status_code < 300 or response.status_code in ok_statuses:
+        return response
+    raise status_error(receiver, where, response)
+
+
+def status_error(receiver: str, where: str, response: httpx.Response) -> DeliveryError:
+    status = response.status_code
+    retryable = status >= 500 or status in RETRYABLE_STATUSES
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    try:
+        body = excerpt(response.text)
+    except (UnicodeDecodeError, LookupError):
+        body = f"({len(response.content)} bytes, not text)"
+    message = f"{where} answered HTTP {status} {response.reason_phrase}".rstrip()
+    if body:
+        message += f": {body}"
+    if retry_after is not None:
+        message += f" (retry after {retry_after:g} s)"
+    return DeliveryError(
+        receiver, message, retryable=retryable, retry_after_s=retry_after, status=status, response_excerpt=body
+    )
+
+
+def iso(value: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``, as Alertmanager and PagerDuty write times."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
