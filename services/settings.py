@@ -610,6 +610,16 @@ class NotifySettings(_Group):
         default=Path("router_rules/notifications.yaml"),
         description="The notification file (`kind: Notifications`, docs/notifications.md); the rules loader skips it.",
     )
+    secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Receivers' secrets by the names the notification file uses (webhook URLs, tokens, SMTP "
+        'passwords), e.g. `{"slack-ops": "https://hooks.slack.com/..."}`; never written in the file itself.',
+    )
+    secrets_dir: Path | None = Field(
+        default=None,
+        description="A folder of secrets, one per file named as the notification file names it (a mounted "
+        "Kubernetes secret); `secrets` wins over a file of the same name.",
+    )
 
 
 class IngressSettings(_FixedReplicas):

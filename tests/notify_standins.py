@@ -35,6 +35,11 @@ class PagerDuty(_StandIn):
 
 class Email(_StandIn):
     to: list[str] = Field(min_length=1)
+    # The real model's other fields, so the shipped file loads with the stand-ins too.
+    host: str | None = None
+    sender: str | None = None
+    username: str | None = None
+    password_secret: str | None = None
 
 
 class Alertmanager(_StandIn):

@@ -97,6 +97,19 @@ def notify_check(
         console.print(f"warning: receiver {name!r} is not used by any route", highlight=False, markup=False)
     for name in config.unused_time_intervals():
         console.print(f"warning: time interval {name!r} is not used by any route", highlight=False, markup=False)
+    from services.notify.receivers import missing_secrets
+    from services.notify.receivers.secrets import configured_secrets
+    from services.settings import Settings
+
+    secrets = configured_secrets(Settings().notify)
+    for receiver in config.receivers.values():
+        for name in missing_secrets(receiver.config, secrets):
+            console.print(
+                f"warning: receiver {receiver.name!r} needs secret {name!r}, which is not configured "
+                "(notify.secrets or a file in notify.secrets_dir)",
+                highlight=False,
+                markup=False,
+            )
 
 
 @routes_app.command("test")

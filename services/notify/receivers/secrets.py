@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from services.settings import NotifySettings
+
 __all__ = ["MIN_REDACTED_CHARS", "SECRET_NAME", "MissingSecret", "SecretSource", "Secrets", "redact"]
 
 #: What a secret's name may be (also a file name in a secrets directory).
@@ -172,3 +174,10 @@ def reveal(source: SecretSource, name: str) -> str:
     value = secret.get_secret_value()
     _register(value)
     return value
+
+
+def configured_secrets(settings: NotifySettings) -> Secrets:
+    """The receivers' secrets from settings: ``notify.secrets_dir``'s files, then ``notify.secrets``
+    (which wins for a name in both)."""
+    from_files = Secrets.from_directory(settings.secrets_dir) if settings.secrets_dir is not None else Secrets()
+    return from_files.merged(Secrets(settings.secrets))
