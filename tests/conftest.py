@@ -38,6 +38,13 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 #: The captioner fixtures (the tiny checkpoint, a running CPU vLLM engine), for every test module.
 pytest_plugins = ["captioner_fixtures", "hard_exit"]
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that start and stop their own Ray in this process (``own_ray``) run first: once the
+    session's service has started Ray here, theirs would be the same instance, and stopping
+    their app would delete the session's."""
+    items.sort(key=lambda item: item.get_closest_marker("own_ray") is None)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("audio")

@@ -25,7 +25,7 @@ from services.events.reasons import is_plain
 from services.settings import NatsSettings, PreprocessSettings, RulesSettings, Settings
 from tests.conftest import REPO, tiny_engine_settings, tone, wav_bytes
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.own_ray]
 
 NATS_TIME = re.compile(r"(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6})")
 
@@ -47,6 +47,8 @@ def written_since(sizes: dict[Path, int], session_dir: Path) -> dict[Path, str]:
 def test_the_service_stops_in_order_without_a_traceback(
     tmp_path: Path, tiny_checkpoint: Path, rules_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Its own Ray, or it would replace and then delete the session service's app (conftest runs it first).
+    assert not ray.is_initialized(), "a Ray is already running in this process: this test must run before the session's service"
     caplog.set_level(logging.INFO, logger="services.runner")
     audio = tmp_path / "audio"
     audio.mkdir()
