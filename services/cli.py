@@ -20,6 +20,7 @@ from rich.table import Table
 from services.events.cli import audit_app, dlq_app
 from services.events.nats_cli import nats_app
 from services.notify.cli import notify_app, rule_test_routes
+from services.notify.crm_cli import crm_app
 from services.preprocess.cli import audio_app
 from services.rules.cli import RulesCliHooks, rules_app
 from services.settings import Settings, SettingsError
@@ -43,6 +44,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(settings_app, name="settings")
 app.add_typer(rules_app, name="rules")
 app.add_typer(notify_app, name="notify")
+app.add_typer(crm_app, name="crm")
 app.add_typer(audio_app, name="audio")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(nats_app, name="nats")

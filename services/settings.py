@@ -620,6 +620,11 @@ class NotifySettings(_Group):
         description="A folder of secrets, one per file named as the notification file names it (a mounted "
         "Kubernetes secret); `secrets` wins over a file of the same name.",
     )
+    crm_mappings_dir: Path = Field(
+        default=Path("crm"),
+        description="CRM mapping files (`kind: CrmMapping`, *.yaml): how a call's summary becomes a CRM's request "
+        "(docs/notifications.md, CRM write-back).",
+    )
 
 
 class IngressSettings(_FixedReplicas):

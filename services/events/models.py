@@ -22,6 +22,9 @@ AUDIO_CAPTIONED = "com.listenpost.audio.captioned"
 AUDIO_FAILED = "com.listenpost.audio.failed"
 ROUTE_DECIDED = "com.listenpost.route.decided"
 ALERT_RAISED = "com.listenpost.alert.raised"
+TAG_ADDED = "com.listenpost.tag.added"
+RULE_SHADOW_MATCHED = "com.listenpost.rule.shadowmatched"
+RULE_FAILED = "com.listenpost.rule.failed"
 
 
 class _Strict(BaseModel):

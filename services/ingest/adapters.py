@@ -35,20 +35,32 @@ records the original type in the ``adaptedfrom`` extension.
 from __future__ import annotations
 
 import re
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
-import cel
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from services.dsl.cel_checks import CEL_FUNCTIONS, compile_checked, new_context, runtime_message
-from services.dsl.errors import ExpressionError, FileError, LoadError
-from services.dsl.yaml_source import Loc, YamlDocument, format_loc, parse_yaml, schema_errors
+from services.dsl.cel_checks import new_context, runtime_message
+from services.dsl.errors import FileError, LoadError
+from services.dsl.mapping import (
+    CelField,
+    Expr,
+    FieldEvaluationError,
+    Metadata,
+    StrictSpec,
+    assign,
+    check_name,
+    compile_fields,
+    loaded_or_raise,
+    read_documents,
+    short,
+    summarize,
+)
+from services.dsl.yaml_source import Loc, YamlDocument, schema_errors
 from services.events.binding import CloudEvent, MalformedEventError, event_data_json, new_event
 from services.events.models import AUDIO_SUBMITTED, AudioSubmitted
 from services.ingest.errors import IngestError
@@ -68,17 +80,17 @@ __all__ = [
 
 API_VERSION = "listenpost/v1"
 KIND = "AdapterSet"
-SUFFIXES = (".yaml", ".yml")
 #: Extension attribute on an adapted event: the type it was adapted from.
 ADAPTED_FROM = "adaptedfrom"
 #: The names an adapter's expressions may use.
 VARIABLES = ("event", "data")
 
-_ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
 _CORE_ATTRIBUTES = frozenset(
     {"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64"}
 )
+
+
 class AdapterError(IngestError, ValueError):
     """An event that its adapter cannot turn into ``audio.submitted`` (the event's fault)."""
 
@@ -89,30 +101,10 @@ class AdapterLoadError(IngestError, LoadError):
     what = "adapters"
 
 
-# --- the file format --------------------------------------------------------------
+# --- the file format (envelope, expressions, strictness: services.dsl.mapping) -------------
 
 
-class _Strict(BaseModel):
-    # Like rule files: unknown fields and type coercion are mistakes worth reporting.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-Expr = typing.Annotated[str, Field(min_length=1)]
-
-
-class Metadata(_Strict):
-    name: str
-    owner: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _ID.fullmatch(v):
-            raise ValueError(f"{v!r} is not a valid name (lower-case letters, digits and '-')")
-        return v
-
-
-class MatchSpec(_Strict):
+class MatchSpec(StrictSpec):
     types: list[str] = Field(min_length=1)
     sources: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
 
@@ -128,12 +120,12 @@ class MatchSpec(_Strict):
         return v
 
 
-class ObjectMap(_Strict):
+class ObjectMap(StrictSpec):
     bucket: Expr
     name: Expr
 
 
-class AudioMap(_Strict):
+class AudioMap(StrictSpec):
     uri: Expr | None = None
     object: ObjectMap | None = None
     data_base64: Expr | None = None
@@ -147,7 +139,7 @@ class AudioMap(_Strict):
         return self
 
 
-class MapSpec(_Strict):
+class MapSpec(StrictSpec):
     audio: AudioMap
     channels: Expr | None = None
     context: dict[str, Expr] = Field(default_factory=dict)
@@ -172,7 +164,7 @@ class MapSpec(_Strict):
         return v
 
 
-class AdapterSpec(_Strict):
+class AdapterSpec(StrictSpec):
     id: str
     description: str = Field(min_length=1)
     match: MatchSpec
@@ -181,12 +173,10 @@ class AdapterSpec(_Strict):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not _ID.fullmatch(v):
-            raise ValueError(f"{v!r} is not a valid adapter id (lower-case letters, digits and '-')")
-        return v
+        return check_name(v, "adapter id")
 
 
-class AdapterFileSpec(_Strict):
+class AdapterFileSpec(StrictSpec):
     """The envelope; adapters are validated one by one so one broken adapter hides no other error."""
 
     api_version: Literal["listenpost/v1"] = Field(alias="apiVersion")
@@ -199,20 +189,13 @@ class AdapterFileSpec(_Strict):
 
 
 @dataclass(frozen=True)
-class _Field:
-    target: str  # "audio.uri", "context.queue": what error messages call it
-    source: str
-    program: cel.Program
-
-
-@dataclass(frozen=True)
 class Adapter:
     """One compiled adapter: which events it takes and how it maps them."""
 
     spec: AdapterSpec
     path: Path
     position: int
-    fields: tuple[_Field, ...]
+    fields: tuple[CelField, ...]
 
     @property
     def id(self) -> str:
@@ -269,11 +252,9 @@ class Adapter:
         extensions: dict[str, Any] = {}
         for field in self.fields:
             try:
-                value = field.program.execute(context)
-            except Exception as exc:
-                raise AdapterError(
-                    f"adapter {self.id!r}: cannot map {field.target} from `{field.source}`: {runtime_message(exc)}"
-                ) from exc
+                value = field.run(context)
+            except FieldEvaluationError as exc:
+                raise AdapterError(f"adapter {self.id!r}: {exc}") from exc
             if value is None:  # `null`: the author chose to leave the field out
                 continue
             if field.target == "channels":
@@ -281,7 +262,7 @@ class Adapter:
             if field.target.startswith("extensions."):
                 extensions[field.target.removeprefix("extensions.")] = self._extension(value, field)
                 continue
-            _assign(out, field.target.split("."), value)
+            assign(out, field.target.split("."), value)
         out.setdefault("audio", {})
         try:
             submitted = AudioSubmitted.model_validate(out)
@@ -291,7 +272,7 @@ class Adapter:
             ) from exc
         return submitted, extensions
 
-    def _channels(self, value: Any, field: _Field) -> list[dict[str, Any]]:
+    def _channels(self, value: Any, field: CelField) -> list[dict[str, Any]]:
         # Sources describe channel roles three ways; all become [{index, role}].
         if isinstance(value, Mapping):
             pairs = [(index, role) for role, index in value.items()]
@@ -302,20 +283,20 @@ class Adapter:
         else:
             raise AdapterError(
                 f"adapter {self.id!r}: channels from `{field.source}` must be a map of role to index, "
-                f"a list of roles or a list of {{index, role}}, not {_short(value)}"
+                f"a list of roles or a list of {{index, role}}, not {short(value)}"
             )
         for index, role in pairs:
             if isinstance(index, bool) or not isinstance(index, int):
                 raise AdapterError(
                     f"adapter {self.id!r}: channel index of role {role!r} from `{field.source}` "
-                    f"is {_short(index)}, not an integer"
+                    f"is {short(index)}, not an integer"
                 )
         return [{"index": index, "role": role} for index, role in sorted(pairs, key=lambda p: p[0])]
 
-    def _extension(self, value: Any, field: _Field) -> str | int | bool:
+    def _extension(self, value: Any, field: CelField) -> str | int | bool:
         if not isinstance(value, str | int | bool):
             raise AdapterError(
-                f"adapter {self.id!r}: {field.target} from `{field.source}` is {_short(value)}; "
+                f"adapter {self.id!r}: {field.target} from `{field.source}` is {short(value)}; "
                 "extension values are strings, integers or booleans"
             )
         return value
@@ -341,43 +322,21 @@ class AdapterSet:
 # --- loading -----------------------------------------------------------------------
 
 
-def adapter_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise AdapterLoadError([FileError(path, 1, 1, "adapter file or directory does not exist")])
-    return sorted(
-        p for p in path.iterdir() if p.is_file() and p.name.endswith(SUFFIXES) and not p.name.startswith(".")
-    )
-
-
 def load_adapters(path: Path) -> AdapterSet:
     """Load a file or every ``*.yaml`` of a directory; raise :class:`AdapterLoadError` with all errors."""
-    adapters, errors = _load(path)
-    if errors:
-        raise AdapterLoadError(errors)
-    return adapters
+    return loaded_or_raise(_load(path), AdapterLoadError)
 
 
 def lint_adapters(path: Path) -> list[FileError]:
     """Every error in the adapter files, sorted; empty when they load."""
-    try:
-        return _load(path)[1]
-    except AdapterLoadError as exc:
-        return exc.errors
+    return _load(path)[1]
 
 
 def _load(path: Path) -> tuple[AdapterSet, list[FileError]]:
-    files = adapter_files(path)
+    files, docs, errors = read_documents(path, "adapter", "an AdapterSet (apiVersion, kind, metadata, adapters)")
     loaded: list[tuple[Adapter, YamlDocument]] = []
-    errors: list[FileError] = []
-    for file in files:
-        try:
-            text = file.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            errors.append(FileError(file, 1, 1, f"not UTF-8 text: {exc.reason} at byte {exc.start}"))
-            continue
-        file_adapters, file_errors = _load_file(file, text)
+    for doc in docs:
+        file_adapters, file_errors = _load_file(doc.path, doc)
         loaded.extend(file_adapters)
         errors.extend(file_errors)
     errors.extend(_duplicates(loaded))
@@ -385,14 +344,7 @@ def _load(path: Path) -> tuple[AdapterSet, list[FileError]]:
     return AdapterSet(adapters=adapters, files=tuple(files)), sorted(errors, key=FileError.sort_key)
 
 
-def _load_file(path: Path, text: str) -> tuple[list[tuple[Adapter, YamlDocument]], list[FileError]]:
-    try:
-        doc = parse_yaml(path, text)
-    except FileError as exc:
-        return [], [exc]
-    if doc.data is None:
-        message = "empty file: expected an AdapterSet (apiVersion, kind, metadata, adapters)"
-        return [], [FileError(path, 1, 1, message)]
+def _load_file(path: Path, doc: YamlDocument) -> tuple[list[tuple[Adapter, YamlDocument]], list[FileError]]:
     errors: list[FileError] = []
     try:
         raw_adapters: Any = AdapterFileSpec.model_validate(doc.data).adapters
@@ -416,7 +368,7 @@ def _load_file(path: Path, text: str) -> tuple[list[tuple[Adapter, YamlDocument]
     return adapters, errors
 
 
-def _compile_fields(doc: YamlDocument, loc: Loc, spec: MapSpec) -> tuple[tuple[_Field, ...], list[FileError]]:
+def _compile_fields(doc: YamlDocument, loc: Loc, spec: MapSpec) -> tuple[tuple[CelField, ...], list[FileError]]:
     sources: list[tuple[Loc, str]] = []
     audio = spec.audio
     for name in ("uri", "data_base64", "format"):
@@ -431,26 +383,9 @@ def _compile_fields(doc: YamlDocument, loc: Loc, spec: MapSpec) -> tuple[tuple[_
     if spec.language is not None:
         sources.append((("language",), spec.language))
     sources += [(("extensions", key), value) for key, value in spec.extensions.items()]
-
-    fields: list[_Field] = []
-    errors: list[FileError] = []
-    for target, source in sources:
-        try:
-            program = _compile(source)
-        except ExpressionError as exc:
-            errors.append(doc.error((*loc, "map", *target), str(exc)))
-            continue
-        fields.append(_Field(target=".".join(str(t) for t in target), source=source, program=program))
-    return tuple(fields), errors
-
-
-def _compile(source: str) -> cel.Program:
-    """Compile one expression, checking names against ``event`` and ``data`` only.
-
-    Unlike a rule's condition, fields are not checked against the captioned-event
-    schema: adapters read other systems' data.
-    """
-    return compile_checked(source, VARIABLES, CEL_FUNCTIONS)
+    # Names are checked against `event` and `data` only. Unlike a rule's condition, fields are
+    # not checked against the captioned-event schema: adapters read other systems' data.
+    return compile_fields(doc, sources, VARIABLES, prefix=(*loc, "map"))
 
 
 def _duplicates(loaded: list[tuple[Adapter, YamlDocument]]) -> list[FileError]:
@@ -486,30 +421,3 @@ def _duplicates(loaded: list[tuple[Adapter, YamlDocument]]) -> list[FileError]:
 def _at(adapter: Adapter, doc: YamlDocument, field: str) -> str:
     pos = doc.position(("adapters", adapter.position, field))
     return f"{adapter.path}:{pos.line}:{pos.column}"
-
-
-# --- pydantic errors -> file positions ---------------------------------------------
-
-
-# --- helpers -------------------------------------------------------------------------
-
-
-def _assign(out: dict[str, Any], path: list[str], value: Any) -> None:
-    for part in path[:-1]:
-        out = out.setdefault(part, {})
-    out[path[-1]] = value
-
-
-def summarize(exc: ValidationError) -> str:
-    """A pydantic error as one line: ``audio: cause; channels[0].role: cause``."""
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = format_loc(tuple(err["loc"]))
-        message = str((err.get("ctx") or {}).get("error", err["msg"]))
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

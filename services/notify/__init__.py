@@ -9,4 +9,6 @@ decides *who hears about it*, as Alertmanager does for Prometheus:
 - ``receivers``: one module per receiver type: its config model, the payload it sends, and
   how one delivery attempt is made (``send``);
 - ``model``: the plain data passed between them (:class:`Alert`, :class:`Notification`).
+- ``call_summary``, ``crm``, ``crm_cli``: CRM write-back, one summary of a captioned call and
+  its decisions, shaped by a CRM mapping file (CEL) into the CRM's own request.
 """

@@ -16,15 +16,11 @@ from dataclasses import dataclass, fields
 from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
+from services.events.models import ALERT_RAISED, ROUTE_DECIDED, RULE_FAILED, RULE_SHADOW_MATCHED, TAG_ADDED
 from services.rules.expr import Template
 from services.rules.ruleset import CompiledAction, CompiledRule
 from services.rules.schema import ActionKind, AlertSpec, EmitSpec, RouteSpec, TagSpec
 
-ROUTE_DECIDED = "com.listenpost.route.decided"
-ALERT_RAISED = "com.listenpost.alert.raised"
-TAG_ADDED = "com.listenpost.tag.added"
-RULE_SHADOW_MATCHED = "com.listenpost.rule.shadowmatched"
-RULE_FAILED = "com.listenpost.rule.failed"
 DEFAULT_PREFIX = "listenpost"
 #: Where `emit` may publish (below the prefix) unless settings say otherwise:
 #: inside what the LISTENPOST_OUT stream stores.

@@ -158,15 +158,17 @@ async def post(
     url_secret: str | None = None,
     auth: httpx.Auth | None = None,
     ok_statuses: Sequence[int] = (),
+    method: str = "POST",
 ) -> httpx.Response:
-    """POST once; the response if it is 2xx (or in ``ok_statuses``), :class:`DeliveryError` otherwise."""
+    """Send once (POST, or ``method``: the CRM writer's PUT and PATCH); the response if it is
+    2xx (or in ``ok_statuses``), :class:`DeliveryError` otherwise."""
     where = describe_url(url, secret=url_secret)
     request_headers = {"user-agent": USER_AGENT, **headers}
     try:
         if auth is None:
-            response = await client.post(url, content=content, headers=request_headers, timeout=timeout_s)
+            response = await client.request(method, url, content=content, headers=request_headers, timeout=timeout_s)
         else:
-            response = await client.post(url, content=content, headers=request_headers, timeout=timeout_s, auth=auth)
+            response = await client.request(method, url, content=content, headers=request_headers, timeout=timeout_s, auth=auth)
     except httpx.TimeoutException:
         raise DeliveryError(receiver, f"no answer from {where} within {timeout_s:g} s", retryable=True) from None
     except (httpx.InvalidURL, httpx.UnsupportedProtocol):
