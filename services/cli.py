@@ -208,7 +208,7 @@ def erase(
     call id is securely deleted, and the erasure is recorded in the audit trail (docs/privacy.md).
     """
     from services.events.audit import Actor
-    from services.events.cli import _run
+    from services.events.cli import run_as_operator
     from services.events.erasure import ErasureError, ErasureReport, erase_call
     from services.rules.state import safe_key
 
@@ -219,7 +219,9 @@ def erase(
 
     def run(dry_run: bool) -> ErasureReport:
         try:
-            return _run(nats_url, settings, lambda js: erase_call(js, settings, callid, actor=actor, key_tokens=tokens, dry_run=dry_run))
+            return run_as_operator(
+                nats_url, settings, lambda js: erase_call(js, settings, callid, actor=actor, key_tokens=tokens, dry_run=dry_run)
+            )
         except ErasureError as exc:
             err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from exc

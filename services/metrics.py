@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 Kind = Literal["counter", "gauge", "histogram"]
 
 #: Every label a listenpost metric may carry; each has a bounded set of values.
-LABELS = frozenset({"stage", "reason", "rule_id", "ruleset_version", "durable", "stream", "bucket", "label", "outcome"})
+LABELS = frozenset(
+    {"stage", "reason", "rule_id", "ruleset_version", "durable", "stream", "bucket", "label", "outcome", "receiver"}
+)
 
 #: What Ray puts before a custom metric's name on its Prometheus endpoint.
 RAY_PREFIX = "ray_"
@@ -102,6 +104,26 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("listenpost_stream_messages", "gauge", "Messages stored in a stream.", ("stream",)),
     MetricSpec("listenpost_dlq_messages", "gauge", "Dead letters stored (the DLQ depth)."),
     MetricSpec("listenpost_object_store_bytes", "gauge", "Bytes stored in an object store bucket.", ("bucket",)),
+    # --- notifications (services/notify): receivers are named in the notification file, a bounded set ---
+    MetricSpec("listenpost_notifications_queued", "counter", "Notifications queued for a receiver.", ("receiver",)),
+    MetricSpec(
+        "listenpost_notifications_skipped", "counter", "Alerts (inhibited) or routes (muted) that made no notification.", ("reason",)
+    ),
+    MetricSpec("listenpost_notifications_sent", "counter", "Notifications a receiver accepted.", ("receiver",)),
+    MetricSpec(
+        "listenpost_notifications_retried", "counter", "Failed attempts that will be tried again, by reason.", ("receiver", "reason")
+    ),
+    MetricSpec(
+        "listenpost_notifications_dead_lettered", "counter", "Notifications given up on (dead letters), by reason.", ("receiver", "reason")
+    ),
+    MetricSpec(
+        "listenpost_notification_delivery_seconds",
+        "histogram",
+        "Time from queued to accepted by the receiver, retries included.",
+        ("receiver",),
+        _LATENCY_BUCKETS,
+    ),  # fmt: skip
+    MetricSpec("listenpost_notify_dead_letters", "gauge", "Notification dead letters stored (listenpost notify list --dlq)."),
 )
 
 SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}
@@ -109,6 +131,11 @@ SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}
 # Alert hygiene outcomes (services/rules/alerting.py) and nak reasons: fixed vocabularies.
 ALERT_OUTCOMES = ("notified", "grouped", "duplicate", "silenced", "rate_limited")
 REASONS = ("timeout", "too_large", "unsupported", "invalid", "not_found", "unavailable", "retries_exhausted", "error")
+#: Why a notification was retried or dead-lettered (services/notify/delivery.py), and why none was made.
+DELIVERY_REASONS = (
+    "timeout", "unavailable", "rate_limited", "rejected", "retries_exhausted", "expired", "unknown_receiver", "error",
+)  # fmt: skip
+SKIP_REASONS = ("inhibited", "muted")
 
 _REASON_CUES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("retries_exhausted", re.compile(r"gave up after|max_?deliver", re.I)),

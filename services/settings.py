@@ -120,7 +120,7 @@ class _FixedReplicas(_ServeOptions):
 
 #: Who connects to NATS, each with its own permissions (services/events/permissions.py):
 #: producers (PBX, CRM) publish inputs; the deployments; operators' CLI; admin provisions.
-NatsRole = Literal["producer", "ingress", "preprocess", "rules", "operator", "admin"]
+NatsRole = Literal["producer", "ingress", "preprocess", "rules", "notify", "operator", "admin"]
 
 
 class NatsAuth(_Group):
@@ -168,7 +168,7 @@ class NatsSettings(_Group):
     )
     roles: dict[NatsRole, NatsAuth] = Field(
         default_factory=dict,
-        description="An identity per role (producer, ingress, preprocess, rules, operator, admin), each with only "
+        description="An identity per role (producer, ingress, preprocess, rules, notify, operator, admin), each with only "
         "the permissions it needs (deploy/nats-server.conf); e.g. LISTENPOST_NATS__ROLES__RULES__CREDS_FILE.",
     )
     tls_ca_file: Path | None = Field(default=None, description="CA that signed the server's certificate (turns TLS on).")
@@ -625,6 +625,67 @@ class NotifySettings(_Group):
         description="CRM mapping files (`kind: CrmMapping`, *.yaml): how a call's summary becomes a CRM's request "
         "(docs/notifications.md, CRM write-back).",
     )
+    reload_interval_s: PositiveFloat = Field(
+        default=5.0, description="How often the notification file is checked for changes (a broken edit keeps the last good)."
+    )
+    # Delivery (services/notify/delivery.py, queue.py, sender.py): the LISTENPOST_NOTIFY stream holds
+    # queued notifications (`<prefix>.notify.send.<receiver>`) and dead letters (`<prefix>.notify.dlq.<receiver>`).
+    stream: str = Field(
+        default="LISTENPOST_NOTIFY",
+        description="Stream of queued notifications and their dead letters (work-queue retention: a sent "
+        "notification leaves it; a dead letter stays until replayed, or stream_max_age_s).",
+    )
+    queue_durable: str = Field(
+        default="listenpost-notify-queue", description="Durable consumer of alert decisions (LISTENPOST_OUT) that queues notifications."
+    )
+    send_durable: str = Field(default="listenpost-notify-send", description="Durable consumer of queued notifications (the sender).")
+    firing_bucket: str = Field(
+        default="LISTENPOST_NOTIFY_FIRING",
+        description="KV: the alerts firing now, which inhibition rules read (kept across restarts of the notifier).",
+    )
+    firing_s: PositiveFloat = Field(
+        default=3600.0,
+        description="How long an alert counts as firing for inhibition after it was last raised (decisions carry no "
+        "end yet); also the firing bucket's TTL.",
+    )
+    max_msgs: PositiveInt = Field(
+        default=100_000, description="Most notifications and dead letters in the stream; beyond it a new one is refused "
+        "(the alert decision is retried later), nothing stored is dropped."
+    )
+    max_bytes: PositiveInt = Field(default=256 * 1024**2, description="Most bytes in the notification stream (refused beyond).")
+    stream_max_age_s: PositiveFloat = Field(
+        default=30 * 24 * 3600.0, description="Dead letters older than this expire from the notification stream."
+    )
+    max_attempts: PositiveInt = Field(
+        default=8, description="Delivery attempts of one notification before it is dead-lettered."
+    )
+    max_age_s: PositiveFloat = Field(
+        default=24 * 3600.0,
+        description="A notification not delivered this long after it was queued (or replayed) is dead-lettered, "
+        "however many attempts it had: stale news is not sent late.",
+    )
+    backoff_base_s: PositiveFloat = Field(default=2.0, description="Delay before the second attempt; doubled for each one after.")
+    backoff_max_s: PositiveFloat = Field(
+        default=300.0, description="Longest delay between attempts (a receiver's Retry-After may ask for more)."
+    )
+    retry_after_max_s: PositiveFloat = Field(
+        default=3600.0, description="Longest Retry-After honoured; a receiver asking more is dead-lettered at once."
+    )
+    concurrency: PositiveInt = Field(default=4, description="Deliveries in flight to one receiver at once.")
+    max_in_flight: PositiveInt = Field(
+        default=64, description="Notifications the sender holds at once, all receivers together (waiting for a slot included)."
+    )
+
+    @model_validator(mode="after")
+    def _bounded_delivery(self) -> NotifySettings:
+        if self.max_age_s >= self.stream_max_age_s:
+            raise ValueError(
+                f"max_age_s ({self.max_age_s:g} s) must be shorter than stream_max_age_s ({self.stream_max_age_s:g} s), "
+                "or the stream would expire a queued notification before the sender dead-letters it"
+            )
+        if self.backoff_base_s > self.backoff_max_s:
+            raise ValueError("backoff_base_s must not exceed backoff_max_s")
+        return self
 
 
 class IngressSettings(_FixedReplicas):

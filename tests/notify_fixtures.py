@@ -67,6 +67,8 @@ class Request:
     path: str
     headers: dict[str, str]  # lower-case names
     body: bytes
+    at: float = 0.0  # time.monotonic() when it arrived
+    status: int = 0  # what the server answered
 
 
 @dataclass
@@ -78,10 +80,10 @@ class Reply:
 
 
 class RecordingServer:
-    """A real HTTP/1.1 server on 127.0.0.1: records requests, answers the scripted replies in
-    order (then the default ``Reply()``)."""
+    """A real HTTP/1.1 server on 127.0.0.1 (``port`` 0: any free one): records requests, answers
+    the scripted replies in order (then the default ``Reply()``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests: list[Request] = []
         self.replies: list[Reply] = []
         owner = self
@@ -92,10 +94,10 @@ class RecordingServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
-                owner.requests.append(
-                    Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                )
+                request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
+                owner.requests.append(request)
                 reply = owner.replies.pop(0) if owner.replies else Reply()
+                request.status = reply.status
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 try:
@@ -113,7 +115,7 @@ class RecordingServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

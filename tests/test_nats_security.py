@@ -157,6 +157,35 @@ async def test_the_preprocessor_reads_its_buckets_and_no_other(provisioned: Nats
         await preprocess.nc.close()
 
 
+async def test_the_notifier_queues_notifications_but_cannot_forge_a_decision_or_read_inputs(provisioned: NatsSettings) -> None:
+    notifier = await _session(provisioned, "notify")
+    try:
+        js = notifier.nc.jetstream(timeout=1)
+        # Its own subjects: a queued notification and a dead letter.
+        ack = await js.publish(CFG.subject("notify", "send", "ops"), b"{}", timeout=5)
+        assert ack.stream == SETTINGS.notify.stream
+        await js.publish(CFG.subject("notify", "dlq", "ops"), b"{}", timeout=5)
+        # Not a decision: it reads alerts, it never raises one.
+        with pytest.raises(NatsTimeoutError):
+            await js.publish(CFG.subject("alerts", "critical"), b'{"forged": true}', timeout=1)
+        assert await notifier.refused(f'publish to "{CFG.subject("alerts", "critical")}"')
+        # Not the input stream, neither message by message nor through the ingress's durable.
+        with pytest.raises(NatsTimeoutError):
+            await js.get_msg(CFG.in_stream, 1)
+        assert await notifier.refused(f"$JS.API.STREAM.MSG.GET.{CFG.in_stream}")
+        inputs = await js.pull_subscribe_bind(CFG.ingest_durable, CFG.in_stream)
+        with pytest.raises(NatsTimeoutError):
+            await inputs.fetch(1, timeout=1)
+        assert await notifier.refused(f"$JS.API.CONSUMER.MSG.NEXT.{CFG.in_stream}.{CFG.ingest_durable}")
+        # Nor another durable of the decisions' stream (the rules engine's reads every captioned event).
+        rules = await js.pull_subscribe_bind(CFG.rules_durable, CFG.out_stream)
+        with pytest.raises(NatsTimeoutError):
+            await rules.fetch(1, timeout=1)
+        assert await notifier.refused(f"$JS.API.CONSUMER.MSG.NEXT.{CFG.out_stream}.{CFG.rules_durable}")
+    finally:
+        await notifier.nc.close()
+
+
 async def test_a_role_cannot_read_another_roles_replies(provisioned: NatsSettings) -> None:
     producer = await _session(provisioned, "producer")
     try:

@@ -29,7 +29,7 @@ from services.events.jetstream import derive_msg_id, provision, publish_event, s
 from services.events.models import AUDIO_SUBMITTED
 from services.ingest.adapters import AdapterSet
 from services.ingest.http import HttpIngest, app_for, http_app
-from services.settings import ApiKey, HttpSettings, NatsSettings
+from services.settings import ApiKey, HttpSettings, NatsSettings, NotifySettings
 
 KEY = "k-3f9a1c-bounded-0123456789abcdef-streams"
 DATA = {"audio": {"uri": "file:///calls/1.wav"}}
@@ -59,6 +59,11 @@ def test_every_stream_that_can_grow_has_byte_and_message_limits() -> None:
     assert (inputs.max_msgs, inputs.max_bytes, inputs.discard) == (7, 7000, DiscardPolicy.NEW)
     assert (outputs.max_msgs, outputs.max_bytes, outputs.discard) == (8, 8000, DiscardPolicy.OLD)
     assert (dlq.max_msgs, dlq.max_bytes, dlq.discard, dlq.max_age) == (9, 9000, DiscardPolicy.NEW, 3600)
+    # Notifications and their dead letters: a full stream refuses a new one, never drops one unsent.
+    notify = NotifySettings(max_msgs=10, max_bytes=10_000, stream_max_age_s=7200, max_age_s=3600)
+    queued = {c.name: c for c in stream_configs(cfg, notify=notify)}[notify.stream]
+    assert (queued.max_msgs, queued.max_bytes, queued.discard, queued.max_age) == (10, 10_000, DiscardPolicy.NEW, 7200)
+    assert queued.retention == RetentionPolicy.WORK_QUEUE
 
 
 async def test_provision_bounds_a_stream_created_without_limits(server: EmbeddedNatsServer) -> None:

@@ -52,6 +52,7 @@ Action = Literal[
     "silence.expire",
     "ruleset.activate",
     "erase",
+    "notify.replay",
 ]
 ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]
 ActorKind = Literal["key", "nats", "cli", "service"]

@@ -33,12 +33,14 @@ NatsUrl = Annotated[
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _run(option: str | None, settings: Settings, work: Callable[[JetStreamContext], Awaitable[T]]) -> T:
+def run_as_operator(
+    option: str | None, settings: Settings, work: Callable[[JetStreamContext], Awaitable[T]], *, name: str = "listenpost-dlq"
+) -> T:
     """Run ``work`` as the operator on the NATS this command is pointed at; a sentence, not a
     traceback, when NATS cannot be reached or refuses the identity."""
     try:
         cfg = command_settings(option, settings.nats)
-        return asyncio.run(with_jetstream(cfg, work, name="listenpost-dlq"))
+        return asyncio.run(with_jetstream(cfg, work, name=name))
     except NatsConnectError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from exc
@@ -79,7 +81,7 @@ def dlq_list(
         raise typer.BadParameter("give --after or --since, not both")
     start = _since(since) if since is not None else None
     settings = Settings()
-    page = _run(
+    page = run_as_operator(
         nats_url,
         settings,
         lambda js: page_dead_letters(js, settings, stage=stage, after=after or 0, since=start, limit=limit),
@@ -138,21 +140,21 @@ def dlq_replay(
         return await replay(js, settings, seq=seq, original_id=original_id, all=all_, stage=stage)
 
     try:
-        report = _run(nats_url, settings, work)
+        report = run_as_operator(nats_url, settings, work)
     except DeadLetterError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from exc
     if as_json:
         console.print_json(report.model_dump_json())
     else:
-        _print_report(report)
+        print_replay_report(report)
     if report.unaudited:
         err.print(f"[red]audit:[/] {report.unaudited} replay(s) not recorded in the audit trail (see the log)")
     if not report.ok or report.unaudited:
         raise typer.Exit(1)
 
 
-def _print_report(report: ReplayReport) -> None:
+def print_replay_report(report: ReplayReport) -> None:
     if report.replayed:
         table = Table(title=f"replayed {len(report.replayed)}")
         for column in ("seq", "original id", "subject", "stored in", "note"):
@@ -187,7 +189,7 @@ def audit_list(
     settings = Settings()
     try:
         start = parse_since(since)
-        records = _run(
+        records = run_as_operator(
             nats_url,
             settings,
             lambda js: list_records(js, settings.nats, settings.audit, since=start, action=action, limit=limit),

@@ -49,11 +49,17 @@ log = logging.getLogger(__name__)
 
 
 class RetryLater(EventsError):
-    """A transient fault: redeliver the message later (after ``delay_s``, else the consumer's delay)."""
+    """A transient fault: redeliver the message later (after ``delay_s``, else the consumer's delay).
 
-    def __init__(self, reason: str, delay_s: float | None = None) -> None:
+    The consumer doubles the delay with each delivery, up to its longest; ``exact``: the handler
+    worked out its own back-off (the notification sender: jitter, a receiver's Retry-After), and
+    the message is redelivered after ``delay_s`` as given.
+    """
+
+    def __init__(self, reason: str, delay_s: float | None = None, *, exact: bool = False) -> None:
         super().__init__(plain_reason(reason))  # it ends up in logs and, at the last try, a dead letter
         self.delay_s = delay_s
+        self.exact = exact and delay_s is not None
 
 
 @dataclass(frozen=True)
@@ -147,14 +153,23 @@ class PullConsumer:
             return None
         return self._loop_task.exception() or RuntimeError(f"consumer {self._durable} stopped")
 
-    async def stop(self, drain_timeout_s: float = 30.0) -> None:
-        """Stop fetching; let messages in flight finish (un-acked ones are redelivered later)."""
+    async def stop(self, drain_timeout_s: float = 30.0, *, cancel: bool = False) -> None:
+        """Stop fetching; let messages in flight finish (un-acked ones are redelivered later).
+
+        ``cancel``: handlers still running after ``drain_timeout_s`` are cancelled (their
+        messages are redelivered after AckWait), so nothing works on after the stop, as after
+        a process exit; the caller may then close what the handlers use."""
         self._stopping.set()
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._loop_task, drain_timeout_s)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=drain_timeout_s)
+        if cancel and self._tasks:
+            left = list(self._tasks)
+            for task in left:
+                task.cancel()
+            await asyncio.wait(left)
 
     def resubscribe(self) -> None:
         """Make a fresh pull subscription before the next fetch (call after a reconnect).
@@ -247,7 +262,7 @@ class PullConsumer:
                 log.exception("handler failed on %s", msg.subject)
             await self._retry_or_give_up(msg, failure, delay_s=self._retry_delay_s)
         except RetryLater as exc:
-            await self._retry_or_give_up(msg, exc, delay_s=exc.delay_s or self._retry_delay_s)
+            await self._retry_or_give_up(msg, exc, delay_s=exc.delay_s or self._retry_delay_s, exact=exc.exact)
         except Poison as exc:
             await self._poison(msg, exc)
         except Exception as exc:  # a bug or an unforeseen fault: bounded retries, then dead-letter
@@ -262,14 +277,15 @@ class PullConsumer:
             heartbeat.cancel()
             self._slots.release()
 
-    async def _retry_or_give_up(self, msg: Msg, exc: Exception, *, delay_s: float) -> None:
+    async def _retry_or_give_up(self, msg: Msg, exc: Exception, *, delay_s: float, exact: bool = False) -> None:
         deliveries = msg.metadata.num_delivered
         if deliveries >= self._max_deliver:
             reason = f"gave up after {deliveries} deliveries: {plain_error_type(type(exc).__name__)}: {exc}"
             await self._poison(msg, Poison("retry", reason, error=type(exc).__name__))
             return
-        # Doubling delays: a restarting engine gets room, a blip costs little.
-        delay_s = min(delay_s * 2 ** (deliveries - 1), self._retry_delay_max_s)
+        if not exact:
+            # Doubling delays: a restarting engine gets room, a blip costs little.
+            delay_s = min(delay_s * 2 ** (deliveries - 1), self._retry_delay_max_s)
         if await _settle(msg.nak(delay=delay_s)):
             self.stats.naked += 1
             recorder().inc("listenpost_events_naked", durable=self._durable, reason=reason_label(type(exc).__name__, str(exc)))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,7 +33,7 @@ from urllib.parse import unquote
 import nats.errors
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, RawStreamMsg
 from nats.js.errors import NoStreamResponseError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -56,6 +56,7 @@ __all__ = [
     "list_dead_letters",
     "page_dead_letters",
     "replay",
+    "republish_then_delete",
 ]
 
 # Publish controls of the first publish, not part of the message: a stale
@@ -417,6 +418,43 @@ def replayable_subject(subject: str, settings: Settings) -> bool:
     return (subject.startswith(inputs) and len(subject) > len(inputs)) or subject in settings.rules.subjects(cfg)
 
 
+async def republish_then_delete(
+    js: JetStreamContext,
+    *,
+    dlq_stream: str,
+    seq: int,
+    subject: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeout_s: float,
+) -> PubAck:
+    """Publish what a dead letter holds, await JetStream's ack, then delete the dead letter
+    (``seq`` of ``dlq_stream``): never the other way round, so a crash in between leaves both.
+
+    The ``Nats-Msg-Id`` comes from the dead letter's sequence, so the next replay of the same
+    dead letter is dropped by JetStream as a repeat (and then deletes it). Also used by
+    ``notify replay`` (services/notify/deadletters.py)."""
+    sent = {k: v for k, v in headers.items() if not k.lower().startswith(_CONTROL_HEADERS)}
+    # A new id: the original's Nats-Msg-Id may still be in the stream's dedup window.
+    sent["Nats-Msg-Id"] = derive_msg_id("replay", dlq_stream, str(seq))
+    try:
+        ack = await js.publish(subject, body, headers=sent, timeout=timeout_s)
+    except NoStreamResponseError:
+        raise DeadLetterError(f"no stream stores subject {subject!r}; dead letter kept") from None
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise DeadLetterError(f"republishing failed ({type(exc).__name__}: {exc}); dead letter kept") from exc
+    try:
+        await js.delete_msg(dlq_stream, seq)
+    except NotFoundError:
+        pass  # a concurrent replay got there first; the original is stored either way
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise DeadLetterError(
+            f"republished (stream {ack.stream} seq {ack.seq}) but the dead letter could not be deleted "
+            f"({type(exc).__name__}: {exc}); replaying it again is safe: JetStream drops the repeat"
+        ) from exc
+    return ack
+
+
 async def _replay_one(js: JetStreamContext, settings: Settings, letter: DeadLetter, timeout_s: float) -> Replayed:
     cfg = settings.nats
     original = letter.original or await _stored_original(js, settings, letter)
@@ -427,24 +465,10 @@ async def _replay_one(js: JetStreamContext, settings: Settings, letter: DeadLett
             f"not replayed: {original.subject!r} is not an input of listenpost "
             f"({cfg.subject('in', '>')} or what the rules consume); dead letter kept"
         )
-    headers = {k: v for k, v in original.headers.items() if not k.lower().startswith(_CONTROL_HEADERS)}
-    # A new id: the original's Nats-Msg-Id may still be in the input's dedup window.
-    headers["Nats-Msg-Id"] = derive_msg_id("replay", cfg.dlq_stream, str(letter.seq))
-    try:
-        ack = await js.publish(original.subject, original.body(), headers=headers, timeout=timeout_s)
-    except NoStreamResponseError:
-        raise DeadLetterError(f"no stream stores subject {original.subject!r}; dead letter kept") from None
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise DeadLetterError(f"republishing failed ({type(exc).__name__}: {exc}); dead letter kept") from exc
-    try:
-        await js.delete_msg(cfg.dlq_stream, letter.seq)
-    except NotFoundError:
-        pass  # a concurrent replay got there first; the original is stored either way
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise DeadLetterError(
-            f"republished (stream {ack.stream} seq {ack.seq}) but the dead letter could not be deleted "
-            f"({type(exc).__name__}: {exc}); replaying it again is safe: JetStream drops the repeat"
-        ) from exc
+    ack = await republish_then_delete(
+        js, dlq_stream=cfg.dlq_stream, seq=letter.seq, subject=original.subject, body=original.body(),
+        headers=original.headers, timeout_s=timeout_s,
+    )  # fmt: skip
     if letter.original_ref is not None:
         # The stored original has served its purpose; it would expire with the DLQ's max age anyway.
         await delete_object(js, letter.original_ref)

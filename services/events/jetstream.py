@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
@@ -33,7 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 from services.events.binding import encode_binary, encode_structured
 from services.events.bounds import StreamFullError, stream_full
 from services.events.errors import EventsError
-from services.settings import AuditSettings, NatsSettings, RetentionSettings, Settings
+from services.settings import AuditSettings, NatsSettings, NotifySettings, RetentionSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,23 @@ class NotProvisionedError(EventsError, RuntimeError):
     """A stream listenpost needs is missing (and this identity may not create it), or cannot be made."""
 
 
+def notify_subject(cfg: NatsSettings, kind: Literal["send", "dlq"], receiver: str = ">") -> str:
+    """``<prefix>.notify.send.<receiver>`` (queued notifications) or ``<prefix>.notify.dlq.<receiver>``
+    (their dead letters); ``>``: every receiver's. A receiver's name is one token: its dots (which
+    names may have) are written as ``_``; the message itself names the receiver exactly."""
+    return cfg.subject("notify", kind, receiver if receiver in (">", "") else receiver.replace(".", "_"))
+
+
 def stream_configs(
-    cfg: NatsSettings, *, audit: AuditSettings | None = None, retention: RetentionSettings | None = None
+    cfg: NatsSettings,
+    *,
+    audit: AuditSettings | None = None,
+    retention: RetentionSettings | None = None,
+    notify: NotifySettings | None = None,
 ) -> list[StreamConfig]:
     audit = audit or AuditSettings()
     retention = retention or RetentionSettings()
+    notify = notify or NotifySettings()
     return [
         # Work-queue retention removes a message once acked; DiscardPolicy.NEW
         # refuses new input when full rather than deleting unconsumed input.
@@ -136,25 +149,64 @@ def stream_configs(
             deny_delete=True,
             deny_purge=True,
         ),
+        # Notifications waiting for their receiver, and those that never reached it. Work-queue
+        # retention: the sender's ack removes a delivered one; a dead letter has no consumer, so it
+        # stays until `notify replay` (or max_age). Full: a new notification is refused (the alert
+        # decision is retried later), never an older one dropped unsent.
+        StreamConfig(
+            name=notify.stream,
+            subjects=[notify_subject(cfg, "send"), notify_subject(cfg, "dlq")],
+            retention=RetentionPolicy.WORK_QUEUE,
+            discard=DiscardPolicy.NEW,
+            storage=StorageType.FILE,
+            max_age=notify.stream_max_age_s,
+            max_msgs=notify.max_msgs,
+            max_bytes=notify.max_bytes,
+            duplicate_window=cfg.duplicate_window_s,
+        ),
     ]
 
 
-def consumer_configs(cfg: NatsSettings, rules_subjects: list[str]) -> dict[str, ConsumerConfig]:
-    """Durable pull consumers, keyed by stream. MaxDeliver is always bounded."""
+def consumer_configs(
+    cfg: NatsSettings, rules_subjects: list[str], notify: NotifySettings | None = None
+) -> list[tuple[str, ConsumerConfig]]:
+    """Durable pull consumers, as (stream, config). MaxDeliver is always bounded."""
+    notify = notify or NotifySettings()
     common: dict[str, Any] = {
         "ack_policy": AckPolicy.EXPLICIT,
         "ack_wait": cfg.ack_wait_s,
         "max_deliver": cfg.max_deliver,
     }
-    return {
-        cfg.in_stream: ConsumerConfig(
-            durable_name=cfg.ingest_durable, filter_subject=cfg.subject("in", ">"), **common
+    return [
+        (cfg.in_stream, ConsumerConfig(durable_name=cfg.ingest_durable, filter_subject=cfg.subject("in", ">"), **common)),
+        (cfg.out_stream, ConsumerConfig(durable_name=cfg.rules_durable, filter_subjects=rules_subjects, **common)),
+        (cfg.advisory_stream, ConsumerConfig(durable_name=cfg.advisory_durable, **common)),
+        # Alert decisions, turned into notifications (services/notify/queue.py).
+        # Only decisions stored after it is made: a new deployment does not notify a week of history.
+        (
+            cfg.out_stream,
+            ConsumerConfig(
+                durable_name=notify.queue_durable,
+                filter_subject=cfg.subject("alerts", ">"),
+                deliver_policy=DeliverPolicy.NEW,
+                **common,
+            ),
         ),
-        cfg.out_stream: ConsumerConfig(
-            durable_name=cfg.rules_durable, filter_subjects=rules_subjects, **common
+        # Queued notifications. The sender counts attempts itself and dead-letters at max_attempts;
+        # the margin lets a crash mid-attempt (redelivered after AckWait) not end it early.
+        (
+            notify.stream,
+            ConsumerConfig(
+                durable_name=notify.send_durable,
+                filter_subject=notify_subject(cfg, "send"),
+                **{**common, "max_deliver": notify.max_attempts + NOTIFY_DELIVER_MARGIN},
+            ),
         ),
-        cfg.advisory_stream: ConsumerConfig(durable_name=cfg.advisory_durable, **common),
-    }
+    ]
+
+
+#: Deliveries the notification sender's consumer allows beyond notify.max_attempts.
+NOTIFY_DELIVER_MARGIN = 2
 
 
 async def provision(
@@ -164,12 +216,13 @@ async def provision(
     *,
     audit: AuditSettings | None = None,
     retention: RetentionSettings | None = None,
+    notify: NotifySettings | None = None,
 ) -> None:
     """Create or update the streams and durable consumers; safe to run at every start.
 
-    ``audit`` and ``retention`` default to their default settings: services pass theirs.
+    ``audit``, ``retention`` and ``notify`` default to their default settings: services pass theirs.
     """
-    for config in stream_configs(cfg, audit=audit, retention=retention):
+    for config in stream_configs(cfg, audit=audit, retention=retention, notify=notify):
         assert config.name is not None, "stream_configs() names every stream"
         try:
             try:
@@ -189,7 +242,7 @@ async def provision(
                 ) from exc
             raise
     subjects = rules_subjects or [cfg.subject("captioned")]
-    for stream, consumer in consumer_configs(cfg, subjects).items():
+    for stream, consumer in consumer_configs(cfg, subjects, notify):
         # Creating a durable with an identical config is a no-op on the server;
         # a changed config is applied as an update.
         await js.add_consumer(stream, consumer)
@@ -201,7 +254,7 @@ async def ensure_provisioned(js: JetStreamContext, settings: Settings) -> None:
     if settings.nats.provision_on_start:
         await provision_everything(js, settings)
         return
-    for config in stream_configs(settings.nats, audit=settings.audit, retention=settings.retention):
+    for config in stream_configs(settings.nats, audit=settings.audit, retention=settings.retention, notify=settings.notify):
         try:
             await js.stream_info(config.name or "")
         except NotFoundError:
@@ -219,6 +272,8 @@ def bucket_configs(settings: Settings) -> tuple[list[KeyValueConfig], list[Objec
         KeyValueConfig(bucket=rules.state_bucket, history=1, ttl=rules.state_ttl_s, storage=StorageType.FILE),
         KeyValueConfig(bucket=rules.silence_bucket, history=1, storage=StorageType.FILE),
         KeyValueConfig(bucket=rules.status_bucket, history=1, storage=StorageType.FILE),
+        # An alert stops firing (for inhibition) when its key expires.
+        KeyValueConfig(bucket=settings.notify.firing_bucket, history=1, ttl=settings.notify.firing_s, storage=StorageType.FILE),
     ]
     objects = [
         # An object lives as long as the event or dead letter that names it.
@@ -238,7 +293,9 @@ async def provision_everything(js: JetStreamContext, settings: Settings) -> None
     from services.events.retention import provision_audio_buckets
 
     nats = settings.nats
-    await provision(js, nats, settings.rules.subjects(nats), audit=settings.audit, retention=settings.retention)
+    await provision(
+        js, nats, settings.rules.subjects(nats), audit=settings.audit, retention=settings.retention, notify=settings.notify
+    )
     await provision_audio_buckets(js, settings.preprocess.object_buckets, settings.retention)
     kv, objects = bucket_configs(settings)
     for kv_config in kv:

@@ -1,4 +1,4 @@
-"""JetStream state as metrics: consumer lag, stream sizes, DLQ depth, object store bytes.
+"""JetStream state as metrics: consumer lag, stream sizes, DLQ depths, object store bytes.
 
 :func:`poll` asks the server (STREAM.INFO and CONSUMER.INFO only, which the ingress role
 may do) and returns plain readings; :func:`record` sets them as gauges. The Ingress runs
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 from pydantic import BaseModel
 
-from services.events.jetstream import TRANSIENT_NATS_ERRORS
+from services.events.jetstream import TRANSIENT_NATS_ERRORS, notify_subject
 from services.metrics import Recorder, recorder
 from services.settings import Settings
 
@@ -31,18 +31,23 @@ class Reading:
 
 async def poll(js: JetStreamContext, settings: Settings) -> list[Reading]:
     """One reading of every stream, durable and bucket listenpost works with."""
-    nats = settings.nats
+    nats, notify = settings.nats, settings.notify
     out: list[Reading] = []
-    for stream in (nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream):
+    for stream in (nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, notify.stream):
         state = (await js.stream_info(stream)).state
         out.append(Reading("listenpost_stream_bytes", state.bytes, (("stream", stream),)))
         out.append(Reading("listenpost_stream_messages", state.messages, (("stream", stream),)))
         if stream == nats.dlq_stream:
             out.append(Reading("listenpost_dlq_messages", state.messages))
+    # The notification stream holds the queue and its dead letters: the server counts them by subject.
+    by_subject = (await js.stream_info(notify.stream, subjects_filter=notify_subject(nats, "dlq"))).state.subjects or {}
+    out.append(Reading("listenpost_notify_dead_letters", sum(by_subject.values())))
     for stream, durable in (
         (nats.in_stream, nats.ingest_durable),
         (nats.advisory_stream, nats.advisory_durable),
         (nats.out_stream, nats.rules_durable),
+        (nats.out_stream, notify.queue_durable),
+        (notify.stream, notify.send_durable),
     ):
         info = await js.consumer_info(stream, durable)
         out.append(Reading("listenpost_consumer_pending_messages", info.num_pending or 0, (("durable", durable),)))

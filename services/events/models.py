@@ -262,7 +262,7 @@ class AudioCaptioned(BaseModel):
     )
 
 
-Stage = Literal["decode-event", "validate", "fetch", "decode-audio", "preprocess", "caption", "publish", "rules", "retry"]
+Stage = Literal["decode-event", "validate", "fetch", "decode-audio", "preprocess", "caption", "publish", "rules", "notify", "retry"]
 
 
 class AudioFailed(BaseModel):

@@ -22,6 +22,7 @@ from typing import get_args
 
 from pydantic import BaseModel
 
+from services.events.jetstream import notify_subject
 from services.settings import NatsRole, Settings
 
 ROLES: tuple[NatsRole, ...] = get_args(NatsRole)
@@ -103,7 +104,7 @@ def _object_deleter(bucket: str) -> list[str]:
 
 def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
     """Every role's permissions for these settings (prefix, stream, bucket and durable names)."""
-    nats, rules = settings.nats, settings.rules
+    nats, rules, notify = settings.nats, settings.rules, settings.notify
     prefix = nats.subject_prefix
     inputs = nats.subject("in", ">")
     captioned = nats.subject("captioned")
@@ -116,9 +117,10 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         *(nats.subject(s) for s in rules.emit_subjects),
     ]
     audio_buckets = settings.preprocess.object_buckets
-    event_streams = [nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream]
+    notify_send, notify_dlq = notify_subject(nats, "send"), notify_subject(nats, "dlq")
+    event_streams = [nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, notify.stream]
     streams = [*event_streams, settings.audit.stream]
-    kv_buckets = [rules.state_bucket, rules.silence_bucket, rules.status_bucket]
+    kv_buckets = [rules.state_bucket, rules.silence_bucket, rules.status_bucket, notify.firing_bucket]
     object_buckets = [*audio_buckets, nats.outputs_bucket, nats.dlq_bucket]
 
     def inbox(role: NatsRole) -> str:
@@ -132,8 +134,10 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         *_durable(nats.in_stream, nats.ingest_durable),
         *_durable(nats.advisory_stream, nats.advisory_durable),
         *(_api("STREAM.INFO", s) for s in streams),
-        # The metrics poller (services/events/jsstate.py) reads the rules engine's lag too.
+        # The metrics poller (services/events/jsstate.py) reads the rules engine's and notifier's lag too.
         _api("CONSUMER.INFO", nats.out_stream, nats.rules_durable),
+        _api("CONSUMER.INFO", nats.out_stream, notify.queue_durable),
+        _api("CONSUMER.INFO", notify.stream, notify.send_durable),
         # An advisory names an input by sequence: read it to dead-letter it, then remove it.
         _api("STREAM.MSG.GET", nats.in_stream),
         _api("STREAM.MSG.DELETE", nats.in_stream),
@@ -155,7 +159,22 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         *_object_reader(nats.outputs_bucket),  # captions too large for a message
         *_object_deleter(nats.dlq_bucket),  # originals too large for a dead letter
     ]
-    replayable = [inputs, *(nats.subject(s) for s in rules.consume_subjects)]
+    # The notifier: alert decisions in through its own durable, notifications queued, sent
+    # (through its other durable) or dead-lettered, and the alerts firing now. No other stream,
+    # no decision, no input.
+    notifier = [
+        *(_api("STREAM.INFO", s) for s in streams),  # checks at start that an admin provisioned them
+        notify_send,
+        notify_dlq,
+        # A decision or a message that can never be read: a dead letter of the events' DLQ.
+        nats.subject("dlq", "notify"),
+        nats.subject("dlq", "retry"),
+        *_durable(nats.out_stream, notify.queue_durable),
+        *_durable(notify.stream, notify.send_durable),
+        *_kv_writer(notify.firing_bucket),
+    ]
+    # `dlq replay` republishes inputs and what the rules consume; `notify replay`, notifications.
+    replayable = [inputs, *(nats.subject(s) for s in rules.consume_subjects), notify_send]
     operator = [
         *replayable,
         audit,
@@ -187,6 +206,7 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
             publish=[p for b in audio_buckets for p in _object_reader(b)], subscribe=[inbox("preprocess")]
         ),
         "rules": Permissions(publish=rules_engine, subscribe=[inbox("rules")]),
+        "notify": Permissions(publish=notifier, subscribe=[inbox("notify")]),
         # `listenpost submit` watches the outcome of what it sent as core messages.
         "operator": Permissions(publish=operator, subscribe=[inbox("operator"), f"{prefix}.>"]),
         "admin": Permissions(publish=[">"], subscribe=[">"]),

@@ -1,7 +1,9 @@
-"""``listenpost notify ...``: the notification file, checked and tried.
+"""``listenpost notify ...``: the notification file, checked and tried; the queue and its dead letters.
 
     check [FILE]                         validate the file, summarise it (errors: file:line:column: cause)
     routes test [--at TIME] LABEL=VALUE  the receivers an alert with these labels reaches (``amtool config routes test``)
+    list [--dlq] [--receiver NAME]       notifications waiting for their receiver, or dead-lettered
+    replay ID... | --all [--receiver N]  send dead-lettered notifications again (like ``dlq replay``)
 """
 
 from __future__ import annotations
@@ -187,3 +189,100 @@ def rule_test_routes(path: Path) -> Callable[[Mapping[str, str]], list[str]]:
     except NotifyConfigError as exc:
         raise ValueError(str(exc)) from exc
     return lambda labels: receivers(config, labels)
+
+
+# --- the queue and its dead letters (services/notify/deadletters.py) ----------------------------
+
+NatsUrlOpt = Annotated[str | None, typer.Option("--nats-url", help="Default: settings, else the running `listenpost serve`.")]
+ReceiverOpt = Annotated[str | None, typer.Option("--receiver", help="Only this receiver's.")]
+
+
+@notify_app.command("list")
+def notify_list(
+    dlq: Annotated[bool, typer.Option("--dlq", help="Dead letters (given up on) instead of the queue.")] = False,
+    receiver: ReceiverOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Entries per page.")] = 50,
+    after: Annotated[int, typer.Option("--after", min=0, help="Start after this stream sequence (the next page).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    nats_url: NatsUrlOpt = None,
+) -> None:
+    """Notifications waiting for their receiver (or, with --dlq, given up on), oldest first."""
+    from services.events.cli import run_as_operator, shown
+    from services.notify.deadletters import page_entries
+    from services.settings import Settings
+
+    settings = Settings()
+    page = run_as_operator(
+        nats_url, settings, lambda js: page_entries(js, settings, dead=dlq, receiver=receiver, after=after, limit=limit),
+        name="listenpost-notify",
+    )  # fmt: skip
+    if as_json:
+        sys.stdout.write(json.dumps([e.model_dump(mode="json") for e in page.entries], indent=2) + "\n")
+        return
+    what = "dead letters" if dlq else "queued notifications"
+    if not page.entries:
+        console.print(f"no {what}{f' of {receiver}' if receiver else ''} in {settings.notify.stream}", highlight=False)
+        return
+    now = datetime.now(UTC)
+    table = Table(title=f"{settings.notify.stream}: {page.total} {what}", title_justify="left")
+    for column in ("id", "receiver", "alerts", "attempts", "last error", "age"):
+        table.add_column(column, overflow="fold")
+    for entry in page.entries:
+        error = entry.last_error or entry.reason
+        if entry.status is not None and entry.response_excerpt and entry.response_excerpt not in error:
+            error += f" [{entry.status}: {entry.response_excerpt}]"
+        if entry.last_error and entry.reason:
+            error += f"; {entry.reason}"
+        age = entry.age_s(now)
+        table.add_row(
+            f"{entry.seq}\n{shown(entry.notification_id) or '?'}",
+            shown(entry.receiver) or "?",
+            f"{entry.alerts}: {shown(entry.summary)}" if entry.alerts else "-",
+            str(entry.attempts) if entry.attempts is not None else "-",
+            shown(error) or "-",
+            _seconds(round(age)) if age is not None else "?",
+        )
+    console.print(table)
+    if page.next_after is not None:
+        console.print(f"more: listenpost notify list{' --dlq' if dlq else ''} --after {page.next_after}", highlight=False)
+
+
+@notify_app.command("replay")
+def notify_replay(
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="Dead letters: stream sequences or notification ids (see `notify list --dlq`).")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter (of --receiver, if given).")] = False,
+    receiver: ReceiverOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    nats_url: NatsUrlOpt = None,
+) -> None:
+    """Send dead-lettered notifications again, then delete the dead letters.
+
+    Run it once the receiver is fixed: a notification that fails again is dead-lettered again.
+    """
+    from services.events.cli import print_replay_report, run_as_operator
+    from services.events.dlq import DeadLetterError
+    from services.notify.deadletters import replay_notifications
+    from services.settings import Settings
+
+    if bool(ids) == all_:
+        raise typer.BadParameter("give dead letter ids, or --all")
+    settings = Settings()
+    try:
+        report = run_as_operator(
+            nats_url, settings,
+            lambda js: replay_notifications(js, settings, ids=ids or (), all=all_, receiver=receiver),
+            name="listenpost-notify",
+        )  # fmt: skip
+    except DeadLetterError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False)
+        raise typer.Exit(1) from exc
+    if as_json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+    else:
+        print_replay_report(report)
+    if report.unaudited:
+        err.print(f"audit: {report.unaudited} replay(s) not recorded in the audit trail (see the log)", highlight=False)
+    if not report.ok or report.unaudited:
+        raise typer.Exit(1)

@@ -22,8 +22,10 @@ import dataclasses
 import difflib
 import hashlib
 import importlib
+import logging
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -70,6 +72,7 @@ VERSION_LENGTH = 12
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 class NotifyConfigError(LoadError):
@@ -346,6 +349,47 @@ class LastGood:
         if config is not None:
             self.config = config
         return self.config
+
+
+class WatchedConfig:
+    """:class:`LastGood`, read again when the file changes: what the queuer and the sender use.
+
+    The file's size and modification time are looked at no more often than every
+    ``interval_s``; a changed file is loaded, and a broken one is logged once and leaves the
+    last good config in place (None until one has loaded)."""
+
+    def __init__(self, path: Path, *, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.last_good = LastGood(path)
+        self.interval_s = interval_s
+        self._clock = clock
+        self._checked_at: float | None = None
+        self._signature: tuple[int, int] | None = None
+
+    @property
+    def errors(self) -> list[FileError]:
+        return self.last_good.errors
+
+    def get(self) -> NotifyConfig | None:
+        now = self._clock()
+        if self._checked_at is not None and now - self._checked_at < self.interval_s:
+            return self.last_good.config
+        self._checked_at = now
+        try:
+            stat = self.last_good.path.stat()
+            signature: tuple[int, int] | None = (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            signature = None
+        if signature != self._signature or self.last_good.config is None:
+            self._signature = signature
+            previous = self.last_good.config
+            config = self.last_good.reload()
+            if self.last_good.errors:
+                kept = f"keeping version {previous.version}" if previous is not None else "no notification is sent until it loads"
+                log.error("notification file %s does not load (%s):\n%s", self.last_good.path, kept,
+                          "\n".join(str(e) for e in self.last_good.errors))  # fmt: skip
+            elif config is not None and (previous is None or previous.version != config.version):
+                log.info("notification file %s: version %s active", self.last_good.path, config.version)
+        return self.last_good.config
 
 
 # --- the checks -------------------------------------------------------------------------------

@@ -1,0 +1,77 @@
+"""The alerts firing now, which inhibition rules read: in memory, kept in a KV bucket.
+
+Decisions carry no end time yet, so an alert counts as firing for ``notify.firing_s`` after
+it was last raised. The queuer reads this set for every decision, so it is held in memory;
+each alert it records is also written to the KV bucket ``notify.firing_bucket`` (whose TTL
+removes it when it stops firing), and :meth:`FiringAlerts.load` reads the bucket back at
+start. Why KV and not memory alone: a restarted queuer would otherwise forget that a
+gunshot fired a minute ago and notify the screaming alerts it inhibits.
+
+One queuer replica consumes the decisions, in stream order (see services/notify/queuer.py),
+so its memory is the whole set; a second replica would need this set shared live (a KV watch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ValidationError
+
+from services.notify.model import Alert
+
+log = logging.getLogger(__name__)
+
+
+class _Record(BaseModel):
+    alert: Alert
+    until: float  # epoch seconds
+
+
+class FiringAlerts:
+    """Alerts by fingerprint, each until its ``until``; written through to ``kv`` when given."""
+
+    def __init__(self, firing_s: float, kv: KeyValue | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.firing_s = firing_s
+        self._kv = kv
+        self._clock = clock
+        self._alerts: dict[str, _Record] = {}
+
+    async def load(self) -> int:
+        """Read the bucket (at start); how many alerts fire now."""
+        if self._kv is None:
+            return 0
+        try:
+            keys = await self._kv.keys()
+        except NoKeysError:
+            return 0
+        for key in keys:
+            try:
+                entry = await self._kv.get(key)
+            except KeyNotFoundError:
+                continue  # expired or deleted since it was listed
+            try:
+                record = _Record.model_validate_json(entry.value or b"")
+            except ValidationError:
+                log.warning("firing alerts: key %r of the bucket is not a firing alert; ignored", key)
+                continue
+            self._alerts[key] = record
+        return len(self.current())
+
+    async def add(self, alert: Alert) -> None:
+        """``alert`` fires from now for ``firing_s``: kept here, and in the bucket."""
+        record = _Record(alert=alert, until=self._clock() + self.firing_s)
+        if self._kv is not None:
+            await self._kv.put(alert.fingerprint, json.dumps(record.model_dump(mode="json")).encode())
+        self._alerts[alert.fingerprint] = record
+
+    def current(self) -> list[Alert]:
+        """The alerts firing now; forgets those that stopped."""
+        now = self._clock()
+        for key in [k for k, r in self._alerts.items() if r.until <= now]:
+            del self._alerts[key]
+        return [r.alert for r in self._alerts.values()]
