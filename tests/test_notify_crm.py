@@ -463,6 +463,9 @@ async def test_write_patches_the_crm_with_a_bearer_token_from_a_secret(
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     caplog.set_level(logging.DEBUG)
+    # A library imported earlier in the session (vLLM's, Ray's dependencies) may have set httpx's
+    # own level to WARNING; its INFO request line is what these tests read.
+    caplog.set_level(logging.DEBUG, logger="httpx")
     config = CrmConfig(name="crm-acme", url=f"{http_server.url}/api/v2", mapping="generic-rest",
                        auth={"type": "bearer", "token_secret": "crm-token"}, headers={"X-Api-Version": "2024-10"})  # fmt: skip
     delivery = await write(summary, config, Secrets({"crm-token": TOKEN}), client, mappings={"generic-rest": generic})

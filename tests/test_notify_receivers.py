@@ -445,6 +445,9 @@ async def test_secrets_reach_no_error_repr_or_log(
     http_server: RecordingServer, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # A library imported earlier in the session (vLLM's, Ray's dependencies) may have set httpx's
+    # own level to WARNING; its INFO request line is what these tests read.
+    caplog.set_level(logging.DEBUG, logger="httpx")
     secrets = Secrets({"slack-ops": f"{http_server.url}/services/{SLACK_TOKEN}", "pd-key": ROUTING_KEY, "sign": WHSEC})
     # A server that echoes what it was sent: the URL's path, and the PagerDuty routing key.
     http_server.replies = [
