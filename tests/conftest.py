@@ -19,6 +19,7 @@ import soundfile
 from pydantic import SecretStr
 
 from services.events.embedded import EmbeddedNatsServer, free_port
+from services.metrics import MemoryBackend, use_backend
 from services.settings import (
     ApiKey,
     CaptionerSettings,
@@ -43,6 +44,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     session's service has started Ray here, theirs would be the same instance, and stopping
     their app would delete the session's."""
     items.sort(key=lambda item: item.get_closest_marker("own_ray") is None)  # stable: the rest keep their order
+
+
+@pytest.fixture
+def memory() -> Iterator[MemoryBackend]:
+    """Metrics recorded in memory (services/metrics.py) instead of through Ray, for the test."""
+    backend = MemoryBackend()
+    use_backend(backend)
+    yield backend
+    use_backend(None)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from services.events.connection import connect
 from services.events.embedded import EmbeddedNatsServer, free_port
 from services.events.jetstream import provision_everything, publish_event
 from services.events.webhooks import verify_webhook_signature
-from services.metrics import MemoryBackend, use_backend
+from services.metrics import MemoryBackend
 from services.notify.deadletters import list_entries, replay_notifications
 from services.notify.receivers import Secrets
 from services.notify.service import Notifier
@@ -132,12 +132,6 @@ async def until(condition: Callable[[], Awaitable[bool] | bool], *, timeout_s: f
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-def memory() -> Iterator[MemoryBackend]:
-    backend = MemoryBackend()
-    use_backend(backend)
-    yield backend
-    use_backend(None)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from notify_fixtures import firing_alert, notification, resolved_alert
 
+from services.events.tls import make_pki
 from services.notify.receivers import DeliveryError, EmailConfig, Secrets, send
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
@@ -25,42 +26,8 @@ PASSWORD = "smtp-pa55word-that-is-secret"
 
 
 def certificates(tmp: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA (ca.pem) and a certificate for 127.0.0.1 and localhost (cert.pem, key.pem)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "listenpost test CA")])
-
-    def build(subject: x509.Name, public: Any, ca: bool) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        return builder.sign(ca_key, hashes.SHA256())
-
-    ca = build(ca_name, ca_key.public_key(), ca=True)
-    cert = build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), key.public_key(), ca=False)
-    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    return paths
+    """A throwaway CA (ca.pem) and a loopback server certificate (cert.pem, key.pem)."""
+    return make_pki(ca_name="listenpost test CA", valid_for=datetime.timedelta(hours=1)).write(tmp)
 
 
 @dataclass

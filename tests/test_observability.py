@@ -12,7 +12,7 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from services.events.deadletter import dead_letter
 from services.events.embedded import EmbeddedNatsServer
 from services.events.jetstream import provision_everything, publish_event
 from services.events.jsstate import poll, record
-from services.metrics import METRICS, MemoryBackend, MetricsError, all_exported_names, reason_label, use_backend
+from services.metrics import METRICS, MemoryBackend, MetricsError, all_exported_names, reason_label
 from services.settings import NatsSettings, Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,12 +47,6 @@ def promtool() -> str:
     return on_path
 
 
-@pytest.fixture
-def memory() -> Iterator[MemoryBackend]:
-    backend = MemoryBackend()
-    use_backend(backend)
-    yield backend
-    use_backend(None)
 
 
 # --- declarations ------------------------------------------------------------------

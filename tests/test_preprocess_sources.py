@@ -4,6 +4,7 @@ store on a real nats-server, inline base64."""
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import re
 import socket
@@ -19,6 +20,7 @@ import pytest
 
 from services.events.embedded import EmbeddedNatsServer
 from services.events.models import AudioRef, ObjectRef
+from services.events.tls import make_pki
 from services.preprocess import sources
 from services.preprocess.errors import (
     BlockedAddressError,
@@ -486,42 +488,8 @@ async def test_object_store_failures(object_store: object) -> None:
 
 def _certificates(tmp: Path, name: str) -> tuple[Path, Path, Path]:
     """A throwaway CA (ca.pem) and a server certificate for ``name`` (cert.pem, key.pem)."""
-    pytest.importorskip("cryptography")
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def build(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey,
-              ca: bool) -> x509.Certificate:  # fmt: skip
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "listenpost test CA")])
-    ca = build("listenpost test CA", ca_key, ca_name, ca_key, ca=True)
-    cert = build(name, key, ca_name, ca_key, ca=False)
-    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))  # fmt: skip
-    return paths
+    return make_pki(ca_name="listenpost test CA", server_name=name, dns_names=[name], ip_addresses=[],
+                   valid_for=datetime.timedelta(hours=1)).write(tmp)
 
 
 @pytest.mark.parametrize(("cert_name", "ok"), [("localhost", True), ("calls.example", False)])

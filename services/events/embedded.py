@@ -14,8 +14,6 @@ holds no secret. Without ``secrets_dir`` (low-level tests) it is an open server 
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import secrets
 import shutil
@@ -33,6 +31,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixe
 from services.events.errors import EventsError
 from services.events.permissions import ROLES
 from services.events.server_config import ServerConfig, ServerTls, render
+from services.events.tls import make_pki
 from services.settings import NatsAuth, NatsRole, NatsSettings, Settings
 
 
@@ -127,40 +126,10 @@ class EmbeddedSecrets:
 
     def new_certificates(self) -> None:
         """A CA and a loopback server certificate signed by it, valid for a week."""
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        now = datetime.datetime.now(datetime.UTC)
-
-        def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey,
-                        extension: x509.ExtensionType, critical: bool) -> x509.Certificate:  # fmt: skip
-            return (
-                x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                .issuer_name(issuer)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=7))
-                .add_extension(extension, critical=critical)
-                .sign(signer, hashes.SHA256())
-            )
-
-        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "listenpost embedded nats CA")])
-        ca = certificate("listenpost embedded nats CA", ca_key, ca_name, ca_key,
-                         x509.BasicConstraints(ca=True, path_length=0), critical=True)  # fmt: skip
-        loopback = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        cert = certificate("localhost", key, ca_name, ca_key, x509.SubjectAlternativeName(loopback), critical=False)
-        pem = serialization.Encoding.PEM
-        write_secret(self.ca_file, ca.public_bytes(pem))
-        write_secret(self.cert_file, cert.public_bytes(pem))
-        write_secret(
-            self.key_file,
-            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-        )
+        pki = make_pki(ca_name="listenpost embedded nats CA")
+        write_secret(self.ca_file, pki.ca_pem)
+        write_secret(self.cert_file, pki.cert_pem)
+        write_secret(self.key_file, pki.key_pem)
 
 
 class EmbeddedNatsServer:

@@ -12,19 +12,20 @@ the status and the start of the response; never a traceback, never a secret's va
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
 from services.notify.model import Alert, Notification
-from services.notify.receivers.secrets import SECRET_NAME, redact
+from services.notify.receivers.secrets import SECRET_NAME, MissingSecret, SecretSource, redact, reveal
 
 __all__ = [
     "Delivery",
@@ -204,3 +205,39 @@ def iso(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_Config = TypeVar("_Config", bound=ReceiverBase)
+
+
+async def post_json_to_secret_url(
+    notification: Notification,
+    config: _Config,
+    secrets: SecretSource,
+    client: httpx.AsyncClient,
+    *,
+    kind: str,
+    url_secret: str,
+    payload: Callable[[Notification, _Config], Mapping[str, Any]],
+) -> Delivery:
+    """One attempt of an incoming-webhook receiver (Slack, Teams): its JSON payload, POSTed to
+    a URL that is itself the credential, so it is read from a secret and never shown."""
+    alerts = sendable(notification, config)
+    if not alerts:
+        return skipped(config, kind)
+    started = time.monotonic()
+    try:
+        url = reveal(secrets, url_secret)
+    except MissingSecret as exc:
+        raise DeliveryError(config.name, str(exc), retryable=False) from None
+    body = json.dumps(payload(notification.model_copy(update={"alerts": alerts}), config), ensure_ascii=False).encode()
+    response = await post(
+        client,
+        receiver=config.name,
+        url=url,
+        content=body,
+        headers={"content-type": "application/json; charset=utf-8"},
+        timeout_s=config.timeout_s,
+        url_secret=url_secret,
+    )
+    return Delivery(config.name, kind, status=response.status_code, elapsed_s=time.monotonic() - started)

@@ -13,16 +13,14 @@ The webhook URL carries its credential, so it comes from a secret (``url_secret`
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any, Literal
 
 import httpx
 from pydantic import Field, ValidationInfo, field_validator
 
 from services.notify.model import Notification
-from services.notify.receivers.base import Delivery, DeliveryError, ReceiverBase, SecretName, post, sendable, skipped
-from services.notify.receivers.secrets import MissingSecret, SecretSource, reveal
+from services.notify.receivers.base import Delivery, ReceiverBase, SecretName, post_json_to_secret_url
+from services.notify.receivers.secrets import SecretSource
 from services.notify.templates import check_overrides, notification_context, render_field
 
 __all__ = ["MSTeamsConfig", "payload", "send"]
@@ -97,22 +95,6 @@ def payload(notification: Notification, config: MSTeamsConfig) -> dict[str, Any]
 
 
 async def send(notification: Notification, config: MSTeamsConfig, secrets: SecretSource, client: httpx.AsyncClient) -> Delivery:
-    alerts = sendable(notification, config)
-    if not alerts:
-        return skipped(config, "msteams")
-    started = time.monotonic()
-    try:
-        url = reveal(secrets, config.url_secret)
-    except MissingSecret as exc:
-        raise DeliveryError(config.name, str(exc), retryable=False) from None
-    body = json.dumps(payload(notification.model_copy(update={"alerts": alerts}), config), ensure_ascii=False).encode()
-    response = await post(
-        client,
-        receiver=config.name,
-        url=url,
-        content=body,
-        headers={"content-type": "application/json; charset=utf-8"},
-        timeout_s=config.timeout_s,
-        url_secret=config.url_secret,
+    return await post_json_to_secret_url(
+        notification, config, secrets, client, kind="msteams", url_secret=config.url_secret, payload=payload
     )
-    return Delivery(config.name, "msteams", status=response.status_code, elapsed_s=time.monotonic() - started)
