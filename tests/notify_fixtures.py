@@ -3,6 +3,7 @@ records every request and answers what the test scripted."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -137,3 +138,10 @@ def http_server() -> Iterator[RecordingServer]:
         yield server
     finally:
         server.close()
+
+
+def capture_http_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture every log line, httpx's request lines included: a library imported earlier in the
+    session (vLLM's, Ray's dependencies) may have set httpx's own level to WARNING."""
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import socket
 import textwrap
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from notify_fixtures import RecordingServer, Reply, http_server
+from notify_fixtures import RecordingServer, Reply, capture_http_log, http_server
 from typer.testing import CliRunner
 
 from services.captioner.timeline import merge_timeline
@@ -462,10 +461,7 @@ async def test_write_patches_the_crm_with_a_bearer_token_from_a_secret(
     http_server: RecordingServer, client: httpx.AsyncClient, summary: CallSummary, generic: CrmMapping,
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    caplog.set_level(logging.DEBUG)
-    # A library imported earlier in the session (vLLM's, Ray's dependencies) may have set httpx's
-    # own level to WARNING; its INFO request line is what these tests read.
-    caplog.set_level(logging.DEBUG, logger="httpx")
+    capture_http_log(caplog)
     config = CrmConfig(name="crm-acme", url=f"{http_server.url}/api/v2", mapping="generic-rest",
                        auth={"type": "bearer", "token_secret": "crm-token"}, headers={"X-Api-Version": "2024-10"})  # fmt: skip
     delivery = await write(summary, config, Secrets({"crm-token": TOKEN}), client, mappings={"generic-rest": generic})

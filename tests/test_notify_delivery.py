@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
-from notify_fixtures import RecordingServer, Reply
+from notify_fixtures import RecordingServer, Reply, capture_http_log
 
 from services.events.audit import list_records
 from services.events.binding import new_event
@@ -240,7 +240,7 @@ async def test_a_receiver_down_for_the_whole_run_is_dead_lettered_then_replayed(
     token = "T0KEN-in-the-path-0123456789"
     secrets = SECRETS.merged(Secrets({"hook-url": f"http://127.0.0.1:{port}/hook/{token}"}))
     settings = env.with_file(notification_file(env.tmp, "", url_secret=True))
-    caplog.set_level("DEBUG")
+    capture_http_log(caplog)
     notifier, nc = await start_notifier(env, settings, secrets=secrets)
     try:
         await env.decide("gunshot", "c-1")

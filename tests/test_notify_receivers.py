@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from notify_fixtures import RecordingServer, Reply, firing_alert, http_server, notification, resolved_alert
+from notify_fixtures import RecordingServer, Reply, capture_http_log, firing_alert, http_server, notification, resolved_alert
 from pydantic import TypeAdapter, ValidationError
 
 from services.events.binding import decode
@@ -444,10 +443,7 @@ async def test_a_missing_secret_or_a_secret_that_is_no_url_is_not_retryable(clie
 async def test_secrets_reach_no_error_repr_or_log(
     http_server: RecordingServer, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
-    # A library imported earlier in the session (vLLM's, Ray's dependencies) may have set httpx's
-    # own level to WARNING; its INFO request line is what these tests read.
-    caplog.set_level(logging.DEBUG, logger="httpx")
+    capture_http_log(caplog)
     secrets = Secrets({"slack-ops": f"{http_server.url}/services/{SLACK_TOKEN}", "pd-key": ROUTING_KEY, "sign": WHSEC})
     # A server that echoes what it was sent: the URL's path, and the PagerDuty routing key.
     http_server.replies = [
