@@ -48,9 +48,7 @@ async def publish_gunshot(nc: NATS, settings: Settings, callid: str) -> str:
         "windows": [{"index": 0, "start": 60.0, "end": 90.0, "channel": 1, "role": "customer", "caption": "A bang."}],
         "facets": {
             "emotions": [],
-            "sound_events": [
-                {"label": "gunshot", "confidence": 0.8, "window": 0, "start": 72.5, "end": 73.0, "span": "a loud bang"}
-            ],
+            "sound_events": [{"label": "gunshot", "confidence": 0.8, "window": 0, "start": 72.5, "end": 73.0, "span": "a loud bang"}],
             "languages": ["en"],
         },
         "acoustics": {
