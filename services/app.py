@@ -68,6 +68,8 @@ def build_app(settings: Settings) -> Application:
         raise AppConfigError(
             "no NATS URL: set LISTENPOST_NATS__URL (or run `listenpost serve`, which starts an embedded nats-server)"
         )
+    if settings.notify.enabled and settings.notify.replicas != 1:  # settings refuse it; a model_copy does not check
+        raise AppConfigError("notify.replicas must be 1: inhibition needs the one queuer that holds the firing set")
     settings = resolve_paths(settings)
     for warning in capacity_warnings(settings):
         log.warning("%s", warning)

@@ -99,6 +99,14 @@ def test_the_notifier_refuses_more_than_one_replica() -> None:
     (problem,) = caught.value.problems
     assert problem.startswith("notify.replicas (LISTENPOST_NOTIFY__REPLICAS): ")
     assert "exactly 1 replica, not 2: inhibition needs the one queuer that holds the firing set" in problem
+    from services.app import build
+
+    with pytest.raises(SettingsError, match=r"notify\.replicas \(LISTENPOST_NOTIFY__REPLICAS\)"):
+        build({"nats": {"url": "nats://127.0.0.1:4222"}, "notify": {"enabled": True, "replicas": 3}})
+    unchecked = Settings(_env_file=None, nats={"url": "nats://127.0.0.1:4222"}, notify={"enabled": True})
+    unchecked = unchecked.model_copy(update={"notify": unchecked.notify.model_copy(update={"replicas": 2})})
+    with pytest.raises(AppConfigError, match="notify.replicas must be 1"):
+        build_app(unchecked)
 
 
 def test_local_paths_are_made_absolute_for_replicas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
