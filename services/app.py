@@ -3,8 +3,9 @@
     serve run services.app:build            # needs LISTENPOST_NATS__URL
     listenpost serve                        # starts an embedded nats-server first
 
-Graph: Ingress -> Preprocessor -> Captioner, and the RulesEngine (driven by NATS,
-handed to the Ingress only for status). Resources come from settings; the
+Graph: Ingress -> Preprocessor -> Captioner, the RulesEngine and, when
+``notify.enabled``, the Notifier (both driven by NATS, handed to the Ingress only
+for status and so that Serve deploys them). Resources come from settings; the
 defaults fit the whole graph on a 2-CPU machine.
 """
 
@@ -18,6 +19,7 @@ from ray.serve import Application
 from ray.serve.deployment import Deployment
 
 from services.captioner.deployment import Captioner
+from services.notify.deployment import Notifier
 from services.orchestrator.deployment import Ingress
 from services.preprocess.deployment import Preprocessor
 from services.rules.deployment import RulesEngine
@@ -47,6 +49,13 @@ def resolve_paths(settings: Settings) -> Settings:
             "captioner": settings.captioner.model_copy(update={"model": model}),
             "rules": settings.rules.model_copy(update={"directory": _absolute(settings.rules.directory)}),
             "adapters": settings.adapters.model_copy(update={"directory": _absolute(settings.adapters.directory)}),
+            "notify": settings.notify.model_copy(
+                update={
+                    "file": _absolute(settings.notify.file),
+                    "secrets_dir": _absolute(settings.notify.secrets_dir) if settings.notify.secrets_dir else None,
+                    "crm_mappings_dir": _absolute(settings.notify.crm_mappings_dir),
+                }
+            ),
             "preprocess": settings.preprocess.model_copy(
                 update={"file_roots": [_absolute(p) for p in settings.preprocess.file_roots]}
             ),
@@ -59,6 +68,8 @@ def build_app(settings: Settings) -> Application:
         raise AppConfigError(
             "no NATS URL: set LISTENPOST_NATS__URL (or run `listenpost serve`, which starts an embedded nats-server)"
         )
+    if settings.notify.enabled and settings.notify.replicas != 1:  # settings refuse it; a model_copy does not check
+        raise AppConfigError("notify.replicas must be 1: inhibition needs the one queuer that holds the firing set")
     settings = resolve_paths(settings)
     for warning in capacity_warnings(settings):
         log.warning("%s", warning)
@@ -67,8 +78,13 @@ def build_app(settings: Settings) -> Application:
     preprocessor = _deployment(Preprocessor).options(**settings.preprocess.deployment_options()).bind(settings)
     captioner = _deployment(Captioner).options(**settings.captioner.deployment_options()).bind(settings)
     rules = _deployment(RulesEngine).options(**settings.rules.deployment_options()).bind(settings)
+    notifier = (
+        _deployment(Notifier).options(**settings.notify.deployment_options()).bind(settings)
+        if settings.notify.enabled
+        else None
+    )
     ingress = _deployment(Ingress).options(**settings.ingress.deployment_options())
-    return ingress.bind(settings, preprocessor, captioner, rules)
+    return ingress.bind(settings, preprocessor, captioner, rules, notifier)
 
 
 def _deployment(decorated: object) -> Deployment:

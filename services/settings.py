@@ -603,8 +603,24 @@ class RulesSettings(_FixedReplicas):
         return [nats.subject(s) for s in self.consume_subjects]
 
 
-class NotifySettings(_Group):
-    """Notifications: who hears about an alert (the routing tree, receivers, inhibition, time intervals)."""
+class NotifySettings(_FixedReplicas):
+    """Notifications: who hears about an alert (the routing tree, receivers, inhibition, time intervals), and the Notifier deployment."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Run the Notifier deployment in `listenpost serve` (off unless asked for: the shipped "
+        "notification file names secrets that must be configured first, docs/notifications.md).",
+    )
+    replicas: PositiveInt = Field(
+        default=1,
+        description="Replicas of the Notifier: exactly 1. Inhibition reads the firing set that one queuer holds "
+        "in memory; several replicas would each see only part of it.",
+    )
+    drain_timeout_s: PositiveFloat = Field(
+        default=20.0,
+        description="On shutdown, how long deliveries in flight may take to finish; the rest are redelivered "
+        "after a restart (same idempotency key).",
+    )
 
     file: Path = Field(
         default=Path("router_rules/notifications.yaml"),
@@ -675,6 +691,20 @@ class NotifySettings(_Group):
     max_in_flight: PositiveInt = Field(
         default=64, description="Notifications the sender holds at once, all receivers together (waiting for a slot included)."
     )
+
+    @field_validator("replicas")
+    @classmethod
+    def _one_replica(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                f"the Notifier runs exactly 1 replica, not {value}: inhibition needs the one queuer that holds the "
+                "firing set (raise concurrency or max_in_flight to send more at once)"
+            )
+        return value
+
+    def deployment_options(self) -> dict[str, Any]:
+        # Serve waits this long for __del__, which drains deliveries for up to drain_timeout_s.
+        return {**super().deployment_options(), "graceful_shutdown_timeout_s": self.drain_timeout_s + 10}
 
     @model_validator(mode="after")
     def _bounded_delivery(self) -> NotifySettings:

@@ -25,6 +25,7 @@ from services.settings import (
     CaptionerSettings,
     HttpSettings,
     NatsSettings,
+    NotifySettings,
     PreprocessSettings,
     RulesSettings,
     Settings,
@@ -32,6 +33,8 @@ from services.settings import (
 
 REPO = Path(__file__).resolve().parents[1]
 HTTP_API_KEY = "test-key-0123456789-abcdefghijklmnopqrstuv"
+#: The session service's webhook receiver signs with this (the Standard Webhooks examples' secret).
+NOTIFY_SIGNING_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -109,11 +112,50 @@ def otlp_receiver() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def notify_receiver() -> Iterator[Any]:
+    """A local HTTP server (tests/notify_fixtures.py) that the session service's Notifier delivers
+    every alert to (tests/test_notify_e2e.py)."""
+    from notify_fixtures import RecordingServer
+
+    server = RecordingServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def notify_settings(tmp_path_factory: pytest.TempPathFactory, notify_receiver: Any) -> NotifySettings:
+    """The Notifier on, with a notification file that sends every alert to one signed webhook,
+    its URL and signing key given as secrets (as an operator configures them)."""
+    path = tmp_path_factory.mktemp("notify") / "notifications.yaml"
+    path.write_text(
+        """apiVersion: listenpost/v1
+kind: Notifications
+route:
+  receiver: e2e-webhook
+  group_by: [callid]
+receivers:
+  - name: e2e-webhook
+    type: webhook
+    url_secret: e2e-webhook-url
+    signing_secret: e2e-webhook-signing
+"""
+    )
+    secrets = {"e2e-webhook-url": f"{notify_receiver.url}/hook", "e2e-webhook-signing": NOTIFY_SIGNING_SECRET}
+    return NotifySettings(enabled=True, file=path, secrets={k: SecretStr(v) for k, v in secrets.items()}, reload_interval_s=1.0)
+
+
+@pytest.fixture(scope="session")
 def service(
-    tiny_checkpoint: Path, audio_dir: Path, rules_dir: Path, nats_server: EmbeddedNatsServer, otlp_receiver: Any
+    tiny_checkpoint: Path,
+    audio_dir: Path,
+    rules_dir: Path,
+    nats_server: EmbeddedNatsServer,
+    otlp_receiver: Any,
+    notify_settings: NotifySettings,
 ) -> Iterator[Settings]:
     """The whole service, as `listenpost serve` runs it, with fault-test-friendly timings:
-    two Ingress replicas share the durable consumer; short AckWait and retry delays."""
+    two Ingress replicas share the durable consumer; short AckWait and retry delays. The
+    Notifier runs too, delivering every alert to ``notify_receiver``."""
     from services.runner import running_service
 
     settings = Settings(
@@ -123,6 +165,7 @@ def service(
         captioner=tiny_engine_settings(tiny_checkpoint).model_copy(update={"engine_factory": "fault_engine:flaky_engine"}),
         preprocess=PreprocessSettings(file_roots=[audio_dir]),
         rules=RulesSettings(directory=rules_dir, reload_interval_s=0.5),
+        notify=notify_settings,
         ingress={"replicas": 2},
         http=HttpSettings(
             enabled=True,

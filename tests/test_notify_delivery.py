@@ -478,3 +478,101 @@ async def test_nothing_is_consumed_until_the_notification_file_loads(env: Env, r
         await until(lambda: len(accepted(receiver)) == 1)
     finally:
         await stop_notifier(notifier, nc)
+
+
+# --- the Serve deployment (services/notify/deployment.py), its class started without Ray -----------
+
+
+async def construct_deployment(settings: Settings) -> Any:
+    """The plain class behind the ``Notifier`` Serve deployment, constructed as Serve does."""
+    from services.notify.deployment import Notifier as NotifierDeployment
+
+    cls = NotifierDeployment.func_or_class
+    replica = cls.__new__(cls)
+    await cls.__init__(replica, settings)
+    return replica
+
+
+async def stop_deployment(replica: Any) -> None:
+    """What Serve does at shutdown: await the async __del__ (then keep the GC from calling it again)."""
+    await replica.__del__()
+
+    class Stopped(type(replica)):  # type: ignore[misc]
+        def __del__(self) -> None:
+            pass
+
+    replica.__class__ = Stopped
+
+
+async def test_the_deployment_delivers_keeps_the_last_good_file_on_a_bad_edit_and_drains(
+    env: Env, receiver: RecordingServer
+) -> None:
+    path = notification_file(env.tmp, receiver.url, url_secret=True)
+    settings = env.with_file(path, secrets={"hook-url": f"{receiver.url}/hook", "hook-signing": WHSEC}, reload_interval_s=0.2)
+    replica = await construct_deployment(settings)
+    try:
+        await env.decide("gunshot", "c-1")
+        await until(lambda: len(accepted(receiver)) == 1)
+        assert_signed(receiver)
+        await env.idle()
+        status = await replica.status()
+        assert (status["receivers"], status["missing_secrets"], status["last_reload_error"]) == (["hook"], [], None)
+        assert (status["consuming"], status["queued"], status["dead_letters"], status["failure"]) == (True, 0, 0, None)
+        version = status["version"]
+
+        # A broken edit: its file:line:column error is shown, and the last good file stays in use.
+        path.write_text(path.read_text().replace("type: webhook", "type: carrier-pigeon"))
+
+        async def error_shown() -> bool:
+            return (await replica.status())["last_reload_error"] is not None
+
+        await until(error_shown)
+        status = await replica.status()
+        assert f"{path}:" in status["last_reload_error"] and "carrier-pigeon" in status["last_reload_error"]
+        assert status["version"] == version
+        await env.decide("gunshot", "c-2")
+        await until(lambda: len(accepted(receiver)) == 2)
+        await replica.check_health()
+    finally:
+        await stop_deployment(replica)  # stop consuming, drain, close NATS
+    assert replica._nc.is_closed
+
+
+async def test_the_deployment_reports_missing_secrets_once_and_dead_letters_their_notifications(
+    env: Env, receiver: RecordingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = notification_file(env.tmp, receiver.url, url_secret=True)
+    settings = env.with_file(path, secrets={"hook-signing": WHSEC}, reload_interval_s=0.2)
+    with caplog.at_level("WARNING", logger="services.notify.deployment"):
+        replica = await construct_deployment(settings)
+    try:
+        line = "receiver 'hook' needs secret(s) 'hook-url', not configured"
+        assert [r.getMessage() for r in caplog.records if line in r.getMessage()] != []
+        await env.decide("gunshot", "c-1")
+        await env.idle()
+        status = await replica.status()
+        assert receiver.requests == [] and status["dead_letters"] == 1 and line in status["missing_secrets"][0]
+        await asyncio.sleep(0.5)  # reloads of an unchanged file say nothing again
+        assert len([r for r in caplog.records if line in r.getMessage()]) == 1
+    finally:
+        await stop_deployment(replica)
+
+
+async def test_the_deployment_is_unhealthy_when_a_loop_died(env: Env, receiver: RecordingServer) -> None:
+    path = notification_file(env.tmp, receiver.url)
+    replica = await construct_deployment(env.with_file(path, secrets={"hook-signing": WHSEC}))
+    try:
+        await replica.check_health()
+        consumer = replica._notifier._consumers[0]
+
+        async def broken_loop() -> None:
+            raise ConnectionError("the fetch loop hit a bug")
+
+        consumer._loop_task.cancel()  # the real loop, replaced by one that died
+        consumer._loop_task = asyncio.get_running_loop().create_task(broken_loop())
+        await asyncio.sleep(0.05)
+        with pytest.raises(RuntimeError, match=r"notifier loop died: ConnectionError\('the fetch loop hit a bug'\)"):
+            await replica.check_health()
+        assert "the fetch loop hit a bug" in (await replica.status())["failure"]
+    finally:
+        await stop_deployment(replica)

@@ -65,6 +65,50 @@ def test_app_graph_has_the_four_named_deployments_and_fits_two_cpus(tmp_path: Pa
     assert deployments["Captioner"]._deployment_config.autoscaling_config is not None
 
 
+def test_the_notifier_joins_the_graph_when_enabled_with_one_replica_and_options_from_settings() -> None:
+    settings = Settings(
+        _env_file=None,
+        nats={"url": "nats://127.0.0.1:4222"},
+        notify={"enabled": True, "num_cpus": 0.05, "health_check_timeout_s": 20, "drain_timeout_s": 7},
+    )
+    ingress = build_app(settings)._bound_deployment
+    deployments = {ingress.name: ingress}
+    for arg in ingress.init_args:
+        if hasattr(arg, "_bound_deployment"):
+            deployments[arg._bound_deployment.name] = arg._bound_deployment
+    assert set(deployments) == {"Ingress", "Preprocessor", "Captioner", "RulesEngine", "Notifier"}
+    notifier = deployments["Notifier"]
+    assert notifier.num_replicas == 1 and notifier.ray_actor_options["num_cpus"] == 0.05
+    assert notifier._deployment_config.health_check_timeout_s == 20
+    assert notifier._deployment_config.graceful_shutdown_timeout_s == 17  # the drain, and a margin
+    # Its settings were resolved too: a replica may run in another working directory.
+    (bound_settings,) = notifier.init_args
+    assert bound_settings.notify.file.is_absolute()
+    cpus = sum(
+        d.ray_actor_options.get("num_cpus", 1) * (d.num_replicas if isinstance(d.num_replicas, int) else 1)
+        for d in deployments.values()
+    )
+    assert cpus <= 2.0
+    # Off by default: the shipped notification file names secrets nobody configured yet.
+    assert Settings(_env_file=None).notify.enabled is False
+
+
+def test_the_notifier_refuses_more_than_one_replica() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings(_env_file=None, notify={"replicas": 2})
+    (problem,) = caught.value.problems
+    assert problem.startswith("notify.replicas (LISTENPOST_NOTIFY__REPLICAS): ")
+    assert "exactly 1 replica, not 2: inhibition needs the one queuer that holds the firing set" in problem
+    from services.app import build
+
+    with pytest.raises(SettingsError, match=r"notify\.replicas \(LISTENPOST_NOTIFY__REPLICAS\)"):
+        build({"nats": {"url": "nats://127.0.0.1:4222"}, "notify": {"enabled": True, "replicas": 3}})
+    unchecked = Settings(_env_file=None, nats={"url": "nats://127.0.0.1:4222"}, notify={"enabled": True})
+    unchecked = unchecked.model_copy(update={"notify": unchecked.notify.model_copy(update={"replicas": 2})})
+    with pytest.raises(AppConfigError, match="notify.replicas must be 1"):
+        build_app(unchecked)
+
+
 def test_local_paths_are_made_absolute_for_replicas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model").mkdir()
@@ -86,9 +130,10 @@ def test_shipped_serve_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
     nats = Settings(_env_file=None, **app.args).nats
     assert nats.tls and not nats.provision_on_start
-    assert {role for role in ("ingress", "preprocess", "rules") if nats.identity(role).nkey_seed_file} == {
-        "ingress", "preprocess", "rules"
+    assert {role for role in ("ingress", "preprocess", "rules", "notify") if nats.identity(role).nkey_seed_file} == {
+        "ingress", "preprocess", "rules", "notify"
     }  # fmt: skip
+    assert Settings(_env_file=None, **app.args).notify.enabled  # a cluster runs the Notifier, secrets mounted
 
 
 def test_ray_cluster_config_has_cpu_head_and_gpu_workers() -> None:

@@ -84,6 +84,7 @@ class Ingress:
         preprocessor: DeploymentHandle,
         captioner: DeploymentHandle,
         rules: DeploymentHandle,
+        notifier: DeploymentHandle | None = None,
     ) -> None:
         assert settings.nats.url, "the app builder always sets the NATS URL"
         configure_tracing("listenpost-ingress")  # OTEL_* only; nothing without an endpoint
@@ -91,6 +92,7 @@ class Ingress:
         self._preprocessor = preprocessor
         self._captioner = captioner
         self._rules = rules
+        self._notifier = notifier  # None: notify.enabled is false
         self._nc = await connect(settings.nats, role="ingress", name="listenpost-ingress", on_reconnect=self._on_reconnect)
         self._js = self._nc.jetstream()
         self._adapters = load_adapters(settings.adapters.directory) if settings.adapters.enabled else AdapterSet()
@@ -229,12 +231,16 @@ class Ingress:
         await self._release_audio(event.get_id(), submitted, "captioned")
 
     async def status(self) -> dict[str, Any]:
-        """What an operator asks first: is it consuming, and which rules are active."""
+        """What an operator asks first: is it consuming, which rules are active, and (when it runs)
+        the Notifier's receivers, queue and last reload error."""
         stats = self._consumer.stats
-        return {
+        status: dict[str, Any] = {
             "ingress": {"acked": stats.acked, "naked": stats.naked, "dead_lettered": stats.dead_lettered},
             "rules": await self._rules.status.remote(),
         }
+        if self._notifier is not None:
+            status["notify"] = await self._notifier.status.remote()
+        return status
 
     async def check_health(self) -> None:
         for consumer in (self._consumer, self._advisories):

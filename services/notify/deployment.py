@@ -1,0 +1,147 @@
+"""The Notifier Serve deployment: alert decisions become notifications, and are delivered.
+
+It runs :class:`services.notify.service.Notifier` (the queuer and the sender on one NATS
+connection, as the ``notify`` role) inside ``listenpost serve`` when ``notify.enabled``:
+
+- **One replica** (settings refuse more): the queuer holds the firing set that inhibition reads.
+- **The notification file** (``notify.file``) is checked every ``notify.reload_interval_s``; a
+  good edit is used for the next decision, a broken one is logged with its file:line:column
+  errors and the last good config stays in use (``status()`` shows the last error). Until the
+  file first loads, nothing is consumed: decisions wait in LISTENPOST_OUT.
+- **Secrets** come from ``notify.secrets`` and ``notify.secrets_dir``, read once at start. A
+  receiver whose secret is missing is reported once at start (and after each reload that
+  changes the file); its notifications are dead-lettered (``listenpost notify list --dlq``)
+  until the secret is configured and the replica restarted, then ``notify replay``.
+- **Health**: ``check_health`` fails when the queuer's or the sender's loop has died, and Serve
+  replaces the replica.
+- **Shutdown**: stop fetching, let deliveries in flight finish for up to
+  ``notify.drain_timeout_s`` (what is left is redelivered later, with the same idempotency
+  key), then close NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from ray import serve
+
+from services.events.connection import connect
+from services.events.jetstream import ensure_provisioned, notify_subject
+from services.notify.config import NotifyConfig
+from services.notify.receivers import missing_secrets
+from services.notify.receivers.secrets import Secrets, configured_secrets
+from services.notify.service import Notifier as NotifierService
+from services.settings import Settings
+from services.telemetry import configure_tracing
+
+log = logging.getLogger(__name__)
+
+
+def missing_secret_lines(config: NotifyConfig, secrets: Secrets) -> list[str]:
+    """One line per receiver that names a secret that is not configured (names only, never values)."""
+    lines = []
+    for receiver in config.receivers.values():
+        names = missing_secrets(receiver.config, secrets)
+        if names:
+            lines.append(
+                f"receiver {receiver.name!r} needs secret(s) {', '.join(repr(n) for n in names)}, not configured "
+                "(notify.secrets or a file in notify.secrets_dir): its notifications will be dead-lettered"
+            )
+    return lines
+
+
+@serve.deployment(name="Notifier")
+class Notifier:
+    async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
+        assert settings.nats.url, "the app builder always sets the NATS URL"
+        configure_tracing("listenpost-notify")  # OTEL_* only; nothing without an endpoint
+        self._settings = settings
+        self._secrets = configured_secrets(settings.notify)  # a bad secrets_dir fails the replica: say so at start
+        self._nc = await connect(settings.nats, role="notify", name="listenpost-notify")
+        self._js = self._nc.jetstream()
+        await ensure_provisioned(self._js, settings)
+        self._notifier = NotifierService(self._js, settings, secrets=self._secrets)
+        self._version: str | None = None
+        self._loaded_at: float | None = None
+        self._last_error: str | None = None
+        self._last_error_at: float | None = None
+        self._check_config()  # the first load: logs errors in words, reports missing secrets
+        await self._notifier.start()
+        self._watch = asyncio.get_running_loop().create_task(self._watch_config(), name="notify-reload")
+
+    # --- the notification file --------------------------------------------------------------
+
+    def _check_config(self) -> None:
+        """Look at the file (no more often than its interval); note what changed."""
+        watched = self._notifier.config
+        config = watched.get()  # logs a broken file with its file:line:column errors, keeps the last good
+        if watched.errors:
+            error = "\n".join(str(e) for e in watched.errors)
+            if error != self._last_error:
+                self._last_error, self._last_error_at = error, time.time()
+        elif config is not None:
+            self._last_error = self._last_error_at = None
+        if config is not None and config.version != self._version:
+            self._version, self._loaded_at = config.version, time.time()
+            for line in missing_secret_lines(config, self._secrets):
+                log.warning("%s", line)
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.notify.reload_interval_s)
+            try:
+                self._check_config()  # on the loop, as the queuer's and sender's own reads: one reader at a time
+            except Exception:
+                log.exception("notification file check failed")
+
+    # --- status ---------------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """Receivers, the queue's depth and the last reload error (for ``status`` and ``top``)."""
+        notify, nats = self._settings.notify, self._settings.nats
+        config = self._notifier.config.last_good.config
+        queued: int | None = None
+        dead_letters: int | None = None
+        with contextlib.suppress(Exception):
+            info = await self._js.consumer_info(notify.stream, notify.send_durable, timeout=2)
+            queued = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        with contextlib.suppress(Exception):
+            state = (await self._js.stream_info(notify.stream, subjects_filter=notify_subject(nats, "dlq"))).state
+            dead_letters = sum((state.subjects or {}).values())
+        return {
+            "file": str(notify.file),
+            "version": config.version if config else None,
+            "loaded_at": self._loaded_at,
+            "receivers": sorted(config.receivers) if config else [],
+            "missing_secrets": missing_secret_lines(config, self._secrets) if config else [],
+            "consuming": self._notifier.consuming,
+            "queued": queued,
+            "dead_letters": dead_letters,
+            "last_reload_error": self._last_error,
+            "last_reload_error_at": self._last_error_at,
+            "failure": repr(failure) if (failure := self._notifier.failure) is not None else None,
+            "updated_at": time.time(),
+        }
+
+    async def check_health(self) -> None:
+        if (failure := self._notifier.failure) is not None:
+            raise RuntimeError(f"notifier loop died: {failure!r}")
+
+    async def __del__(self) -> None:
+        if not hasattr(self, "_watch"):  # the constructor failed part way (its error is the news)
+            if hasattr(self, "_notifier"):
+                with contextlib.suppress(Exception):
+                    await self._notifier.stop(drain_timeout_s=0)
+            if hasattr(self, "_nc"):
+                await self._nc.close()
+            return
+        self._watch.cancel()
+        # Stop fetching; deliveries in flight finish within the bound, the rest are redelivered later.
+        await self._notifier.stop(drain_timeout_s=self._settings.notify.drain_timeout_s)
+        with contextlib.suppress(Exception):
+            await self._nc.flush(timeout=2)
+        await self._nc.close()
