@@ -116,7 +116,13 @@ async def test_event_in_caption_and_decision_out(
     decided = event_data_json(decision)
     assert decided["queue"] == "quality" and decided["rule_id"] == "dead-air"
 
-    info = await nc.jetstream().consumer_info(service.nats.in_stream, service.nats.ingest_durable)
+    # The Ingress acks its input once the output is stored, so the ack may trail the output by a moment.
+    async with asyncio.timeout(15):
+        while True:
+            info = await nc.jetstream().consumer_info(service.nats.in_stream, service.nats.ingest_durable)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                break
+            await asyncio.sleep(0.2)
     assert info.num_pending == 0 and info.num_ack_pending == 0
 
 
