@@ -94,7 +94,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "listenpost_alerts",
         "counter",
-        "Alerts by outcome: notified, grouped, duplicate, silenced, rate_limited.",
+        "Alerts by outcome: notified, silenced, rate_limited.",
         ("rule_id", "outcome"),
     ),  # fmt: skip
     # --- JetStream state, polled from the server (services/events/jsstate.py) ---
@@ -105,9 +105,14 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("listenpost_dlq_messages", "gauge", "Dead letters stored (the DLQ depth)."),
     MetricSpec("listenpost_object_store_bytes", "gauge", "Bytes stored in an object store bucket.", ("bucket",)),
     # --- notifications (services/notify): receivers are named in the notification file, a bounded set ---
+    MetricSpec("listenpost_notify_group_joins", "counter", "Alerts joining an aggregation group (one per route they reach)."),
+    MetricSpec("listenpost_notify_groups", "gauge", "Aggregation groups the notifier holds (alerts firing or untold)."),
     MetricSpec("listenpost_notifications_queued", "counter", "Notifications queued for a receiver.", ("receiver",)),
     MetricSpec(
-        "listenpost_notifications_skipped", "counter", "Alerts (inhibited) or routes (muted) that made no notification.", ("reason",)
+        "listenpost_notifications_skipped",
+        "counter",
+        "Alerts held back before they were told, once per group: inhibited, or muted by time intervals.",
+        ("reason",),
     ),
     MetricSpec("listenpost_notifications_sent", "counter", "Notifications a receiver accepted.", ("receiver",)),
     MetricSpec(

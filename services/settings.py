@@ -582,11 +582,10 @@ class RulesSettings(_FixedReplicas):
         default_factory=lambda: ["rules.emit.>"],
         description="Subject patterns (below the prefix) that `emit` actions may publish to; a stream must hold them.",
     )
-    state_bucket: str = Field(default="LISTENPOST_RULES_STATE", description="KV: debounce, dedup, rate limits, groups.")
+    state_bucket: str = Field(default="LISTENPOST_RULES_STATE", description="KV: debounce streaks, rate limits.")
     silence_bucket: str = Field(default="LISTENPOST_RULES_SILENCES", description="KV: silences.")
     status_bucket: str = Field(default="LISTENPOST_RULES_STATUS", description="KV: replica status, last good rules.")
     state_ttl_s: PositiveFloat = Field(default=7 * 24 * 3600.0, description="State not rewritten this long expires.")
-    flush_interval_s: PositiveFloat = Field(default=1.0, description="How often due alert groups are notified.")
     status_interval_s: PositiveFloat = Field(default=5.0, description="How often a replica writes its status to KV.")
     max_caption_chars: PositiveInt = Field(default=100_000, description="Longer captions are cut before evaluation.")
     max_list_items: PositiveInt = Field(default=1_000, description="Longer windows/facet lists are cut.")
@@ -661,8 +660,17 @@ class NotifySettings(_FixedReplicas):
     )
     firing_s: PositiveFloat = Field(
         default=3600.0,
-        description="How long an alert counts as firing for inhibition after it was last raised (decisions carry no "
-        "end yet); also the firing bucket's TTL.",
+        description="How long an alert fires after it was last raised (decisions are events: nothing says when what "
+        "they describe ended): it inhibits others, and stays in its aggregation group, until then; then it is "
+        "resolved. Also the firing bucket's TTL.",
+    )
+    groups_bucket: str = Field(
+        default="LISTENPOST_NOTIFY_GROUPS",
+        description="KV: the aggregation groups (which alerts each route's groups hold, what was told and when), "
+        "kept across restarts of the notifier.",
+    )
+    flush_interval_s: PositiveFloat = Field(
+        default=1.0, description="How often the notifier looks for aggregation groups due (group_wait, group_interval)."
     )
     max_msgs: PositiveInt = Field(
         default=100_000, description="Most notifications and dead letters in the stream; beyond it a new one is refused "

@@ -133,6 +133,7 @@ kind: Notifications
 route:
   receiver: e2e-webhook
   group_by: [callid]
+  group_wait: 1s
 receivers:
   - name: e2e-webhook
     type: webhook

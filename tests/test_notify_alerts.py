@@ -8,19 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from services.notify.alerts import (
-    DecisionError,
-    alert_from_decision,
-    alerts_from_decision,
-    notifications_for,
-    plan_notifications,
-)
+from services.notify.alerts import DecisionError, alert_from_decision, alerts_from_decision
 from services.notify.config import NotifyConfig, load
 from services.notify.delivery import DeliveryPolicy, GiveUp, Retry, backoff_s, next_step
-from services.notify.model import Alert
-from services.rules.alerting import Alerting, Silences
+from services.notify.groups import AggregationGroup, due, join_all, look_at
+from services.notify.model import Alert, Notification
 from services.rules.decisions import ALERT_RAISED, fingerprint
-from services.rules.state import MemoryStore
 
 MONDAY = datetime(2026, 3, 9, 13, 30, tzinfo=UTC)
 SATURDAY = datetime(2026, 3, 14, 13, 30, tzinfo=UTC)
@@ -100,22 +93,6 @@ def test_an_alert_decision_becomes_an_alert_with_its_labels_and_links() -> None:
     assert (a.status, a.starts_at, a.ends_at) == ("firing", MONDAY, None)
 
 
-async def test_a_grouped_decision_becomes_one_alert_per_member() -> None:
-    # The rules engine's own grouped notification (services/rules/alerting.py), not a copy of its shape.
-    group = {
-        "rule_id": "screaming", "action_index": 0, "labels": {"team": "security"}, "severity": "warning", "seq": 3,
-        "alerts": {
-            fp: {**decision_data("screaming", {"team": "security", "callid": c}, severity="warning", callid=c), "at": i}
-            for i, (fp, c) in enumerate((("fp-a", "c-1"), ("fp-b", "c-2")))
-        },
-    }  # fmt: skip
-    decision = Alerting(MemoryStore(), Silences(MemoryStore()), prefix="listenpost").notification("g1", group)
-    alerts = alerts_from_decision({**attributes(decision.id), "callid": None}, decision.data)
-    assert [a.callid for a in alerts] == ["c-1", "c-2"]
-    assert {a.decision_id for a in alerts} == {decision.id}
-    assert alerts[0].labels == {"team": "security", "callid": "c-1", "rule": "screaming", "severity": "warning"}
-
-
 def test_what_is_not_an_alert_decision_is_refused_in_words() -> None:
     with pytest.raises(DecisionError, match="is not 'com.listenpost.alert.raised'"):
         alerts_from_decision({**attributes(), "type": "com.listenpost.route.decided"}, {})
@@ -125,7 +102,22 @@ def test_what_is_not_an_alert_decision_is_refused_in_words() -> None:
         alerts_from_decision({**attributes(), "id": ""}, decision_data("x", {}))
 
 
-# --- routing, inhibition, muted routes ---------------------------------------------------------
+# --- routing, inhibition, muted routes (through the aggregation groups) ------------------------
+
+
+def notifications_for(
+    alerts: Alert | list[Alert], config: NotifyConfig, firing: dict[str, Alert], at: datetime
+) -> list[Notification]:
+    """What the alerts, raised together at ``at``, make at their groups' first look (group_wait
+    is 30 s by default: the look is then), in tree order."""
+    batch = [alerts] if isinstance(alerts, Alert) else alerts
+    groups = join_all({}, batch, config, at.timestamp(), 3600.0)
+    looks = [look_at(g, config, firing.values(), at.timestamp() + 30) for g in due(groups, at.timestamp() + 30)]
+    return sorted((f.notification for f in looks if f.notification is not None), key=lambda n: _order(groups, n))
+
+
+def _order(groups: dict[str, AggregationGroup], n: Notification) -> int:
+    return list(groups).index(n.group_key)
 
 
 def test_one_notification_per_matched_receiver_with_the_routes_group(config: NotifyConfig) -> None:
@@ -134,7 +126,7 @@ def test_one_notification_per_matched_receiver_with_the_routes_group(config: Not
         ("security", '{}/{team="security"}/0:{callid="c-1"}', {"callid": "c-1"}),
         ("ops", "{}/{}/2:{rule=\"gunshot\"}", {"rule": "gunshot"}),
     ]
-    assert all(n.created_at == MONDAY and len(n.alerts) == 1 for n in notifications)
+    assert all(n.created_at == MONDAY + timedelta(seconds=30) and len(n.alerts) == 1 for n in notifications)
 
 
 def test_a_firing_source_inhibits_its_targets_on_the_same_call_only(config: NotifyConfig) -> None:
@@ -146,9 +138,12 @@ def test_a_firing_source_inhibits_its_targets_on_the_same_call_only(config: Noti
     assert len(notifications_for(alert("dead-air"), config, firing, MONDAY)) == 2  # not a target
     # The source itself is not inhibited by itself, and an alert that has not started inhibits nothing.
     assert len(notifications_for(gunshot, config, firing, MONDAY)) == 2
-    assert len(notifications_for(alert("screaming"), config, firing, MONDAY - timedelta(seconds=1))) == 2
-    _, skipped = plan_notifications([alert("screaming")], config, firing.values(), MONDAY)
-    assert [(s.receiver, s.reason) for s in skipped] == [(None, "inhibited")]
+    assert len(notifications_for(alert("screaming"), config, firing, MONDAY - timedelta(seconds=31))) == 2
+    groups = join_all({}, [alert("screaming")], config, MONDAY.timestamp(), 3600.0).values()
+    looks = [look_at(g, config, firing.values(), MONDAY.timestamp() + 30) for g in groups]
+    assert {(look.notification, look.reason, look.held_back, look.held_reason) for look in looks} == {
+        (None, "all inhibited", (alert("screaming").fingerprint,), "inhibited")
+    }
 
 
 def test_a_muted_route_sends_nothing_and_stops_its_siblings(config: NotifyConfig) -> None:
@@ -156,11 +151,11 @@ def test_a_muted_route_sends_nothing_and_stops_its_siblings(config: NotifyConfig
     assert [(n.receiver, n.group_labels) for n in notifications_for(qa, config, {}, MONDAY)] == [("qa", {"team": "qa"})]
     # At the weekend the qa route is muted; it still matched, so the catch-all does not take it.
     assert notifications_for(qa, config, {}, SATURDAY) == []
-    _, skipped = plan_notifications([qa], config, [], SATURDAY)
-    assert [(s.receiver, s.reason) for s in skipped] == [("qa", "muted by weekends")]
+    [group] = join_all({}, [qa], config, SATURDAY.timestamp(), 3600.0).values()
+    assert look_at(group, config, [], SATURDAY.timestamp() + 30).reason == "muted by weekends"
 
 
-def test_alerts_of_one_decision_that_share_a_receiver_and_group_are_one_notification(config: NotifyConfig) -> None:
+def test_alerts_raised_together_that_share_a_receiver_and_group_are_one_notification(config: NotifyConfig) -> None:
     a, b = alert("dead-air", team="qa", callid="c-1"), alert("dead-air", team="qa", callid="c-2")
     [notification] = notifications_for([a, b], config, {}, MONDAY)
     assert (notification.receiver, [x.callid for x in notification.alerts]) == ("qa", ["c-1", "c-2"])

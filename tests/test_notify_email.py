@@ -109,6 +109,7 @@ def mail_config(server: SmtpServer, **update: Any) -> EmailConfig:
         "password_secret": "smtp-password",
         "ca_file": server.ca,
         "timeout_s": 10,
+        "send_resolved": True,  # the tests' notifications tell a resolved alert too (off by default)
     }
     values.update(update)
     return EmailConfig.model_validate(values)

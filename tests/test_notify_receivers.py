@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from services.events.binding import decode
 from services.events.webhooks import sign_webhook
 from services.ingest.auth import Unauthorized, verify_webhook
+from services.notify.config import receiver_types
 from services.notify.model import Notification
 from services.notify.receivers import (
     RECEIVER_CONFIGS,
@@ -162,7 +163,7 @@ SLACK_TEXT = (
 
 
 async def test_slack_posts_text_and_blocks_to_the_url_in_its_secret(http_server: RecordingServer, client: httpx.AsyncClient) -> None:
-    config = SlackConfig(name="slack-ops", url_secret="slack-ops", channel="#cx-alerts")
+    config = SlackConfig(name="slack-ops", url_secret="slack-ops", channel="#cx-alerts", send_resolved=True)
     delivery = await send(two_alerts(), config, Secrets({"slack-ops": f"{http_server.url}/services/{SLACK_TOKEN}"}), client)
     assert delivery.status == 200
     [request] = http_server.requests
@@ -184,6 +185,7 @@ async def test_slack_templates_override_the_defaults(http_server: RecordingServe
     config = SlackConfig(
         name="slack-ops",
         url_secret="slack-ops",
+        send_resolved=True,
         template={
             "title": "{{ alerts | length }} on {{ group_labels.queue }}",
             "text": "{% for a in alerts %}{{ a.callid or '-' }} {% endfor %}",
@@ -334,6 +336,11 @@ def test_receiver_configs_parse_by_type_and_list_their_secrets() -> None:
         adapter.validate_python([{"type": "slack", "name": "s", "url": "https://hooks.slack.com/services/x"}])
     with pytest.raises(ValidationError, match="String should match pattern"):
         SlackConfig(name="s", url_secret="https://hooks.slack.com/services/T/B/secret")  # a value where a name goes
+
+
+def test_chat_and_mail_are_not_told_of_resolved_alerts_unless_asked_as_in_alertmanager() -> None:
+    defaults = {t: c.model_fields["send_resolved"].default for t, c in receiver_types().items()}
+    assert defaults == {"webhook": True, "slack": False, "msteams": True, "pagerduty": True, "email": False, "alertmanager": True}
 
 
 async def test_resolved_only_notifications_are_skipped_without_send_resolved(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.rules import Decision, RuleSet, load_ruleset
-from services.rules.alerting import Alerting, Matcher, Queued, Silences, Suppressed
+from services.rules.alerting import Alerting, Matcher, Silences, Suppressed
 from services.rules.engine import RulesProcessor
 from services.rules.schema import AlertSpec
 from services.rules.state import Conflict, MemoryStore, memory_stores, mutate
@@ -96,15 +96,19 @@ async def test_silenced_alerts_are_held_back() -> None:
     assert await hygiene.admit(alert(event="e2"), spec(), T0 + 61) == alert(event="e2")  # silence over
 
 
-async def test_dedup_and_repeat_interval() -> None:
+async def test_every_alert_raised_is_a_decision_the_same_one_again_too() -> None:
+    """Deduplication is the notifier's (a route's repeat_interval): the rules engine records each
+    alert it raises, so the decision stream says what happened, every time it happened."""
     hygiene = pipeline()
-    s = spec(repeat_interval="10m")
-    assert await hygiene.admit(alert(event="e1"), s, T0) == alert(event="e1")
-    again = await hygiene.admit(alert(event="e2"), s, T0 + 300)
-    assert isinstance(again, Suppressed) and again.reason == "duplicate"
-    assert await hygiene.admit(alert(event="e3"), s, T0 + 601) == alert(event="e3")
-    # Different labels: a different alert.
-    assert await hygiene.admit(alert(labels={"callid": "c-9"}, event="e4"), s, T0 + 602) == alert(labels={"callid": "c-9"}, event="e4")
+    assert await hygiene.admit(alert(event="e1"), spec(), T0) == alert(event="e1")
+    assert await hygiene.admit(alert(event="e2"), spec(), T0 + 300) == alert(event="e2")
+
+
+@pytest.mark.parametrize("setting", ["group_by", "group_wait", "group_interval", "repeat_interval"])
+def test_notification_settings_on_an_alert_are_refused_with_where_they_moved(setting: str) -> None:
+    value = ["queue"] if setting == "group_by" else "5m"
+    with pytest.raises(ValueError, match=f"{setting} moved to the notification routes: .* set {setting} on the route"):
+        spec(**{setting: value})
 
 
 async def test_a_redelivered_event_resends_its_alert() -> None:
@@ -128,37 +132,11 @@ async def test_rate_limit_is_a_sliding_window_per_rule() -> None:
     assert not isinstance(await hygiene.admit(alert("other", event="x"), s, T0 + 20), Suppressed)
 
 
-async def test_groups_wait_then_notify_then_respect_the_interval() -> None:
-    hygiene = pipeline()
-    s = spec(group_by=["queue"], group_wait="30s", group_interval="5m")
-    a1 = alert(labels={"callid": "c-1", "queue": "billing"}, event="e1")
-    a2 = alert(labels={"callid": "c-2", "queue": "billing"}, event="e2")
-    other = alert(labels={"callid": "c-3", "queue": "sales"}, event="e3")
-    assert isinstance(await hygiene.admit(a1, s, T0), Queued)
-    assert isinstance(await hygiene.admit(a2, s, T0 + 10), Queued)
-    assert isinstance(await hygiene.admit(other, s, T0 + 20), Queued)
-    assert await hygiene.due(T0 + 29) == []
-    [due] = await hygiene.due(T0 + 30)
-    n = due.notification
-    assert (n.type, n.subject, n.rule_id) == ("com.listenpost.alert.raised", "listenpost.alerts.warning", "r")
-    assert n.data["group"]["count"] == 2 and n.data["labels"] == {"queue": "billing"}
-    assert [a["labels"]["callid"] for a in n.data["alerts"]] == ["c-1", "c-2"]
-    assert n.data["summary"].endswith("(and 1 more)") and "callid" not in n.data  # two calls: no single callid
-    await hygiene.flushed(due, T0 + 30)
-    await hygiene.flushed(due, T0 + 31)  # a second flusher (replica) with the same due: no effect
-    # A new alert in the flushed group waits for the group interval.
-    assert isinstance(await hygiene.admit(alert(labels={"callid": "c-4", "queue": "billing"}, event="e4"), s, T0 + 40), Queued)
-    assert await hygiene.due(T0 + 40) == []
-    assert [d.notification.data["labels"] for d in await hygiene.due(T0 + 50)] == [{"queue": "sales"}]  # its own wait
-    [later] = [d for d in await hygiene.due(T0 + 330) if d.notification.data["labels"] == {"queue": "billing"}]
-    assert later.notification.data["group"]["count"] == 1 and later.notification.data["callid"] == "c-4"
-    assert later.notification.id != n.id
-
-
-async def test_two_replicas_racing_on_one_alert_notify_once() -> None:
+async def test_two_replicas_racing_on_a_rate_limit_let_one_alert_through() -> None:
     store, silences = MemoryStore(), MemoryStore()
     replicas = [Alerting(store, Silences(silences, refresh_s=0.0), prefix="lp") for _ in range(2)]
-    results = await asyncio.gather(*(r.admit(alert(event=f"e{i}"), spec(), T0) for i, r in enumerate(replicas)))
+    s = spec(rate_limit={"max": 1, "per": "1h"})
+    results = await asyncio.gather(*(r.admit(alert(labels={"callid": f"c-{i}"}, event=f"e{i}"), s, T0) for i, r in enumerate(replicas)))
     assert sorted(type(r).__name__ for r in results) == ["Decision", "Suppressed"]
 
 
@@ -240,7 +218,8 @@ async def test_processor_drops_rule_loops_and_counts_suppressions(tmp_path: Path
     assert skipped.evaluation is None and "rule loop" in (skipped.skipped or "")
     await processor.process(rules, *event(0))
     await processor.process(rules, *event(1))
+    await processor.silences.add([Matcher.parse("rule=angry")], ends_at=T0 + 60, now=T0)
     again = await processor.process(rules, {**event(2)[0], "id": "other"}, event(2)[1])
-    assert [s.reason for s in again.suppressed] == ["duplicate"]
-    assert processor.counters.to_json()["rules"]["angry"]["suppressed"] == {"duplicate": 1}
+    assert [s.reason for s in again.suppressed] == ["silenced"]
+    assert processor.counters.to_json()["rules"]["angry"]["suppressed"] == {"silenced": 1}
     assert processor.counters.looped == 1

@@ -191,8 +191,7 @@ def test_backtest_from_the_command_line(nats_url: str, monkeypatch: pytest.Monke
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["events"] == 1
-    assert report["rules"]["dead-air"]["routes"] == {"quality": 1} and report["rules"]["dead-air"]["alerts_grouped"] == 1
-    assert report["rules"]["dead-air"]["alerts_notified"] == 1
+    assert report["rules"]["dead-air"]["routes"] == {"quality": 1} and report["rules"]["dead-air"]["alerts_raised"] == 1
     assert report["rules"]["gold-tier-priority"]["routes"] == {"priority": 1}
     table = rules("backtest", "--since", "1h", "--rules", str(SHIPPED), "--nats", nats_url)
     assert "backtest of rules" in table.output and "dead-air" in table.output

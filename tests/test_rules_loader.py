@@ -109,13 +109,17 @@ BAD = {
             "(built-in labels: rule, severity)"
         ),
         (
-            "bad/alert-hygiene/rules.yaml:15:28: rules[0].actions[0].alert.repeat_interval: '5x' is not a duration "
-            "like 30s, 5m, 1h30m or 250ms"
+            "bad/alert-hygiene/rules.yaml:15:28: rules[0].actions[0].alert.repeat_interval: repeat_interval moved to the "
+            "notification routes: rules say what happened, the notification file says who hears about it and how often. "
+            "Delete it here and set repeat_interval on the route that takes this rule's alerts in "
+            "router_rules/notifications.yaml (docs/notifications.md#grouping)"
         ),
         "bad/alert-hygiene/rules.yaml:16:29: rules[0].actions[0].alert.rate_limit.max: Input should be greater than or equal to 1",
         (
-            "bad/alert-hygiene/rules.yaml:18:11: rules[0].actions[1].alert: group_by names 'queue', which is not a label "
-            "of this alert (labels: team, rule, severity)"
+            "bad/alert-hygiene/rules.yaml:21:21: rules[0].actions[1].alert.group_by: group_by moved to the notification "
+            "routes: rules say what happened, the notification file says who hears about it and how often. Delete it "
+            "here and set group_by on the route that takes this rule's alerts in router_rules/notifications.yaml "
+            "(docs/notifications.md#grouping)"
         ),
     ],
     "helper-arity": [

@@ -143,8 +143,7 @@ rules:
           severity: critical
           summary: "alarm {{ context.callid }}"
           labels: {team: security, callid: "{{ context.callid }}"}
-          group_by: [team]
-          group_wait: 1s
+          rate_limit: {max: 1, per: 1h}
 """
 
 
@@ -164,7 +163,7 @@ def captioned(i: int, callid: str, *, angry: bool = False, alarm: bool = False) 
     )
 
 
-async def test_two_replicas_share_streaks_dedup_groups_and_silences(nats_url: str, tmp_path: Path) -> None:
+async def test_two_replicas_share_streaks_rate_limits_and_silences(nats_url: str, tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(RULES)
     rules = load_ruleset(tmp_path)
     tag = uuid.uuid4().hex[:8]
@@ -175,21 +174,12 @@ async def test_two_replicas_share_streaks_dedup_groups_and_silences(nats_url: st
         assert (await a.process(rules, *captioned(0, "c-1", angry=True))).publish == []
         fired = await b.process(rules, *captioned(1, "c-1", angry=True))
         assert [d.kind for d in fired.publish] == ["route", "alert"]
-        # The same alert again, on the other replica: a duplicate.
+        # The same alert again, on the other replica: raised again (the notifier deduplicates).
         again = await a.process(rules, *captioned(2, "c-1", angry=True))
-        assert [d.kind for d in again.publish] == ["route"] and [s.reason for s in again.suppressed] == ["duplicate"]
-        # Grouped alarms from both replicas end in one notification, whichever replica flushes.
-        assert len((await a.process(rules, *captioned(0, "c-2", alarm=True))).queued) == 1
-        assert len((await b.process(rules, *captioned(0, "c-3", alarm=True))).queued) == 1
-        sent: list[Any] = []
-
-        async def publish(decision: Any) -> None:
-            sent.append(decision)
-
-        await asyncio.sleep(1.1)
-        await asyncio.gather(a.flush(publish), b.flush(publish))
-        ids = {d.id for d in sent}
-        assert len(ids) == 1 and sent[0].data["group"]["count"] == 2  # the same notification id, at most twice
+        assert [d.kind for d in again.publish] == ["route", "alert"] and again.suppressed == []
+        # A rate limit of one alarm an hour holds across the replicas: the second is held back.
+        assert [d.kind for d in (await a.process(rules, *captioned(0, "c-2", alarm=True))).publish] == ["alert"]
+        assert [s.reason for s in (await b.process(rules, *captioned(0, "c-3", alarm=True))).suppressed] == ["rate_limited"]
         # A silence created through one replica's store silences the other.
         await a.silences.add([Matcher.parse("callid=c-4")], ends_at=a.clock() + 60)
         assert (await b.process(rules, *captioned(0, "c-4", angry=True))).publish == []
@@ -227,8 +217,8 @@ async def test_backtest_replays_history_without_side_effects(js: Any, tmp_path: 
     )  # fmt: skip
     assert report.events == 3 and report.undecodable == 1
     angry, alarm = report.rules["angry"], report.rules["alarm"]
-    assert (angry.matched, dict(angry.routes), angry.alerts_notified) == (1, {"escalations": 1}, 1)
-    assert (alarm.matched, alarm.alerts_grouped, alarm.alerts_notified) == (1, 1, 1)  # notified at the end
+    assert (angry.matched, dict(angry.routes), angry.alerts_raised) == (1, {"escalations": 1}, 1)
+    assert (alarm.matched, alarm.alerts_raised) == (1, 1)
     after = await js.stream_info(cfg.out_stream)
     assert after.state.messages == before.state.messages  # nothing published
     assert after.state.consumer_count == before.state.consumer_count  # its consumer is gone
@@ -281,7 +271,7 @@ def engine_settings(nats_url: str, directory: Path, tag: str) -> Settings:
             rules_durable=f"rules-{tag}", ingest_durable=f"ingest-{tag}", ack_wait_s=5,
         ),
         rules=RulesSettings(
-            directory=directory, reload_interval_s=0.1, flush_interval_s=0.2, status_interval_s=0.2,
+            directory=directory, reload_interval_s=0.1, status_interval_s=0.2,
             state_bucket=f"S_{tag}", silence_bucket=f"Q_{tag}", status_bucket=f"T_{tag}",
         ),
     )  # fmt: skip

@@ -274,6 +274,9 @@ def bucket_configs(settings: Settings) -> tuple[list[KeyValueConfig], list[Objec
         KeyValueConfig(bucket=rules.status_bucket, history=1, storage=StorageType.FILE),
         # An alert stops firing (for inhibition) when its key expires.
         KeyValueConfig(bucket=settings.notify.firing_bucket, history=1, ttl=settings.notify.firing_s, storage=StorageType.FILE),
+        # Aggregation groups are dropped by the notifier when their last alert resolved: no TTL,
+        # which could drop a group before it told its resolved alerts.
+        KeyValueConfig(bucket=settings.notify.groups_bucket, history=1, storage=StorageType.FILE),
     ]
     objects = [
         # An object lives as long as the event or dead letter that names it.

@@ -120,7 +120,7 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
     notify_send, notify_dlq = notify_subject(nats, "send"), notify_subject(nats, "dlq")
     event_streams = [nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, notify.stream]
     streams = [*event_streams, settings.audit.stream]
-    kv_buckets = [rules.state_bucket, rules.silence_bucket, rules.status_bucket, notify.firing_bucket]
+    kv_buckets = [rules.state_bucket, rules.silence_bucket, rules.status_bucket, notify.firing_bucket, notify.groups_bucket]
     object_buckets = [*audio_buckets, nats.outputs_bucket, nats.dlq_bucket]
 
     def inbox(role: NatsRole) -> str:
@@ -172,6 +172,7 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         *_durable(nats.out_stream, notify.queue_durable),
         *_durable(notify.stream, notify.send_durable),
         *_kv_writer(notify.firing_bucket),
+        *_kv_writer(notify.groups_bucket),
     ]
     # `dlq replay` republishes inputs and what the rules consume; `notify replay`, notifications.
     replayable = [inputs, *(nats.subject(s) for s in rules.consume_subjects), notify_send]

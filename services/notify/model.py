@@ -40,12 +40,14 @@ class Notification(BaseModel):
     group_labels: dict[str, str] = Field(default_factory=dict)
     alerts: list[Alert] = Field(min_length=1)
     created_at: datetime
+    seq: int = Field(default=0, ge=0, description="The group's notifications before this one: a repeat is a new notification.")
 
     @property
     def idempotency_key(self) -> str:
-        """The same receiver, group and alerts give the same key: a retry or a redelivered
-        decision is recognisable by the receiving end (webhook-id, PagerDuty dedup_key...)."""
-        body = json.dumps([self.receiver, self.group_key, sorted((a.fingerprint, a.status) for a in self.alerts)])
+        """The same receiver, group, alerts and place in the group's sequence give the same key:
+        a retry, or a notification queued again after a restart, is recognisable by the
+        receiving end (webhook-id, Idempotency-Key...); a repeat after repeat_interval is not."""
+        body = json.dumps([self.receiver, self.group_key, self.seq, sorted((a.fingerprint, a.status) for a in self.alerts)])
         return hashlib.sha256(body.encode()).hexdigest()[:32]
 
     @property

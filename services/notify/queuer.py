@@ -1,20 +1,22 @@
-"""The queuer: alert decisions in, notifications queued on the notification stream.
+"""The queuer: alert decisions in, alerts into their routes' aggregation groups.
 
 A durable pull consumer (``notify.queue_durable``) of the rules engine's alert decisions
 (``<prefix>.alerts.>`` on LISTENPOST_OUT). For each decision:
 
-1. its alerts are read (:func:`~services.notify.alerts.alerts_from_decision`);
-2. :func:`~services.notify.alerts.plan_notifications` routes them against the notification
-   file (the last good one: :class:`~services.notify.config.WatchedConfig`) and the alerts
-   firing now (:class:`~services.notify.firing.FiringAlerts`), dropping inhibited alerts and
-   muted routes;
-3. each notification is stored on ``<prefix>.notify.send.<receiver>`` with a ``Nats-Msg-Id``
-   of its own (services/notify/queue.py): a redelivered decision queues nothing twice;
-4. its alerts join the firing set; then the decision is acked (by the consumer loop).
+1. its alert is read (:func:`~services.notify.alerts.alerts_from_decision`);
+2. it joins, on every route of the notification file it reaches (the last good file:
+   :class:`~services.notify.config.WatchedConfig`), that route's group for its labels
+   (:class:`~services.notify.grouper.Grouper`, written through to KV);
+3. it joins the firing set (:class:`~services.notify.firing.FiringAlerts`), which inhibition
+   reads; then the decision is acked (by the consumer loop).
+
+Nothing is sent here: the grouper's looks (group_wait, group_interval, repeat_interval, time
+intervals, inhibition) queue the notifications on ``<prefix>.notify.send.<receiver>``.
 
 Failures follow the consumer's rules (services/events/consumer.py): a decision that can never
-be read is dead-lettered (stage ``notify``, the DLQ stream); no notification file yet, a full
-notification stream or NATS trouble is retried later, so a decision is never lost.
+be read is dead-lettered (stage ``notify``, the DLQ stream); no notification file yet or NATS
+trouble is retried later, so a decision is never lost. A redelivered decision joins the same
+groups again, which changes nothing.
 
 Decisions are handled one at a time, in stream order: a source alert raised before its target
 inhibits it, as it would have on one Alertmanager.
@@ -30,14 +32,13 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.events.binding import BindingError, decode, event_attributes, event_data_json
-from services.events.bounds import StreamFullError
 from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
 from services.events.deadletter import dead_letter
 from services.metrics import recorder
-from services.notify.alerts import ALERT_RAISED, DecisionError, alerts_from_decision, plan_notifications
+from services.notify.alerts import ALERT_RAISED, DecisionError, alerts_from_decision
 from services.notify.config import WatchedConfig
 from services.notify.firing import FiringAlerts
-from services.notify.queue import enqueue
+from services.notify.grouper import Grouper
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,14 @@ class Queuer:
         *,
         config: WatchedConfig,
         firing: FiringAlerts,
+        grouper: Grouper,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self._js = js
         self._settings = settings
         self._config = config
         self._firing = firing
+        self._grouper = grouper
         self._clock = clock
 
     def consumer(self) -> PullConsumer:
@@ -94,20 +97,7 @@ class Queuer:
             alerts = alerts_from_decision(attributes, data, now=self._clock())
         except DecisionError as exc:
             raise Poison("notify", str(exc), error=type(exc).__name__) from exc
-        now = self._clock()
-        notifications, skipped = plan_notifications(alerts, config, self._firing.current(), now)
-        metrics = recorder()
-        for notification in notifications:
-            try:
-                stored = await enqueue(self._js, self._settings.nats, notification, self._settings.source)
-            except StreamFullError as exc:
-                # The decision stays in LISTENPOST_OUT and comes back: nothing stored is dropped.
-                raise RetryLater(str(exc)) from exc
-            if stored:
-                metrics.inc("listenpost_notifications_queued", receiver=notification.receiver)
-        for item in skipped:
-            metrics.inc("listenpost_notifications_skipped", reason="inhibited" if item.receiver is None else "muted")
-            log.info("alert %s of %r: %s", item.fingerprint[:12], attributes.get("id"),
-                     item.reason if item.receiver is None else f"not sent to {item.receiver}: route {item.reason}")  # fmt: skip
+        joined = await self._grouper.add(alerts, config, self._clock().timestamp())
+        recorder().inc("listenpost_notify_group_joins", value=joined)
         for alert in alerts:
             await self._firing.add(alert)

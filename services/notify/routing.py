@@ -114,11 +114,20 @@ def muted_by(match: RouteMatch, time_intervals: Mapping[str, Sequence[TimeInterv
     """Why the route sends nothing at ``at`` (None: it notifies). A route is muted while any of
     its ``mute_time_intervals`` holds; with ``active_time_intervals`` it notifies only while
     one of them holds."""
-    for name in match.mute_time_intervals:
-        if any_active(time_intervals[name], at):
+    return muted_by_intervals(match.mute_time_intervals, match.active_time_intervals, time_intervals, at)
+
+
+def muted_by_intervals(
+    mute: Sequence[str], active: Sequence[str], time_intervals: Mapping[str, Sequence[TimeInterval]], at: datetime
+) -> str | None:
+    """:func:`muted_by` on interval names; a name the file no longer defines is ignored (an
+    aggregation group keeps its route's names until the route is next reached)."""
+    for name in mute:
+        if name in time_intervals and any_active(time_intervals[name], at):
             return f"muted by {name}"
-    if match.active_time_intervals and not any(any_active(time_intervals[name], at) for name in match.active_time_intervals):
-        return f"outside {', '.join(match.active_time_intervals)}"
+    known = [name for name in active if name in time_intervals]
+    if known and not any(any_active(time_intervals[name], at) for name in known):
+        return f"outside {', '.join(known)}"
     return None
 
 

@@ -1,4 +1,4 @@
-"""The notifier as one unit: the queuer and the sender on one NATS connection.
+"""The notifier as one unit: the queuer, the aggregation groups' looks and the sender on one NATS connection.
 
 What a deployment (or a test) starts and stops; it owns the HTTP client it makes, the watched
 notification file, and the firing set. The connection is the caller's (role ``notify``).
@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from services.events.consumer import PullConsumer
 from services.notify.config import WatchedConfig
 from services.notify.firing import FiringAlerts
+from services.notify.grouper import Grouper, GroupStore
 from services.notify.queuer import Queuer
 from services.notify.receivers import SecretSource
 from services.notify.receivers.secrets import configured_secrets
@@ -50,6 +51,8 @@ class Notifier:
         self._consumers: list[PullConsumer] = []
         self._waiting: asyncio.Task[None] | None = None
         self.firing: FiringAlerts | None = None
+        self.grouper: Grouper | None = None
+        self._looks: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start consuming once the notification file has loaded: until then decisions and
@@ -68,11 +71,17 @@ class Notifier:
     async def _start_consumers(self) -> None:
         queue, send = self._roles
         if queue:
-            kv = await self._js.key_value(self._settings.notify.firing_bucket)
-            self.firing = FiringAlerts(self._settings.notify.firing_s, kv)
+            notify = self._settings.notify
+            self.firing = FiringAlerts(notify.firing_s, await self._js.key_value(notify.firing_bucket))
             firing = await self.firing.load()
-            log.info("notifier: %d alert(s) firing, read from %s", firing, self._settings.notify.firing_bucket)
-            self._consumers.append(Queuer(self._js, self._settings, config=self.config, firing=self.firing).consumer())
+            store = GroupStore(await self._js.key_value(notify.groups_bucket))
+            groups = await store.load()
+            log.info("notifier: %d alert(s) firing, %d aggregation group(s), read from %s and %s",
+                     firing, groups, notify.firing_bucket, notify.groups_bucket)  # fmt: skip
+            self.grouper = Grouper(self._js, self._settings, config=self.config, firing=self.firing, store=store)
+            queuer = Queuer(self._js, self._settings, config=self.config, firing=self.firing, grouper=self.grouper)
+            self._consumers.append(queuer.consumer())
+            self._looks = asyncio.get_running_loop().create_task(self.grouper.run(notify.flush_interval_s), name="notify-groups")
         if send:
             sender = Sender(self._js, self._settings, config=self.config, secrets=self._secrets, client=self._client)
             self._consumers.append(sender.consumer())
@@ -82,6 +91,8 @@ class Notifier:
     @property
     def failure(self) -> BaseException | None:
         """Why a consumer loop died, if one did (for a health check)."""
+        if self._looks is not None and self._looks.done() and not self._looks.cancelled():
+            return self._looks.exception() or RuntimeError("the aggregation group looks stopped")
         return next((c.failure for c in self._consumers if c.failure is not None), None)
 
     @property
@@ -94,6 +105,11 @@ class Notifier:
             self._waiting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._waiting
+        if self._looks is not None:
+            self._looks.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._looks
+            self._looks = None
         for consumer in self._consumers:
             # What is still in flight then is cancelled (and redelivered): the HTTP client closes next.
             await consumer.stop(drain_timeout_s, cancel=True)

@@ -3,7 +3,7 @@
 It replays the captioned events (the subjects the engine consumes) stored in
 LISTENPOST_OUT since a point in time through the engine's own
 :class:`RulesProcessor`, on an in-memory state store and a clock that follows
-the events' stored times, so debounce, dedup, rate limits, groups and silences
+the events' stored times, so debounce, rate limits and silences
 (none: the live ones are not applied) behave as they would have.
 
 No side effects: it reads with an ephemeral consumer that acknowledges nothing
@@ -34,8 +34,7 @@ class RuleTally:
     routes: Counter[str] = field(default_factory=Counter)
     tags: Counter[str] = field(default_factory=Counter)
     emits: Counter[str] = field(default_factory=Counter)
-    alerts_notified: int = 0  # immediate alerts and group notifications
-    alerts_grouped: int = 0  # alerts that joined a group
+    alerts_raised: int = 0  # alert decisions (the notifier groups them and sends repeats: not counted here)
     alerts_suppressed: Counter[str] = field(default_factory=Counter)
     last_error: str | None = None
 
@@ -47,8 +46,7 @@ class RuleTally:
             "routes": dict(self.routes),
             "tags": dict(self.tags),
             "emits": dict(self.emits),
-            "alerts_notified": self.alerts_notified,
-            "alerts_grouped": self.alerts_grouped,
+            "alerts_raised": self.alerts_raised,
             "alerts_suppressed": dict(self.alerts_suppressed),
             "last_error": self.last_error,
         }
@@ -99,7 +97,6 @@ class Replay:
         self.report.first_event_at = self.report.first_event_at or stamp
         self.report.last_event_at = stamp
         self.report.events += 1
-        await self.flush(at)
         outcome = await self.processor.process(self.ruleset, attributes, data, now=at)
         if outcome.evaluation is None:
             return
@@ -117,8 +114,6 @@ class Replay:
             self._count(decision)
         for held in outcome.suppressed:
             self.report.tally(held.decision.rule_id).alerts_suppressed[held.reason] += 1
-        for queued in outcome.queued:
-            self.report.tally(queued.decision.rule_id).alerts_grouped += 1
 
     def _count(self, decision: Decision) -> None:
         tally = self.report.tally(decision.rule_id)
@@ -129,17 +124,9 @@ class Replay:
         elif decision.kind == "emit":
             tally.emits[decision.type] += 1
         elif decision.kind == "alert":
-            tally.alerts_notified += 1
-
-    async def flush(self, at: float) -> None:
-        async def count(decision: Decision) -> None:
-            self._count(decision)
-
-        await self.processor.flush(count, now=at)
+            tally.alerts_raised += 1
 
     async def finish(self) -> BacktestReport:
-        # Groups still waiting would have been notified after their wait: count them.
-        await self.flush(self.clock[0] + 7 * 86400.0)
         return self.report
 
 

@@ -268,9 +268,9 @@ def rules_backtest(
             parts.append(f"errors {t.errors} (last: {t.last_error})")
         if t.routes:
             parts.append("routes " + ", ".join(f"{q}:{n}" for q, n in t.routes.items()))
-        if t.alerts_notified or t.alerts_grouped or t.alerts_suppressed:
+        if t.alerts_raised or t.alerts_suppressed:
             held = ", ".join(f"{r} {n}" for r, n in t.alerts_suppressed.items())
-            parts.append(f"alerts sent {t.alerts_notified}, grouped {t.alerts_grouped}" + (f", held back: {held}" if held else ""))
+            parts.append(f"alerts raised {t.alerts_raised}" + (f", held back: {held}" if held else ""))
         if t.tags:
             parts.append("tags " + ", ".join(f"{k}:{n}" for k, n in t.tags.items()))
         if t.emits:

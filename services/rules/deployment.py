@@ -8,7 +8,7 @@ decision as a CloudEvent with a deterministic id before acking.
 - **Errors**: a rule that fails on an event is a ``rule.failed`` event and a
   counter, never a nak. Only infrastructure faults (NATS, KV) raise, so the
   consumer naks and the event is retried (then dead-lettered after MaxDeliver).
-- **State** (debounce streaks, alert dedup, rate limits, groups, silences) lives
+- **State** (debounce streaks, rate limits, silences) lives
   in NATS KV buckets the engine creates at start, so restarts and replicas agree.
 - **Hot reload**: the rule files are checked every ``reload_interval_s``; a
   good edit is swapped in whole, a broken one is logged with file:line:column
@@ -152,7 +152,6 @@ class RulesEngine:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._watch_rules(), name="rules-reload"),
-            loop.create_task(self._flush_groups(), name="rules-flush"),
             loop.create_task(self._report_status(), name="rules-status"),
         ]
 
@@ -251,18 +250,6 @@ class RulesEngine:
                 )
             )
         observe_outcome(outcome, seconds=time.perf_counter() - started, stored_age_s=stored_age_s(msg))
-
-    async def _publish_notification(self, decision: Decision) -> None:
-        out = decision_event(decision, None, self._settings.source)
-        await publish_traced(self._js, decision.subject, out, msg_id=decision.id)
-
-    async def _flush_groups(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.rules.flush_interval_s)
-            try:
-                await self._processor.flush(self._publish_notification)
-            except Exception:
-                log.exception("alert group flush failed")
 
     # --- status -------------------------------------------------------------------
 

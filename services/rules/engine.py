@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.rules.alerting import Alerting, Queued, Silences, Suppressed
+from services.rules.alerting import Alerting, Silences, Suppressed
 from services.rules.decisions import DEFAULT_PREFIX, Decision
 from services.rules.evaluate import Evaluation, Streak, evaluate
 from services.rules.limits import DEFAULT_LIMITS, Limits
@@ -84,7 +84,6 @@ class Outcome:
     evaluation: Evaluation | None  # None: not evaluated (see `skipped`)
     publish: list[Decision]  # in order: publish all, then ack the input
     suppressed: list[Suppressed] = field(default_factory=list)
-    queued: list[Queued] = field(default_factory=list)
     skipped: str | None = None
 
 
@@ -178,7 +177,6 @@ class RulesProcessor:
     async def _hygiene(self, ruleset: RuleSet, evaluation: Evaluation, now: float) -> Outcome:
         publish: list[Decision] = []
         suppressed: list[Suppressed] = []
-        queued: list[Queued] = []
         # Alerts of one event have distinct fingerprints (and rate-limit keys per action):
         # their KV round trips run concurrently; the results keep the evaluation order.
         alerts = [d for d in evaluation.decisions if d.kind == "alert"]
@@ -196,11 +194,9 @@ class RulesProcessor:
             result = results[id(decision)]
             if isinstance(result, Suppressed):
                 suppressed.append(result)
-            elif isinstance(result, Queued):
-                queued.append(result)
             else:
                 publish.append(result)
-        return Outcome(evaluation, publish, suppressed, queued)
+        return Outcome(evaluation, publish, suppressed)
 
     def _count(self, evaluation: Evaluation, outcome: Outcome) -> None:
         c = self.counters
@@ -220,18 +216,6 @@ class RulesProcessor:
         for held in outcome.suppressed:
             counters = c.rule(held.decision.rule_id)
             counters.suppressed[held.reason] = counters.suppressed.get(held.reason, 0) + 1
-
-    async def flush(self, publish: Callable[[Decision], Awaitable[Any]], *, now: float | None = None) -> list[Decision]:
-        """Publish the alert groups that are due, then mark them flushed (at least once)."""
-        now = self.clock() if now is None else now
-        sent = []
-        for due in await self.alerting.due(now):
-            await publish(due.notification)
-            await self.alerting.flushed(due, now)
-            self.counters.decisions += 1
-            sent.append(due.notification)
-        return sent
-
 
 def _rule_spans(evaluation: Evaluation) -> None:
     """One span per matched (or failed) rule, so a trace shows which rules an event fired."""

@@ -30,7 +30,5 @@ def observe_outcome(outcome: Outcome, *, seconds: float, stored_age_s: float | N
     for decision in outcome.publish:
         if decision.kind == "alert":
             m.inc("listenpost_alerts", rule_id=decision.rule_id, outcome="notified")
-    for queued in outcome.queued:
-        m.inc("listenpost_alerts", rule_id=queued.decision.rule_id, outcome="grouped")
     for held in outcome.suppressed:
         m.inc("listenpost_alerts", rule_id=held.decision.rule_id, outcome=held.reason)

@@ -16,7 +16,8 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from services.dsl.durations import Duration, parse_duration
@@ -113,11 +114,21 @@ class AlertSpec(_Strict):
         description="Template; may quote the evidence: {{ match.span }} at {{ match.at }}.",
     )  # fmt: skip
     labels: dict[str, str] = Field(default_factory=dict, description="Label templates; they make the fingerprint.")
-    group_by: list[str] = Field(default_factory=list, description="Label names; alerts with equal values notify together.")
-    group_wait: Duration | None = Field(default=None, description="Wait before a new group's first notification (30s).")
-    group_interval: Duration | None = Field(default=None, description="Wait before notifying a group's new alerts (5m).")
-    repeat_interval: Duration = Field(default="4h", description="The same alert (fingerprint) is not re-sent sooner.")
     rate_limit: RateLimitSpec | None = None
+    # Read only to be refused with where they went (MOVED_TO_ROUTES); not in the JSON Schema.
+    group_by: SkipJsonSchema[Any] = Field(default=None, exclude=True)
+    group_wait: SkipJsonSchema[Any] = Field(default=None, exclude=True)
+    group_interval: SkipJsonSchema[Any] = Field(default=None, exclude=True)
+    repeat_interval: SkipJsonSchema[Any] = Field(default=None, exclude=True)
+
+    @field_validator("group_by", "group_wait", "group_interval", "repeat_interval", mode="before")
+    @classmethod
+    def _moved_to_routes(cls, value: Any, info: ValidationInfo) -> Any:
+        raise ValueError(
+            f"{info.field_name} moved to the notification routes: rules say what happened, the notification file "
+            f"says who hears about it and how often. Delete it here and set {info.field_name} on the route that takes "
+            "this rule's alerts in router_rules/notifications.yaml (docs/notifications.md#grouping)"
+        )
 
     @field_validator("labels")
     @classmethod
@@ -128,27 +139,8 @@ class AlertSpec(_Strict):
                 raise ValueError(f"label {name!r} is set by the engine (built-in labels: {', '.join(BUILTIN_LABELS)})")
         return v
 
-    @model_validator(mode="after")
-    def _grouping(self) -> AlertSpec:
-        known = [*self.labels, *BUILTIN_LABELS]
-        for name in self.group_by:
-            if name not in known:
-                raise ValueError(f"group_by names {name!r}, which is not a label of this alert (labels: {', '.join(known)})")
-        if not self.group_by and (self.group_wait is not None or self.group_interval is not None):
-            raise ValueError("group_wait and group_interval need group_by")
-        return self
-
-    @property
-    def group_wait_s(self) -> float:
-        return parse_duration(self.group_wait) if self.group_wait is not None else (30.0 if self.group_by else 0.0)
-
-    @property
-    def group_interval_s(self) -> float:
-        return parse_duration(self.group_interval) if self.group_interval is not None else 300.0
-
-    @property
-    def repeat_interval_s(self) -> float:
-        return parse_duration(self.repeat_interval)
+#: Alert settings that live on notification routes since the notifier owns grouping and repeats.
+MOVED_TO_ROUTES = ("group_by", "group_wait", "group_interval", "repeat_interval")
 
 
 class TagSpec(_Strict):

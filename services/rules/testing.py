@@ -18,10 +18,6 @@ A test file sits next to the rule files (``<name>_test.yaml``)::
             expect:
               routes: [escalations]
               alerts: [{rule: angry-customer-to-escalations, severity: warning, summary: "..."}]
-          - at: 5m
-            flush: true                 # run the alert-group flusher at this time
-            expect:
-              alerts: [{rule: ..., count: 2}]
 
 An alert expectation may also name the ``receivers`` the alert reaches in the notification
 routing tree (``notifications:`` at the top of the test file names that file, relative to the
@@ -37,8 +33,9 @@ Each step's ``expect`` is strict like promtool's: ``routes``, ``alerts``,
 ``tags``, ``emits``, ``shadow`` and ``errors`` not listed are expected to be
 empty. ``suppressed`` and ``matches`` are checked only when given. The test
 runs the engine's own code (:class:`RulesProcessor`) on an in-memory store
-with a virtual clock, so debounce, dedup, rate limits, groups and silences
-behave as in production.
+with a virtual clock, so debounce, rate limits and silences behave as in
+production. Every alert a rule raises is expected: grouping and repeats are the
+notifier's (the routes of the notification file), tested with ``notify`` tests.
 """
 
 from __future__ import annotations
@@ -114,7 +111,6 @@ class AlertExpectation(_Strict):
     summary: str | None = None
     description: str | None = None
     labels: dict[str, str] | None = None
-    count: int | None = None  # alerts in a group notification
     callid: str | None = None
     receivers: list[str] | None = None  # in the notification routing tree, in order
 
@@ -153,15 +149,18 @@ class Expect(_Strict):
 
 class Step(_Strict):
     at: Duration = "0s"
-    event: TestEvent | None = None
-    flush: bool = False
+    event: TestEvent
     expect: Expect = Field(default_factory=Expect)
 
-    @model_validator(mode="after")
-    def _one(self) -> Step:
-        if (self.event is None) == (not self.flush):
-            raise ValueError("a step has either an event or flush: true")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _no_flush(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "flush" in data:
+            raise ValueError(
+                "flush steps are gone: the rules engine no longer groups alerts (group_by and the group timings "
+                "moved to the notification routes); expect each raised alert at its event's step instead"
+            )
+        return data
 
 
 class TestSilence(_Strict):
@@ -305,26 +304,19 @@ async def run_case(
     slug = re.sub(r"[^a-z0-9]+", "-", case.name.lower()).strip("-") or "test"
     for number, step in enumerate(case.steps, start=1):
         clock[0] = EPOCH + parse_duration(step.at)
-        where = f"step {number} ({'flush' if step.flush else 'event'} at {step.at})"
+        where = f"step {number} (event at {step.at})"
         published: list[Decision] = []
         suppressed: list[tuple[str, str]] = []
         matches: list[str] = []
-        if step.event is not None:
-            attributes, data = _event(step.event, f"{slug}-{number}", clock[0])
-            outcome = await processor.process(ruleset, attributes, data, now=clock[0])
-            published.extend(outcome.publish)
-            suppressed = [(s.decision.rule_id, s.reason) for s in outcome.suppressed]
-            if outcome.evaluation is not None:
-                matches = [m.rule_id for m in outcome.evaluation.matches if m.mode == "enforce"]
-        else:
-            published.extend(await processor.flush(_noop, now=clock[0]))
+        attributes, data = _event(step.event, f"{slug}-{number}", clock[0])
+        outcome = await processor.process(ruleset, attributes, data, now=clock[0])
+        published.extend(outcome.publish)
+        suppressed = [(s.decision.rule_id, s.reason) for s in outcome.suppressed]
+        if outcome.evaluation is not None:
+            matches = [m.rule_id for m in outcome.evaluation.matches if m.mode == "enforce"]
         problems = compare(step.expect, published, suppressed, matches, prefix, receivers=receivers)
         result.failures.extend(f"{where}: {problem}" for problem in problems)
     return result
-
-
-async def _noop(_: Decision) -> None:
-    return None
 
 
 def _event(event: TestEvent, default_id: str, now: float) -> tuple[dict[str, Any], Any]:
@@ -406,7 +398,6 @@ def _alert_view(d: Decision, receivers: NotifyRoutes | None = None) -> dict[str,
         "summary": d.data.get("summary"),
         "description": d.data.get("description"),
         "labels": d.data.get("labels"),
-        "count": d.data["group"]["count"] if "group" in d.data else 1,
     }
     if d.data.get("callid") is not None:
         view["callid"] = d.data["callid"]

@@ -39,6 +39,8 @@ class EmailConfig(ReceiverBase):
     """Send each notification as an e-mail."""
 
     type: Literal["email"] = "email"
+    # Alertmanager's default for chat and mail: a person reads it, and "resolved" is noise there.
+    send_resolved: bool = Field(default=False, description="Also notify when alerts resolve (off by default, as in Alertmanager).")
     host: str = Field(min_length=1, description="The SMTP server (a relay or submission server).")
     port: int = Field(default=587, ge=1, le=65535, description="587 for STARTTLS, 465 for implicit TLS.")
     sender: str = Field(min_length=3, description="The From address, e.g. `listenpost <alerts@example.com>`.")

@@ -28,6 +28,8 @@ class SlackConfig(ReceiverBase):
     """Post to a Slack incoming webhook."""
 
     type: Literal["slack"] = "slack"
+    # Alertmanager's default for chat and mail: a person reads it, and "resolved" is noise there.
+    send_resolved: bool = Field(default=False, description="Also notify when alerts resolve (off by default, as in Alertmanager).")
     url_secret: SecretName = Field(description="The secret holding the incoming webhook's URL.")
     channel: str | None = Field(default=None, description="Override the webhook's channel (legacy webhooks only).")
     username: str | None = Field(default=None, description="Override the poster's name (legacy webhooks only).")
