@@ -129,6 +129,20 @@ METRICS: tuple[MetricSpec, ...] = (
         _LATENCY_BUCKETS,
     ),  # fmt: skip
     MetricSpec("listenpost_notify_dead_letters", "gauge", "Notification dead letters stored (listenpost notify list --dlq)."),
+    # --- CRM write-back (services/notify/crm_writer.py): targets are named in the notification file ---
+    MetricSpec(
+        "listenpost_crm_writes",
+        "counter",
+        "Call summaries for a CRM target, by outcome: sent, skipped (its `when`), retried, dead_lettered.",
+        ("receiver", "outcome"),
+    ),  # fmt: skip
+    MetricSpec(
+        "listenpost_crm_write_seconds",
+        "histogram",
+        "Time from the call's rules evaluated to its summary accepted by the CRM, retries included.",
+        ("receiver",),
+        _LATENCY_BUCKETS,
+    ),  # fmt: skip
 )
 
 SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}
@@ -141,6 +155,8 @@ DELIVERY_REASONS = (
     "timeout", "unavailable", "rate_limited", "rejected", "retries_exhausted", "expired", "unknown_receiver", "error",
 )  # fmt: skip
 SKIP_REASONS = ("inhibited", "muted")
+#: What became of one call's summary for one CRM target.
+CRM_OUTCOMES = ("sent", "skipped", "retried", "dead_lettered")
 
 _REASON_CUES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("retries_exhausted", re.compile(r"gave up after|max_?deliver", re.I)),

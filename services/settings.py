@@ -601,6 +601,34 @@ class RulesSettings(_FixedReplicas):
     def subjects(self, nats: NatsSettings) -> list[str]:
         return [nats.subject(s) for s in self.consume_subjects]
 
+    @model_validator(mode="after")
+    def _marker_is_not_a_rule_subject(self) -> RulesSettings:
+        # The engine's own `rules.evaluated` marker: evaluating it would decide on a marker (and mark
+        # that too), and an emit there would forge one.
+        for name in ("consume_subjects", "emit_subjects"):
+            covering = [p for p in getattr(self, name) if _subject_covers(p, EVALUATED_MARKER)]
+            if covering:
+                raise ValueError(
+                    f"{name} {covering[0]!r} takes in {EVALUATED_MARKER!r}, the rules engine's own marker that an event "
+                    "is evaluated: name narrower subjects"
+                )
+        return self
+
+
+#: The rules engine's evaluated marker, below the subject prefix (services/rules/evaluated.py).
+EVALUATED_MARKER = "rules.evaluated"
+
+
+def _subject_covers(pattern: str, subject: str) -> bool:
+    """Whether the NATS subject pattern (``*``, ``>``) matches ``subject``."""
+    parts, tokens = pattern.split("."), subject.split(".")
+    for i, part in enumerate(parts):
+        if part == ">":
+            return len(tokens) > i
+        if i >= len(tokens) or part not in ("*", tokens[i]):
+            return False
+    return len(parts) == len(tokens)
+
 
 class NotifySettings(_FixedReplicas):
     """Notifications: who hears about an alert (the routing tree, receivers, inhibition, time intervals), and the Notifier deployment."""
@@ -654,6 +682,11 @@ class NotifySettings(_FixedReplicas):
         default="listenpost-notify-queue", description="Durable consumer of alert decisions (LISTENPOST_OUT) that queues notifications."
     )
     send_durable: str = Field(default="listenpost-notify-send", description="Durable consumer of queued notifications (the sender).")
+    crm_durable: str = Field(
+        default="listenpost-notify-crm",
+        description="Durable consumer of the rules engine's evaluated markers (LISTENPOST_OUT, `<prefix>.rules.evaluated`): "
+        "the CRM write-back of each decided call to the notification file's `crm` targets.",
+    )
     firing_bucket: str = Field(
         default="LISTENPOST_NOTIFY_FIRING",
         description="KV: the alerts firing now, which inhibition rules read (kept across restarts of the notifier).",

@@ -194,8 +194,8 @@ async def test_a_forged_dead_letter_is_not_replayed_onto_another_subject(env: En
         )
         report = await replay(env.js, env.settings, seq=seq)
         assert [f.error for f in report.failed] == [
-            f"not replayed: {subject!r} is not an input of listenpost ({env.cfg.subject('in', '>')} or what the rules "
-            "consume); dead letter kept"
+            f"not replayed: {subject!r} is not an input of listenpost ({env.cfg.subject('in', '>')}, what the rules "
+            f"consume, or {env.cfg.subject('rules', 'evaluated')}); dead letter kept"
         ]
     assert (await env.js.stream_info(env.cfg.out_stream)).state.messages == before  # nothing was published
     assert len(await list_dead_letters(env.js, env.settings)) == 3  # and every letter is kept

@@ -20,6 +20,15 @@ FILES = Path(__file__).parent / "notify_files"
 SHIPPED = Path(__file__).parent.parent / "router_rules" / "notifications.yaml"
 
 BAD = {
+    "crm": [
+        'bad/crm.yaml:11:11: crm[0].when: unknown CEL function lower',
+        "bad/crm.yaml:12:11: crm[1].name: duplicate CRM target name 'sales-crm' (first defined at bad/crm.yaml:8:11)",
+        "bad/crm.yaml:14:14: crm[1].mapping: 'Generic_REST' is not a valid mapping name (lower-case letters, digits and '-')",
+        'bad/crm.yaml:15:5: crm[2]: set exactly one of url and url_secret',
+        'bad/crm.yaml:21:5: crm[3].mapping: inline mapping: body.id: unknown CEL variable summry (known: summary)',
+        'bad/crm.yaml:26:11: crm[4].auth.bearer.token_secret: missing required field',
+        "bad/crm.yaml:27:5: crm[4].timeout: unknown field, did you mean 'timeout_s'?",
+    ],
     "empty-file": [
         'bad/empty-file.yaml:1:1: empty file: expected Notifications (apiVersion, kind, route, receivers)',
     ],

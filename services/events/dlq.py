@@ -41,7 +41,7 @@ from services.events.audit import Actor, AuditRecord, operator_action, record
 from services.events.binding import BindingError, decode, event_data_json
 from services.events.claimcheck import ClaimCheckError, delete_object, read_object
 from services.events.errors import EventsError
-from services.events.jetstream import derive_msg_id
+from services.events.jetstream import derive_msg_id, evaluated_subject
 from services.events.models import AUDIO_FAILED, AudioFailed
 from services.settings import Settings
 
@@ -411,11 +411,16 @@ def replay_record(letter: DeadLetter, done: Replayed, actor: Actor) -> AuditReco
 
 
 def replayable_subject(subject: str, settings: Settings) -> bool:
-    """Whether a replay may republish to ``subject``: an input (``<prefix>.in.>``) or a subject
-    the rules engine consumes, the only places a dead letter's original comes from."""
+    """Whether a replay may republish to ``subject``: an input (``<prefix>.in.>``), a subject
+    the rules engine consumes, or the rules engine's evaluated marker (a CRM write-back that
+    failed), the only places a dead letter's original comes from."""
     cfg = settings.nats
     inputs = cfg.subject("in") + "."
-    return (subject.startswith(inputs) and len(subject) > len(inputs)) or subject in settings.rules.subjects(cfg)
+    return (
+        (subject.startswith(inputs) and len(subject) > len(inputs))
+        or subject in settings.rules.subjects(cfg)
+        or subject == evaluated_subject(cfg)
+    )
 
 
 async def republish_then_delete(
@@ -463,7 +468,7 @@ async def _replay_one(js: JetStreamContext, settings: Settings, letter: DeadLett
         # decision (listenpost.alerts.critical) or a silence in listenpost's name.
         raise DeadLetterError(
             f"not replayed: {original.subject!r} is not an input of listenpost "
-            f"({cfg.subject('in', '>')} or what the rules consume); dead letter kept"
+            f"({cfg.subject('in', '>')}, what the rules consume, or {evaluated_subject(cfg)}); dead letter kept"
         )
     ack = await republish_then_delete(
         js, dlq_stream=cfg.dlq_stream, seq=letter.seq, subject=original.subject, body=original.body(),

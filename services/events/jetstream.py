@@ -34,7 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 from services.events.binding import encode_binary, encode_structured
 from services.events.bounds import StreamFullError, stream_full
 from services.events.errors import EventsError
-from services.settings import AuditSettings, NatsSettings, NotifySettings, RetentionSettings, Settings
+from services.settings import EVALUATED_MARKER, AuditSettings, NatsSettings, NotifySettings, RetentionSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,13 @@ def notify_subject(cfg: NatsSettings, kind: Literal["send", "dlq"], receiver: st
     (their dead letters); ``>``: every receiver's. A receiver's name is one token: its dots (which
     names may have) are written as ``_``; the message itself names the receiver exactly."""
     return cfg.subject("notify", kind, receiver if receiver in (">", "") else receiver.replace(".", "_"))
+
+
+def evaluated_subject(cfg: NatsSettings) -> str:
+    """``<prefix>.rules.evaluated``: the rules engine's marker that a captioned event's decisions
+    are all stored (services/rules/evaluated.py). Inside LISTENPOST_OUT's ``rules.>``, outside
+    the ``rules.emit.>`` that rules may emit to."""
+    return cfg.subject(EVALUATED_MARKER)
 
 
 def stream_configs(
@@ -190,6 +197,17 @@ def consumer_configs(
                 filter_subject=cfg.subject("alerts", ">"),
                 deliver_policy=DeliverPolicy.NEW,
                 **common,
+            ),
+        ),
+        # Evaluated markers, for the CRM write-back (services/notify/crm_writer.py): as for the
+        # queue, only calls decided after it is made; attempts counted like the sender's.
+        (
+            cfg.out_stream,
+            ConsumerConfig(
+                durable_name=notify.crm_durable,
+                filter_subject=evaluated_subject(cfg),
+                deliver_policy=DeliverPolicy.NEW,
+                **{**common, "max_deliver": notify.max_attempts + NOTIFY_DELIVER_MARGIN},
             ),
         ),
         # Queued notifications. The sender counts attempts itself and dead-letters at max_attempts;

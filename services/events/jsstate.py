@@ -48,6 +48,7 @@ async def poll(js: JetStreamContext, settings: Settings) -> list[Reading]:
         (nats.out_stream, nats.rules_durable),
         (nats.out_stream, notify.queue_durable),
         (notify.stream, notify.send_durable),
+        (nats.out_stream, notify.crm_durable),
     ):
         info = await js.consumer_info(stream, durable)
         out.append(Reading("listenpost_consumer_pending_messages", info.num_pending or 0, (("durable", durable),)))

@@ -25,6 +25,9 @@ ALERT_RAISED = "com.listenpost.alert.raised"
 TAG_ADDED = "com.listenpost.tag.added"
 RULE_SHADOW_MATCHED = "com.listenpost.rule.shadowmatched"
 RULE_FAILED = "com.listenpost.rule.failed"
+#: The rules engine has published every decision on one ``audio.captioned`` event (the CRM
+#: write-back's trigger, services/notify/crm_writer.py).
+RULES_EVALUATED = "com.listenpost.rules.evaluated"
 
 
 class _Strict(BaseModel):
@@ -262,7 +265,7 @@ class AudioCaptioned(BaseModel):
     )
 
 
-Stage = Literal["decode-event", "validate", "fetch", "decode-audio", "preprocess", "caption", "publish", "rules", "notify", "retry"]
+Stage = Literal["decode-event", "validate", "fetch", "decode-audio", "preprocess", "caption", "publish", "rules", "notify", "crm", "retry"]
 
 
 class AudioFailed(BaseModel):
@@ -275,3 +278,36 @@ class AudioFailed(BaseModel):
     original: dict[str, Any] = Field(
         description="The original message: subject, headers and body (base64), so it can be replayed."
     )
+
+
+class StoredEventRef(BaseModel):
+    """An event stored in a stream: its id, and where a reader fetches it (a get by sequence)."""
+
+    id: str = Field(min_length=1)
+    stream: str = Field(min_length=1)
+    sequence: int = Field(ge=1, description="Its stream sequence.")
+
+
+class EvaluatedDecision(BaseModel):
+    """One decision published on the evaluated event, as its CloudEvent's JSON (what
+    ``services.notify.call_summary.summarise`` reads): the rule is ``subject``."""
+
+    type: str
+    id: str
+    subject: str | None = Field(default=None, description="The rule id.")
+    time: str | None = None
+    rulesetver: str | None = None
+    inputid: str | None = None
+    data: dict[str, Any] = Field(
+        default_factory=dict, description="The decision's data, without its evidence; empty for an `emit` (its author's data)."
+    )
+
+
+class RulesEvaluated(BaseModel):
+    """``data`` of ``com.listenpost.rules.evaluated``: one captioned event's rules were evaluated and
+    every decision on it published (shadow matches and rule errors are not listed)."""
+
+    captioned: StoredEventRef
+    callid: str | None = None
+    ruleset_version: str
+    decisions: list[EvaluatedDecision] = Field(default_factory=list)

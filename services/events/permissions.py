@@ -22,7 +22,7 @@ from typing import get_args
 
 from pydantic import BaseModel
 
-from services.events.jetstream import notify_subject
+from services.events.jetstream import evaluated_subject, notify_subject
 from services.settings import NatsRole, Settings
 
 ROLES: tuple[NatsRole, ...] = get_args(NatsRole)
@@ -138,6 +138,7 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         _api("CONSUMER.INFO", nats.out_stream, nats.rules_durable),
         _api("CONSUMER.INFO", nats.out_stream, notify.queue_durable),
         _api("CONSUMER.INFO", notify.stream, notify.send_durable),
+        _api("CONSUMER.INFO", nats.out_stream, notify.crm_durable),
         # An advisory names an input by sequence: read it to dead-letter it, then remove it.
         _api("STREAM.MSG.GET", nats.in_stream),
         _api("STREAM.MSG.DELETE", nats.in_stream),
@@ -150,6 +151,11 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
     rules_engine = [
         *(_api("STREAM.INFO", s) for s in streams),  # checks at start that an admin provisioned them
         *decisions,
+        # Shadow matches and rule errors (services/rules/decisions.py), and the marker that an
+        # event's decisions are all stored.
+        nats.subject("rules", "shadow"),
+        nats.subject("rules", "errors"),
+        evaluated_subject(nats),
         dead_letters,
         audit,
         *_durable(nats.out_stream, nats.rules_durable),
@@ -160,22 +166,28 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         *_object_deleter(nats.dlq_bucket),  # originals too large for a dead letter
     ]
     # The notifier: alert decisions in through its own durable, notifications queued, sent
-    # (through its other durable) or dead-lettered, and the alerts firing now. No other stream,
-    # no decision, no input.
+    # (through its other durable) or dead-lettered, and the alerts firing now; the CRM writer's
+    # evaluated markers through a third, the captioned event each names read by sequence (its
+    # caption by reference too). No other stream, no decision, no input.
     notifier = [
         *(_api("STREAM.INFO", s) for s in streams),  # checks at start that an admin provisioned them
         notify_send,
         notify_dlq,
-        # A decision or a message that can never be read: a dead letter of the events' DLQ.
+        # A decision or a message that can never be read, a CRM write given up: the events' DLQ.
         nats.subject("dlq", "notify"),
+        nats.subject("dlq", "crm"),
         nats.subject("dlq", "retry"),
         *_durable(nats.out_stream, notify.queue_durable),
         *_durable(notify.stream, notify.send_durable),
+        *_durable(nats.out_stream, notify.crm_durable),
+        _api("STREAM.MSG.GET", nats.out_stream),
+        *_object_reader(nats.outputs_bucket),
         *_kv_writer(notify.firing_bucket),
         *_kv_writer(notify.groups_bucket),
     ]
-    # `dlq replay` republishes inputs and what the rules consume; `notify replay`, notifications.
-    replayable = [inputs, *(nats.subject(s) for s in rules.consume_subjects), notify_send]
+    # `dlq replay` republishes inputs, what the rules consume and evaluated markers (a CRM write
+    # given up); `notify replay`, notifications.
+    replayable = [inputs, *(nats.subject(s) for s in rules.consume_subjects), evaluated_subject(nats), notify_send]
     operator = [
         *replayable,
         audit,

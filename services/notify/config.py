@@ -207,6 +207,7 @@ class NotificationsFileSpec(_Strict):
     receivers: list[Any] = Field(min_length=1)
     inhibit_rules: list[Any] = Field(default_factory=list)
     time_intervals: list[Any] = Field(default_factory=list)
+    crm: list[Any] = Field(default_factory=list)
 
 
 # --- what a load gives --------------------------------------------------------------------------
@@ -228,6 +229,8 @@ class NotifyConfig:
     receivers: Mapping[str, Receiver]
     inhibit_rules: tuple[InhibitRule, ...]
     time_intervals: Mapping[str, tuple[TimeInterval, ...]]
+    #: CRM write-back targets (services.notify.crm.CrmConfig), in file order.
+    crm: tuple[Any, ...] = ()
 
     def routes(self) -> list[Route]:
         """Every node of the tree, parents before children."""
@@ -307,6 +310,7 @@ def parse(path: Path, text: str, *, types: Mapping[str, type[BaseModel]] | None 
     interval_names = (
         _names(doc, raw_intervals, "time_intervals", "time interval", errors) if _is_list(data, "time_intervals", []) else None
     )
+    crm = _crm_targets(doc, data, errors)
     if route is not None:
         _check_root(doc, route, errors)
         _check_routes(doc, route, ("route",), receiver_names, interval_names, errors)
@@ -329,6 +333,7 @@ def parse(path: Path, text: str, *, types: Mapping[str, type[BaseModel]] | None 
             if rule is not None
         ),
         time_intervals={t.name: tuple(spec.compile() for spec in t.time_intervals) for t in intervals if t is not None},
+        crm=crm,
     )
     return config, []
 
@@ -432,6 +437,17 @@ def _receiver(
     if config is None:
         return None
     return Receiver(name=entry.name, type=entry.type, config=config, line=doc.position(loc).line)
+
+
+def _crm_targets(doc: YamlDocument, data: Mapping[str, Any], errors: list[FileError]) -> tuple[Any, ...]:
+    """The ``crm:`` section: each entry a CRM target (its mapping named or inline, compiled now; its
+    ``when`` compiled now), names unique. Imported here, not with this module: as for receivers."""
+    model: type[BaseModel] = importlib.import_module("services.notify.crm").CrmConfig
+    raw = _list(data, "crm")
+    targets = [_validate(doc, model, entry, ("crm", i), errors) for i, entry in enumerate(raw)]
+    if _is_list(data, "crm", []):
+        _names(doc, raw, "crm", "CRM target", errors)
+    return tuple(t for t in targets if t is not None)
 
 
 def _names(doc: YamlDocument, raw: list[Any], section: str, what: str, errors: list[FileError]) -> list[str]:

@@ -52,7 +52,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, PositiveFloat, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from services.dsl.cel_checks import new_context, runtime_message
+from services.dsl.cel_checks import CEL_FUNCTIONS, compile_checked, new_context, runtime_message
 from services.dsl.errors import FileError, LoadError
 from services.dsl.mapping import (
     CelField,
@@ -474,8 +474,26 @@ class CrmConfig(BaseModel):
     )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (not secrets).")
     timeout_s: PositiveFloat = Field(default=10.0, description="One attempt's time limit, connecting included.")
+    when: str | None = Field(
+        default=None,
+        min_length=1,
+        description="CEL over `summary` (a boolean): only the calls for which it is true are written; default every call.",
+    )
 
     _inline: CrmMapping | None = PrivateAttr(default=None)
+    _when: CelField | None = PrivateAttr(default=None)
+
+    @field_validator("mapping")
+    @classmethod
+    def _mapping_name(cls, value: str | dict[str, Any]) -> str | dict[str, Any]:
+        return check_name(value, "mapping name") if isinstance(value, str) else value
+
+    @field_validator("when")
+    @classmethod
+    def _when_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            compile_checked(value, VARIABLES, CEL_FUNCTIONS)  # an ExpressionError is a ValueError: reported at `when`
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -486,9 +504,9 @@ class CrmConfig(BaseModel):
         reserved = sorted(h for h in self.headers if h.lower() in _RESERVED_HEADERS)
         if reserved:
             raise ValueError(f"headers may not set {', '.join(reserved)}: the writer sets them")
-        if isinstance(self.mapping, str):
-            check_name(self.mapping, "mapping name")
-        else:
+        if self.when is not None:
+            self._when = CelField("when", self.when, compile_checked(self.when, VARIABLES, CEL_FUNCTIONS))
+        if not isinstance(self.mapping, str):
             envelope = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "inline"}}
             try:
                 self._inline = compile_mapping(
@@ -499,6 +517,18 @@ class CrmConfig(BaseModel):
                 errors = "; ".join(e.message for e in exc.errors)
                 raise PydanticCustomError("inline_mapping", "inline mapping: {errors}", {"field": "mapping", "errors": errors}) from None
         return self
+
+    def wants(self, summary: CallSummary) -> bool:
+        """Whether ``when`` lets this call through (:class:`CrmMappingError` when it fails or is not a boolean)."""
+        if self._when is None:
+            return True
+        try:
+            value = self._when.run(new_context({"summary": summary.cel_value()}))
+        except FieldEvaluationError as exc:
+            raise CrmMappingError(f"crm target {self.name!r}: {exc}") from exc
+        if not isinstance(value, bool):
+            raise CrmMappingError(f"crm target {self.name!r}: when `{self.when}` is {short(value)}, not a boolean")
+        return value
 
     def secret_names(self) -> list[str]:
         """The secrets the target names (check them at load)."""
@@ -550,12 +580,15 @@ async def write(
     client: httpx.AsyncClient,
     *,
     mappings: Mapping[str, CrmMapping] | None = None,
+    idempotency_key: str | None = None,
 ) -> Delivery:
     """One attempt to send ``summary`` to the target; :class:`DeliveryError` when it fails.
 
     ``mappings``: the loaded mapping files (default: those of the setting
     ``notify.crm_mappings_dir``, read now). A missing secret, an unknown mapping or a mapping
     that fails on this summary is not retryable: another attempt would fail the same way.
+    ``idempotency_key``: sent as ``Idempotency-Key`` unless the mapping (or the target's
+    ``headers``) sets that header itself.
     """
     started = time.monotonic()
     try:
@@ -579,6 +612,8 @@ async def write(
     except CrmMappingError as exc:
         raise DeliveryError(config.name, str(exc), retryable=False) from None
     headers = {**{k.lower(): v for k, v in config.headers.items()}, **request.headers}
+    if idempotency_key is not None:
+        headers.setdefault("idempotency-key", idempotency_key)
     if token is not None:
         headers["authorization"] = f"Bearer {token}"
     response = await post(

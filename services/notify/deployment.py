@@ -51,6 +51,13 @@ def missing_secret_lines(config: NotifyConfig, secrets: Secrets) -> list[str]:
                 f"receiver {receiver.name!r} needs secret(s) {', '.join(repr(n) for n in names)}, not configured "
                 "(notify.secrets or a file in notify.secrets_dir): its notifications will be dead-lettered"
             )
+    for target in config.crm:
+        names = [n for n in target.secret_names() if secrets.get(n) is None]
+        if names:
+            lines.append(
+                f"CRM target {target.name!r} needs secret(s) {', '.join(repr(n) for n in names)}, not configured "
+                "(notify.secrets or a file in notify.secrets_dir): its call summaries will be dead-lettered"
+            )
     return lines
 
 

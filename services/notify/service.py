@@ -1,4 +1,5 @@
-"""The notifier as one unit: the queuer, the aggregation groups' looks and the sender on one NATS connection.
+"""The notifier as one unit: the queuer, the aggregation groups' looks, the sender and the CRM
+writer on one NATS connection.
 
 What a deployment (or a test) starts and stops; it owns the HTTP client it makes, the watched
 notification file, and the firing set. The connection is the caller's (role ``notify``).
@@ -15,6 +16,7 @@ from nats.js import JetStreamContext
 
 from services.events.consumer import PullConsumer
 from services.notify.config import WatchedConfig
+from services.notify.crm_writer import CrmWriter
 from services.notify.firing import FiringAlerts
 from services.notify.grouper import Grouper, GroupStore
 from services.notify.queuer import Queuer
@@ -38,6 +40,7 @@ class Notifier:
         client: httpx.AsyncClient | None = None,
         queue: bool = True,
         send: bool = True,
+        crm: bool = True,
     ) -> None:
         notify = settings.notify
         self._js = js
@@ -48,11 +51,13 @@ class Notifier:
         self._client = client or httpx.AsyncClient(follow_redirects=False)
         self.config = WatchedConfig(notify.file, interval_s=notify.reload_interval_s)
         self._roles = (queue, send)
+        self._crm = crm
         self._consumers: list[PullConsumer] = []
         self._waiting: asyncio.Task[None] | None = None
         self.firing: FiringAlerts | None = None
         self.grouper: Grouper | None = None
         self._looks: asyncio.Task[None] | None = None
+        self.crm_writer: CrmWriter | None = None
 
     async def start(self) -> None:
         """Start consuming once the notification file has loaded: until then decisions and
@@ -85,6 +90,10 @@ class Notifier:
         if send:
             sender = Sender(self._js, self._settings, config=self.config, secrets=self._secrets, client=self._client)
             self._consumers.append(sender.consumer())
+        if self._crm:
+            # Always consumed, so markers do not pile up in the durable: without `crm:` targets each is acked at once.
+            self.crm_writer = CrmWriter(self._js, self._settings, config=self.config, secrets=self._secrets, client=self._client)
+            self._consumers.append(self.crm_writer.consumer())
         for consumer in self._consumers:
             consumer.start()
 

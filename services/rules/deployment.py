@@ -24,6 +24,10 @@ decision as a CloudEvent with a deterministic id before acking.
 - **Traces**: each event is a ``process`` span (parent: its ``traceparent``) holding
   ``evaluate`` (one ``rule`` span per matched rule), ``alert hygiene`` and ``publish``; each
   decision carries the ``traceparent`` of the PRODUCER span that published it.
+- **Evaluated marker**: once every decision on an ``audio.captioned`` event is stored, one
+  ``com.listenpost.rules.evaluated`` event on ``<prefix>.rules.evaluated`` says so (where the
+  captioned event is, its decisions; services/rules/evaluated.py), then the event is acked. It
+  is what the CRM write-back waits for.
 - **Audit**: every activation of a rule set (at start, on reload, from the last good
   copy) is recorded in the audit trail as done by ``service:rules`` with its version.
 """
@@ -47,10 +51,11 @@ from services.events.binding import new_event
 from services.events.connection import connect
 from services.events.consumer import PullConsumer, Redelivery, stored_age_s
 from services.events.deadletter import dead_letter
-from services.events.jetstream import ensure_provisioned
+from services.events.jetstream import ensure_provisioned, evaluated_subject
 from services.events.traced import publish_traced
 from services.rules import Decision, RuleSet, RuleSetError, load_ruleset, load_sources, rule_files
 from services.rules.engine import HOPS_EXTENSION, RulesProcessor, hops
+from services.rules.evaluated import evaluated_event, wants_marker
 from services.rules.inputs import read_input
 from services.rules.limits import Limits
 from services.rules.metrics import observe_outcome
@@ -240,16 +245,25 @@ class RulesEngine:
             log.warning("event %r not evaluated: %r", event_id, outcome.skipped)
         for error in outcome.evaluation.errors if outcome.evaluation else []:
             log.warning("rule %s failed on event %r: %r", error.rule_id, event_id, error.message)
+        events = [decision_event(d, attributes, self._settings.source) for d in outcome.publish]
         # Concurrent acks, ordered sends: each publish is written to the connection when its
         # coroutine starts, in list order, so the stream keeps the evaluation order.
         with stage_span("publish", {"listenpost.decisions": len(outcome.publish)}):
             await asyncio.gather(
-                *(
-                    publish_traced(self._js, d.subject, decision_event(d, attributes, self._settings.source), msg_id=d.id)
-                    for d in outcome.publish
-                )
+                *(publish_traced(self._js, d.subject, e, msg_id=d.id) for d, e in zip(outcome.publish, events, strict=True))
             )
+            if outcome.evaluation is not None and wants_marker(attributes):
+                # After every decision is stored, before the ack: a marker means the call is decided.
+                await self._publish_evaluated(msg, attributes, ruleset.version, events)
         observe_outcome(outcome, seconds=time.perf_counter() - started, stored_age_s=stored_age_s(msg))
+
+    async def _publish_evaluated(self, msg: Msg, attributes: dict[str, Any], version: str, events: list[Any]) -> None:
+        meta = msg.metadata
+        marker = evaluated_event(
+            attributes, stream=meta.stream, sequence=meta.sequence.stream, ruleset_version=version, decisions=events,
+            source=self._settings.source,
+        )  # fmt: skip
+        await publish_traced(self._js, evaluated_subject(self._settings.nats), marker, msg_id=marker.get_id())
 
     # --- status -------------------------------------------------------------------
 
