@@ -222,7 +222,7 @@ async def env(tmp_path: Path, rules_dir: Path, crm_server: RecordingServer) -> A
         nats = server.client_settings(NatsSettings(ack_wait_s=2.0, max_deliver=5, retry_delay_s=0.2, retry_delay_max_s=1.0))
         notify = NotifySettings(backoff_base_s=0.2, backoff_max_s=0.5, max_attempts=3, max_age_s=120, reload_interval_s=0.2,
                                 crm_mappings_dir=REPO / "crm")  # fmt: skip
-        rules = RulesSettings(directory=rules_dir, reload_interval_s=60, flush_interval_s=0.2, status_interval_s=60)
+        rules = RulesSettings(directory=rules_dir, reload_interval_s=60, status_interval_s=60)
         settings = Settings(_env_file=None, nats=nats, notify=notify, rules=rules)
         admin = await connect(nats, role="admin", name="test-crm-admin")
         await provision_everything(admin.jetstream(), settings)

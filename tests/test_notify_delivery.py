@@ -302,6 +302,9 @@ async def test_a_sender_restarted_mid_run_loses_none_and_duplicates_none(env: En
     # work in flight is cancelled.
     await nc.close()
     await notifier.stop(drain_timeout_s=0)
+    # A request the old sender had written just before it stopped may still be reaching the
+    # server (a thread): let it land, so "after the restart" means the new sender's requests.
+    await asyncio.sleep(0.5)
     restarted = time.monotonic()
     notifier, nc = await start_notifier(env, settings)
     try:

@@ -113,7 +113,7 @@ async def test_one_trace_from_input_event_to_decision(receiver: OtlpReceiver, tm
         settings = Settings(
             nats=NatsSettings(url=server.url, ack_wait_s=10, max_deliver=2, retry_delay_s=0.05),
             preprocess=PreprocessSettings(),
-            rules=RulesSettings(directory=rules, reload_interval_s=5, flush_interval_s=5, status_interval_s=5),
+            rules=RulesSettings(directory=rules, reload_interval_s=5, status_interval_s=5),
         )
         nc = await nats.connect(server.url)
         decisions: list[Any] = []
