@@ -267,13 +267,15 @@ def _operator_view(nats_url: str | None) -> Any:
         raise typer.Exit(2) from exc
 
 
-async def _read_state(cfg: Any, settings: Settings) -> tuple[Any, list[dict[str, Any]]]:
+async def _read_state(cfg: Any, settings: Settings) -> tuple[Any, list[dict[str, Any]], dict[str, Any] | None]:
     from services.events.connection import with_jetstream
     from services.events.jsstate import snapshot
+    from services.events.notifier_status import read_notifier_status
     from services.rules.status import read_status
 
-    async def work(js: Any) -> tuple[Any, list[dict[str, Any]]]:
-        return await snapshot(js, settings), await read_status(js, settings.rules.status_bucket)
+    async def work(js: Any) -> tuple[Any, list[dict[str, Any]], dict[str, Any] | None]:
+        bucket = settings.rules.status_bucket
+        return await snapshot(js, settings), await read_status(js, bucket), await read_notifier_status(js, bucket)
 
     return await with_jetstream(cfg, work, name="listenpost-status")
 
@@ -296,6 +298,7 @@ class _Reading:
 
     state: Snapshot
     rules: list[dict[str, Any]]
+    notifier: dict[str, Any] | None  # None: it never reported (off)
     scrape: Scrape | None  # None: no metrics URL
     metrics: MetricsView | None
 
@@ -306,17 +309,19 @@ async def _read_all(cfg: Any, settings: Settings, urls: list[str], previous: Scr
     from services.metricsview.view import metrics_view
 
     if not urls:
-        state, rules = await _read_state(cfg, settings)
-        return _Reading(state, rules, None, None)
+        state, rules, notifier = await _read_state(cfg, settings)
+        return _Reading(state, rules, notifier, None, None)
     m = settings.metrics
-    (state, rules), (latest, failed) = await asyncio.gather(
+    (state, rules, notifier), (latest, failed) = await asyncio.gather(
         _read_state(cfg, settings),
         scrape(urls, timeout_s=m.scrape_timeout_s, max_bytes=m.scrape_max_bytes, at=time.monotonic()),
     )
-    return _Reading(state, rules, latest, metrics_view(latest, previous, top_rules=top_rules, failed=failed))
+    return _Reading(state, rules, notifier, latest, metrics_view(latest, previous, top_rules=top_rules, failed=failed))
 
 
-def _status_tables(state: Any, rules: list[dict[str, Any]], rates: dict[str, float] | None) -> list[Table]:
+def _status_tables(
+    state: Any, rules: list[dict[str, Any]], notifier: dict[str, Any] | None, rates: dict[str, float] | None
+) -> list[Table]:
     consumers = Table(title="consumers (lag)")
     for column in ("durable", "stream", "pending", "in flight", "finished", "per s"):
         consumers.add_column(column, justify="right" if column not in ("durable", "stream") else "left")
@@ -336,7 +341,9 @@ def _status_tables(state: Any, rules: list[dict[str, Any]], rates: dict[str, flo
     for r in rules:
         engines.add_row(str(r.get("replica", "")), str(r.get("ruleset_version", "")),
                         f"{r.get('events', 0)} / {r.get('decisions', 0)}", escape(str(r.get("last_reload_error") or "none")))  # fmt: skip
-    return [consumers, streams, engines]
+    from services.metricsview.receivers import receivers_table
+
+    return [consumers, streams, engines, receivers_table(notifier)]
 
 
 NO_METRICS_URL = "metrics: no metrics URL (--metrics-url, LISTENPOST_METRICS__URLS, or a running `listenpost serve`)"
@@ -408,14 +415,14 @@ def status(
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from exc
     if as_json:
-        out = {"jetstream": reading.state.model_dump(mode="json"), "rules": reading.rules}
+        out = {"jetstream": reading.state.model_dump(mode="json"), "rules": reading.rules, "notifier": reading.notifier}
         if reading.metrics is not None:
             out["metrics"] = reading.metrics.model_dump(mode="json")
         console.print_json(json.dumps(out))
         for url, reason in (reading.metrics.failed if reading.metrics is not None else {}).items():
             err.print(f"metrics: could not read {url}: {reason}", highlight=False, soft_wrap=True)
         return
-    for table in (*_status_tables(reading.state, reading.rules, None), *_metrics_tables(reading.metrics)):
+    for table in (*_status_tables(reading.state, reading.rules, reading.notifier, None), *_metrics_tables(reading.metrics)):
         console.print(table)
 
 
@@ -452,7 +459,8 @@ def top(
             while True:
                 reading = asyncio.run(_read_all(cfg, settings, urls, previous.scrape if previous else None, top_rules))
                 per_s = rates(previous.state, reading.state) if previous is not None else None
-                live.update(Group(*_status_tables(reading.state, reading.rules, per_s), *_metrics_tables(reading.metrics)))
+                tables = _status_tables(reading.state, reading.rules, reading.notifier, per_s)
+                live.update(Group(*tables, *_metrics_tables(reading.metrics)))
                 previous, count = reading, count + 1
                 if iterations and count >= iterations:
                     break

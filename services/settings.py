@@ -705,6 +705,9 @@ class NotifySettings(_FixedReplicas):
     flush_interval_s: PositiveFloat = Field(
         default=1.0, description="How often the notifier looks for aggregation groups due (group_wait, group_interval)."
     )
+    status_interval_s: PositiveFloat = Field(
+        default=5.0, description="How often the notifier writes its status (receivers, queue) for `rules status`, `status` and `top`."
+    )
     max_msgs: PositiveInt = Field(
         default=100_000, description="Most notifications and dead letters in the stream; beyond it a new one is refused "
         "(the alert decision is retried later), nothing stored is dropped."

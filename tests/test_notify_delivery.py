@@ -30,11 +30,14 @@ from services.events.binding import new_event
 from services.events.connection import connect
 from services.events.embedded import EmbeddedNatsServer, free_port
 from services.events.jetstream import provision_everything, publish_event
+from services.events.notifier_status import write_notifier_status
 from services.events.webhooks import verify_webhook_signature
 from services.metrics import MemoryBackend
+from services.metricsview.receivers import receivers_table
 from services.notify.deadletters import list_entries, replay_notifications
 from services.notify.receivers import Secrets
 from services.notify.service import Notifier
+from services.notify.status import ReceiverStats, per_receiver, receiver_rows, receiver_status
 from services.rules.decisions import ALERT_RAISED, fingerprint
 from services.settings import NatsSettings, NotifySettings, Settings, webhook_secret_key
 
@@ -589,3 +592,74 @@ async def test_the_deployment_is_unhealthy_when_a_loop_died(env: Env, receiver: 
         assert "the fetch loop hit a bug" in (await replica.status())["failure"]
     finally:
         await stop_deployment(replica)
+
+
+# --- what `rules status`, `status` and `top` show of the receivers ------------------------------------
+
+
+async def test_each_receivers_deliveries_failures_and_queue_reach_rules_status(env: Env, receiver: RecordingServer) -> None:
+    settings = env.with_file(notification_file(env.tmp, receiver.url))
+    receiver.replies = [Reply(500, b"internal error")]
+    notifier, nc = await start_notifier(env, settings)
+    try:
+        await env.decide("gunshot", "c-1")
+        await until(lambda: len(accepted(receiver)) == 1)
+        await env.idle()
+        assert notifier.sender is not None and notifier.config.get() is not None
+        [row] = await receiver_status(nc.jetstream(), settings, notifier.config.get(), notifier.sender.stats)
+        assert (row.name, row.type, row.sent, row.retried, row.dead_lettered, row.queued, row.dead_letters) == (
+            "hook", "webhook", 1, 1, 0, 0, 0,
+        )  # fmt: skip
+        assert row.last_error is not None and "500" in row.last_error
+        # The notifier's role writes its one key of the status bucket, and no engine's.
+        js = nc.jetstream()
+        await write_notifier_status(js, settings.rules.status_bucket, {"receiver_status": [row.model_dump()], "updated_at": time.time()})
+        kv = await js.key_value(settings.rules.status_bucket)
+        with pytest.raises(Exception, match="timeout|[Pp]ermission"):
+            await kv.put("status.forged-engine", b"{}")
+    finally:
+        await stop_notifier(notifier, nc)
+
+    # The operator's `rules status` prints it beside the engines (none runs here: a notice, exit 1).
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    cfg = settings.nats
+    operator = {
+        "LISTENPOST_NATS__URL": cfg.url or "",
+        "LISTENPOST_NATS__TLS_CA_FILE": str(cfg.tls_ca_file),
+        "LISTENPOST_NATS__ROLES__OPERATOR__NKEY_SEED_FILE": str(cfg.identity("operator").nkey_seed_file),
+        "COLUMNS": "200",
+    }
+    # The CLI runs its own event loop: in a thread.
+    report = await asyncio.to_thread(CliRunner().invoke, app, ["rules", "status", "--json"], env=operator)
+    assert report.exit_code == 0, report.output
+    notifier_record = json.loads(report.output)["notifier"]
+    assert notifier_record["receiver_status"][0]["name"] == "hook"
+    table = await asyncio.to_thread(CliRunner().invoke, app, ["rules", "status"], env=operator)
+    assert "notification receivers" in table.output and "hook" in table.output and "500" in table.output, table.output
+
+
+def test_the_receivers_table_says_when_the_notifier_is_off() -> None:
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(receivers_table(None))
+    assert "the notifier has not reported" in console.export_text()
+    console = Console(width=200, record=True)
+    row = {"name": "pager", "type": "pagerduty", "sent": 12, "retried": 3, "dead_lettered": 1, "queued": 2, "dead_letters": 1,
+           "last_error": "could not reach https://events.pagerduty.com: timed out", "last_error_at": 990.0}  # fmt: skip
+    console.print(receivers_table({"receiver_status": [row], "updated_at": 995.0, "groups": 4}, now=1000.0))
+    text = console.export_text()
+    assert "pager" in text and "pagerduty" in text and "12" in text and "timed out (10s ago)" in text
+    assert "reported 5s ago; 4 aggregation group(s)" in text
+
+
+def test_receiver_rows_keep_a_receiver_gone_from_the_file_while_it_has_a_queue() -> None:
+    stats = {"hook": ReceiverStats(sent=2)}
+    rows = receiver_rows([("hook", "webhook")], stats, {"old": 3}, None)
+    assert [(r.name, r.type, r.sent, r.queued, r.dead_letters) for r in rows] == [
+        ("hook", "webhook", 2, 0, None), ("old", "(not in the file)", 0, 3, None),
+    ]  # fmt: skip
+    assert per_receiver({"lp.notify.send.hook": 2, "lp.notify.dlq.hook": 1}, "lp.notify.send.") == {"hook": 2}

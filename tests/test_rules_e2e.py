@@ -155,8 +155,11 @@ async def test_rule_edits_take_effect_live_and_broken_edits_keep_the_last_good_r
         args = ["rules", "status", "--json"]
         result = await asyncio.to_thread(CliRunner().invoke, _cli(), args, env=env)  # the CLI runs its own event loop
         assert result.exit_code == 0, result.output
-        [record] = [r for r in json.loads(result.output) if r["replica"] == status["replica"]]
+        report = json.loads(result.output)
+        [record] = [r for r in report["engines"] if r["replica"] == status["replica"]]
         assert record["ruleset_version"] == v3 and "CEL syntax error" in record["last_reload_error"]
+        # The notifier (on in the test service) reports its receivers beside the engines.
+        assert [r["name"] for r in report["notifier"]["receiver_status"]] == ["e2e-webhook"]
     finally:
         for path in rules_dir.iterdir():
             if path.name not in originals:

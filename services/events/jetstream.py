@@ -66,6 +66,10 @@ class NotProvisionedError(EventsError, RuntimeError):
     """A stream listenpost needs is missing (and this identity may not create it), or cannot be made."""
 
 
+#: The notifier's status record in the rules status bucket, beside the engines' ``status.<replica>``.
+NOTIFIER_STATUS_KEY = "notifier"
+
+
 def notify_subject(cfg: NatsSettings, kind: Literal["send", "dlq"], receiver: str = ">") -> str:
     """``<prefix>.notify.send.<receiver>`` (queued notifications) or ``<prefix>.notify.dlq.<receiver>``
     (their dead letters); ``>``: every receiver's. A receiver's name is one token: its dots (which

@@ -22,7 +22,7 @@ from typing import get_args
 
 from pydantic import BaseModel
 
-from services.events.jetstream import evaluated_subject, notify_subject
+from services.events.jetstream import NOTIFIER_STATUS_KEY, evaluated_subject, notify_subject
 from services.settings import NatsRole, Settings
 
 ROLES: tuple[NatsRole, ...] = get_args(NatsRole)
@@ -184,6 +184,9 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         *_object_reader(nats.outputs_bucket),
         *_kv_writer(notify.firing_bucket),
         *_kv_writer(notify.groups_bucket),
+        # Its status, where `rules status` / `status` / `top` read it: one key of the status bucket.
+        _api("STREAM.INFO", f"KV_{rules.status_bucket}"),
+        f"$KV.{rules.status_bucket}.{NOTIFIER_STATUS_KEY}",
     ]
     # `dlq replay` republishes inputs, what the rules consume and evaluated markers (a CRM write
     # given up); `notify replay`, notifications.

@@ -30,11 +30,13 @@ from typing import Any
 from ray import serve
 
 from services.events.connection import connect
-from services.events.jetstream import ensure_provisioned, notify_subject
+from services.events.jetstream import ensure_provisioned
+from services.events.notifier_status import delete_notifier_status, write_notifier_status
 from services.notify.config import NotifyConfig
 from services.notify.receivers import missing_secrets
 from services.notify.receivers.secrets import Secrets, configured_secrets
 from services.notify.service import Notifier as NotifierService
+from services.notify.status import receiver_status
 from services.settings import Settings
 from services.telemetry import configure_tracing
 
@@ -78,7 +80,9 @@ class Notifier:
         self._last_error_at: float | None = None
         self._check_config()  # the first load: logs errors in words, reports missing secrets
         await self._notifier.start()
-        self._watch = asyncio.get_running_loop().create_task(self._watch_config(), name="notify-reload")
+        loop = asyncio.get_running_loop()
+        self._watch = loop.create_task(self._watch_config(), name="notify-reload")
+        self._reporting = loop.create_task(self._report_status(), name="notify-status")
 
     # --- the notification file --------------------------------------------------------------
 
@@ -108,22 +112,25 @@ class Notifier:
     # --- status ---------------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
-        """Receivers, the queue's depth and the last reload error (for ``status`` and ``top``)."""
-        notify, nats = self._settings.notify, self._settings.nats
+        """Receivers (each with its deliveries, failures, last error and queue), the queue's depth
+        and the last reload error (for ``rules status``, ``status`` and ``top``)."""
+        notify = self._settings.notify
         config = self._notifier.config.last_good.config
         queued: int | None = None
-        dead_letters: int | None = None
         with contextlib.suppress(Exception):
             info = await self._js.consumer_info(notify.stream, notify.send_durable, timeout=2)
             queued = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-        with contextlib.suppress(Exception):
-            state = (await self._js.stream_info(notify.stream, subjects_filter=notify_subject(nats, "dlq"))).state
-            dead_letters = sum((state.subjects or {}).values())
+        sender = self._notifier.sender
+        rows = await receiver_status(self._js, self._settings, config, sender.stats if sender is not None else {})
+        dead = [row.dead_letters for row in rows]
+        dead_letters = None if any(d is None for d in dead) else sum(d for d in dead if d is not None)
         return {
             "file": str(notify.file),
             "version": config.version if config else None,
             "loaded_at": self._loaded_at,
             "receivers": sorted(config.receivers) if config else [],
+            "receiver_status": [row.model_dump() for row in rows],
+            "groups": len(self._notifier.grouper.store.groups) if self._notifier.grouper is not None else None,
             "missing_secrets": missing_secret_lines(config, self._secrets) if config else [],
             "consuming": self._notifier.consuming,
             "queued": queued,
@@ -133,6 +140,15 @@ class Notifier:
             "failure": repr(failure) if (failure := self._notifier.failure) is not None else None,
             "updated_at": time.time(),
         }
+
+    async def _report_status(self) -> None:
+        """Write :meth:`status` where the commands read it (the rules status bucket, key ``notifier``)."""
+        while True:
+            await asyncio.sleep(self._settings.notify.status_interval_s)
+            try:
+                await write_notifier_status(self._js, self._settings.rules.status_bucket, await self.status())
+            except Exception as exc:  # noqa: BLE001 - NATS trouble: the next report tries again
+                log.warning("notifier status not written: %s: %s", type(exc).__name__, exc)
 
     async def check_health(self) -> None:
         if (failure := self._notifier.failure) is not None:
@@ -147,6 +163,9 @@ class Notifier:
                 await self._nc.close()
             return
         self._watch.cancel()
+        self._reporting.cancel()
+        with contextlib.suppress(Exception):  # a stopped notifier reports nothing rather than stale figures
+            await delete_notifier_status(self._js, self._settings.rules.status_bucket)
         # Stop fetching; deliveries in flight finish within the bound, the rest are redelivered later.
         await self._notifier.stop(drain_timeout_s=self._settings.notify.drain_timeout_s)
         with contextlib.suppress(Exception):

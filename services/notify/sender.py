@@ -50,6 +50,7 @@ from services.notify.queue import (
     read_queued,
 )
 from services.notify.receivers import DeliveryError, ReceiverBase, SecretSource, send
+from services.notify.status import ReceiverStats
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class Sender:
         self._rand = rand
         self._policy = DeliveryPolicy.from_settings(settings.notify)
         self._slots: defaultdict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(settings.notify.concurrency))
+        #: Per receiver, since this replica started (services/notify/status.py).
+        self.stats: defaultdict[str, ReceiverStats] = defaultdict(ReceiverStats)
 
     def consumer(self) -> PullConsumer:
         settings = self._settings
@@ -178,6 +181,7 @@ class Sender:
                 metrics = recorder()
                 metrics.inc("listenpost_notifications_sent", receiver=notification.receiver)
                 metrics.observe("listenpost_notification_delivery_seconds", stored_age_s(msg) or 0.0, receiver=notification.receiver)
+                self.stats[notification.receiver].delivered()
                 return
         step = next_step(
             retryable=error.retryable,
@@ -190,6 +194,7 @@ class Sender:
         if isinstance(step, GiveUp):
             raise Undeliverable(notification, step.reason, label=failure_label(error, step), attempts=attempts, last=error)
         recorder().inc("listenpost_notifications_retried", receiver=notification.receiver, reason=failure_label(error))
+        self.stats[notification.receiver].failed(error.message, given_up=False)
         log.warning("notification %s to %r: attempt %d failed (%s); next in %.1f s",
                     notification.idempotency_key, notification.receiver, attempts, error.message, step.delay_s)  # fmt: skip
         raise RetryLater(error.message, delay_s=step.delay_s, exact=True)
@@ -216,5 +221,6 @@ class Sender:
         event = failed_event(failed, self._settings.source, event_id=msg_id)
         await publish_traced(self._js, notify_subject(self._settings.nats, "dlq", failed.receiver), event, msg_id=msg_id)
         recorder().inc("listenpost_notifications_dead_lettered", receiver=failed.receiver, reason=label)
+        self.stats[failed.receiver].failed(failed.error or failed.reason, given_up=True)
         log.error("notification %s to %r dead-lettered after %d attempt(s): %s",
                   failed.notification.idempotency_key, failed.receiver, failed.attempts, failed.reason)  # fmt: skip

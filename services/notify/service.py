@@ -58,6 +58,7 @@ class Notifier:
         self.grouper: Grouper | None = None
         self._looks: asyncio.Task[None] | None = None
         self.crm_writer: CrmWriter | None = None
+        self.sender: Sender | None = None
 
     async def start(self) -> None:
         """Start consuming once the notification file has loaded: until then decisions and
@@ -88,8 +89,8 @@ class Notifier:
             self._consumers.append(queuer.consumer())
             self._looks = asyncio.get_running_loop().create_task(self.grouper.run(notify.flush_interval_s), name="notify-groups")
         if send:
-            sender = Sender(self._js, self._settings, config=self.config, secrets=self._secrets, client=self._client)
-            self._consumers.append(sender.consumer())
+            self.sender = Sender(self._js, self._settings, config=self.config, secrets=self._secrets, client=self._client)
+            self._consumers.append(self.sender.consumer())
         if self._crm:
             # Always consumed, so markers do not pile up in the durable: without `crm:` targets each is acked at once.
             self.crm_writer = CrmWriter(self._js, self._settings, config=self.config, secrets=self._secrets, client=self._client)

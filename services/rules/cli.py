@@ -4,7 +4,7 @@
     test [DIR]                   run the *_test.yaml files next to the rules
     explain EVENT.json           which rules match one event, and why the others do not
     backtest --since 24h         what the rules on disk would have done with stored history
-    status                       the running engine's rules version, errors and counters
+    status                       the running engine's rules version, errors and counters; the notifier's receivers
     silence add|list|expire      silence alerts by label matchers, with an expiry
     schema                       the JSON Schema of rule files, for editors
 """
@@ -281,17 +281,26 @@ def rules_backtest(
 
 
 def _status_impl(nats_url: str | None, as_json: bool) -> None:
+    from services.events.notifier_status import read_notifier_status
+    from services.metricsview.receivers import receivers_table
     from services.rules.status import read_status
 
     settings = _settings()
-    records = _with_js(nats_url, lambda js: read_status(js, settings.rules.status_bucket))
+    bucket = settings.rules.status_bucket
+
+    async def read(js: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        return await read_status(js, bucket), await read_notifier_status(js, bucket)
+
+    records, notifier = _with_js(nats_url, read)
     if as_json:
-        _print_json(records)
+        _print_json({"engines": records, "notifier": notifier})
         return
+    now = time.time()
     if not records:
         console.print("no rules engine has reported its status (is the service running?)")
+        if notifier is not None:
+            console.print(receivers_table(notifier, now=now))
         raise typer.Exit(1)
-    now = time.time()
     for record in records:
         table = Table(title=f"rules engine {record.get('replica')}", show_header=False)
         table.add_row("ruleset version", str(record.get("ruleset_version")))
@@ -306,6 +315,8 @@ def _status_impl(nats_url: str | None, as_json: bool) -> None:
         table.add_row("rule errors", ", ".join(f"{k}: {v['errors']} ({v.get('last_error')})" for k, v in failing.items()) or "none")
         table.add_row("reported", _ago(record.get("updated_at"), now))
         console.print(table)
+    # Where the alerts went: the notifier's receivers (a caption when it is off).
+    console.print(receivers_table(notifier, now=now))
 
 
 @rules_app.command("status")
