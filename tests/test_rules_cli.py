@@ -163,7 +163,7 @@ def test_status_from_the_command_line(nats_url: str) -> None:
     assert result.exit_code == 0
     for text in ("abc123", "a.yaml:3:1: broken", "r: 2 (no such key: x)", "5 / 4"):
         assert text in result.output
-    assert json.loads(rules("status", "--nats", nats_url, "--json").output)[0]["ruleset_version"] == "abc123"
+    assert json.loads(rules("status", "--nats", nats_url, "--json").output)["engines"][0]["ruleset_version"] == "abc123"
 
 
 def test_backtest_from_the_command_line(nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
