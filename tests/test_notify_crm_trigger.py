@@ -37,6 +37,7 @@ from services.notify.crm import CrmConfig, CrmMappingError, load_mappings, write
 from services.notify.crm_writer import idempotency_key
 from services.notify.receivers import Secrets
 from services.notify.service import Notifier
+from services.notify.status import crm_rows
 from services.rules import evaluate, load_ruleset
 from services.rules.evaluated import evaluated_event, evaluated_msg_id
 from services.settings import NatsSettings, NotifySettings, RulesSettings, Settings
@@ -344,6 +345,11 @@ async def test_500_then_200_is_one_write_with_the_same_idempotency_key(env: Env,
     assert memory.get("listenpost_crm_writes", receiver="plain", outcome="retried") == 1
     assert memory.get("listenpost_crm_writes", receiver="plain", outcome="sent") == 1
     assert await list_dead_letters(env.admin.jetstream(), env.settings) == []
+    # What `rules status` and `top` show of the target: a row of type crm.
+    assert notifier.crm_writer is not None
+    [row] = crm_rows(notifier.config.get(), notifier.crm_writer.stats)
+    assert (row.name, row.type, row.sent, row.retried, row.dead_lettered) == ("plain", "crm", 1, 1, 0)
+    assert row.last_error is not None and "500" in row.last_error
 
 
 def _crm_idle(env: Env) -> Any:

@@ -16,17 +16,19 @@ from typing import Any
 import nats
 import pytest
 from nats.js.errors import BucketNotFoundError
+from pydantic import BaseModel
 
 from services.events.binding import new_event
 from services.events.embedded import EmbeddedNatsServer
 from services.events.errors import EventsError
 from services.events.jetstream import provision, publish_event
+from services.events.kv import bucket_models, bucket_values, stream_subjects
 from services.rules import load_ruleset
 from services.rules.alerting import Matcher
 from services.rules.backtest import backtest
 from services.rules.engine import RulesProcessor
 from services.rules.inputs import read_input
-from services.rules.state import Conflict, Stores, open_bucket, open_stores, stream_subjects
+from services.rules.state import Conflict, Stores, open_bucket, open_stores
 from services.rules.status import read_status
 from services.settings import NatsSettings, RulesSettings, Settings
 
@@ -92,6 +94,24 @@ async def test_listing_reads_the_stream_index_not_a_watcher(js: Any) -> None:
         assert [(e.key, e.value["n"]) for e in listed] == [(f"silence.s{i}", i) for i in (0, 1, 2, 4)]
     assert await store.keys("group.") == ["group.g"]
     assert (await js.stream_info(f"KV_{name}")).state.consumer_count == 0
+
+
+class _Counted(BaseModel):
+    n: int
+
+
+async def test_a_whole_bucket_is_read_from_its_subject_index_and_bad_values_are_named(js: Any) -> None:
+    """What the notifier reads back at start (firing alerts, aggregation groups): every key, none
+    missed (nats-py's kv.keys() watcher can list too few), deleted keys left out."""
+    name = unique("WHOLE")
+    kv = await js.create_key_value(bucket=name)
+    await asyncio.gather(*(kv.put(f"k.{i:03d}", json.dumps({"n": i}).encode()) for i in range(300)))
+    await kv.put("k.bad", b'{"n": "not a number"}')
+    await kv.put("gone", b'{"n": 1}')
+    await kv.delete("gone")
+    read, bad = await bucket_models(kv, _Counted)
+    assert [m.n for _, m in read] == list(range(300)) and bad == ["k.bad"]
+    assert [key for key, _ in await bucket_values(kv, "k.")][:2] == ["k.000", "k.001"]
 
 
 async def test_stream_subjects_reads_every_page() -> None:

@@ -33,7 +33,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -47,16 +47,17 @@ from pydantic import ValidationError
 from services.dsl.mapping import summarize
 from services.events.binding import BindingError, decode, event_attributes, event_data_json
 from services.events.claimcheck import ClaimCheckError, ClaimCheckUnavailable, resolve_data
-from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater, stored_age_s
+from services.events.consumer import Poison, PullConsumer, RetryLater, stored_age_s
 from services.events.deadletter import dead_letter
-from services.events.jetstream import NOTIFY_DELIVER_MARGIN, TRANSIENT_NATS_ERRORS, derive_msg_id
+from services.events.jetstream import TRANSIENT_NATS_ERRORS, derive_msg_id
 from services.events.models import RULES_EVALUATED, RulesEvaluated, StoredEventRef
 from services.metrics import recorder
 from services.notify.call_summary import CallSummary, SummaryError, summarise
 from services.notify.config import WatchedConfig
 from services.notify.crm import CrmConfig, CrmMapping, CrmMappingError, CrmMappingLoadError, load_mappings, write
-from services.notify.delivery import DeliveryPolicy, GiveUp, next_step
+from services.notify.delivery import DeliveryPolicy, GiveUp, next_step, redelivery
 from services.notify.receivers import DeliveryError, SecretSource
+from services.notify.status import ReceiverStats
 from services.settings import Settings
 from services.telemetry import mark_error, stage_span
 
@@ -150,6 +151,8 @@ class CrmWriter:
         self.mappings = mappings or WatchedMappings(notify.crm_mappings_dir, interval_s=notify.reload_interval_s)
         # idempotency key -> None (accepted, or `when` said no) or why it was given up.
         self._settled: OrderedDict[str, str | None] = OrderedDict()
+        #: Per CRM target, since this replica started (services/notify/status.py).
+        self.stats: defaultdict[str, ReceiverStats] = defaultdict(ReceiverStats)
 
     def consumer(self) -> PullConsumer:
         settings = self._settings
@@ -160,14 +163,7 @@ class CrmWriter:
             durable=notify.crm_durable,
             handler=self.handle,
             dead_letter=lambda msg, poison: dead_letter(self._js, nats, settings.source, msg, poison),
-            # Retries are next_step's, as the sender's: the consumer's own bound is a backstop.
-            redelivery=Redelivery(
-                max_deliver=notify.max_attempts + NOTIFY_DELIVER_MARGIN,
-                heartbeat_s=nats.ack_wait_s / 3,
-                retry_delay_s=notify.backoff_base_s,
-                retry_delay_max_s=notify.backoff_max_s,
-                max_handling_s=nats.max_handling_s,
-            ),
+            redelivery=redelivery(settings),  # retries are next_step's: the consumer's bound is a backstop
             max_in_flight=notify.max_in_flight,
             batch=nats.fetch_batch,
         )
@@ -205,11 +201,13 @@ class CrmWriter:
             if isinstance(step, GiveUp):
                 self._settle(key, f"crm target {target.name!r}: {step.reason}: {error.message}")
                 metrics.inc("listenpost_crm_writes", receiver=target.name, outcome="dead_lettered")
+                self.stats[target.name].failed(error.message, given_up=True)
                 log.error("call %r: CRM target %r given up after %d attempt(s): %s: %s",
                           marker.captioned.id, target.name, attempts, step.reason, error.message)  # fmt: skip
                 continue
             delays.append(step.delay_s)
             metrics.inc("listenpost_crm_writes", receiver=target.name, outcome="retried")
+            self.stats[target.name].failed(error.message, given_up=False)
             log.warning("call %r: CRM target %r attempt %d failed (%s); next in %.1f s",
                         marker.captioned.id, target.name, attempts, error.message, step.delay_s)  # fmt: skip
         if delays:
@@ -247,6 +245,7 @@ class CrmWriter:
                 mark_error(span, "TimeoutError", f"no answer within {bound_s:g} s")
                 return DeliveryError(target.name, f"no answer within {bound_s:g} s", retryable=True)
         metrics.inc("listenpost_crm_writes", receiver=target.name, outcome="sent")
+        self.stats[target.name].delivered()
         metrics.observe("listenpost_crm_write_seconds", age_s + delivery.elapsed_s, receiver=target.name)
         log.info("call %r written to CRM target %r (HTTP %s)", marker.captioned.id, target.name, delivery.status)
         return None

@@ -24,9 +24,25 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.settings import NotifySettings
+from services.events.consumer import Redelivery
+from services.events.jetstream import NOTIFY_DELIVER_MARGIN
+from services.settings import NotifySettings, Settings
 
-__all__ = ["DeliveryPolicy", "GiveUp", "Retry", "backoff_s", "next_step"]
+__all__ = ["DeliveryPolicy", "GiveUp", "Retry", "backoff_s", "next_step", "redelivery"]
+
+
+def redelivery(settings: Settings) -> Redelivery:
+    """The consumer's redelivery for a durable whose retries are :func:`next_step`'s (the sender,
+    the CRM writer): its own bound, ``max_attempts`` and a margin, is only a backstop, so a
+    crash mid-attempt (redelivered after AckWait) does not end a delivery early."""
+    nats, notify = settings.nats, settings.notify
+    return Redelivery(
+        max_deliver=notify.max_attempts + NOTIFY_DELIVER_MARGIN,
+        heartbeat_s=nats.ack_wait_s / 3,
+        retry_delay_s=notify.backoff_base_s,
+        retry_delay_max_s=notify.backoff_max_s,
+        max_handling_s=nats.max_handling_s,
+    )
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from services.notify.config import NotifyConfig
 from services.notify.receivers import missing_secrets
 from services.notify.receivers.secrets import Secrets, configured_secrets
 from services.notify.service import Notifier as NotifierService
-from services.notify.status import receiver_status
+from services.notify.status import crm_rows, receiver_status
 from services.settings import Settings
 from services.telemetry import configure_tracing
 
@@ -122,6 +122,7 @@ class Notifier:
             queued = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         sender = self._notifier.sender
         rows = await receiver_status(self._js, self._settings, config, sender.stats if sender is not None else {})
+        writer = self._notifier.crm_writer
         dead = [row.dead_letters for row in rows]
         dead_letters = None if any(d is None for d in dead) else sum(d for d in dead if d is not None)
         return {
@@ -129,7 +130,8 @@ class Notifier:
             "version": config.version if config else None,
             "loaded_at": self._loaded_at,
             "receivers": sorted(config.receivers) if config else [],
-            "receiver_status": [row.model_dump() for row in rows],
+            "receiver_status": [row.model_dump() for row in rows]
+            + [row.model_dump() for row in crm_rows(config, writer.stats if writer is not None else {})],
             "groups": len(self._notifier.grouper.store.groups) if self._notifier.grouper is not None else None,
             "missing_secrets": missing_secret_lines(config, self._secrets) if config else [],
             "consuming": self._notifier.consuming,

@@ -18,10 +18,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from services.events.kv import bucket_models
 from services.notify.model import Alert
 
 log = logging.getLogger(__name__)
@@ -45,21 +45,10 @@ class FiringAlerts:
         """Read the bucket (at start); how many alerts fire now."""
         if self._kv is None:
             return 0
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return 0
-        for key in keys:
-            try:
-                entry = await self._kv.get(key)
-            except KeyNotFoundError:
-                continue  # expired or deleted since it was listed
-            try:
-                record = _Record.model_validate_json(entry.value or b"")
-            except ValidationError:
-                log.warning("firing alerts: key %r of the bucket is not a firing alert; ignored", key)
-                continue
-            self._alerts[key] = record
+        records, bad = await bucket_models(self._kv, _Record)
+        for key in bad:
+            log.warning("firing alerts: key %r of the bucket is not a firing alert; ignored", key)
+        self._alerts.update(records)
         return len(self.current())
 
     async def add(self, alert: Alert) -> None:

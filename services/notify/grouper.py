@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable, Sequence
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
-from pydantic import ValidationError
 
 from services.events.bounds import StreamFullError
+from services.events.kv import bucket_models
 from services.metrics import recorder
 from services.notify.config import NotifyConfig, WatchedConfig
 from services.notify.firing import FiringAlerts
@@ -53,22 +53,13 @@ class GroupStore:
         self.groups: dict[str, AggregationGroup] = {}
 
     async def load(self) -> int:
+        """Read the bucket (at start); how many groups there are."""
         if self._kv is None:
             return 0
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return 0
-        for key in keys:
-            try:
-                entry = await self._kv.get(key)
-                group = AggregationGroup.model_validate_json(entry.value or b"")
-            except KeyNotFoundError:
-                continue
-            except ValidationError:
-                log.warning("aggregation groups: key %r of the bucket is not a group; ignored", key)
-                continue
-            self.groups[group.key] = group
+        groups, bad = await bucket_models(self._kv, AggregationGroup)
+        for key in bad:
+            log.warning("aggregation groups: key %r of the bucket is not a group; ignored", key)
+        self.groups.update((group.key, group) for _, group in groups)
         return len(self.groups)
 
     async def put(self, group: AggregationGroup) -> None:

@@ -34,13 +34,13 @@ import httpx
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater, stored_age_s
+from services.events.consumer import Poison, PullConsumer, RetryLater, stored_age_s
 from services.events.deadletter import dead_letter
-from services.events.jetstream import NOTIFY_DELIVER_MARGIN, notify_subject
+from services.events.jetstream import notify_subject
 from services.events.traced import publish_traced
 from services.metrics import recorder
 from services.notify.config import WatchedConfig
-from services.notify.delivery import DeliveryPolicy, GiveUp, next_step
+from services.notify.delivery import DeliveryPolicy, GiveUp, next_step, redelivery
 from services.notify.model import Notification
 from services.notify.queue import (
     NotificationFailed,
@@ -133,14 +133,7 @@ class Sender:
             durable=notify.send_durable,
             handler=self.handle,
             dead_letter=self.dead_letter,
-            # Retries are this module's (next_step): the consumer's own bound is only a backstop.
-            redelivery=Redelivery(
-                max_deliver=notify.max_attempts + NOTIFY_DELIVER_MARGIN,
-                heartbeat_s=nats.ack_wait_s / 3,
-                retry_delay_s=notify.backoff_base_s,
-                retry_delay_max_s=notify.backoff_max_s,
-                max_handling_s=nats.max_handling_s,
-            ),
+            redelivery=redelivery(settings),  # retries are next_step's: the consumer's bound is a backstop
             max_in_flight=notify.max_in_flight,
             batch=nats.fetch_batch,
         )

@@ -21,7 +21,7 @@ from services.events.jetstream import notify_subject
 from services.notify.config import NotifyConfig
 from services.settings import Settings
 
-__all__ = ["ReceiverStats", "ReceiverStatus", "per_receiver", "receiver_rows", "receiver_status"]
+__all__ = ["ReceiverStats", "ReceiverStatus", "crm_rows", "per_receiver", "receiver_rows", "receiver_status"]
 
 
 @dataclass
@@ -109,3 +109,10 @@ async def receiver_status(
             counts[kind] = per_receiver(state.subjects, prefix)
     receivers = [(r.name, r.type) for r in config.receivers.values()] if config is not None else []
     return receiver_rows(receivers, stats, counts["send"], counts["dlq"])
+
+
+def crm_rows(config: NotifyConfig | None, stats: Mapping[str, ReceiverStats]) -> list[ReceiverStatus]:
+    """The CRM targets' rows (type ``crm``): their queue is the CRM writer's durable, not per
+    target, so ``queued`` and ``dead_letters`` are None (dead letters are in the events' DLQ)."""
+    targets = [(t.name, "crm") for t in config.crm] if config is not None else []
+    return receiver_rows(targets, stats, None, None)

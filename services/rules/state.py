@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.events.kv import READS_IN_FLIGHT, bucket_keys
 from services.rules.errors import RulesError
 
 log = logging.getLogger(__name__)
@@ -155,9 +156,6 @@ class MemoryStore:
         return sorted(k for k in self._data if k.startswith(prefix))
 
 
-_READS_IN_FLIGHT = 32
-
-
 class NatsKVStore:
     """A :class:`StateStore` on one NATS JetStream KV bucket."""
 
@@ -202,49 +200,19 @@ class NatsKVStore:
         await self._kv.delete(key)
 
     async def entries(self, prefix: str) -> list[Entry]:
-        # Not ``kv.watch``/``kv.keys``: nats-py's watcher can signal "initial
-        # replay done" before deliveries already in flight arrive, and then
-        # lists too few keys (nats-io/nats.py#842); a silence or an alert group
-        # would go unseen. The stream's per-subject index, read server-side in
-        # one snapshot, cannot miss a stored key. It also lists deleted keys
-        # (their tombstones), which get() turns into None.
-        pattern = prefix + ">" if prefix.endswith(".") else prefix
-        start = len(self._kv._pre)
-        subjects = await stream_subjects(self._kv._js, self._kv._stream, self._kv._pre + pattern)
-        # Bounded: thousands of open alert groups must not become thousands of requests at once.
-        limit = asyncio.Semaphore(_READS_IN_FLIGHT)
+        # Listed from the stream's subject index, never nats-py's watcher (services/events/kv.py):
+        # a silence or an alert group must not go unseen.
+        limit = asyncio.Semaphore(READS_IN_FLIGHT)
 
         async def read(key: str) -> Entry | None:
             async with limit:
                 return await self.get(key)
 
-        found = await asyncio.gather(*(read(subject[start:]) for subject in sorted(subjects)))
+        found = await asyncio.gather(*(read(key) for key in await bucket_keys(self._kv, prefix)))
         return [entry for entry in found if entry is not None]
 
     async def keys(self, prefix: str) -> list[str]:
         return [entry.key for entry in await self.entries(prefix)]
-
-
-async def stream_subjects(js: Any, stream: str, subjects_filter: str) -> list[str]:
-    """Every subject of ``stream`` matching the filter that holds a message.
-
-    The server answers at most ``JSMaxSubjectDetails`` (100,000) subjects per
-    request; beyond that the answer comes in pages by offset.
-    """
-    found: dict[str, int] = {}
-    while True:
-        request = {"subjects_filter": subjects_filter, "offset": len(found)}
-        # nats-py's public stream_info() neither sends an offset nor returns the page total.
-        info = await js._api_request(
-            f"{js._prefix}.STREAM.INFO.{stream}",
-            json.dumps(request).encode(),
-            timeout=js._timeout,
-        )
-        page = (info.get("state") or {}).get("subjects") or {}
-        before = len(found)
-        found.update(page)
-        if len(found) == before or len(found) >= int(info.get("total") or 0):
-            return list(found)
 
 
 def _encode(value: Value) -> bytes:
