@@ -195,6 +195,16 @@ class NatsSettings(_Group):
     data_dir: Path = Field(
         default=Path(".cache/nats"), description="JetStream storage of the embedded nats-server."
     )
+    replicas: int = Field(
+        default=1, ge=1, le=5,
+        description="Copies of every stream, KV bucket and object store: 3 on a production cluster (one server "
+        "may fail with nothing lost), 1 on one server. Provisioning refuses more than the cluster has servers.",
+    )
+    embedded_cluster: Literal[1, 3, 5] = Field(
+        default=1,
+        description="Servers the embedded nats-server runs as: 3 or 5 start a JetStream cluster on loopback "
+        "(`listenpost serve --nats-cluster 3`), for trying and testing the clustered path on one machine.",
+    )
     subject_prefix: str = Field(
         default="listenpost", pattern=r"^[A-Za-z0-9_-]+$", description="First token of every subject listenpost uses."
     )
@@ -221,24 +231,50 @@ class NatsSettings(_Group):
     @model_validator(mode="after")
     def _credentials_out_of_url(self) -> NatsSettings:
         """``nats://user:pw@host`` becomes ``nats://host`` plus ``auth``: a URL is shown in banners
-        and logs, a secret never is."""
+        and logs, a secret never is. Every URL of a cluster's list is cleaned the same way."""
         if self.url is None or "@" not in self.url:
             return self
-        parts = urlsplit(self.url)
-        if parts.username is None:
+        found: list[NatsAuth] = []
+        cleaned: list[str] = []
+        for url in self.servers:
+            parts = urlsplit(url)
+            if parts.username is None:
+                cleaned.append(url)
+                continue
+            user, password = unquote(parts.username), parts.password
+            found.append(
+                NatsAuth(user=user, password=SecretStr(unquote(password)))
+                if password is not None
+                else NatsAuth(token=SecretStr(user))
+            )
+            host = parts.hostname or ""
+            netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+            cleaned.append(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
+        if not found:
             return self
         if not self.auth.empty:
             raise ValueError("credentials are both in the NATS URL and in nats.auth: keep one")
-        user, password = unquote(parts.username), parts.password
-        self.auth = (
-            NatsAuth(user=user, password=SecretStr(unquote(password)))
-            if password is not None
-            else NatsAuth(token=SecretStr(user))
-        )
-        host = parts.hostname or ""
-        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-        self.url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        if any(auth != found[0] for auth in found[1:]):
+            raise ValueError("the NATS URLs carry different credentials: one identity connects to every server")
+        self.auth = found[0]
+        self.url = ",".join(cleaned)
         return self
+
+    @model_validator(mode="after")
+    def _replicas_fit_the_embedded_cluster(self) -> NatsSettings:
+        if self.url is None and self.replicas > self.embedded_cluster:
+            raise ValueError(
+                f"replicas={self.replicas} needs {self.replicas} JetStream servers, and the embedded nats-server "
+                f"runs {self.embedded_cluster}: start a cluster (embedded_cluster=3, `listenpost serve "
+                "--nats-cluster 3`), point nats.url at one, or set replicas=1"
+            )
+        return self
+
+    @property
+    def servers(self) -> list[str]:
+        """The URLs in ``url`` (comma-separated: the seed servers of a cluster; the client learns
+        the others from the cluster itself)."""
+        return [u.strip() for u in (self.url or "").split(",") if u.strip()]
 
     def identity(self, role: NatsRole) -> NatsAuth:
         """The identity ``role`` connects with: its own, else the shared one."""

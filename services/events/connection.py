@@ -77,7 +77,7 @@ def connect_options(cfg: NatsSettings, role: NatsRole) -> dict[str, Any]:
     if not cfg.url:
         raise NatsConnectError("no NATS URL: start `listenpost serve` or set LISTENPOST_NATS__URL")
     options: dict[str, Any] = {
-        "servers": [u.strip() for u in cfg.url.split(",")],
+        "servers": cfg.servers,
         "inbox_prefix": inbox_prefix(role),
         **identity_options(cfg.identity(role)),
     }
