@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -61,6 +62,10 @@ TINY_NOTE = "tiny checkpoint: random weights, its captions are NOISE (proves plu
 def serve(
     model: Annotated[str | None, typer.Option(help="Hub id or checkpoint dir (default: settings).")] = None,
     engine: Annotated[str | None, typer.Option(help="vllm or transformers (default: settings).")] = None,
+    nats_cluster: Annotated[
+        int | None,
+        typer.Option(help="Run the embedded NATS as a JetStream cluster of this many servers (3 or 5), R3 streams."),
+    ] = None,
 ) -> None:
     """Run listenpost: embedded nats-server (unless LISTENPOST_NATS__URL), local Ray, the Serve app."""
     from services.runner import local_metrics_urls, running_service
@@ -71,6 +76,8 @@ def serve(
     overrides = {k: v for k, v in {"model": model, "engine": engine}.items() if v is not None}
     if overrides:
         settings = settings.model_copy(update={"captioner": settings.captioner.model_copy(update=overrides)})
+    if nats_cluster is not None:
+        settings = _with_nats_cluster(settings, nats_cluster)
     if Path(settings.captioner.model, "LISTENPOST_TINY.md").exists():
         err.print(f"[yellow]warning:[/] {TINY_NOTE}")
     stop = threading.Event()
@@ -85,7 +92,9 @@ def serve(
         write_runtime_file(effective.nats.url or "", settings.nats.secrets_dir if embedded else None, metrics_urls=metrics)
         table = Table(title="listenpost is running", show_header=False)
         # The URL never holds a secret: credentials in it were moved to nats.auth (SecretStr).
-        table.add_row("NATS", effective.nats.url or "")
+        table.add_row("NATS", (effective.nats.url or "").replace(",", "\n"))
+        if effective.nats.replicas > 1:
+            table.add_row("streams", f"{effective.nats.replicas} copies each (nats.replicas)")
         if embedded:
             table.add_row("identities", f"{settings.nats.secrets_dir}/<role>.nk (0600; TLS CA ca.pem)")
         table.add_row("model", f"{effective.captioner.model} ({effective.captioner.engine})")
@@ -100,6 +109,22 @@ def serve(
         err.print("stopping...")
         context.__exit__(None, None, None)
         remove_runtime_file()
+
+
+def _with_nats_cluster(settings: Settings, size: int) -> Settings:
+    """``--nats-cluster N``: N embedded servers, and streams with a copy on each of 3 (R3)."""
+    from services.settings import NatsSettings
+
+    if settings.nats.url is not None:
+        raise typer.BadParameter("--nats-cluster starts an embedded cluster, and LISTENPOST_NATS__URL names a server")
+    try:
+        cfg = NatsSettings.model_validate(
+            {**settings.nats.model_dump(), "auth": settings.nats.auth, "roles": settings.nats.roles,
+             "embedded_cluster": size, "replicas": min(size, 3)}  # fmt: skip
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(f"--nats-cluster {size}: {exc.errors()[0]['msg']}") from None
+    return settings.model_copy(update={"nats": cfg})
 
 
 def _parse_context(pairs: list[str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent
+from nats.js.api import ObjectStoreConfig
 from nats.js.errors import BucketNotFoundError
 from pydantic import BaseModel, Field
 
@@ -92,7 +93,7 @@ async def submit_file(
 
         # Subscribe before publishing, so nothing about our event is missed.
         sub = await nc.subscribe(f"{nats.subject_prefix}.>", cb=on_message)
-        audio = await _audio_ref(js, path, event_id, bucket)
+        audio = await _audio_ref(js, path, event_id, bucket, replicas=nats.replicas)
         data = AudioSubmitted.model_validate(
             {
                 "audio": audio,
@@ -143,7 +144,7 @@ async def submit_file(
         await nc.drain()
 
 
-async def _audio_ref(js: Any, path: Path, event_id: str, bucket: str) -> dict[str, Any]:
+async def _audio_ref(js: Any, path: Path, event_id: str, bucket: str, *, replicas: int) -> dict[str, Any]:
     data = path.read_bytes()
     fmt = path.suffix.lstrip(".").lower() or None
     if len(data) <= INLINE_LIMIT_BYTES:
@@ -153,7 +154,7 @@ async def _audio_ref(js: Any, path: Path, event_id: str, bucket: str) -> dict[st
         # creating it again with another configuration is an error.
         store = await js.object_store(bucket)
     except BucketNotFoundError:
-        store = await js.create_object_store(bucket)
+        store = await js.create_object_store(bucket, config=ObjectStoreConfig(replicas=replicas))
     name = f"{event_id}/{path.name}"
     await store.put(name, data)
     return {"object": {"bucket": bucket, "name": name}, "format": fmt}

@@ -103,6 +103,13 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("listenpost_stream_bytes", "gauge", "Bytes stored in a stream.", ("stream",)),
     MetricSpec("listenpost_stream_messages", "gauge", "Messages stored in a stream.", ("stream",)),
     MetricSpec("listenpost_dlq_messages", "gauge", "Dead letters stored (the DLQ depth)."),
+    MetricSpec("listenpost_stream_replicas", "gauge", "Copies of a stream its configuration asks for.", ("stream",)),
+    MetricSpec(
+        "listenpost_stream_replicas_current",
+        "gauge",
+        "Copies of a stream that are up to date: a leader and its current, online followers.",
+        ("stream",),
+    ),  # fmt: skip
     MetricSpec("listenpost_object_store_bytes", "gauge", "Bytes stored in an object store bucket.", ("bucket",)),
     # --- notifications (services/notify): receivers are named in the notification file, a bounded set ---
     MetricSpec("listenpost_notify_group_joins", "counter", "Alerts joining an aggregation group (one per route they reach)."),

@@ -17,7 +17,7 @@ from ray import serve
 
 from services.app import APP_NAME, build_app
 from services.events.connection import short_session
-from services.events.embedded import EmbeddedNatsServer
+from services.events.embedded import EmbeddedNatsCluster, EmbeddedNatsServer
 from services.events.jetstream import provision_everything
 from services.settings import Settings
 
@@ -31,8 +31,20 @@ def embedded_nats(settings: Settings) -> Iterator[Settings]:
         yield settings
         return
     cfg = settings.nats
-    with EmbeddedNatsServer(cfg.data_dir, secrets_dir=cfg.secrets_dir, tls=cfg.embedded_tls, settings=settings) as server:
-        log.info("embedded nats-server with JetStream on %s (data in %s)", server.url, cfg.data_dir)
+    server: EmbeddedNatsServer | EmbeddedNatsCluster
+    if cfg.embedded_cluster > 1:
+        # Its own folder: a single server's store beside it stays as it was.
+        server = EmbeddedNatsCluster(
+            cfg.data_dir / "cluster", size=cfg.embedded_cluster, secrets_dir=cfg.secrets_dir, tls=cfg.embedded_tls,
+            settings=settings,
+        )  # fmt: skip
+    else:
+        server = EmbeddedNatsServer(cfg.data_dir, secrets_dir=cfg.secrets_dir, tls=cfg.embedded_tls, settings=settings)
+    with server:
+        log.info(
+            "embedded nats-server (%d server%s) with JetStream on %s (data in %s)",
+            cfg.embedded_cluster, "s" if cfg.embedded_cluster > 1 else "", server.url, cfg.data_dir,
+        )  # fmt: skip
         yield settings.model_copy(update={"nats": server.client_settings(cfg)})
         log.info("stopping: stopping the embedded nats-server (last, once nothing uses it)")
     log.info("stopping: embedded nats-server stopped")

@@ -100,11 +100,19 @@ class _ServeOptions(_Group):
     health_check_timeout_s: PositiveFloat = Field(
         default=30.0, description="A health check slower than this fails the replica."
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources a replica needs, placing it on nodes that offer them: e.g. "
+        '`{"captioner": 1}` with worker nodes started with `--resources \'{"captioner": 1}\'` (ray_cluster.yaml).',
+    )
 
     def deployment_options(self) -> dict[str, Any]:
         """The deployment's ``.options(...)`` (Serve's names)."""
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.resources:
+            actor["resources"] = dict(self.resources)
         return {
-            "ray_actor_options": {"num_cpus": self.num_cpus},
+            "ray_actor_options": actor,
             "max_ongoing_requests": self.max_ongoing_requests,
             "health_check_period_s": self.health_check_period_s,
             "health_check_timeout_s": self.health_check_timeout_s,

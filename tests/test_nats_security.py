@@ -226,7 +226,7 @@ def test_secrets_are_0600_files_in_a_0700_folder_and_the_server_stays_on_loopbac
     assert {f.name for f in files} >= {"nats-server.conf", "jetstream.key", "ca.pem", "producer.nk", "admin.nk"}
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    config = server.secrets.config_file.read_text()
+    config = server.secrets.config_file().read_text()
     assert 'host: "127.0.0.1"' in config and "0.0.0.0" not in config
     assert 'cipher: "chachapoly"' in config
 

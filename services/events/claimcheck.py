@@ -98,15 +98,16 @@ def encoded_size(event: BaseCloudEvent) -> int:
 
 
 async def put_object(
-    js: JetStreamContext, bucket: str, name: str, data: bytes, *, ttl_s: float, max_bytes: int
+    js: JetStreamContext, bucket: str, name: str, data: bytes, *, ttl_s: float, max_bytes: int, replicas: int = 1
 ) -> str:
-    """Store ``data`` as ``bucket/name`` (made if missing, bounded by ``ttl_s`` and ``max_bytes``);
+    """Store ``data`` as ``bucket/name`` (made if missing, bounded by ``ttl_s`` and ``max_bytes``,
+    with ``replicas`` copies: provisioning normally made it already);
     returns its ``dataref``. Raises :class:`StreamFullError` when the bucket is full."""
     try:
         try:
             store = await js.object_store(bucket)
         except BucketNotFoundError:
-            config = ObjectStoreConfig(ttl=ttl_s, max_bytes=max_bytes, storage=StorageType.FILE)
+            config = ObjectStoreConfig(ttl=ttl_s, max_bytes=max_bytes, storage=StorageType.FILE, replicas=replicas)
             store = await js.create_object_store(bucket, config=config)
         await store.put(name, data)
     except APIError as exc:
@@ -125,6 +126,7 @@ async def by_reference(
     max_payload_bytes: int,
     ttl_s: float,
     max_bytes: int,
+    replicas: int = 1,
 ) -> BaseCloudEvent:
     """``event`` itself when it fits one NATS message; else its data goes to ``bucket/name`` and
     the returned copy carries no data and a ``dataref`` naming it (same id, attributes, type)."""
@@ -132,7 +134,7 @@ async def by_reference(
     if size <= max_payload_bytes - HEADER_ROOM:
         return event
     body, _ = encode_binary(event)  # the data exactly as it would have ridden, in its datacontenttype
-    dataref = await put_object(js, bucket, name, body, ttl_s=ttl_s, max_bytes=max_bytes)
+    dataref = await put_object(js, bucket, name, body, ttl_s=ttl_s, max_bytes=max_bytes, replicas=replicas)
     attributes = event.get_attributes()
     log.info(
         "event %s (%s) is %d bytes, over the %d-byte NATS payload: data stored as %s",

@@ -125,7 +125,9 @@ async def publish_dead_letter(
             if encoded_size(event) > cfg.max_payload_bytes - HEADER_ROOM:
                 blob = json.dumps(original).encode()
                 name = f"{stream}/{sequence}"
-                ref = await put_object(js, cfg.dlq_bucket, name, blob, ttl_s=cfg.dlq_max_age_s, max_bytes=cfg.dlq_max_bytes)
+                ref = await put_object(
+                    js, cfg.dlq_bucket, name, blob, ttl_s=cfg.dlq_max_age_s, max_bytes=cfg.dlq_max_bytes, replicas=cfg.replicas
+                )
                 log.info("original of %s #%d is too large to embed in its dead letter: stored as %s", stream, sequence, ref)
                 event = letter({"subject": original.get("subject"), "ref": ref, "size": len(blob)})
             msg_id = derive_msg_id("dlq", stream, str(sequence))

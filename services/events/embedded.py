@@ -30,7 +30,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixe
 
 from services.events.errors import EventsError
 from services.events.permissions import ROLES
-from services.events.server_config import ServerConfig, ServerTls, render
+from services.events.server_config import ServerCluster, ServerConfig, ServerTls, render
 from services.events.tls import make_pki
 from services.settings import NatsAuth, NatsRole, NatsSettings, Settings
 
@@ -85,9 +85,8 @@ class EmbeddedSecrets:
     def key_file(self) -> Path:
         return self.directory / "server-key.pem"
 
-    @property
-    def config_file(self) -> Path:
-        return self.directory / "nats-server.conf"
+    def config_file(self, server_name: str | None = None) -> Path:
+        return self.directory / (f"nats-server-{server_name}.conf" if server_name else "nats-server.conf")
 
     @property
     def encryption_key_file(self) -> Path:
@@ -148,6 +147,9 @@ class EmbeddedNatsServer:
         secrets_dir: Path | None = None,
         tls: bool = True,
         settings: Settings | None = None,
+        server_name: str | None = None,
+        cluster: ServerCluster | None = None,
+        nkeys: dict[NatsRole, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -155,13 +157,21 @@ class EmbeddedNatsServer:
         self.ready_timeout_s = ready_timeout_s
         self.secrets = EmbeddedSecrets(secrets_dir) if secrets_dir is not None else None
         self.tls = tls and self.secrets is not None
+        self.server_name = server_name
+        self._cluster = cluster
         self._settings = settings or Settings()
         self._process: subprocess.Popen[bytes] | None = None
-        self._nkeys: dict[NatsRole, str] | None = None
+        # Given: a cluster's servers share one set of identities (and the CA), made by the cluster.
+        self._nkeys: dict[NatsRole, str] | None = nkeys
 
     @property
     def url(self) -> str:
         return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
+
+    @property
+    def cluster(self) -> ServerCluster | None:
+        """This server's place in a cluster (route port, peers); None for a lone server."""
+        return self._cluster
 
     @property
     def running(self) -> bool:
@@ -193,27 +203,41 @@ class EmbeddedNatsServer:
             nkeys=dict(self._nkeys),
             tls=ServerTls(cert_file=secrets_.cert_file, key_file=secrets_.key_file) if self.tls else None,
             max_payload=self._settings.nats.max_payload_bytes,
+            server_name=self.server_name,
+            cluster=self._cluster,
         )
-        write_secret(secrets_.config_file, render(config, self._settings).encode())
-        return ["-c", str(secrets_.config_file)]
+        config_file = secrets_.config_file(self.server_name)
+        write_secret(config_file, render(config, self._settings).encode())
+        return ["-c", str(config_file)]
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "nats-server.log"
 
     def start(self) -> EmbeddedNatsServer:
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (a cluster starts all its servers first:
+        none is ready before a quorum of them runs)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.data_dir / "nats-server.log"
-        args = [str(find_nats_server()), *self._arguments(), "-l", str(log_path)]
+        args = [str(find_nats_server()), *self._arguments(), "-l", str(self.log_path)]
         # Its own session: a terminal's Ctrl-C goes to the whole foreground process group and
         # would stop nats-server at once, before the Serve app has drained; the runner stops it
         # last, itself (services/runner.py). (Ray's own processes block SIGINT for the same reason.)
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_ready(self) -> None:
         try:
-            self._wait_ready()
+            self._probe_ready()
         except Exception as exc:
             self.stop()
-            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
             raise EmbeddedNatsError(f"nats-server did not become ready on {self.url}: {exc}\n{tail}") from exc
-        return self
 
-    def _wait_ready(self) -> None:
+    def _probe_ready(self) -> None:
         @retry(
             stop=stop_after_delay(self.ready_timeout_s),
             wait=wait_fixed(0.1),
@@ -223,10 +247,10 @@ class EmbeddedNatsServer:
         def probe() -> None:
             if self._process is not None and self._process.poll() is not None:
                 raise EmbeddedNatsError(f"nats-server exited with code {self._process.returncode}")
-            # healthz answers 200 only once JetStream is up, not just the listener.
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true", timeout=1
-            ) as reply:
+            # healthz answers 200 only once JetStream is up, not just the listener; a cluster's
+            # server, only once the cluster has a meta leader and its streams are current.
+            query = "" if self._cluster is not None else "?js-enabled-only=true"
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz{query}", timeout=1) as reply:
                 if reply.status != 200:
                     raise OSError(f"healthz answered {reply.status}")
 
@@ -252,6 +276,104 @@ class EmbeddedNatsServer:
             self._process = None
 
     def __enter__(self) -> EmbeddedNatsServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedNatsCluster:
+    """A JetStream cluster of ``size`` hardened nats-servers on loopback, for trying and testing
+    the clustered path on one machine (``listenpost serve --nats-cluster 3``).
+
+    Each server has its own port, route port and store (``data_dir/<name>``); all share the role
+    identities, the CA and the JetStream key, and their routes require a password made at start.
+    Clients get every server's URL and fail over between them.
+    """
+
+    CLUSTER_NAME = "listenpost"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        size: int = 3,
+        secrets_dir: Path,
+        tls: bool = True,
+        settings: Settings | None = None,
+        ready_timeout_s: float = 60.0,
+    ) -> None:
+        if size < 3:
+            raise EmbeddedNatsError(f"a JetStream cluster needs at least 3 servers to outlive one (got {size})")
+        self.data_dir = Path(data_dir)
+        self.secrets = EmbeddedSecrets(secrets_dir)
+        self._tls = tls
+        self._settings = settings or Settings()
+        self._ready_timeout_s = ready_timeout_s
+        route_ports = [free_port() for _ in range(size)]
+        route_password = secrets.token_urlsafe(24)
+        self._names = [f"{self.CLUSTER_NAME}-{i + 1}" for i in range(size)]
+        self._clusters = [
+            ServerCluster(
+                name=self.CLUSTER_NAME,
+                port=port,
+                routes=[other for other in route_ports if other != port],
+                user="route",
+                password=route_password,
+            )
+            for port in route_ports
+        ]
+        self.nodes: list[EmbeddedNatsServer] = []
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def node(self, server_name: str) -> EmbeddedNatsServer:
+        """The server JetStream knows as ``server_name`` (a stream's leader, say)."""
+        for node in self.nodes:
+            if node.server_name == server_name:
+                return node
+        raise KeyError(server_name)
+
+    def client_settings(self, cfg: NatsSettings | None = None) -> NatsSettings:
+        return self.secrets.client_settings(cfg or self._settings.nats, self.url)
+
+    def start(self) -> EmbeddedNatsCluster:
+        if not self.nodes:
+            keys = self.secrets.new_nkeys()
+            if self._tls:
+                self.secrets.new_certificates()  # one loopback certificate serves every server
+            self.nodes = [
+                EmbeddedNatsServer(
+                    self.data_dir / name,
+                    secrets_dir=self.secrets.directory,
+                    tls=self._tls,
+                    settings=self._settings,
+                    server_name=name,
+                    cluster=cluster,
+                    nkeys=keys,
+                    ready_timeout_s=self._ready_timeout_s,
+                )
+                for name, cluster in zip(self._names, self._clusters, strict=True)
+            ]
+        try:
+            for node in self.nodes:
+                node.launch()
+            for node in self.nodes:
+                node.wait_ready()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        for node in self.nodes:
+            node.stop(timeout_s)
+
+    def __enter__(self) -> EmbeddedNatsCluster:
         return self.start()
 
     def __exit__(

@@ -33,7 +33,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from services.events.binding import encode_binary, encode_structured
 from services.events.bounds import StreamFullError, stream_full
-from services.events.errors import EventsError
+from services.events.placement import NotProvisionedError, converge_replicas, refusing_placement
 from services.settings import EVALUATED_MARKER, AuditSettings, NatsSettings, NotifySettings, RetentionSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,6 @@ TRANSIENT_NATS_ERRORS: tuple[type[BaseException], ...] = (
 def advisory_subjects(cfg: NatsSettings) -> list[str]:
     """JetStream advisories about input messages that failed for good (see ingest/advisories.py)."""
     return [f"$JS.EVENT.ADVISORY.CONSUMER.{kind}.{cfg.in_stream}.*" for kind in ("MAX_DELIVERIES", "MSG_TERMINATED")]
-
-
-#: JetStream's "insufficient storage resources available" (a stream's max_bytes cannot be reserved).
-_INSUFFICIENT_RESOURCES = 10047
-
-
-class NotProvisionedError(EventsError, RuntimeError):
-    """A stream listenpost needs is missing (and this identity may not create it), or cannot be made."""
 
 
 #: The notifier's status record in the rules status bucket, beside the engines' ``status.<replica>``.
@@ -103,6 +95,7 @@ def stream_configs(
             retention=RetentionPolicy.WORK_QUEUE,
             discard=DiscardPolicy.NEW,
             storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
             duplicate_window=cfg.duplicate_window_s,
             max_msg_size=cfg.max_payload_bytes,
             # Without these, discard: new never applies and IN grows until the disk is full.
@@ -122,6 +115,7 @@ def stream_configs(
             # History: the oldest outputs make room for new ones (their inputs are already acked).
             discard=DiscardPolicy.OLD,
             storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
             max_age=cfg.out_max_age_s,
             max_msgs=cfg.out_max_msgs,
             max_bytes=cfg.out_max_bytes,
@@ -135,6 +129,7 @@ def stream_configs(
             retention=RetentionPolicy.LIMITS,
             discard=DiscardPolicy.NEW,
             storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
             max_age=cfg.dlq_max_age_s,
             max_msgs=cfg.dlq_max_msgs,
             max_bytes=cfg.dlq_max_bytes,
@@ -146,6 +141,7 @@ def stream_configs(
             subjects=advisory_subjects(cfg),
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
             max_age=cfg.out_max_age_s,
         ),
         # The audit trail: append-only at the server (deny_delete, deny_purge), so no client,
@@ -155,6 +151,7 @@ def stream_configs(
             subjects=[cfg.subject("audit", ">")],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
             max_age=audit.max_age_s,
             duplicate_window=cfg.duplicate_window_s,
             deny_delete=True,
@@ -170,6 +167,7 @@ def stream_configs(
             retention=RetentionPolicy.WORK_QUEUE,
             discard=DiscardPolicy.NEW,
             storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
             max_age=notify.stream_max_age_s,
             max_msgs=notify.max_msgs,
             max_bytes=notify.max_bytes,
@@ -246,23 +244,14 @@ async def provision(
     """
     for config in stream_configs(cfg, audit=audit, retention=retention, notify=notify):
         assert config.name is not None, "stream_configs() names every stream"
-        try:
+        with refusing_placement(f"stream {config.name}", config.num_replicas or 1, config.max_bytes):
             try:
                 await js.stream_info(config.name)
             except NotFoundError:
                 await js.add_stream(config)
-                log.info("created stream %s", config.name)
+                log.info("created stream %s (%d replicas)", config.name, config.num_replicas or 1)
             else:
                 await js.update_stream(config)
-        except APIError as exc:
-            if exc.err_code == _INSUFFICIENT_RESOURCES:
-                # nats-server reserves a stream's max_bytes on disk when it is made.
-                raise NotProvisionedError(
-                    f"stream {config.name} cannot be made: nats-server has no room to reserve its "
-                    f"{config.max_bytes:,} bytes (max_bytes) in its store; lower the stream's limit "
-                    "(LISTENPOST_NATS__*_MAX_BYTES) or give JetStream more storage"
-                ) from exc
-            raise
     subjects = rules_subjects or [cfg.subject("captioned")]
     for stream, consumer in consumer_configs(cfg, subjects, notify):
         # Creating a durable with an identical config is a no-op on the server;
@@ -290,24 +279,21 @@ def bucket_configs(settings: Settings) -> tuple[list[KeyValueConfig], list[Objec
     """The KV buckets (rule state, silences, status) and the object stores of large outputs and
     dead letters' originals (the audio buckets: :func:`~services.events.retention.provision_audio_buckets`)."""
     rules, nats = settings.rules, settings.nats
+    stored: dict[str, Any] = {"storage": StorageType.FILE, "replicas": nats.replicas}
     kv = [
-        KeyValueConfig(bucket=rules.state_bucket, history=1, ttl=rules.state_ttl_s, storage=StorageType.FILE),
-        KeyValueConfig(bucket=rules.silence_bucket, history=1, storage=StorageType.FILE),
-        KeyValueConfig(bucket=rules.status_bucket, history=1, storage=StorageType.FILE),
+        KeyValueConfig(bucket=rules.state_bucket, history=1, ttl=rules.state_ttl_s, **stored),
+        KeyValueConfig(bucket=rules.silence_bucket, history=1, **stored),
+        KeyValueConfig(bucket=rules.status_bucket, history=1, **stored),
         # An alert stops firing (for inhibition) when its key expires.
-        KeyValueConfig(bucket=settings.notify.firing_bucket, history=1, ttl=settings.notify.firing_s, storage=StorageType.FILE),
+        KeyValueConfig(bucket=settings.notify.firing_bucket, history=1, ttl=settings.notify.firing_s, **stored),
         # Aggregation groups are dropped by the notifier when their last alert resolved: no TTL,
         # which could drop a group before it told its resolved alerts.
-        KeyValueConfig(bucket=settings.notify.groups_bucket, history=1, storage=StorageType.FILE),
+        KeyValueConfig(bucket=settings.notify.groups_bucket, history=1, **stored),
     ]
     objects = [
         # An object lives as long as the event or dead letter that names it.
-        ObjectStoreConfig(
-            bucket=nats.outputs_bucket, ttl=nats.out_max_age_s, max_bytes=nats.out_max_bytes, storage=StorageType.FILE
-        ),
-        ObjectStoreConfig(
-            bucket=nats.dlq_bucket, ttl=nats.dlq_max_age_s, max_bytes=nats.dlq_max_bytes, storage=StorageType.FILE
-        ),
+        ObjectStoreConfig(bucket=nats.outputs_bucket, ttl=nats.out_max_age_s, max_bytes=nats.out_max_bytes, **stored),
+        ObjectStoreConfig(bucket=nats.dlq_bucket, ttl=nats.dlq_max_age_s, max_bytes=nats.dlq_max_bytes, **stored),
     ]
     return kv, objects
 
@@ -321,22 +307,28 @@ async def provision_everything(js: JetStreamContext, settings: Settings) -> None
     await provision(
         js, nats, settings.rules.subjects(nats), audit=settings.audit, retention=settings.retention, notify=settings.notify
     )
-    await provision_audio_buckets(js, settings.preprocess.object_buckets, settings.retention)
+    await provision_audio_buckets(js, settings.preprocess.object_buckets, settings.retention, replicas=nats.replicas)
     kv, objects = bucket_configs(settings)
     for kv_config in kv:
         assert kv_config.bucket is not None
-        try:
-            await js.key_value(kv_config.bucket)
-        except BucketNotFoundError:
-            await js.create_key_value(kv_config)
-            log.info("created KV bucket %s", kv_config.bucket)
+        with refusing_placement(f"KV bucket {kv_config.bucket}", nats.replicas):
+            try:
+                await js.key_value(kv_config.bucket)
+            except BucketNotFoundError:
+                await js.create_key_value(kv_config)
+                log.info("created KV bucket %s", kv_config.bucket)
+            else:
+                await converge_replicas(js, f"KV_{kv_config.bucket}", nats.replicas)
     for obj_config in objects:
         assert obj_config.bucket is not None
-        try:
-            await js.object_store(obj_config.bucket)
-        except BucketNotFoundError:
-            await js.create_object_store(obj_config.bucket, config=obj_config)
-            log.info("created object store %s", obj_config.bucket)
+        with refusing_placement(f"object store {obj_config.bucket}", nats.replicas):
+            try:
+                await js.object_store(obj_config.bucket)
+            except BucketNotFoundError:
+                await js.create_object_store(obj_config.bucket, config=obj_config)
+                log.info("created object store %s", obj_config.bucket)
+            else:
+                await converge_replicas(js, f"OBJ_{obj_config.bucket}", nats.replicas)
 
 
 def derive_msg_id(*parts: str) -> str:

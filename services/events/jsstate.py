@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
+from nats.js.api import StreamInfo
 from pydantic import BaseModel
 
 from services.events.jetstream import TRANSIENT_NATS_ERRORS, notify_subject
@@ -29,13 +30,25 @@ class Reading:
     labels: tuple[tuple[str, str], ...] = ()
 
 
+def current_replicas(info: StreamInfo) -> int:
+    """The leader and the followers that are online and caught up (1 on a server without a cluster)."""
+    cluster = info.cluster
+    if cluster is None or not cluster.replicas:
+        return 1 if cluster is None or cluster.leader else 0
+    followers = sum(1 for peer in cluster.replicas if peer.current and not peer.offline)
+    return (1 if cluster.leader else 0) + followers
+
+
 async def poll(js: JetStreamContext, settings: Settings) -> list[Reading]:
     """One reading of every stream, durable and bucket listenpost works with."""
     nats, notify = settings.nats, settings.notify
     out: list[Reading] = []
     for stream in (nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, notify.stream):
-        state = (await js.stream_info(stream)).state
+        info = await js.stream_info(stream)
+        state = info.state
         out.append(Reading("listenpost_stream_bytes", state.bytes, (("stream", stream),)))
+        out.append(Reading("listenpost_stream_replicas", info.config.num_replicas or 1, (("stream", stream),)))
+        out.append(Reading("listenpost_stream_replicas_current", current_replicas(info), (("stream", stream),)))
         out.append(Reading("listenpost_stream_messages", state.messages, (("stream", stream),)))
         if stream == nats.dlq_stream:
             out.append(Reading("listenpost_dlq_messages", state.messages))

@@ -24,6 +24,7 @@ from nats.js.api import ObjectStoreConfig, RawStreamMsg, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
 from services.events.models import AudioSubmitted, ObjectRef
+from services.events.placement import refusing_placement
 from services.settings import RetentionSettings
 
 log = logging.getLogger(__name__)
@@ -123,16 +124,20 @@ async def release_audio(
     return removed > 0
 
 
-async def provision_audio_buckets(js: JetStreamContext, buckets: Collection[str], retention: RetentionSettings) -> None:
-    """Create the audio buckets, or set their TTL: no audio object outlives ``audio_ttl_s()``."""
+async def provision_audio_buckets(
+    js: JetStreamContext, buckets: Collection[str], retention: RetentionSettings, *, replicas: int = 1
+) -> None:
+    """Create the audio buckets (``replicas`` copies each), or set their TTL: no audio object
+    outlives ``audio_ttl_s()``."""
     ttl = retention.audio_ttl_s()
     for bucket in buckets:
-        try:
-            info = await js.stream_info(object_stream(bucket))
-        except NotFoundError:
-            await js.create_object_store(bucket, ObjectStoreConfig(ttl=ttl, storage=StorageType.FILE))
-            log.info("created object store %s (objects expire after %g s)", bucket, ttl)
-            continue
-        if info.config.max_age != ttl:
-            await js.update_stream(info.config.evolve(max_age=ttl))
-            log.info("object store %s: objects now expire after %g s", bucket, ttl)
+        with refusing_placement(f"object store {bucket}", replicas):
+            try:
+                info = await js.stream_info(object_stream(bucket))
+            except NotFoundError:
+                await js.create_object_store(bucket, ObjectStoreConfig(ttl=ttl, storage=StorageType.FILE, replicas=replicas))
+                log.info("created object store %s (objects expire after %g s)", bucket, ttl)
+                continue
+            if (info.config.max_age, info.config.num_replicas) != (ttl, replicas):
+                await js.update_stream(info.config.evolve(max_age=ttl, num_replicas=replicas))
+                log.info("object store %s: objects expire after %g s, %d replicas", bucket, ttl, replicas)

@@ -35,6 +35,19 @@ class ServerTls:
 
 
 @dataclass(frozen=True)
+class ServerCluster:
+    """One server's place in a JetStream cluster: where it listens for routes, the other servers'
+    route URLs, and the credentials every route must present (routes carry every message)."""
+
+    name: str
+    port: int
+    routes: list[int]
+    user: str
+    password: str
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """What differs between the embedded server and a deployed one."""
 
@@ -46,6 +59,8 @@ class ServerConfig:
     nkeys: dict[NatsRole, str | Var]
     tls: ServerTls | None = None
     max_payload: int = 1024 * 1024
+    server_name: str | None = None
+    cluster: ServerCluster | None = None
 
 
 def role_variable(role: NatsRole) -> Var:
@@ -96,6 +111,10 @@ def render(config: ServerConfig, settings: Settings) -> str:
         # Only these users may connect, each limited to its role's subjects.
         "authorization": {"users": users},
     }
+    if config.server_name is not None:
+        body = {"server_name": config.server_name, **body}
+    if config.cluster is not None:
+        body["cluster"] = _cluster(config.cluster)
     if config.tls is not None:
         body["tls"] = {
             "cert_file": _path(config.tls.cert_file),
@@ -111,6 +130,17 @@ def render(config: ServerConfig, settings: Settings) -> str:
         "# TLS on every client connection. $VARIABLES come from the server's environment (SECURITY.md).\n"
     )
     return header + "\n".join(f"{key}: {_render(value, 0)}" for key, value in body.items()) + "\n"
+
+
+def _cluster(cluster: ServerCluster) -> Value:
+    # Routes on loopback, and only for servers that know the route password: a local process
+    # that could join as a route would see every message of every account.
+    return {
+        "name": cluster.name,
+        "listen": f"{cluster.host}:{cluster.port}",
+        "authorization": {"user": cluster.user, "password": cluster.password, "timeout": 5},
+        "routes": [f"nats-route://{cluster.user}:{cluster.password}@{cluster.host}:{port}" for port in cluster.routes],
+    }
 
 
 def _monitor(config: ServerConfig) -> Value:

@@ -31,5 +31,6 @@ async def publish_captioned(
         max_payload_bytes=cfg.max_payload_bytes,
         ttl_s=cfg.out_max_age_s,  # the object lives as long as the event that names it
         max_bytes=cfg.out_max_bytes,
+        replicas=cfg.replicas,
     )
     return await publish_traced(js, cfg.subject("captioned"), event, msg_id=msg_id)

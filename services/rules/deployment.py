@@ -137,6 +137,7 @@ class RulesEngine:
             silence_bucket=cfg.silence_bucket,
             status_bucket=cfg.status_bucket,
             state_ttl_s=cfg.state_ttl_s,
+            replicas=settings.nats.replicas,
         )
         self._processor = RulesProcessor(
             self._stores, prefix=settings.nats.subject_prefix, limits=Limits.from_settings(cfg), max_hops=cfg.max_hops

@@ -219,8 +219,11 @@ def _encode(value: Value) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
-async def open_bucket(js: Any, bucket: str, *, ttl_s: float | None = None, history: int = 1) -> NatsKVStore:
-    """Bind to a KV bucket, creating it if absent; safe to call from every replica at start."""
+async def open_bucket(
+    js: Any, bucket: str, *, ttl_s: float | None = None, history: int = 1, replicas: int = 1
+) -> NatsKVStore:
+    """Bind to a KV bucket, creating it (``replicas`` copies) if absent; safe to call from every
+    replica at start."""
     from nats.js.api import KeyValueConfig, StorageType
     from nats.js.errors import BadRequestError, BucketNotFoundError
 
@@ -230,7 +233,7 @@ async def open_bucket(js: Any, bucket: str, *, ttl_s: float | None = None, histo
         except BucketNotFoundError:
             pass
         try:
-            config = KeyValueConfig(bucket=bucket, history=history, ttl=ttl_s, storage=StorageType.FILE)
+            config = KeyValueConfig(bucket=bucket, history=history, ttl=ttl_s, storage=StorageType.FILE, replicas=replicas)
             kv = await js.create_key_value(config)
             log.info("created KV bucket %s", bucket)
             return NatsKVStore(kv)
@@ -248,11 +251,13 @@ class Stores:
     status: StateStore
 
 
-async def open_stores(js: Any, *, state_bucket: str, silence_bucket: str, status_bucket: str, state_ttl_s: float) -> Stores:
+async def open_stores(
+    js: Any, *, state_bucket: str, silence_bucket: str, status_bucket: str, state_ttl_s: float, replicas: int = 1
+) -> Stores:
     state, silences, status = await asyncio.gather(
-        open_bucket(js, state_bucket, ttl_s=state_ttl_s),
-        open_bucket(js, silence_bucket),
-        open_bucket(js, status_bucket),
+        open_bucket(js, state_bucket, ttl_s=state_ttl_s, replicas=replicas),
+        open_bucket(js, silence_bucket, replicas=replicas),
+        open_bucket(js, status_bucket, replicas=replicas),
     )
     return Stores(state=state, silences=silences, status=status)
 
