@@ -68,20 +68,6 @@ def deploy_config(settings: Settings) -> ServerConfig:
 
 def render(config: ServerConfig, settings: Settings) -> str:
     """The configuration file's text (the nats-server format, of which JSON is a subset)."""
-    permissions = role_permissions(settings)
-    users: list[Value] = [
-        {
-            "nkey": config.nkeys[role],
-            "permissions": {
-                "publish": {
-                    "allow": list[Value](permissions[role].publish),
-                    **({"deny": list[Value](permissions[role].publish_deny)} if permissions[role].publish_deny else {}),
-                },
-                "subscribe": {"allow": list[Value](permissions[role].subscribe)},
-            },
-        }
-        for role in ROLES
-    ]
     body: dict[str, Value] = {
         "host": config.host,
         "port": config.port,
@@ -94,7 +80,7 @@ def render(config: ServerConfig, settings: Settings) -> str:
             "key": config.encryption_key,
         },
         # Only these users may connect, each limited to its role's subjects.
-        "authorization": {"users": users},
+        "authorization": {"users": authorization_users(config.nkeys, settings)},
     }
     if config.tls is not None:
         body["tls"] = {
@@ -111,6 +97,25 @@ def render(config: ServerConfig, settings: Settings) -> str:
         "# TLS on every client connection. $VARIABLES come from the server's environment (SECURITY.md).\n"
     )
     return header + "\n".join(f"{key}: {_render(value, 0)}" for key, value in body.items()) + "\n"
+
+
+def authorization_users(nkeys: dict[NatsRole, str | Var], settings: Settings) -> list[Value]:
+    """One NKey user per role, with that role's permissions: the server's ``authorization.users``
+    (also merged into the NATS Helm chart's config, deploy/kubernetes/nats-values.yaml)."""
+    permissions = role_permissions(settings)
+    return [
+        {
+            "nkey": nkeys[role],
+            "permissions": {
+                "publish": {
+                    "allow": list[Value](permissions[role].publish),
+                    **({"deny": list[Value](permissions[role].publish_deny)} if permissions[role].publish_deny else {}),
+                },
+                "subscribe": {"allow": list[Value](permissions[role].subscribe)},
+            },
+        }
+        for role in ROLES
+    ]
 
 
 def _monitor(config: ServerConfig) -> Value:
