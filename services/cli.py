@@ -41,8 +41,10 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
 settings_app = typer.Typer(help="Settings (LISTENPOST_* variables).", no_args_is_help=True)
+deploy_app = typer.Typer(help="Deployment files generated from their one source.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(settings_app, name="settings")
+app.add_typer(deploy_app, name="deploy")
 app.add_typer(rules_app, name="rules")
 app.add_typer(notify_app, name="notify")
 app.add_typer(crm_app, name="crm")
@@ -517,6 +519,28 @@ def settings_doc(
         console.print(f"wrote {out}")
     else:
         print(text, end="")
+
+
+@deploy_app.command("kubernetes")
+def deploy_kubernetes(
+    root: Annotated[Path, typer.Option("--root", help="The repository (default: the working directory).")] = Path("."),
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 when a generated block is not current.")] = False,
+) -> None:
+    """Write the generated blocks of deploy/kubernetes/: the RayService's serveConfigV2 (from
+    deploy/serve-config.yaml) and the NATS Helm values' users and permissions."""
+    from services.kubernetes import stale_files, write_files
+
+    settings = Settings()
+    if check:
+        stale = stale_files(root, settings)
+        for path in stale:
+            err.print(f"{path} is not current: run `listenpost deploy kubernetes`", highlight=False)
+        if stale:
+            raise typer.Exit(1)
+        console.print("deploy/kubernetes: current")
+        return
+    changed = write_files(root, settings)
+    console.print("\n".join(f"wrote {p}" for p in changed) or "deploy/kubernetes: already current")
 
 
 @model_app.command("build-tiny")

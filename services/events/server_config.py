@@ -83,20 +83,6 @@ def deploy_config(settings: Settings) -> ServerConfig:
 
 def render(config: ServerConfig, settings: Settings) -> str:
     """The configuration file's text (the nats-server format, of which JSON is a subset)."""
-    permissions = role_permissions(settings)
-    users: list[Value] = [
-        {
-            "nkey": config.nkeys[role],
-            "permissions": {
-                "publish": {
-                    "allow": list[Value](permissions[role].publish),
-                    **({"deny": list[Value](permissions[role].publish_deny)} if permissions[role].publish_deny else {}),
-                },
-                "subscribe": {"allow": list[Value](permissions[role].subscribe)},
-            },
-        }
-        for role in ROLES
-    ]
     body: dict[str, Value] = {
         "host": config.host,
         "port": config.port,
@@ -109,7 +95,7 @@ def render(config: ServerConfig, settings: Settings) -> str:
             "key": config.encryption_key,
         },
         # Only these users may connect, each limited to its role's subjects.
-        "authorization": {"users": users},
+        "authorization": {"users": authorization_users(config.nkeys, settings)},
     }
     if config.server_name is not None:
         body = {"server_name": config.server_name, **body}
@@ -141,6 +127,25 @@ def _cluster(cluster: ServerCluster) -> Value:
         "authorization": {"user": cluster.user, "password": cluster.password, "timeout": 5},
         "routes": [f"nats-route://{cluster.user}:{cluster.password}@{cluster.host}:{port}" for port in cluster.routes],
     }
+
+
+def authorization_users(nkeys: dict[NatsRole, str | Var], settings: Settings) -> list[Value]:
+    """One NKey user per role, with that role's permissions: the server's ``authorization.users``
+    (also merged into the NATS Helm chart's config, deploy/kubernetes/nats-values.yaml)."""
+    permissions = role_permissions(settings)
+    return [
+        {
+            "nkey": nkeys[role],
+            "permissions": {
+                "publish": {
+                    "allow": list[Value](permissions[role].publish),
+                    **({"deny": list[Value](permissions[role].publish_deny)} if permissions[role].publish_deny else {}),
+                },
+                "subscribe": {"allow": list[Value](permissions[role].subscribe)},
+            },
+        }
+        for role in ROLES
+    ]
 
 
 def _monitor(config: ServerConfig) -> Value:
