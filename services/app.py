@@ -75,15 +75,17 @@ def build_app(settings: Settings) -> Application:
         log.warning("%s", warning)
     # Every deployment's options (replicas, resources, concurrency, health checks; the
     # Captioner's autoscaling) come from its settings group.
-    preprocessor = _deployment(Preprocessor).options(**settings.preprocess.deployment_options()).bind(settings)
-    captioner = _deployment(Captioner).options(**settings.captioner.deployment_options()).bind(settings)
-    rules = _deployment(RulesEngine).options(**settings.rules.deployment_options()).bind(settings)
+    # Every replica writes Serve's log with the same encoding (JSON by default: an `event_id` per line).
+    logs = settings.logs.serve_logging_config()
+    preprocessor = _deployment(Preprocessor).options(**settings.preprocess.deployment_options(), logging_config=logs).bind(settings)
+    captioner = _deployment(Captioner).options(**settings.captioner.deployment_options(), logging_config=logs).bind(settings)
+    rules = _deployment(RulesEngine).options(**settings.rules.deployment_options(), logging_config=logs).bind(settings)
     notifier = (
-        _deployment(Notifier).options(**settings.notify.deployment_options()).bind(settings)
+        _deployment(Notifier).options(**settings.notify.deployment_options(), logging_config=logs).bind(settings)
         if settings.notify.enabled
         else None
     )
-    ingress = _deployment(Ingress).options(**settings.ingress.deployment_options())
+    ingress = _deployment(Ingress).options(**settings.ingress.deployment_options(), logging_config=logs)
     return ingress.bind(settings, preprocessor, captioner, rules, notifier)
 
 

@@ -1033,6 +1033,22 @@ class RetentionSettings(_Group):
         return self.keep_audio_s if self.keep_audio_s > 0 else self.audio_max_age_s
 
 
+class LogSettings(_Group):
+    """The replicas' logs (``LISTENPOST_LOGS__*``): Serve's per-replica log files, which the Ray
+    dashboard shows by deployment and replica; listenpost's own lines join them."""
+
+    encoding: Literal["JSON", "TEXT"] = Field(
+        default="JSON",
+        description="JSON: one object per line with the deployment, replica, Serve request id and the `event_id` "
+        "of the event being handled (for a log shipper, and to filter one event's lines); TEXT: Serve's text format.",
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Lowest level written.")
+
+    def serve_logging_config(self) -> dict[str, Any]:
+        """A deployment's ``logging_config`` (Serve's names)."""
+        return {"encoding": self.encoding, "log_level": self.level}
+
+
 class MetricsSettings(_Group):
     """Prometheus metrics (services/metrics.py, docs/observability.md)."""
 
@@ -1072,6 +1088,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
 
     def __init__(self, **values: Any) -> None:
         env_file = values.get("_env_file", self.model_config.get("env_file"))

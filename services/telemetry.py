@@ -179,7 +179,8 @@ def message_traceparent(headers: Mapping[str, str] | None, body: bytes) -> str |
     return value if isinstance(value, str) else None
 
 
-def _message_id(headers: Mapping[str, str] | None) -> str | None:
+def message_id(headers: Mapping[str, str] | None) -> str | None:
+    """The id of the event a message carries (binary mode's ``ce-id``), else its ``Nats-Msg-Id``."""
     lowered = {k.lower(): v for k, v in (headers or {}).items()}
     return lowered.get("ce-id") or lowered.get("nats-msg-id")
 
@@ -222,7 +223,7 @@ def consume_span(
         "messaging.nats.stream": stream,
         "messaging.nats.delivery": delivery,
     }
-    if (msg_id := _message_id(headers)) is not None:
+    if (msg_id := message_id(headers)) is not None:
         attributes["messaging.message.id"] = msg_id
     ctx = context_from(message_traceparent(headers, body))
     with tracer.start_as_current_span(f"process {stream}", context=ctx, kind=SpanKind.CONSUMER,

@@ -24,6 +24,7 @@ from services.captioner.facets import extract_facets
 from services.captioner.facets.guided import GuidedFacetExtractor
 from services.captioner.redaction import RedactionPolicy, redact
 from services.events.models import Facets, Window
+from services.logcontext import configure_replica_logging, event_context
 from services.settings import CaptionerSettings, Settings
 from services.telemetry import configure_tracing, engine_tracing_env, stage_span, tracing_enabled
 
@@ -96,18 +97,24 @@ class Captioner:
     async def __init__(self, settings: Settings, engine: CaptionEngine | None = None) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         # `engine` is injectable (tests, other backends); by default it comes from settings.
         configure_tracing("listenpost-captioner")  # OTEL_* only; nothing without an endpoint
+        configure_replica_logging()  # an event_id on every line of an event's handling
         self._settings = settings.captioner
         self._redaction = RedactionPolicy.from_settings(settings.captioner)
         self._engine = engine or make_engine(settings.captioner, settings.preprocess.window_s)
         await self._engine.start()
 
-    async def caption(self, samples: np.ndarray, request_id: str, traceparent: str | None = None) -> CaptionResult:
-        """``traceparent``: the caller's ``caption window`` span, parent of this replica's ``engine`` span."""
-        with stage_span("engine", {"listenpost.engine": self._engine.name}, parent=traceparent):
+    async def caption(
+        self, samples: np.ndarray, request_id: str, traceparent: str | None = None, event_id: str | None = None
+    ) -> CaptionResult:
+        """``traceparent``: the caller's ``caption window`` span, parent of this replica's ``engine``
+        span; ``event_id``: the input's, for this replica's log lines."""
+        with event_context(event_id), stage_span("engine", {"listenpost.engine": self._engine.name}, parent=traceparent):
             return await self._engine.caption(samples, request_id)
 
-    async def facets(self, windows: list[Window], request_id: str, traceparent: str | None = None) -> Facets:
-        with stage_span("guided facets", parent=traceparent):
+    async def facets(
+        self, windows: list[Window], request_id: str, traceparent: str | None = None, event_id: str | None = None
+    ) -> Facets:
+        with event_context(event_id), stage_span("guided facets", parent=traceparent):
             return await self._facets(windows, request_id)
 
     async def _facets(self, windows: list[Window], request_id: str) -> Facets:

@@ -41,9 +41,10 @@ from services.events.errors import EventsError
 from services.events.jetstream import TRANSIENT_NATS_ERRORS
 from services.events.models import Stage
 from services.events.reasons import plain_error_type, plain_reason
+from services.logcontext import event_context
 from services.metrics import reason_label, recorder
 from services.settings import NatsSettings
-from services.telemetry import consume_span, mark_error, receive_span, tracing_enabled
+from services.telemetry import consume_span, mark_error, message_id, receive_span, tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ class PullConsumer:
         metrics.inc("listenpost_events_consumed", durable=self._durable)
         if _deliveries(msg) > 1:
             metrics.inc("listenpost_events_redelivered", durable=self._durable)
-        with consume_span(
+        with event_context(message_id(msg.headers)), consume_span(
             stream=self._stream, durable=self._durable, subject=msg.subject, headers=msg.headers, body=msg.data,
             delivery=_deliveries(msg),
         ):

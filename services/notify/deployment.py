@@ -32,6 +32,7 @@ from ray import serve
 from services.events.connection import connect
 from services.events.jetstream import ensure_provisioned
 from services.events.notifier_status import delete_notifier_status, write_notifier_status
+from services.logcontext import configure_replica_logging
 from services.notify.config import NotifyConfig
 from services.notify.receivers import missing_secrets
 from services.notify.receivers.secrets import Secrets, configured_secrets
@@ -68,6 +69,7 @@ class Notifier:
     async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         assert settings.nats.url, "the app builder always sets the NATS URL"
         configure_tracing("listenpost-notify")  # OTEL_* only; nothing without an endpoint
+        configure_replica_logging()  # an event_id on every line of an event's handling
         self._settings = settings
         self._secrets = configured_secrets(settings.notify)  # a bad secrets_dir fails the replica: say so at start
         self._nc = await connect(settings.nats, role="notify", name="listenpost-notify")

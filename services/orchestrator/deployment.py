@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,7 @@ from services.events.retention import release_audio
 from services.ingest.adapters import AdapterSet, load_adapters
 from services.ingest.http import HttpIngest, app_for
 from services.ingest.submitted import parse_submitted
+from services.logcontext import configure_replica_logging, current_event_id
 from services.metrics import recorder
 from services.orchestrator.metrics import observe_captioned
 from services.orchestrator.pipeline import caption_submitted, correlation_extensions, lexicon_facets
@@ -51,6 +53,8 @@ from services.orchestrator.publish import publish_captioned
 from services.preprocess.pipeline import PreparedAudio
 from services.settings import Settings
 from services.telemetry import configure_tracing, current_traceparent, stage_span
+
+log = logging.getLogger(__name__)
 
 # Faults of the serving system, not of the event: try again later.
 _TRANSIENT = (
@@ -88,6 +92,7 @@ class Ingress:
     ) -> None:
         assert settings.nats.url, "the app builder always sets the NATS URL"
         configure_tracing("listenpost-ingress")  # OTEL_* only; nothing without an endpoint
+        configure_replica_logging()  # an event_id on every line of an event's handling
         self._settings = settings
         self._preprocessor = preprocessor
         self._captioner = captioner
@@ -177,14 +182,14 @@ class Ingress:
 
     async def _prepare(self, submitted: AudioSubmitted) -> PreparedAudio:
         with _replica_errors_as_raised():
-            return await self._preprocessor.prepare.remote(submitted, current_traceparent())
+            return await self._preprocessor.prepare.remote(submitted, current_traceparent(), current_event_id())
 
     async def _caption(self, samples: np.ndarray, request_id: str) -> Any:
         self._windows_waiting += 1
         recorder().set("listenpost_windows_waiting", self._windows_waiting)
         try:
             with _replica_errors_as_raised():
-                return await self._captioner.caption.remote(samples, request_id, current_traceparent())
+                return await self._captioner.caption.remote(samples, request_id, current_traceparent(), current_event_id())
         finally:
             self._windows_waiting -= 1
             recorder().set("listenpost_windows_waiting", self._windows_waiting)
@@ -192,7 +197,9 @@ class Ingress:
     async def _facets(self, windows: list[Window], request_id: str) -> Facets:
         if self._settings.captioner.facets_extractor == "guided":
             with _replica_errors_as_raised():
-                return await self._captioner.facets.remote(windows, request_id, current_traceparent())  # same engine
+                return await self._captioner.facets.remote(
+                    windows, request_id, current_traceparent(), current_event_id()
+                )  # same engine
         return await lexicon_facets(windows, request_id)
 
     async def _handle(self, msg: Msg) -> None:
@@ -220,12 +227,15 @@ class Ingress:
         except _TRANSIENT as exc:
             raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
         with stage_span("publish"):
-            await publish_captioned(self._js, cfg.nats, captioned, input_source=event.get_source(), input_id=event.get_id())
-        observe_captioned(
-            AudioCaptioned.model_validate(captioned.get_data()),
-            max_tokens=cfg.captioner.max_tokens,
-            input_to_stored_s=stored_age_s(msg),
-        )
+            stored = await publish_captioned(
+                self._js, cfg.nats, captioned, input_source=event.get_source(), input_id=event.get_id()
+            )
+        outcome = AudioCaptioned.model_validate(captioned.get_data())
+        observe_captioned(outcome, max_tokens=cfg.captioner.max_tokens, input_to_stored_s=stored_age_s(msg))
+        log.info(
+            "captioned: %d windows from %.1f s of audio%s",
+            len(outcome.windows), outcome.audio.duration_s, "" if stored else " (already stored: a redelivery)",
+        )  # fmt: skip
         # Stored: the audio has served. (A crash before the ack redelivers the input, which
         # then fails at fetch and is dead-lettered, while its caption is already stored.)
         await self._release_audio(event.get_id(), submitted, "captioned")

@@ -53,6 +53,7 @@ from services.events.consumer import PullConsumer, Redelivery, stored_age_s
 from services.events.deadletter import dead_letter
 from services.events.jetstream import ensure_provisioned, evaluated_subject
 from services.events.traced import publish_traced
+from services.logcontext import configure_replica_logging
 from services.rules import Decision, RuleSet, RuleSetError, load_ruleset, load_sources, rule_files
 from services.rules.engine import HOPS_EXTENSION, RulesProcessor, hops
 from services.rules.evaluated import evaluated_event, wants_marker
@@ -120,6 +121,7 @@ class RulesEngine:
     async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits an async constructor
         assert settings.nats.url, "the app builder always sets the NATS URL"
         configure_tracing("listenpost-rules")  # OTEL_* only; nothing without an endpoint
+        configure_replica_logging()  # an event_id on every line of an event's handling
         self._settings = settings
         cfg = settings.rules
         self._replica = replica_name()
