@@ -356,12 +356,14 @@ def _status_tables(
         rate = f"{rates[durable]:.1f}" if rates is not None and durable in rates else "-"
         consumers.add_row(durable, c.stream, f"{c.pending:,}", f"{c.ack_pending:,}", f"{c.acked:,}", rate)
     streams = Table(title=f"streams (dead letters: {state.dlq_messages:,})")
-    for column in ("stream", "messages", "bytes"):
+    for column in ("stream", "messages", "bytes", "copies"):
         streams.add_column(column, justify="left" if column == "stream" else "right")
     for name, sizes in state.streams.items():
-        streams.add_row(name, f"{sizes['messages']:,}", f"{sizes['bytes']:,}")
+        current, wanted = sizes.get("replicas_current", 1), sizes.get("replicas", 1)
+        copies = f"{current}/{wanted}" if current >= wanted else f"[red]{current}/{wanted}[/]"
+        streams.add_row(name, f"{sizes['messages']:,}", f"{sizes['bytes']:,}", copies)
     for bucket, size in state.object_store_bytes.items():
-        streams.add_row(f"bucket {bucket}", "", f"{size:,}")
+        streams.add_row(f"bucket {bucket}", "", f"{size:,}", "")
     engines = Table(title="rules engines")
     for column in ("replica", "ruleset", "events / decisions", "errors"):
         engines.add_column(column)

@@ -21,7 +21,7 @@ from services.cli import app as cli_app
 from services.events.connection import connect
 from services.events.embedded import EmbeddedNatsCluster, EmbeddedNatsServer, find_nats_server, free_port
 from services.events.jetstream import TRANSIENT_NATS_ERRORS, NotProvisionedError, bucket_configs, provision_everything, stream_configs
-from services.events.jsstate import poll
+from services.events.jsstate import poll, snapshot
 from services.settings import NatsSettings, PreprocessSettings, RulesSettings, Settings
 from tests.conftest import tiny_engine_settings
 from tests.fault_checks import assert_exactly_once_captioned, settled, submit_batch
@@ -135,6 +135,11 @@ async def test_provisioning_makes_three_copies_of_everything_and_is_idempotent(
     info = await admin.jetstream().stream_info(settings.nats.in_stream)
     assert info.cluster is not None and info.cluster.leader in {n.server_name for n in cluster.nodes}
     assert len(info.cluster.replicas or []) == 2
+    # What `listenpost status` prints in its copies column.
+    state = await snapshot(admin.jetstream(), settings)
+    assert {name: (s["replicas_current"], s["replicas"]) for name, s in state.streams.items()} == dict.fromkeys(
+        (settings.nats.in_stream, settings.nats.out_stream, settings.nats.dlq_stream, settings.nats.advisory_stream), (3, 3)
+    )
 
 
 async def test_more_replicas_than_servers_are_refused_in_words(cluster: EmbeddedNatsCluster, admin: NATS) -> None:

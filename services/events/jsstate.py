@@ -116,8 +116,13 @@ async def snapshot(js: JetStreamContext, settings: Settings) -> Snapshot:
     nats = settings.nats
     streams: dict[str, dict[str, int]] = {}
     for stream in (nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream):
-        state = (await js.stream_info(stream)).state
-        streams[stream] = {"messages": int(state.messages), "bytes": int(state.bytes)}
+        info = await js.stream_info(stream)
+        streams[stream] = {
+            "messages": int(info.state.messages),
+            "bytes": int(info.state.bytes),
+            "replicas": int(info.config.num_replicas or 1),
+            "replicas_current": current_replicas(info),
+        }
     consumers: dict[str, ConsumerState] = {}
     for stream, durable in (
         (nats.in_stream, nats.ingest_durable),
