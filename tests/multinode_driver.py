@@ -59,7 +59,9 @@ def main(work: Path, checkpoint: Path) -> dict[str, object]:
     audio_dir.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 6, "port": free_port(), "dashboard_port": free_port(), "ray_client_server_port": free_port()},
+        head_node_args={
+            "num_cpus": 6, "gcs_server_port": free_port(), "dashboard_port": free_port(), "ray_client_server_port": free_port(),
+        },  # fmt: skip
     )
     first = cluster.add_node(num_cpus=2, resources=WORKER_RESOURCES)
     settings = Settings(

@@ -29,6 +29,7 @@ def test_the_captioner_runs_on_a_worker_node_and_comes_back_elsewhere_when_it_is
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
+    print("multinode report:", report)  # the figures (time for the replica to come back) with -rP
     assert report["nodes"] == 2  # the head and the first worker, before the second joins
     assert report["first_worker_placed"] is True
     # Every deployment of the graph is running, the Captioner on the worker that offers its resource.

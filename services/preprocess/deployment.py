@@ -62,12 +62,12 @@ class Preprocessor:
             # Decoding, resampling and VAD are CPU-bound: the gate runs them in threads (which carry
             # the trace context: asyncio.to_thread copies it), within its slots and budget.
             prepared = await self._gate.prepare(data, submitted)
-        facts = prepared.facts
-        log.info(
-            "prepared %d windows from %.1f s of %s audio (%d channels at %d Hz)",
-            len(prepared.windows), facts.duration_s, facts.format or "unknown", facts.channels, facts.sample_rate,
-        )  # fmt: skip
-        return prepared
+            facts = prepared.facts
+            log.info(
+                "prepared %d windows from %.1f s of %s audio (%d channels at %d Hz)",
+                len(prepared.windows), facts.duration_s, facts.format or "unknown", facts.channels, facts.sample_rate,
+            )  # fmt: skip
+            return prepared
 
     async def __del__(self) -> None:
         if self._nc is not None:
