@@ -34,7 +34,13 @@ OBSERVABILITY = REPO / "observability"
 SETTINGS = Settings(_env_file=None)
 
 #: Names the dashboard may use that Ray Serve exports itself (not in services/metrics.py).
-SERVE_NAMES = frozenset({"ray_serve_deployment_replica_healthy", "ray_serve_deployment_request_counter_total"})
+SERVE_NAMES = frozenset({
+    "ray_serve_deployment_replica_healthy",
+    "ray_serve_deployment_request_counter_total",
+    # The autoscaler's target count and its policy's raw wish (docs/scaling.md#autoscaling).
+    "ray_serve_autoscaling_target_replicas",
+    "ray_serve_autoscaling_desired_replicas",
+})  # fmt: skip
 
 
 def promtool() -> str:
