@@ -51,6 +51,10 @@ class LoadReport(BaseModel):
     latency_p99_s: float | None
     latency_max_s: float | None
     latencies_s: list[float]
+    # When each event was submitted (seconds after the first) and its latency: latency over
+    # time, for benchmarks that change the service under load (bench/autoscale.py).
+    started_at_perf_s: float
+    completions: list[tuple[float, float]]
 
 
 def speechlike_wav(seconds: float, seed: int) -> bytes:
@@ -140,6 +144,8 @@ async def run_load(
         latency_p99_s=_pct(latencies, 99),
         latency_max_s=round(latencies[-1], 3) if latencies else None,
         latencies_s=[round(x, 4) for x in latencies],
+        started_at_perf_s=started,
+        completions=sorted((round(submitted_at[i] - started, 3), round(done_at[i] - submitted_at[i], 4)) for i in done_at),
     )
 
 
@@ -158,7 +164,7 @@ def print_report(report: LoadReport) -> None:
     from rich.table import Table
 
     table = Table(title="listenpost load", show_header=False)
-    for key, value in report.model_dump(exclude={"latencies_s"}).items():
+    for key, value in report.model_dump(exclude={"latencies_s", "started_at_perf_s", "completions"}).items():
         table.add_row(key, str(value))
     Console().print(table)
 

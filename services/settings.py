@@ -126,6 +126,51 @@ class _FixedReplicas(_ServeOptions):
         return {**super().deployment_options(), "num_replicas": self.replicas}
 
 
+class _ScalableReplicas(_FixedReplicas):
+    """A CPU deployment that Serve may scale between ``replicas`` and ``max_replicas``.
+
+    Unset ``max_replicas`` keeps the fixed count, so a 2-CPU machine runs what it always ran;
+    docs/scaling.md#autoscaling says which signal each deployment scales on and why.
+    """
+
+    replicas: PositiveInt = Field(
+        default=1, description="Replicas of the deployment; with max_replicas, the fewest the autoscaler keeps."
+    )
+    max_replicas: PositiveInt | None = Field(
+        default=None, description="Most replicas the autoscaler starts; unset: a fixed count of `replicas`."
+    )
+    upscale_delay_s: float = Field(default=10.0, ge=0, description="Sustained load before adding a replica.")
+    downscale_delay_s: float = Field(default=120.0, ge=0, description="Sustained idleness before removing one.")
+    # Above Serve's metrics interval (10 s), which it warns about otherwise.
+    look_back_period_s: PositiveFloat = Field(default=15.0, description="Window over which load is averaged.")
+
+    @model_validator(mode="after")
+    def _max_above_the_floor(self) -> _ScalableReplicas:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas})")
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """A fixed count, or Serve's autoscaling between the bounds on the deployment's signal."""
+        options = super().deployment_options()
+        if self.max_replicas is None or self.max_replicas == self.replicas:
+            return options
+        del options["num_replicas"]  # Serve refuses both
+        bounds = {
+            "min_replicas": self.replicas,
+            "initial_replicas": self.replicas,
+            "max_replicas": self.max_replicas,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+            "look_back_period_s": self.look_back_period_s,
+        }
+        return {**options, "autoscaling_config": {**bounds, **self._scaling_signal()}}
+
+    def _scaling_signal(self) -> dict[str, Any]:
+        """What the autoscaler compares with its target: Serve's names (the target, a policy)."""
+        raise NotImplementedError
+
+
 #: Who connects to NATS, each with its own permissions (services/events/permissions.py):
 #: producers (PBX, CRM) publish inputs; the deployments; operators' CLI; admin provisions.
 NatsRole = Literal["producer", "ingress", "preprocess", "rules", "notify", "operator", "admin"]
@@ -336,12 +381,17 @@ class NatsSettings(_Group):
     )
 
 
-class PreprocessSettings(_FixedReplicas):
+class PreprocessSettings(_ScalableReplicas):
     """Fetching, decoding, windowing and measuring audio (``LISTENPOST_PREPROCESS__*``)."""
 
     num_cpus: float = Field(default=0.5, ge=0, description="CPUs reserved per Preprocessor replica.")
     max_ongoing_requests: PositiveInt = Field(
         default=64, description="Recordings a replica prepares at once (decoding runs in threads)."
+    )
+    target_ongoing_requests: PositiveFloat = Field(
+        default=8.0,
+        description="Recordings in preparation per replica the autoscaler aims at (with max_replicas): the "
+        "Ingress calls it, so Serve counts them.",
     )
 
     # Windows handed to the model
@@ -438,6 +488,10 @@ class PreprocessSettings(_FixedReplicas):
         if self.min_sample_rate > self.max_sample_rate:
             raise ValueError("min_sample_rate is above max_sample_rate")
         return self
+
+    def _scaling_signal(self) -> dict[str, Any]:
+        # Serve's own policy: the Ingress calls the Preprocessor, so Serve counts its recordings.
+        return {"target_ongoing_requests": self.target_ongoing_requests}
 
 
 #: What caption redaction can replace (services/captioner/redaction.py, docs/redaction.md).
@@ -806,7 +860,7 @@ class NotifySettings(_FixedReplicas):
         return self
 
 
-class IngressSettings(_FixedReplicas):
+class IngressSettings(_ScalableReplicas):
     """The Ingress deployment (the orchestrator): its replicas share one durable consumer."""
 
     max_ongoing_requests: PositiveInt = Field(
@@ -829,6 +883,26 @@ class IngressSettings(_FixedReplicas):
     max_context_keys: PositiveInt = Field(
         default=256, description="Most keys in an input's `context`, counted in every nested object."
     )
+    target_backlog: PositiveFloat = Field(
+        default=64.0,
+        description="Input messages (waiting in the stream and in flight) per replica the autoscaler aims at, "
+        "with max_replicas: about max_in_flight, a replica holding all it may.",
+    )
+
+    def _scaling_signal(self) -> dict[str, Any]:
+        """The input durable's backlog.
+
+        The Ingress pulls from NATS, so Serve sees no requests to it and its own policy would
+        never scale it: each replica reports the backlog (``record_autoscaling_stats``) and
+        services/orchestrator/autoscaling.py turns it into a replica count. Serve applies the
+        bounds and delays, as for every deployment.
+        """
+        return {
+            "policy": {
+                "policy_function": "services.orchestrator.autoscaling:BacklogPolicy",
+                "policy_kwargs": {"target_per_replica": self.target_backlog},
+            }
+        }
 
 
 #: Shortest bearer secret an API key may have: 32 characters of `openssl rand -base64 32` are ~190 bits.
@@ -1121,13 +1195,16 @@ class Settings(BaseSettings):
 def capacity_warnings(settings: Settings) -> list[str]:
     """Valid settings that leave capacity unused, each in words and naming what to change."""
     warnings = []
-    in_flight = settings.ingress.replicas * settings.ingress.max_in_flight
+    # An autoscaled Ingress grows with the backlog: its most replicas are what it can hold.
+    ingress_replicas = settings.ingress.max_replicas or settings.ingress.replicas
+    in_flight = ingress_replicas * settings.ingress.max_in_flight
     batch = settings.captioner.max_num_seqs * settings.captioner.max_replicas
     if settings.captioner.engine == "vllm" and in_flight < batch:
         warnings.append(
-            f"the Ingress holds at most {in_flight} events in flight (ingress.replicas x ingress.max_in_flight) but the "
-            f"Captioner batches up to {batch} windows (captioner.max_num_seqs x captioner.max_replicas): with short "
-            "calls the engine's batches cannot fill; raise ingress.max_in_flight or ingress.replicas"
+            f"the Ingress holds at most {in_flight} events in flight (ingress.replicas, or its max_replicas when it "
+            f"autoscales, x ingress.max_in_flight) but the Captioner batches up to {batch} windows "
+            "(captioner.max_num_seqs x captioner.max_replicas): with short calls the engine's batches cannot fill; "
+            "raise ingress.max_in_flight or ingress.replicas (ingress.max_replicas when it autoscales)"
         )
     return warnings
 

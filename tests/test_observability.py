@@ -34,7 +34,13 @@ OBSERVABILITY = REPO / "observability"
 SETTINGS = Settings(_env_file=None)
 
 #: Names the dashboard may use that Ray Serve exports itself (not in services/metrics.py).
-SERVE_NAMES = frozenset({"ray_serve_deployment_replica_healthy", "ray_serve_deployment_request_counter_total"})
+SERVE_NAMES = frozenset({
+    "ray_serve_deployment_replica_healthy",
+    "ray_serve_deployment_request_counter_total",
+    # The autoscaler's target count and its policy's raw wish (docs/scaling.md#autoscaling).
+    "ray_serve_autoscaling_target_replicas",
+    "ray_serve_autoscaling_desired_replicas",
+})  # fmt: skip
 
 
 def promtool() -> str:
@@ -173,7 +179,8 @@ def test_self_alert_rules_pass_promtool_check_and_unit_tests() -> None:
     tool = promtool()
     checked = subprocess.run([tool, "check", "rules", str(OBSERVABILITY / "alerts.yaml")], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 7 rules found" in checked.stdout
+    alerts = re.findall(r"- alert: (\w+)", (OBSERVABILITY / "alerts.yaml").read_text())
+    assert f"SUCCESS: {len(alerts)} rules found" in checked.stdout  # promtool read every rule the file has
     tested = subprocess.run([tool, "test", "rules", str(OBSERVABILITY / "alerts_test.yaml")], capture_output=True, text=True)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
@@ -182,7 +189,7 @@ def test_self_alert_rules_pass_promtool_check_and_unit_tests() -> None:
 def test_every_alert_has_a_runbook() -> None:
     readme = (OBSERVABILITY / "README.md").read_text()
     alerts = re.findall(r"- alert: (\w+)", (OBSERVABILITY / "alerts.yaml").read_text())
-    assert len(alerts) == 6
+    assert "ListenpostStreamUnderReplicated" in alerts and len(alerts) == len(set(alerts))
     for alert in alerts:
         assert f"### {alert}" in readme, f"no runbook for {alert} in observability/README.md"
 

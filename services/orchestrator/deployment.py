@@ -38,7 +38,7 @@ from services.events.audit import record, submission
 from services.events.connection import connect
 from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater, stored_age_s
 from services.events.deadletter import dead_letter
-from services.events.jetstream import ensure_provisioned
+from services.events.jetstream import TRANSIENT_NATS_ERRORS, ensure_provisioned
 from services.events.jsstate import poll_forever
 from services.events.models import AudioCaptioned, AudioSubmitted, ContextLimits, Facets, Window
 from services.events.retention import release_audio
@@ -47,6 +47,7 @@ from services.ingest.http import HttpIngest, app_for
 from services.ingest.submitted import parse_submitted
 from services.logcontext import configure_replica_logging, current_event_id
 from services.metrics import recorder
+from services.orchestrator.autoscaling import BACKLOG_METRIC
 from services.orchestrator.metrics import observe_captioned
 from services.orchestrator.pipeline import caption_submitted, correlation_extensions, lexicon_facets
 from services.orchestrator.publish import publish_captioned
@@ -251,6 +252,19 @@ class Ingress:
         if self._notifier is not None:
             status["notify"] = await self._notifier.status.remote()
         return status
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The input durable's backlog, for the Ingress's autoscaling policy (services/orchestrator/autoscaling.py).
+
+        Serve calls it only when the Ingress autoscales (ingress.max_replicas). A failed read
+        reports nothing this round: the policy keeps the count until the next one."""
+        cfg = self._settings.nats
+        try:
+            info = await self._js.consumer_info(cfg.in_stream, cfg.ingest_durable)
+        except TRANSIENT_NATS_ERRORS as exc:
+            log.warning("input backlog not read for autoscaling (%r)", exc)
+            return {}
+        return {BACKLOG_METRIC: float((info.num_pending or 0) + (info.num_ack_pending or 0))}
 
     async def check_health(self) -> None:
         for consumer in (self._consumer, self._advisories):
