@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from typer.testing import CliRunner
 
 from services.cli import app as cli_app
+from services.events.accounting import count_by_header
 from services.events.connection import connect
 from services.events.embedded import EmbeddedNatsCluster, EmbeddedNatsServer, find_nats_server, free_port
 from services.events.jetstream import TRANSIENT_NATS_ERRORS, NotProvisionedError, bucket_configs, provision_everything, stream_configs
@@ -274,6 +275,10 @@ async def test_the_service_loses_nothing_when_the_stream_leader_and_then_any_ser
         await asyncio.sleep(2)
         other.start()
         assert_exactly_once_captioned(await settled(nc, settings, ids), ids)
+        # Nothing duplicated further downstream either: every decision stored once.
+        for subject in ("routes.>", "alerts.>", "tags", "rules.evaluated"):
+            stored = await count_by_header(js, settings.nats.subject(*subject.split(".")), "ce-id")
+            assert all(n == 1 for n in stored.values()), {k: n for k, n in stored.items() if n > 1}
         # The cluster recovers: every stream has its three current copies again.
         for stream in (settings.nats.in_stream, settings.nats.out_stream, settings.nats.dlq_stream):
             await wait_for_copies(nc, settings, stream, 3)
