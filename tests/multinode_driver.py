@@ -37,6 +37,9 @@ from tests.fault_checks import settled, submit_batch  # noqa: E402
 CAPTIONER = f"ServeReplica:{APP_NAME}:Captioner"
 #: What a worker node offers: the Captioner's stand-in for a GPU.
 WORKER_RESOURCES = {"captioner": 1.0}
+#: A worker's CPUs, all of which its Captioner replica takes: the CPU deployments stay on the
+#: head, as on a cluster whose GPU nodes run only Captioners.
+WORKER_CPUS = 1
 
 
 def captioner_nodes(gcs_address: str) -> list[str]:
@@ -63,12 +66,14 @@ def main(work: Path, checkpoint: Path) -> dict[str, object]:
             "num_cpus": 6, "gcs_server_port": free_port(), "dashboard_port": free_port(), "ray_client_server_port": free_port(),
         },  # fmt: skip
     )
-    first = cluster.add_node(num_cpus=2, resources=WORKER_RESOURCES)
+    first = cluster.add_node(num_cpus=WORKER_CPUS, resources=WORKER_RESOURCES)
     settings = Settings(
         ray_address=cluster.address,
         nats=NatsSettings(data_dir=work / "nats", secrets_dir=work / "secrets", ack_wait_s=15, max_deliver=8,
                           retry_delay_s=1.0, retry_delay_max_s=8.0),  # fmt: skip
-        captioner=tiny_engine_settings(checkpoint).model_copy(update={"resources": WORKER_RESOURCES}),
+        captioner=tiny_engine_settings(checkpoint).model_copy(
+            update={"resources": WORKER_RESOURCES, "num_cpus": float(WORKER_CPUS)}
+        ),
         preprocess=PreprocessSettings(file_roots=[audio_dir]),
         rules=RulesSettings(directory=REPO / "router_rules"),
     )
@@ -85,7 +90,7 @@ def main(work: Path, checkpoint: Path) -> dict[str, object]:
                 for a in list_actors(address=gcs, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
                 if a.class_name.startswith(f"ServeReplica:{APP_NAME}:")
             }
-            second = cluster.add_node(num_cpus=2, resources=WORKER_RESOURCES)
+            second = cluster.add_node(num_cpus=WORKER_CPUS, resources=WORKER_RESOURCES)
 
             async def run() -> dict[str, object]:
                 nc = await connect(effective.nats, role="admin", name="multinode")
