@@ -23,18 +23,23 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 from notify_fixtures import RecordingServer, Reply, capture_http_log
 
-from services.events.audit import list_records
+from services.events.audit import Actor, list_records
 from services.events.binding import new_event
 from services.events.connection import connect
 from services.events.embedded import EmbeddedNatsServer, free_port
-from services.events.jetstream import provision_everything, publish_event
+from services.events.erasure import ErasureReport, erase_call
+from services.events.jetstream import notify_subject, provision_everything, publish_event
+from services.events.kv import bucket_values
 from services.events.notifier_status import write_notifier_status
 from services.events.webhooks import verify_webhook_signature
 from services.metrics import MemoryBackend
 from services.metricsview.receivers import receivers_table
 from services.notify.deadletters import list_entries, replay_notifications
+from services.notify.groups import AggregationGroup
+from services.notify.queue import NotificationFailed, failed_event, read_queued
 from services.notify.receivers import Secrets
 from services.notify.service import Notifier
 from services.notify.status import ReceiverStats, per_receiver, receiver_rows, receiver_status
@@ -403,6 +408,152 @@ async def test_a_receiver_removed_from_the_file_dead_letters_its_notifications(e
     assert (letter.receiver, letter.attempts, letter.status) == ("hook", 1, None)
     assert letter.reason.startswith("receiver 'hook' is not in the notification file (version ")
     assert letter.reason.endswith("); add it back and replay")
+
+
+# --- erasure while the notifier runs (issue 12) -------------------------------------------------
+
+ERASED, KEPT = "c-erased-4711", "c-kept-0815"
+
+
+def erasure_file(directory: Path, url: str) -> Path:
+    """Each alert joins its call's group and the team's group, shared by every call of the team;
+    groups are told again every second, so one brought back from memory would be sent at once."""
+    path = directory / "notifications.yaml"
+    path.write_text(f"""
+apiVersion: listenpost/v1
+kind: Notifications
+route:
+  receiver: hook
+  group_by: [callid]
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 1s
+  routes:
+    - {{matchers: ['team="security"'], group_by: [team], continue: true}}
+    - {{matchers: ['team="security"'], group_by: [callid]}}
+receivers:
+  - {{name: hook, type: webhook, url: "{url}/hook", signing_secret: hook-signing}}
+""")
+    return path
+
+
+async def stored_naming(js: Any, stream: str, call_id: str) -> list[int]:
+    """Sequences of ``stream``'s stored messages (every revision of a KV key) that name the call."""
+    found, seq = [], 1
+    while True:
+        try:
+            raw = await js.get_msg(stream, seq, subject=">", next=True)
+        except NotFoundError:
+            return found
+        if call_id.encode() in (raw.data or b"") or call_id in json.dumps(dict(raw.headers or {})):
+            found.append(int(raw.seq))
+        seq = int(raw.seq) + 1
+
+
+def calls_told(requests: list[Any]) -> set[str]:
+    return {a["callid"] for r in requests for a in json.loads(r.body)["alerts"]}
+
+
+async def erase_as_operator(settings: Settings, call_id: str) -> ErasureReport:
+    operator = await connect(settings.nats, role="operator", name="test-erase")
+    try:
+        return await erase_call(operator.jetstream(), settings, call_id, actor=Actor.cli())
+    finally:
+        await operator.close()
+
+
+async def test_erase_is_not_undone_by_a_running_notifier(env: Env, receiver: RecordingServer) -> None:
+    """Erasing a call while the notifier holds its groups and firing alerts in memory: nothing of
+    the call comes back into the buckets, stays in memory, or is sent afterwards (before the fix
+    the next look wrote the groups back from memory and told the erased call's alert again)."""
+    settings = env.with_file(erasure_file(env.tmp, receiver.url))
+    notify = settings.notify
+    notifier, nc = await start_notifier(env, settings)
+    try:
+        await env.decide("angry", ERASED)
+        await env.decide("angry", KEPT)
+        await until(lambda: calls_told(receiver.requests) == {ERASED, KEPT})
+        assert notifier.grouper is not None and notifier.firing is not None
+        assert len(notifier.grouper.store.groups) == 3  # each call's own, and the team's shared one
+
+        report = await erase_as_operator(settings, ERASED)
+        assert report.ok, report.failed
+        erased_at = len(receiver.requests)
+        erased = {(r.place, r.action) for r in report.removed if r.kind == "kv"}
+        assert erased == {(notify.groups_bucket, "deleted"), (notify.groups_bucket, "rewritten"),
+                          (notify.firing_bucket, "deleted")}  # fmt: skip
+
+        # Looks every 0.1 s and repeats every second: the kept call's groups are told again...
+        await until(lambda: KEPT in calls_told(receiver.requests[erased_at:]), timeout_s=10)
+        await asyncio.sleep(1.5)
+        await env.idle()
+        in_memory = [g.model_dump_json() for g in notifier.grouper.store.groups.values()]
+        firing = [a.callid for a in notifier.firing.current()]
+    finally:
+        await stop_notifier(notifier, nc)
+    # Nothing of the erased call written back, sent, or held in memory.
+    js = env.admin.jetstream()
+    for stream in (f"KV_{notify.groups_bucket}", f"KV_{notify.firing_bucket}", notify.stream):
+        assert await stored_naming(js, stream, ERASED) == [], stream
+    assert ERASED not in calls_told(receiver.requests[erased_at:])
+    assert [ERASED in g for g in in_memory] == [False, False] and firing == [KEPT]
+    # The shared group lives on with the kept call's alert only (as memory has it).
+    kv = await js.key_value(notify.groups_bucket)
+    groups = [AggregationGroup.model_validate_json(value) for _, value in await bucket_values(kv)]
+    shared = [g for g in groups if g.labels == {"team": "security"}]
+    assert [sorted(h.alert.callid or "" for h in g.alerts.values()) for g in shared] == [[KEPT]]
+
+    # A restarted notifier reads the buckets back: the erased call stays gone there too.
+    notifier, nc = await start_notifier(env, settings, send=False)
+    try:
+        assert notifier.grouper is not None and notifier.firing is not None
+        assert {h.alert.callid for g in notifier.grouper.store.groups.values() for h in g.alerts.values()} == {KEPT}
+        assert [a.callid for a in notifier.firing.current()] == [KEPT]
+    finally:
+        await stop_notifier(notifier, nc)
+
+
+async def test_erase_removes_the_calls_queued_and_dead_lettered_notifications(env: Env, receiver: RecordingServer) -> None:
+    """Notifications of the call waiting on LISTENPOST_NOTIFY (queued, or dead-lettered for a
+    replay) are erased with it; the other call's stay and are delivered."""
+    settings = env.with_file(notification_file(env.tmp, receiver.url))
+    notify = settings.notify
+    queuer, nc = await start_notifier(env, settings, send=False)  # queued, not sent
+    try:
+        await env.decide("gunshot", ERASED)
+        await env.decide("gunshot", KEPT)
+        js = env.admin.jetstream()
+
+        async def queued() -> bool:
+            return (await js.stream_info(notify.stream)).state.messages == 2
+
+        await until(queued)
+    finally:
+        await stop_notifier(queuer, nc)
+    # A dead letter of the call's notification, as the sender leaves one for `notify replay`.
+    raw = await js.get_msg(notify.stream, (await stored_naming(js, notify.stream, ERASED))[0])
+    notification = read_queued(raw.data or b"", raw.headers)
+    failed = NotificationFailed(receiver="hook", reason="gave up", error="E", retryable=True, attempts=3,
+                                notification=notification)  # fmt: skip
+    letter = failed_event(failed, "urn:listenpost", event_id="dl-erased")
+    await publish_event(js, notify_subject(settings.nats, "dlq", "hook"), letter, msg_id="dl-erased")
+    assert len(await stored_naming(js, notify.stream, ERASED)) == 2
+
+    report = await erase_as_operator(settings, ERASED)
+    assert report.ok, report.failed
+    assert sorted(r.item.split()[1] for r in report.removed if r.place == notify.stream) == [
+        "listenpost.notify.dlq.hook", "listenpost.notify.send.hook",
+    ]  # fmt: skip
+    assert await stored_naming(js, notify.stream, ERASED) == []
+    assert (await js.stream_info(notify.stream)).state.messages == 1
+
+    sender, nc = await start_notifier(env, settings, queue=False)
+    try:
+        await until(lambda: len(receiver.requests) == 1)
+        await env.idle()
+    finally:
+        await stop_notifier(sender, nc)
+    assert calls_told(receiver.requests) == {KEPT}
 
 
 # --- the commands ------------------------------------------------------------------------------

@@ -203,3 +203,23 @@ def test_a_group_survives_a_round_trip_through_its_store(config: NotifyConfig) -
     [group] = n.groups.values()
     again = AggregationGroup.model_validate_json(group.model_dump_json())
     assert again == group and list(again.alerts) == list(group.alerts)  # the order they joined
+
+
+def test_a_group_erased_of_one_call_is_still_a_group_that_forgets_its_alerts(config: NotifyConfig) -> None:
+    """What `listenpost erase` writes back for a group shared by two calls is a group the notifier
+    reads (it takes the bucket's version over its own), with nothing left of the erased call:
+    not its alert, nor its fingerprint among those told or held back."""
+    from services.events.erasure import kv_decision
+
+    n = Notifier(config)
+    gone, kept = alert("angry", "c-gone", team="qa"), alert("angry", "c-kept", team="qa")
+    n.raise_(0, gone, kept)
+    [group] = n.groups.values()
+    group = group.model_copy(update={"told_firing": (gone.fingerprint, kept.fingerprint), "held": (gone.fingerprint,)})
+    decision, value = kv_decision("group.abc", group.model_dump_json().encode(), "c-gone", ())
+    assert decision == "rewrite" and value is not None
+    rewritten = AggregationGroup.model_validate_json(value)
+    assert list(rewritten.alerts) == [kept.fingerprint]
+    assert (rewritten.told_firing, rewritten.held) == ((kept.fingerprint,), ())
+    assert gone.fingerprint not in value.decode() and b"c-gone" not in value
+    assert rewritten.model_copy(update={"alerts": group.alerts, "told_firing": group.told_firing, "held": group.held}) == group

@@ -30,7 +30,7 @@ from services.rules.engine import RulesProcessor
 from services.rules.inputs import read_input
 from services.rules.state import Conflict, Stores, open_bucket, open_stores
 from services.rules.status import read_status
-from services.settings import NatsSettings, RulesSettings, Settings
+from services.settings import AuditSettings, NatsSettings, RulesSettings, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONED = "com.listenpost.audio.captioned"
@@ -355,3 +355,60 @@ async def test_engine_without_any_good_rules_waits(nats_url: str, tmp_path: Path
 async def test_bucket_missing_is_not_an_error_for_status(js: Any) -> None:
     with pytest.raises(BucketNotFoundError):
         await js.key_value(unique("NONE"))
+
+
+async def test_every_rule_set_activation_is_in_the_audit_trail(nats_url: str, tmp_path: Path) -> None:
+    """Who activated which rule set version, when: at start, on a reload of an edited file and
+    from the last good copy; an unchanged directory activates nothing new."""
+    from services.events.audit import list_records, parse_since
+
+    tag = uuid.uuid4().hex[:8]
+    directory = tmp_path / "rules"
+    shutil.copytree(REPO / "router_rules", directory)
+    base = engine_settings(nats_url, directory, tag)
+    # An audit stream of this test's own: the module's server is shared by tests with other prefixes.
+    settings = base.model_copy(update={"audit": AuditSettings(stream=f"AUDIT_{tag}", publish_retry_s=2.0)})
+    since = parse_since("1m")
+
+    async def activations(count: int) -> list[Any]:
+        async with asyncio.timeout(10):
+            while len(found := await list_records(js, settings.nats, settings.audit, since=since, action="ruleset.activate")) < count:
+                await asyncio.sleep(0.1)
+        return found
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    engine = await start_engine(settings)
+    try:
+        first = (await engine.status())["ruleset_version"]
+        [started] = await activations(1)
+        # Edited on disk: the reload swaps in a new version, and records it.
+        quality = directory / "quality.yaml"
+        quality.write_text(quality.read_text().replace("Long silences on the call", "Long silences on a call"))
+        async with asyncio.timeout(10):
+            while (status := await engine.status())["ruleset_version"] == first:
+                await asyncio.sleep(0.1)
+        second, rules, files = status["ruleset_version"], status["rules"], sorted(status["files"])
+        _, reloaded = await activations(2)
+        # Touched, not changed: the same version is not activated (nor recorded) again.
+        quality.touch()
+        await asyncio.sleep(0.5)
+        assert len(await activations(2)) == 2
+    finally:
+        await stop_engine(engine)
+    # A restart on a broken directory runs the last good copy (from KV): recorded as such.
+    (directory / "broken.yaml").write_text("nope: [\n")
+    engine = await start_engine(settings)
+    try:
+        *_, fallback = await activations(3)
+    finally:
+        await stop_engine(engine)
+        await nc.drain()
+
+    for rec, version, origin in ((started, first, "files"), (reloaded, second, "files"), (fallback, second, "last good (KV)")):
+        assert (str(rec.actor), rec.action) == ("service:rules", "ruleset.activate")
+        assert (rec.details["version"], rec.details["origin"], rec.details["rules"]) == (version, origin, rules)
+        assert rec.details["replica"] and rec.call_id is None and rec.event_id is None
+    assert first != second
+    assert started.details["files"] == reloaded.details["files"] == files and "quality.yaml" in files
+    assert started.time <= reloaded.time <= fallback.time

@@ -16,6 +16,13 @@ than where a call's data is expected to be:
   the rules package, passes that hash) and values that mention it. An alert group shared with other calls is rewritten
   without the call's alerts; anything else is removed.
 
+The buckets are searched first and once more at the end. First, because a running notifier
+writes its aggregation groups only over the revision it last saw and reads a due group again
+before queueing it (services/notify/grouper.py): once the call's groups are gone from the
+bucket it queues nothing more of the call, so the notification stream, searched next, holds
+all it will. At the end, for what work in flight stored meanwhile (a decision consumed while
+the streams were searched).
+
 Stream messages and objects are removed message by message with JetStream's secure
 delete (the server overwrites the stored bytes), never with the object store's or KV's
 delete, which leave tombstones naming the object or key. KV buckets refuse single-message
@@ -45,7 +52,7 @@ from urllib.parse import unquote
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from pydantic import BaseModel, Field
 
 from services.events.audit import Actor, operator_action, record
@@ -60,10 +67,15 @@ log = logging.getLogger(__name__)
 _CALL_KEYS = frozenset({"callid", "call_id"})
 _KV_PREFIX, _OBJ_PREFIX = "KV_", "OBJ_"
 _MAX_DEPTH = 64  # a stored value nested deeper is searched no further (and does not recurse forever)
+_KV_ATTEMPTS = 3  # a key rewritten by its owner meanwhile (the notifier) is judged again, this many times
 
 
 class ErasureError(EventsError):
     """An erasure that cannot start (an empty call id, an unreadable server)."""
+
+
+class KeyKeptChangingError(EventsError):
+    """A KV key written again every time erase was about to rewrite it (reported as not erased)."""
 
 
 class Removal(BaseModel):
@@ -228,6 +240,12 @@ def kv_decision(key: str, value: bytes | None, call_id: str, key_tokens: Collect
         return "delete", None
     kept = {fp: alert for fp, alert in alerts.items() if not mentions(alert, call_id)}
     rewritten = {**group, "alerts": kept}
+    # The group's lists of fingerprints (told, held back) go without the erased alerts' too: a
+    # fingerprint is derived from the call's labels.
+    removed = set(alerts) - set(kept)
+    for name, items in group.items():
+        if isinstance(items, list) and any(isinstance(item, str) and item in removed for item in items):
+            rewritten[name] = [item for item in items if item not in removed]
     text = json.dumps(rewritten)
     if not kept or mentions(rewritten, call_id) or any(token in text for token in key_tokens):
         return "delete", None
@@ -252,13 +270,14 @@ async def _all_streams(js: JetStreamContext) -> list[str]:
             return names
 
 
-async def _messages(js: JetStreamContext, stream: str) -> list[RawStreamMsg]:
-    """Every stored message of ``stream``, oldest first (direct reads: no consumer left behind)."""
+async def _messages(js: JetStreamContext, stream: str, subject: str = ">") -> list[RawStreamMsg]:
+    """Every stored message of ``stream`` (on ``subject``), oldest first (direct reads: no
+    consumer left behind)."""
     out: list[RawStreamMsg] = []
     seq = 1
     while True:
         try:
-            raw = await js.get_msg(stream, seq, subject=">", next=True)
+            raw = await js.get_msg(stream, seq, subject=subject, next=True)
         except NotFoundError:
             return out
         out.append(raw)
@@ -292,15 +311,24 @@ async def erase_call(
     except (nats.errors.Error, TimeoutError) as exc:
         raise ErasureError(f"cannot list the streams: {exc}") from exc
     refs = CallRefs()
+    buckets = [s for s in streams if s.startswith(_KV_PREFIX)]
     event_streams = [s for s in streams if not s.startswith((_KV_PREFIX, _OBJ_PREFIX)) and s != settings.audit.stream]
+    # KV first: a running notifier reads its aggregation groups from their bucket again before it
+    # queues one (services/notify/grouper.py), so once they are gone it queues nothing more of
+    # the call, and the notification stream, searched next, holds all it ever will.
+    for stream in buckets:
+        await _erase_kv(js, stream, call_id, frozenset(key_tokens), report)
     for stream in event_streams:
         await _erase_messages(js, stream, call_id, refs, report)
     for stream in (s for s in streams if s.startswith(_OBJ_PREFIX)):
         await _erase_objects(js, stream.removeprefix(_OBJ_PREFIX), call_id, refs, report)
-    for stream in (s for s in streams if s.startswith(_KV_PREFIX)):
-        await _erase_kv(js, stream, call_id, frozenset(key_tokens), report)
+    # Again: a decision of the call consumed while the streams were searched (its group, its
+    # firing alert, a rule's streak) was stored after the first pass. (A dry run removed nothing:
+    # it would find the same keys twice.)
     if dry_run:
         return report
+    for stream in buckets:
+        await _erase_kv(js, stream, call_id, frozenset(key_tokens), report)
     rec = operator_action(
         "erase", actor, call_id=call_id,
         details={"removed": report.counts(), "failed": len(report.failed)},
@@ -371,29 +399,79 @@ async def _erase_kv(
     for raw in messages:
         revisions.setdefault((raw.subject or "").removeprefix(prefix), []).append(raw)
     for key, history in revisions.items():
-        if key_names_call(key, call_id, key_tokens):
-            decision: KvDecision = "delete"
-            new_value: bytes | None = None
-        elif any(_value_mentions(raw.data or b"", call_id) for raw in history):
-            last = history[-1]
-            deleted = (last.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
-            decision, new_value = kv_decision(key, None if deleted else (last.data or b""), call_id, key_tokens)
-        else:
-            continue
         try:
-            if not report.dry_run:
-                await _remove_revisions(js, stream, f"{prefix}{key}", history, secure=secure)
-            if decision == "rewrite" and new_value is not None and not report.dry_run:
-                # Every revision that named the call is gone; the others' alerts are written anew.
-                kv = await js.key_value(bucket)
-                await kv.create(key, new_value)
-        except (nats.errors.Error, TimeoutError) as exc:
+            done = await _erase_key(js, stream, bucket, key, history, call_id, key_tokens,
+                                    secure=secure, dry_run=report.dry_run)  # fmt: skip
+        except (nats.errors.Error, TimeoutError, KeyKeptChangingError) as exc:
             report.failed.append(f"KV {bucket} {key}: not erased ({exc})")
             continue
-        report.removed.append(
-            Removal(place=bucket, kind="kv", item=key, messages=len(history),
-                    action="rewritten" if decision == "rewrite" else "deleted")
-        )  # fmt: skip
+        if done is not None:
+            decision, count = done
+            report.removed.append(
+                Removal(place=bucket, kind="kv", item=key, messages=count,
+                        action="rewritten" if decision == "rewrite" else "deleted")
+            )  # fmt: skip
+
+
+def _kv_plan(
+    key: str, history: list[RawStreamMsg], call_id: str, key_tokens: frozenset[str]
+) -> tuple[KvDecision, bytes | None] | None:
+    """What becomes of a key with these revisions (None: it does not carry the call)."""
+    if key_names_call(key, call_id, key_tokens):
+        return "delete", None
+    if not any(_value_mentions(raw.data or b"", call_id) for raw in history):
+        return None
+    last = history[-1]
+    deleted = (last.headers or {}).get("KV-Operation") in ("DEL", "PURGE")
+    return kv_decision(key, None if deleted else (last.data or b""), call_id, key_tokens)
+
+
+async def _erase_key(
+    js: JetStreamContext,
+    stream: str,
+    bucket: str,
+    key: str,
+    history: list[RawStreamMsg],
+    call_id: str,
+    key_tokens: frozenset[str],
+    *,
+    secure: bool,
+    dry_run: bool,
+) -> tuple[KvDecision, int] | None:
+    """Erase one key; what was done to it and how many stored revisions it had (None: it does
+    not carry the call)."""
+    subject = f"$KV.{bucket}.{key}"
+    for _ in range(_KV_ATTEMPTS):
+        plan = _kv_plan(key, history, call_id, key_tokens)
+        if plan is None:
+            return None
+        decision, new_value = plan
+        if dry_run:
+            return decision, len(history)
+        try:
+            if decision == "rewrite" and new_value is not None and not secure:
+                await _rewrite_key(js, stream, bucket, key, new_value, last=int(history[-1].seq or 0))
+            else:
+                await _remove_revisions(js, stream, subject, history, secure=secure)
+                if decision == "rewrite" and new_value is not None:
+                    # Every revision that named the call is gone; the others' alerts are written anew.
+                    await (await js.key_value(bucket)).create(key, new_value)
+        except KeyWrongLastSequenceError:
+            # Written since it was read (a running notifier keeping its group): judge it again.
+            history = await _messages(js, stream, subject)
+            continue
+        return decision, len(history)
+    raise KeyKeptChangingError(f"it changed {_KV_ATTEMPTS} times while it was being erased; run erase again")
+
+
+async def _rewrite_key(js: JetStreamContext, stream: str, bucket: str, key: str, value: bytes, *, last: int) -> None:
+    """The new value over the latest revision, then every older revision purged. The key is
+    never absent meanwhile (a running notifier that reads its group in between sees the old
+    value or the new one, never none, and does not forget the group), and a write made since
+    the key was read fails here (KeyWrongLastSequenceError) rather than being overwritten."""
+    await (await js.key_value(bucket)).update(key, value, last=last)
+    request = json.dumps({"filter": f"$KV.{bucket}.{key}", "keep": 1}).encode()
+    await js._api_request(f"{js._prefix}.STREAM.PURGE.{stream}", request, timeout=5.0)
 
 
 async def _remove_revisions(

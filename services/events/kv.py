@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["bucket_keys", "bucket_models", "bucket_values", "stream_subjects"]
+__all__ = ["bucket_entries", "bucket_keys", "bucket_models", "bucket_values", "stream_subjects"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -55,23 +55,30 @@ async def bucket_keys(kv: Any, prefix: str = "") -> list[str]:
     return sorted(subject[start:] for subject in await stream_subjects(kv._js, kv._stream, kv._pre + pattern))
 
 
-async def bucket_values(kv: Any, prefix: str = "") -> list[tuple[str, bytes]]:
-    """``(key, value)`` of every live key of ``kv`` starting with ``prefix``, in key order
-    (deleted keys and keys gone since they were listed are left out)."""
+async def bucket_entries(kv: Any, prefix: str = "") -> list[tuple[str, bytes, int]]:
+    """``(key, value, revision)`` of every live key of ``kv`` starting with ``prefix``, in key
+    order (deleted keys and keys gone since they were listed are left out). The revision is what
+    a writer that must not overwrite someone else's change passes to ``kv.update(last=...)``."""
     from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
     limit = asyncio.Semaphore(READS_IN_FLIGHT)
 
-    async def read(key: str) -> tuple[str, bytes] | None:
+    async def read(key: str) -> tuple[str, bytes, int] | None:
         async with limit:
             try:
                 entry = await kv.get(key)
             except (KeyNotFoundError, KeyDeletedError):
                 return None
-        return (key, entry.value) if entry.value else None
+        return (key, entry.value, int(entry.revision or 0)) if entry.value else None
 
     found = await asyncio.gather(*(read(key) for key in await bucket_keys(kv, prefix)))
     return [item for item in found if item is not None]
+
+
+async def bucket_values(kv: Any, prefix: str = "") -> list[tuple[str, bytes]]:
+    """``(key, value)`` of every live key of ``kv`` starting with ``prefix``, in key order
+    (deleted keys and keys gone since they were listed are left out)."""
+    return [(key, value) for key, value, _ in await bucket_entries(kv, prefix)]
 
 
 async def bucket_models(kv: Any, model: type[M], prefix: str = "") -> tuple[list[tuple[str, M]], list[str]]:

@@ -9,6 +9,9 @@ gunshot fired a minute ago and notify the screaming alerts it inhibits.
 
 One queuer replica consumes the decisions, in stream order (see services/notify/queuer.py),
 so its memory is the whole set; a second replica would need this set shared live (a KV watch).
+Memory follows the bucket where they differ: the grouper's looks call :meth:`forget_erased`, so an
+alert that ``listenpost erase`` removed from the bucket stops inhibiting (and leaves memory) at the
+next look.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
-from services.events.kv import bucket_models
+from services.events.kv import bucket_keys, bucket_models
 from services.notify.model import Alert
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,21 @@ class FiringAlerts:
         if self._kv is not None:
             await self._kv.put(alert.fingerprint, json.dumps(record.model_dump(mode="json")).encode())
         self._alerts[alert.fingerprint] = record
+
+    async def forget_erased(self) -> int:
+        """Forget alerts whose key the bucket no longer holds (``listenpost erase`` purged them,
+        or their TTL ran out, a moment after they stopped firing here); how many. One request.
+
+        Only alerts already held before the bucket is listed are judged: :meth:`add` writes the
+        bucket first, so such an alert is listed unless it was removed since."""
+        if self._kv is None or not self._alerts:
+            return 0
+        held = dict(self._alerts)
+        present = set(await bucket_keys(self._kv))
+        gone = [fp for fp, record in held.items() if fp not in present and self._alerts.get(fp) is record]
+        for fp in gone:
+            del self._alerts[fp]
+        return len(gone)
 
     def current(self) -> list[Alert]:
         """The alerts firing now; forgets those that stopped."""

@@ -2,7 +2,7 @@
 
 No NATS, no Ray: plain functions on plain data, so lint, test, explain and
 backtest run the exact code the engine runs. The engine's state (debounce
-streaks, alert dedup, rate limits, groups, silences) sits behind the
+streaks, rate limits, silences) sits behind the
 :class:`~services.rules.state.StateStore` interface: in memory for tests and
 tools, NATS KV in the service.
 """
