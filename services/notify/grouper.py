@@ -32,7 +32,7 @@ from services.events.kv import bucket_models
 from services.metrics import recorder
 from services.notify.config import NotifyConfig, WatchedConfig
 from services.notify.firing import FiringAlerts
-from services.notify.groups import AggregationGroup, Flush, due, join_all, look_at
+from services.notify.groups import AggregationGroup, Flush, due, join_counted, look_at
 from services.notify.model import Alert
 from services.notify.queue import enqueue
 from services.settings import Settings
@@ -97,13 +97,19 @@ class Grouper:
         self.failure: BaseException | None = None
 
     async def add(self, alerts: Sequence[Alert], config: NotifyConfig, now: float | None = None) -> int:
-        """Each alert joins its group on every route it reaches; how many groups changed."""
+        """Each alert joins its group on every route it reaches; how many groups changed.
+
+        An alert already firing in its group is counted as deduplicated: since the rules engine
+        records every alert it raises, this is the one place a repeat is told apart."""
         now = self._clock() if now is None else now
         async with self._lock:
-            changed = join_all(self.store.groups, alerts, config, now, self._settings.notify.firing_s)
-            for group in changed.values():
+            joined = join_counted(self.store.groups, alerts, config, now, self._settings.notify.firing_s)
+            for group in joined.groups.values():
                 await self.store.put(group)
-        return len(changed)
+        metrics = recorder()
+        for receiver, count in joined.deduplicated.items():
+            metrics.inc("listenpost_notifications_deduplicated", count, receiver=receiver)
+        return len(joined.groups)
 
     async def look(self, now: float | None = None) -> int:
         """Look at every due group; how many notifications were queued."""
