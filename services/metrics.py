@@ -114,6 +114,13 @@ METRICS: tuple[MetricSpec, ...] = (
     # --- notifications (services/notify): receivers are named in the notification file, a bounded set ---
     MetricSpec("listenpost_notify_group_joins", "counter", "Alerts joining an aggregation group (one per route they reach)."),
     MetricSpec("listenpost_notify_groups", "gauge", "Aggregation groups the notifier holds (alerts firing or untold)."),
+    MetricSpec(
+        "listenpost_notifications_deduplicated",
+        "counter",
+        "Alerts raised again while they fire in their group (same fingerprint): no notification of their own, "
+        "told again only at the route's repeat_interval.",
+        ("receiver",),
+    ),  # fmt: skip
     MetricSpec("listenpost_notifications_queued", "counter", "Notifications queued for a receiver.", ("receiver",)),
     MetricSpec(
         "listenpost_notifications_skipped",
@@ -155,7 +162,9 @@ METRICS: tuple[MetricSpec, ...] = (
 SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}
 
 # Alert hygiene outcomes (services/rules/alerting.py) and nak reasons: fixed vocabularies.
-ALERT_OUTCOMES = ("notified", "grouped", "duplicate", "silenced", "rate_limited")
+# Grouping and deduplication are the notifier's (listenpost_notify_group_joins and
+# listenpost_notifications_deduplicated), not outcomes of the rules engine.
+ALERT_OUTCOMES = ("notified", "silenced", "rate_limited")
 REASONS = ("timeout", "too_large", "unsupported", "invalid", "not_found", "unavailable", "retries_exhausted", "error")
 #: Why a notification was retried or dead-lettered (services/notify/delivery.py), and why none was made.
 DELIVERY_REASONS = (

@@ -15,8 +15,9 @@ Four targets, each with real parts (docs/fuzzing.md):
 
 Inputs come from tests/fuzz_inputs.py. The run is derandomized (the same examples on every
 run, so CI is repeatable) and bounded by example counts; ``FUZZ_SCALE=N`` multiplies them
-and draws new random examples, for a longer hunt by hand. Known findings that other
-branches fix are separate ``xfail(strict=True)`` tests, so the lead sees them turn.
+and draws new random examples, for a longer hunt by hand. Each finding is a plain test of its
+own (docs/fuzzing.md); one still open would be an ``xfail(strict=True)`` test, so it is seen
+to turn when fixed (none is open now).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import time
 import urllib.parse
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from services.events.binding import encode_binary, new_event
@@ -29,8 +31,14 @@ from tests.conftest import tone, wav_bytes
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS = REPO / ".cache/prometheus/usr/bin/prometheus"
+CALLID = "metrics-e2e-call"
 
-#: Families this workload must produce (two good calls, one undecodable, the shipped rules).
+#: Families this workload must produce: two good calls of the same call id, each a tone then as
+#: long a silence (no speech for the VAD; the shipped rule dead-air matches and raises the same
+#: alert twice, the second a duplicate for the notifier), one undecodable input, the shipped rules,
+#: the Notifier delivering to the test's webhook. Families it cannot produce are left out: naks and
+#: redeliveries (no fault), empty or truncated captions and facets (they depend on what the tiny
+#: checkpoint writes), skipped or failed notifications, CRM writes (no target).
 MUST_APPEAR = (
     "ray_listenpost_events_consumed_total",
     "ray_listenpost_events_acked_total",
@@ -45,13 +53,25 @@ MUST_APPEAR = (
     "ray_listenpost_windows_waiting",
     "ray_listenpost_caption_length_chars_bucket",
     "ray_listenpost_events_captioned_total",
+    "ray_listenpost_windows_no_speech_total",
     "ray_listenpost_rule_evaluations_total",
+    "ray_listenpost_rule_matches_total",
+    "ray_listenpost_alerts_total",
     "ray_listenpost_consumer_pending_messages",
     "ray_listenpost_consumer_ack_pending_messages",
     "ray_listenpost_stream_bytes",
     "ray_listenpost_stream_messages",
     "ray_listenpost_dlq_messages",
     "ray_listenpost_object_store_bytes",
+    "ray_listenpost_stream_replicas",
+    "ray_listenpost_stream_replicas_current",
+    "ray_listenpost_notify_dead_letters",
+    "ray_listenpost_notify_group_joins_total",
+    "ray_listenpost_notify_groups",
+    "ray_listenpost_notifications_deduplicated_total",
+    "ray_listenpost_notifications_queued_total",
+    "ray_listenpost_notifications_sent_total",
+    "ray_listenpost_notification_delivery_seconds_bucket",
 )
 
 
@@ -63,7 +83,9 @@ def metrics_port() -> int:
 
 @pytest.fixture(scope="module")
 def prometheus(service: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not PROMETHEUS.exists():
+    # The project's own unpacked copy, else one on PATH (a git worktree has no .cache of its own).
+    binary = str(PROMETHEUS) if PROMETHEUS.exists() else shutil.which("prometheus")
+    if binary is None:
         pytest.fail("prometheus not found: run scripts/setup.sh (it unpacks Debian's prometheus into .cache/prometheus)")
     root = tmp_path_factory.mktemp("prometheus")
     config = root / "prometheus.yml"
@@ -74,7 +96,7 @@ def prometheus(service: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
     )
     port = free_port()
     proc = subprocess.Popen(
-        [str(PROMETHEUS), f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
          f"--web.listen-address=127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=(root / "prometheus.log").open("w"),
     )  # fmt: skip
@@ -105,6 +127,18 @@ def query(base: str, expr: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
+def names_seen(base: str) -> set[str]:
+    """listenpost's metric names Prometheus has stored, stale series included: Ray drops a gauge
+    a while after it was last set (windows_waiting, once the work is done), and an instant query
+    then no longer finds it, though the service did export it."""
+    selector = urllib.parse.urlencode({"match[]": '{__name__=~"ray_listenpost_.+"}'})
+    url = f"{base}/api/v1/label/__name__/values?{selector}"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        body = json.load(reply)
+    assert body["status"] == "success", body
+    return set(body["data"])
+
+
 def value(base: str, expr: str) -> float:
     found = query(base, expr)
     return float(found[0]["value"][1]) if found else float("nan")
@@ -112,13 +146,15 @@ def value(base: str, expr: str) -> float:
 
 async def test_prometheus_scrapes_every_family_after_a_few_events(service: Settings, prometheus: str, audio_dir: Path) -> None:
     call = audio_dir / "metrics-call.wav"
-    call.write_bytes(wav_bytes(tone(4, 16_000), 16_000))
+    # Half silence: the shipped dead-air rule (silence_ratio > 0.4) matches and raises an alert.
+    call.write_bytes(wav_bytes(np.concatenate([tone(2, 16_000), np.zeros(2 * 16_000, np.float32)]), 16_000))
     broken = audio_dir / "metrics-broken.wav"
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all")
     nc = await connect(service.nats, role="admin", name="metrics-e2e")
     try:
         for uri in (call.as_uri(), call.as_uri(), broken.as_uri()):
-            event = new_event(AUDIO_SUBMITTED, "urn:test:metrics", {"audio": {"uri": uri}})
+            # One call id for both: the same alert (rule and labels) raised twice.
+            event = new_event(AUDIO_SUBMITTED, "urn:test:metrics", {"audio": {"uri": uri}, "context": {"callid": CALLID}})
             body, headers = encode_binary(event)
             await nc.jetstream().publish(service.nats.subject("in", "test"), body, headers=headers)
     finally:
@@ -128,8 +164,7 @@ async def test_prometheus_scrapes_every_family_after_a_few_events(service: Setti
     deadline = time.monotonic() + 240
     missing: list[str] = list(MUST_APPEAR)
     while time.monotonic() < deadline:
-        names = {r["metric"]["__name__"] for r in query(prometheus, '{__name__=~"ray_listenpost_.+"}')}
-        missing = [n for n in MUST_APPEAR if n not in names]
+        missing = [n for n in MUST_APPEAR if n not in names_seen(prometheus)]
         dead = value(prometheus, 'sum(ray_listenpost_events_dead_lettered_total{stage="decode-audio"})')
         # The JetStream gauges come from a poll every jetstream_poll_s: wait for one after the outputs.
         polled = min(value(prometheus, "max(ray_listenpost_dlq_messages)"),
@@ -147,6 +182,11 @@ async def test_prometheus_scrapes_every_family_after_a_few_events(service: Setti
     p50 = 'histogram_quantile(0.5, sum by (le) (ray_listenpost_stage_latency_seconds_bucket{stage="caption"}))'
     assert 0 < value(prometheus, p50) < 300
     assert value(prometheus, "max(ray_listenpost_dlq_messages)") >= 1
+    assert value(prometheus, "sum(ray_listenpost_windows_no_speech_total)") >= 2
+    assert value(prometheus, 'sum(ray_listenpost_rule_matches_total{rule_id="dead-air"})') >= 2
+    assert value(prometheus, 'sum(ray_listenpost_alerts_total{rule_id="dead-air",outcome="notified"})') >= 2
+    assert value(prometheus, 'sum(ray_listenpost_notifications_deduplicated_total{receiver="e2e-webhook"})') >= 1
+    assert value(prometheus, 'sum(ray_listenpost_notifications_sent_total{receiver="e2e-webhook"})') >= 1
     assert value(prometheus, 'max(ray_listenpost_stream_bytes{stream="LISTENPOST_OUT"})') > 0
     # Never an id as a label: every label name is from the bounded set (plus Serve's and Ray's own).
     for series in query(prometheus, '{__name__=~"ray_listenpost_.+"}'):

@@ -376,6 +376,8 @@ async def test_inhibited_alerts_and_muted_routes_make_no_notification(
     assert len(receiver.requests) == 2  # still inhibited: without the firing set it would be told now
     # Counted once: the group (read back from KV) remembers it held this alert back.
     assert memory.get("listenpost_notifications_skipped", reason="inhibited") == 1
+    # Raised again while it fires in its group (read back from KV): a duplicate, counted as one.
+    assert memory.get("listenpost_notifications_deduplicated", receiver="hook") == 1
 
 
 async def test_a_receiver_removed_from_the_file_dead_letters_its_notifications(env: Env, receiver: RecordingServer) -> None:

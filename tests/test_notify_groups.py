@@ -1,18 +1,23 @@
 """Aggregation groups with a fixed clock: group_wait, group_interval, repeat_interval (where
-deduplication now lives), resolved alerts, time intervals and inhibition at send time. Pure:
-no NATS (the grouper's store and looks are tested in test_notify_delivery.py)."""
+deduplication now lives, and is counted), resolved alerts, time intervals and inhibition at send
+time. No NATS (the grouper's store and looks are tested in test_notify_delivery.py)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
+from services.metrics import MemoryBackend
 from services.notify.config import NotifyConfig, load
-from services.notify.groups import AggregationGroup, due, join_all, look_at
+from services.notify.grouper import Grouper, GroupStore
+from services.notify.groups import AggregationGroup, due, join_counted, look_at
 from services.notify.model import Alert, Notification
 from services.rules.decisions import fingerprint
+from services.settings import Settings
 
 T0 = datetime(2026, 3, 9, 13, 30, tzinfo=UTC).timestamp()  # a Monday afternoon
 FIRING_S = 3600.0
@@ -79,9 +84,12 @@ class Notifier:
         self.config = config
         self.groups: dict[str, AggregationGroup] = {}
         self.firing: dict[str, Alert] = {}
+        self.deduplicated: Counter[str] = Counter()  # by receiver, as the grouper counts them
 
     def raise_(self, at: float, *alerts: Alert) -> None:
-        self.groups.update(join_all(self.groups, list(alerts), self.config, T0 + at, FIRING_S))
+        joined = join_counted(self.groups, list(alerts), self.config, T0 + at, FIRING_S)
+        self.groups.update(joined.groups)
+        self.deduplicated.update(joined.deduplicated)
         self.firing.update({a.fingerprint: a for a in alerts})
 
     def look(self, at: float) -> list[Notification]:
@@ -121,6 +129,32 @@ def test_the_same_alert_again_is_not_told_again_before_repeat_interval(config: N
     [repeat] = n.look(30 + 3600)
     assert (repeat.seq, first.seq) == (1, 0) and repeat.idempotency_key != first.idempotency_key
     assert told([repeat]) == [("leads", [("c-1", "firing")])]
+    assert n.deduplicated == {"leads": 1}  # the raise that made no notification of its own
+
+
+def test_alerts_raised_again_while_they_fire_are_counted_as_deduplicated_per_receiver(config: NotifyConfig) -> None:
+    n = Notifier(config)
+    n.raise_(0, alert("angry", "c-1"), alert("angry", "c-1", decision="dec-same-batch"))  # the same alert twice at once
+    assert n.deduplicated == {"leads": 1}
+    n.raise_(10, alert("angry", "c-1", decision="dec-2"), alert("angry", "c-2"))  # before group_wait: told once
+    n.raise_(10, alert("gunshot", "c-9", team="security"), alert("gunshot", "c-9", team="security", decision="dec-3"))
+    assert n.deduplicated == {"leads": 2, "pager": 1}
+    assert told(n.look(30)) == [("pager", [("c-9", "firing")]), ("leads", [("c-1", "firing"), ("c-2", "firing")])]
+    # Once an alert stopped firing (firing_s after it was last raised) it is raised anew, not a duplicate.
+    n.raise_(10 + FIRING_S + 1, alert("angry", "c-1", decision="dec-4"))
+    assert n.deduplicated == {"leads": 2, "pager": 1}
+
+
+async def test_the_grouper_counts_deduplicated_alerts_by_receiver(config: NotifyConfig, memory: MemoryBackend) -> None:
+    # Joining touches only the store (no KV here): NATS, the file watcher and the firing set are not used.
+    unused = cast(Any, None)
+    grouper = Grouper(unused, Settings(_env_file=None), config=unused, firing=unused, store=GroupStore())
+    assert await grouper.add([alert("angry", "c-1")], config, T0) == 1
+    assert memory.total("listenpost_notifications_deduplicated") == 0
+    assert await grouper.add([alert("angry", "c-1", decision="dec-2"), alert("angry", "c-2")], config, T0 + 60) == 1
+    assert await grouper.add([alert("angry", "c-1", decision="dec-3")], config, T0 + 120) == 1
+    assert memory.get("listenpost_notifications_deduplicated", receiver="leads") == 2
+    assert memory.total("listenpost_notifications_deduplicated") == 2
 
 
 def test_a_new_alert_in_a_told_group_waits_for_the_group_interval(config: NotifyConfig) -> None:

@@ -24,9 +24,26 @@ from services.events.connection import connect
 from services.events.consumer import Poison, PullConsumer, Redelivery, RetryLater
 from services.events.deadletter import dead_letter
 from services.events.embedded import EmbeddedNatsServer
+from services.events.facets import EmotionFacet, SoundEventFacet
 from services.events.jetstream import provision_everything, publish_event
 from services.events.jsstate import poll, record
+from services.events.models import (
+    AUDIO_SUBMITTED,
+    Acoustics,
+    AudioCaptioned,
+    AudioFacts,
+    ChannelAcoustics,
+    Facets,
+    SourceEventRef,
+    Window,
+)  # fmt: skip
 from services.metrics import METRICS, MemoryBackend, MetricsError, all_exported_names, reason_label
+from services.orchestrator.metrics import observe_captioned
+from services.rules.alerting import Suppressed
+from services.rules.decisions import Decision, DecisionKind
+from services.rules.engine import Outcome
+from services.rules.evaluate import Evaluation, RuleError, RuleMatch
+from services.rules.metrics import observe_outcome
 from services.settings import NatsSettings, Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,6 +187,116 @@ async def test_the_poller_reads_lag_sizes_and_dlq_depth_as_the_ingress_role(tmp_
     assert memory.get("listenpost_stream_bytes", stream=nats.in_stream) > 0
     assert memory.get("listenpost_dlq_messages") == 0
     assert memory.get("listenpost_object_store_bytes", bucket=nats.outputs_bucket) == 0
+
+
+# --- what one captioned event and one rules outcome record ------------------------------
+
+MAX_TOKENS = 64
+
+
+def channel(index: int | None, talk_time_s: float) -> ChannelAcoustics:
+    return ChannelAcoustics(
+        channel=index, role=None if index is None else ("agent", "customer")[index], duration_s=30.0, rms_dbfs=-24.0,
+        peak_dbfs=-3.0, silence_ratio=0.3, longest_silence_s=2.0, talk_time_s=talk_time_s,
+    )  # fmt: skip
+
+
+def captioned(windows: list[Window], channels: list[ChannelAcoustics], facets: Facets, *, speech_ratio: float) -> AudioCaptioned:
+    return AudioCaptioned(
+        source_event=SourceEventRef(id="in-1", source="urn:test", type=AUDIO_SUBMITTED),
+        context={}, audio=AudioFacts(duration_s=30.0, sample_rate=8000, channels=max(1, len(channels))),
+        windows=windows, caption=" ".join(w.caption for w in windows), facets=facets,
+        acoustics=Acoustics(duration_s=30.0, silence_ratio=0.3, longest_silence_s=2.0, dead_air_s=0.0, peak_dbfs=-3.0,
+                            channels=channels, speech_ratio=speech_ratio),
+        model="tiny", engine="vllm", timings={"preprocess_s": 0.25, "caption_s": 1.5, "total_s": 1.8},
+    )  # fmt: skip
+
+
+def window(index: int, channel: int | None, caption: str, output_tokens: int) -> Window:
+    return Window(index=index, start=0.0, end=10.0, channel=channel, caption=caption, prompt_tokens=100,
+                  output_tokens=output_tokens, engine_s=0.02 * (index + 1))  # fmt: skip
+
+
+def emotion(label: str, index: int) -> EmotionFacet:
+    return EmotionFacet.model_validate({"role": "agent", "label": label, "intensity": 0.8, "window": index, "start": 0.0,
+                                        "end": 10.0, "span": "..."})  # fmt: skip
+
+
+def test_a_captioned_event_records_its_quality_signals(memory: MemoryBackend) -> None:
+    # A two-channel call: the agent (channel 0) speaks, the customer's channel (1) has no speech.
+    stereo = captioned(
+        [
+            window(0, 0, "The agent greets the caller.", 8),
+            window(1, 0, "", 0),  # empty
+            window(2, 0, "x" * 300, MAX_TOKENS),  # the engine stopped at max_tokens: truncated
+            window(3, 1, "Silence on the line.", MAX_TOKENS - 1),  # one token short of the cap: whole
+            window(4, 1, "   ", 1),  # whitespace only: empty
+        ],
+        [channel(0, 12.0), channel(1, 0.0)],
+        # Anger twice in one call is one call with anger: a facet rate is per event captioned.
+        Facets(emotions=[emotion("anger", 0), emotion("anger", 2), emotion("calm", 0)],
+               sound_events=[SoundEventFacet(label="keyboard_typing", confidence=0.8, window=0, start=0.0, end=10.0, span="...")]),
+        speech_ratio=0.4,
+    )  # fmt: skip
+    # A down-mixed call in which the VAD found nobody speaking: all its windows are no-speech.
+    mono = captioned([window(0, None, "A dial tone.", 4)], [channel(None, 0.0)], Facets(emotions=[emotion("anger", 0)]), speech_ratio=0.0)
+    observe_captioned(stereo, max_tokens=MAX_TOKENS, input_to_stored_s=2.5)
+    observe_captioned(mono, max_tokens=MAX_TOKENS, input_to_stored_s=None)
+
+    assert memory.get("listenpost_events_captioned") == 2
+    assert memory.get("listenpost_windows") == 6
+    assert memory.get("listenpost_audio_seconds") == 60.0
+    assert memory.get("listenpost_captions_empty") == 2
+    assert memory.get("listenpost_captions_truncated") == 1
+    assert memory.get("listenpost_windows_no_speech") == 3  # channel 1's two windows and the silent down-mix's one
+    assert memory.get("listenpost_caption_length_chars") == [28, 0, 300, 20, 3, 12]
+    assert (memory.get("listenpost_facets", label="anger"), memory.get("listenpost_facets", label="calm")) == (2, 1)
+    assert memory.get("listenpost_facets", label="keyboard_typing") == 1
+    assert memory.total("listenpost_facets") == 4
+    assert memory.get("listenpost_prompt_tokens") == 600
+    assert memory.get("listenpost_output_tokens") == 8 + MAX_TOKENS + MAX_TOKENS - 1 + 1 + 4
+    assert memory.get("listenpost_engine_window_seconds") == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.02])
+    assert memory.get("listenpost_stage_latency_seconds", stage="preprocess") == [0.25, 0.25]
+    assert memory.get("listenpost_stage_latency_seconds", stage="caption") == [1.5, 1.5]
+    assert memory.get("listenpost_end_to_end_latency_seconds", stage="captioned") == [2.5]  # unknown for the other
+
+
+def decision(kind: DecisionKind, rule_id: str, n: int = 0) -> Decision:
+    return Decision(id=f"{rule_id}-{kind}-{n}", kind=kind, type=f"com.listenpost.{kind}", subject=f"listenpost.{kind}",
+                    rule_id=rule_id, ruleset_version="v7", data={})  # fmt: skip
+
+
+def test_a_rules_outcome_records_matches_errors_and_alert_outcomes(memory: MemoryBackend) -> None:
+    evaluation = Evaluation(
+        ruleset_version="v7", decisions=[], evaluated=6,
+        matches=[RuleMatch("dead-air", "enforce"), RuleMatch("angry", "enforce"), RuleMatch("cancellation-risk", "shadow")],
+        errors=[RuleError("broken", "division by zero")],
+    )  # fmt: skip
+    outcome = Outcome(
+        evaluation=evaluation,
+        publish=[decision("alert", "dead-air"), decision("alert", "dead-air", 1), decision("route", "angry")],
+        suppressed=[Suppressed(decision("alert", "angry"), "silenced", "silence s-1"),
+                    Suppressed(decision("alert", "screaming"), "rate_limited", "30 per 1m")],
+    )  # fmt: skip
+    observe_outcome(outcome, seconds=0.004, stored_age_s=0.5)
+    # A second event of the same rule set, then one the loop guard skipped (not evaluated).
+    observe_outcome(Outcome(evaluation=Evaluation("v7", [], [RuleMatch("dead-air", "enforce")], [], evaluated=6),
+                            publish=[decision("alert", "dead-air", 2)]), seconds=0.003, stored_age_s=None)  # fmt: skip
+    observe_outcome(Outcome(evaluation=None, publish=[], skipped="rule loop"), seconds=0.001, stored_age_s=0.2)
+
+    assert memory.get("listenpost_rule_evaluations", ruleset_version="v7") == 12
+    assert memory.get("listenpost_rule_matches", rule_id="dead-air", ruleset_version="v7") == 2
+    assert memory.get("listenpost_rule_matches", rule_id="angry", ruleset_version="v7") == 1
+    assert memory.get("listenpost_rule_matches", rule_id="cancellation-risk", ruleset_version="v7") is None  # shadow
+    assert memory.get("listenpost_rule_errors", rule_id="broken", ruleset_version="v7") == 1
+    assert memory.get("listenpost_alerts", rule_id="dead-air", outcome="notified") == 3
+    assert memory.get("listenpost_alerts", rule_id="angry", outcome="silenced") == 1
+    assert memory.get("listenpost_alerts", rule_id="screaming", outcome="rate_limited") == 1
+    assert memory.get("listenpost_alerts", rule_id="angry", outcome="notified") is None  # a route is no alert
+    assert memory.total("listenpost_alerts") == 5
+    assert memory.get("listenpost_stage_latency_seconds", stage="rules") == [0.004, 0.003, 0.001]
+    # Decided end to end only when something was stored (the skipped event publishes nothing).
+    assert memory.get("listenpost_end_to_end_latency_seconds", stage="decided") == [0.5]
 
 
 # --- self-alerts and dashboard ---------------------------------------------------------------

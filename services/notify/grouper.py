@@ -42,7 +42,7 @@ from services.events.kv import bucket_entries, bucket_keys
 from services.metrics import recorder
 from services.notify.config import NotifyConfig, WatchedConfig
 from services.notify.firing import FiringAlerts
-from services.notify.groups import AggregationGroup, Flush, due, join_all, look_at
+from services.notify.groups import AggregationGroup, Flush, due, join_all, join_counted, look_at
 from services.notify.model import Alert
 from services.notify.queue import enqueue
 from services.settings import Settings
@@ -188,20 +188,31 @@ class Grouper:
         self.failure: BaseException | None = None
 
     async def add(self, alerts: Sequence[Alert], config: NotifyConfig, now: float | None = None) -> int:
-        """Each alert joins its group on every route it reaches; how many groups changed."""
+        """Each alert joins its group on every route it reaches; how many groups changed.
+
+        An alert already firing in its group is counted as deduplicated: since the rules engine
+        records every alert it raises, this is the one place a repeat is told apart."""
         now = self._clock() if now is None else now
         firing_s = self._settings.notify.firing_s
         async with self._lock:
-            changed = join_all(self.store.groups, alerts, config, now, firing_s)
+            joined = join_counted(self.store.groups, alerts, config, now, firing_s)
+            changed = joined.groups
             count = len(changed)
             for _ in range(_JOIN_ATTEMPTS):
                 stale = [group.key for group in changed.values() if not await self.store.put(group)]
                 if not stale:
-                    return count
+                    break
                 # The bucket changed under these groups (an erasure): join what it holds now.
                 again = join_all(self.store.groups, alerts, config, now, firing_s)
                 changed = {key: again[key] for key in stale}
-        raise GroupConflictError(f"aggregation groups {sorted(changed)} kept changing in the bucket while alerts joined them")
+            else:
+                raise GroupConflictError(
+                    f"aggregation groups {sorted(changed)} kept changing in the bucket while alerts joined them"
+                )
+        metrics = recorder()
+        for receiver, repeats in joined.deduplicated.items():
+            metrics.inc("listenpost_notifications_deduplicated", repeats, receiver=receiver)
+        return count
 
     async def look(self, now: float | None = None) -> int:
         """Look at every due group; how many notifications were queued."""

@@ -10,7 +10,8 @@ The routes of the notification file own every notification timing (one place for
   has alerts its receiver has not been told of (new ones, or ones that resolved);
 - ``repeat_interval``: a group whose alerts are unchanged is re-sent only this long after it was
   last sent. This is where deduplication happens: the same alert raised again (the same
-  fingerprint) while it fires changes nothing, so it is not sent again before then.
+  fingerprint) while it fires changes nothing, so it is not sent again before then
+  (:func:`join_counted` says how many alerts were so deduplicated, for the shell to count).
 
 An alert fires from when it is raised until ``firing_s`` after it was last raised (decisions are
 events: nothing says when the thing they describe ended). When it stops it is *resolved*, and
@@ -38,7 +39,10 @@ from services.notify.routing import RouteMatch, group_key, group_labels, muted_b
 if TYPE_CHECKING:
     from services.notify.config import NotifyConfig
 
-__all__ = ["AggregationGroup", "Flush", "GroupedAlert", "due", "flush", "is_due", "join", "join_all", "look_at"]
+__all__ = [
+    "AggregationGroup", "Flush", "GroupedAlert", "Joined", "due", "flush", "is_due", "is_firing_in", "join", "join_all",
+    "join_counted", "look_at",
+]  # fmt: skip
 
 
 class GroupedAlert(BaseModel):
@@ -87,9 +91,8 @@ def join(group: AggregationGroup | None, alert: Alert, match: RouteMatch, now: f
             created_at=now,
             next_flush_at=now + match.group_wait_s,
         )
-    held = group.alerts.get(alert.fingerprint)
-    if held is not None and held.until > now:
-        alert = alert.model_copy(update={"starts_at": held.alert.starts_at})
+    if is_firing_in(group, alert, now):
+        alert = alert.model_copy(update={"starts_at": group.alerts[alert.fingerprint].alert.starts_at})
     # A group that told everything waits for its interval before telling a new alert.
     next_flush_at = group.next_flush_at
     if group.last_sent_at is not None and alert.fingerprint not in group.told_firing:
@@ -106,16 +109,44 @@ def join(group: AggregationGroup | None, alert: Alert, match: RouteMatch, now: f
     )
 
 
+def is_firing_in(group: AggregationGroup | None, alert: Alert, now: float) -> bool:
+    """Whether ``alert`` (its fingerprint) already fires in ``group``: raised again, it is a
+    duplicate, told with the group and no more often than its repeat_interval."""
+    held = None if group is None else group.alerts.get(alert.fingerprint)
+    return held is not None and held.until > now
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What alerts joining their groups did: the groups changed (by key), and per receiver how
+    many of the alerts were duplicates (:func:`is_firing_in`), which make no notification of
+    their own: the notifier counts them (``listenpost_notifications_deduplicated``)."""
+
+    groups: dict[str, AggregationGroup]
+    deduplicated: dict[str, int]
+
+
+def join_counted(
+    groups: Mapping[str, AggregationGroup], alerts: Sequence[Alert], config: NotifyConfig, now: float, firing_s: float
+) -> Joined:
+    """Each alert joins its group on every route it reaches (counted once per route, as joins are)."""
+    changed: dict[str, AggregationGroup] = {}
+    deduplicated: dict[str, int] = {}
+    for alert in alerts:
+        for match in route(config, alert.labels):
+            key = group_key(match, alert.labels)
+            group = changed.get(key) or groups.get(key)
+            if is_firing_in(group, alert, now):
+                deduplicated[match.receiver] = deduplicated.get(match.receiver, 0) + 1
+            changed[key] = join(group, alert, match, now, firing_s)
+    return Joined(changed, deduplicated)
+
+
 def join_all(
     groups: Mapping[str, AggregationGroup], alerts: Sequence[Alert], config: NotifyConfig, now: float, firing_s: float
 ) -> dict[str, AggregationGroup]:
     """The groups ``alerts`` change (by key): each alert joins its group on every route it reaches."""
-    changed: dict[str, AggregationGroup] = {}
-    for alert in alerts:
-        for match in route(config, alert.labels):
-            key = group_key(match, alert.labels)
-            changed[key] = join(changed.get(key) or groups.get(key), alert, match, now, firing_s)
-    return changed
+    return join_counted(groups, alerts, config, now, firing_s).groups
 
 
 def is_due(group: AggregationGroup, now: float) -> bool:
