@@ -82,25 +82,42 @@ class Reply:
 
 class RecordingServer:
     """A real HTTP/1.1 server on 127.0.0.1 (``port`` 0: any free one): records requests, answers
-    the scripted replies in order (then the default ``Reply()``)."""
+    the scripted replies in order (then ``default_reply``), and counts the requests it is
+    answering at once (``peak_in_flight``)."""
 
     def __init__(self, port: int = 0) -> None:
         self.requests: list[Request] = []
         self.replies: list[Reply] = []
+        self.default_reply = Reply()  # once the scripted replies are used up
+        #: Requests being answered now, and the most there ever were (a concurrency limit's test).
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._lock = threading.Lock()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length)
-                request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
-                owner.requests.append(request)
-                reply = owner.replies.pop(0) if owner.replies else Reply()
-                request.status = reply.status
-                if reply.delay_s:
-                    time.sleep(reply.delay_s)
+                # Counted from arrival until the answer starts: a client that waits for it before
+                # its next request is never seen twice, whatever the threads' timing.
+                with owner._lock:
+                    owner.in_flight += 1
+                    owner.peak_in_flight = max(owner.peak_in_flight, owner.in_flight)
+                try:
+                    length = int(self.headers.get("content-length") or 0)
+                    body = self.rfile.read(length)
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    request = Request(self.command, self.path, headers, body, time.monotonic())
+                    with owner._lock:
+                        owner.requests.append(request)
+                        reply = owner.replies.pop(0) if owner.replies else owner.default_reply
+                    request.status = reply.status
+                    if reply.delay_s:
+                        time.sleep(reply.delay_s)
+                finally:
+                    with owner._lock:
+                        owner.in_flight -= 1
                 try:
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():

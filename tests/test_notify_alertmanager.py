@@ -1,6 +1,7 @@
 """The alertmanager receiver against a real Alertmanager (Debian's prometheus-alertmanager,
-unpacked into .cache/alertmanager by scripts/setup.sh): the alerts show in its API with their
-labels, annotations and link, a resolved one leaves, and an Alertmanager silence suppresses one.
+unpacked into .cache/alertmanager by scripts/setup.sh, or on PATH): the alerts show in its API
+with their labels, annotations and link, a resolved one leaves, and an Alertmanager silence
+suppresses one. Without the binary the tests fail, saying how to get it; they never skip.
 
 Debian's build does not embed its notification templates: it reads them from the absolute
 /usr/share/prometheus/alertmanager, and refuses to start without them. Rather than install
@@ -10,6 +11,7 @@ same length relative to its working directory, where a link points at the unpack
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import time
@@ -25,8 +27,7 @@ from notify_fixtures import firing_alert, notification, resolved_alert
 from services.notify.receivers import AlertmanagerConfig, DeliveryError, Secrets, send
 
 REPO = Path(__file__).resolve().parents[1]
-UNPACKED = REPO / ".cache" / "alertmanager"
-BINARY = UNPACKED / "usr" / "bin" / "prometheus-alertmanager"
+NAME = "prometheus-alertmanager"
 DEBIAN_SHARE = b"/usr/share/prometheus/alertmanager"
 
 CONFIG = """\
@@ -38,17 +39,38 @@ receivers:
 """
 
 
-def relocated_binary(work: Path) -> Path:
-    """A copy of Debian's binary that reads its templates from ``./alertmanager-share``."""
+def alertmanager_binary() -> Path:
+    """The unpacked package's binary (.cache/alertmanager), else one on PATH (an unpacked
+    package's usr/bin, or an installed one). Missing is a failure, not a skip: the receiver's
+    promise is tested against a real Alertmanager, and CI must not pass without one."""
+    found = REPO / ".cache" / "alertmanager" / "usr" / "bin" / NAME
+    if found.exists():
+        return found
+    on_path = shutil.which(NAME)
+    if on_path is None:
+        pytest.fail(
+            f"{NAME} not found in {found.parent} nor on PATH: run scripts/setup.sh "
+            "(it unpacks Debian's prometheus-alertmanager into .cache/alertmanager)"
+        )
+    return Path(on_path)
+
+
+def relocated_binary(binary_path: Path, work: Path) -> Path:
+    """A copy of Debian's binary that reads its templates from ``./alertmanager-share``: those of
+    the package it was unpacked from (``<root>/usr/bin/`` -> ``<root>/usr/share/...``), or the
+    installed ones."""
     share = b"alertmanager-share"
     relative = b"." + b"/" * (len(DEBIAN_SHARE) - 1 - len(share)) + share  # same length: Go strings have their own
-    binary = BINARY.read_bytes()
+    binary = binary_path.read_bytes()
     if DEBIAN_SHARE not in binary:
-        return BINARY  # a build that embeds its templates
+        return binary_path  # a build that embeds its templates
+    templates = binary_path.resolve().parents[2] / DEBIAN_SHARE.decode().lstrip("/")
+    if not templates.is_dir():
+        templates = Path(DEBIAN_SHARE.decode())  # an installed package's
     copy = work / "alertmanager"
     copy.write_bytes(binary.replace(DEBIAN_SHARE, relative))
     copy.chmod(0o755)
-    (work / share.decode()).symlink_to(UNPACKED / DEBIAN_SHARE.decode().lstrip("/"))
+    (work / share.decode()).symlink_to(templates)
     return copy
 
 
@@ -60,15 +82,14 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not BINARY.exists():
-        pytest.skip(f"no Alertmanager at {BINARY}: scripts/setup.sh fetches Debian's prometheus-alertmanager (apt-get download)")
+    binary = alertmanager_binary()
     work = tmp_path_factory.mktemp("alertmanager")
     (work / "alertmanager.yml").write_text(CONFIG)
     port = free_port()
     log = (work / "alertmanager.log").open("wb")
     process = subprocess.Popen(
         [
-            str(relocated_binary(work)),
+            str(relocated_binary(binary, work)),
             f"--config.file={work / 'alertmanager.yml'}",
             f"--storage.path={work / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
@@ -174,3 +195,10 @@ async def test_alertmanager_refuses_an_invalid_alert_and_the_error_is_not_retrya
         await send(notification(bad), config, Secrets(), client)
     assert not caught.value.retryable and caught.value.status == 400
     assert "answered HTTP 400 Bad Request" in caught.value.message
+
+
+def test_a_missing_alertmanager_fails_and_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(globals(), "REPO", tmp_path)  # no .cache/alertmanager there
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match=r"prometheus-alertmanager not found .* run scripts/setup.sh"):
+        alertmanager_binary()

@@ -79,6 +79,21 @@ def test_routes_test_json_says_what_each_route_does_at_a_time() -> None:
     assert [(r["receiver"], r["muted"]) for r in earlier["routes"]] == [("oncall-pagerduty", None)]
 
 
+def test_routes_test_says_when_the_receiver_itself_is_muted(tmp_path: Path) -> None:
+    # qa-email is active only at month-end on the receiver (its route's own interval is weekends).
+    path = tmp_path / "notifications.yaml"
+    text = GOOD.read_text().replace("    to: [qa@example.com]\n", "    to: [qa@example.com]\n    active_time_intervals: [month-end]\n")
+    path.write_text(text)
+
+    def muted(at: str) -> list[tuple[str, str | None]]:
+        result = cli("notify", "routes", "test", "-f", str(path), "--at", at, "--json", "rule=qa-dead-air")
+        assert result.exit_code == 0, result.output
+        return [(r["receiver"], r["muted"]) for r in json.loads(result.output)["routes"]]
+
+    assert muted("2026-03-09T13:30") == [("qa-email", "receiver qa-email outside month-end")]  # a Monday
+    assert muted("2026-01-30T13:30") == [("qa-email", None)]  # a Friday, within month-end
+
+
 def test_routes_test_verify_receivers() -> None:
     args = ("notify", "routes", "test", "-f", str(GOOD), "severity=critical", "rule=qa-1")
     assert cli(*args, "--verify-receivers", "oncall-pagerduty,qa-email").exit_code == 0

@@ -3,7 +3,8 @@
 As for the rule files (tests/test_rules_loader.py): one file per kind of mistake under
 tests/notify_files/bad/, each error asserted in full (``file:line:column: cause``), so a change
 of wording or position is a conscious one. Receiver types are stand-ins
-(tests/notify_standins.py): the real receivers' options are their own package's to test.
+(tests/notify_standins.py); the real receivers' options, good and bad, are checked the same way
+in tests/test_notify_receiver_files.py.
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ BAD = {
     "no-receivers": [
         "bad/no-receivers.yaml:3:19: route.receiver: unknown receiver 'ops' (defined: none)",
         'bad/no-receivers.yaml:4:12: receivers: List should have at least 1 item after validation, not 0',
+    ],
+    "receiver-intervals": [
+        (
+            "bad/receiver-intervals.yaml:9:29: receivers[0].active_time_intervals[0]: unknown time interval "
+            "'outside-business-hour', did you mean 'outside-business-hours'?"
+        ),
+        (
+            "bad/receiver-intervals.yaml:13:37: receivers[1].mute_time_intervals[1]: unknown time interval "
+            "'holidays' (defined: weekends, outside-business-hours)"
+        ),
+        'bad/receiver-intervals.yaml:17:26: receivers[2].mute_time_intervals: Input should be a valid list',
     ],
     "receivers": [
         "bad/receivers.yaml:7:24: receivers[1].type: unknown receiver type 'slak', did you mean 'slack'?",

@@ -347,6 +347,34 @@ async def test_a_429_with_retry_after_is_waited_out(env: Env, receiver: Recordin
     assert memory.get("listenpost_notifications_retried", receiver="hook", reason="rate_limited") == 1
 
 
+async def test_a_receiver_never_gets_more_than_its_concurrency_at_once(env: Env, receiver: RecordingServer) -> None:
+    limit, count = 3, 10
+    settings = env.with_file(notification_file(env.tmp, receiver.url), concurrency=limit)
+    receiver.default_reply = Reply(delay_s=0.4)  # slow: deliveries overlap unless held back
+    # Every notification queued before the sender starts, so it has more than `limit` to send at once.
+    queuer, nc = await start_notifier(env, settings, send=False)
+    try:
+        for i in range(count):
+            await env.decide("gunshot", f"c-{i}")
+
+        async def queued() -> bool:
+            return (await env.admin.jetstream().stream_info(settings.notify.stream)).state.messages == count
+
+        await until(queued)
+    finally:
+        await stop_notifier(queuer, nc)
+    assert settings.notify.max_in_flight > limit  # the sender holds them all: only the per-receiver limit holds back
+    notifier, nc = await start_notifier(env, settings)
+    try:
+        await until(lambda: len(accepted(receiver)) == count, timeout_s=30)
+        await env.idle()
+    finally:
+        await stop_notifier(notifier, nc)
+    assert receiver.peak_in_flight == limit  # reached, never exceeded
+    ids = accepted(receiver)
+    assert len(ids) == count and len(set(ids)) == count  # every one delivered, once
+
+
 async def test_inhibited_alerts_and_muted_routes_make_no_notification(
     env: Env, receiver: RecordingServer, memory: MemoryBackend
 ) -> None:

@@ -257,3 +257,45 @@ def test_a_group_erased_of_one_call_is_still_a_group_that_forgets_its_alerts(con
     assert (rewritten.told_firing, rewritten.held) == ((kept.fingerprint,), ())
     assert gone.fingerprint not in value.decode() and b"c-gone" not in value
     assert rewritten.model_copy(update={"alerts": group.alerts, "told_firing": group.told_firing, "held": group.held}) == group
+
+
+def with_receiver_intervals(tmp_path: Path, receiver: str, intervals: str) -> NotifyConfig:
+    """CONFIG with time intervals on a receiver (not on its route)."""
+    path = tmp_path / "receiver-intervals.yaml"
+    entry = f'  - {{name: {receiver}, type: webhook, url: "http://127.0.0.1:9/{receiver}"}}\n'
+    assert entry in CONFIG
+    path.write_text(CONFIG.replace(entry, f'  - {{name: {receiver}, type: webhook, url: "http://127.0.0.1:9/{receiver}", {intervals}}}\n'))
+    return load(path)
+
+
+def test_a_muted_receiver_holds_its_alerts_as_a_muted_route_does(tmp_path: Path) -> None:
+    """pager is muted in office hours (its route is not): raised at 13:30 on a Monday in London,
+    the alert is held, and told at the first look after 17:00 while it still fires."""
+    config = with_receiver_intervals(tmp_path, "pager", "mute_time_intervals: [office-hours]")
+    assert config.receivers["pager"].mute_time_intervals == ("office-hours",) and config.unused_time_intervals() == []
+    n = Notifier(config)
+    n.raise_(0, alert("gunshot", "c-1", team="security"))
+    assert n.look(0) == [] and n.look(3000) == []  # group_wait 0s: looked at, muted
+    [group] = n.groups.values()
+    assert [a.alert.callid for a in group.alerts.values()] == ["c-1"]  # held, not dropped
+    n.raise_(3.4 * 3600, alert("gunshot", "c-1", team="security"))  # 16:54: fires until 17:54
+    evening = datetime(2026, 3, 9, 17, 0, 5, tzinfo=UTC).timestamp() - T0
+    assert told(n.look(evening)) == [("pager", [("c-1", "firing")])]
+    # Only that receiver: leads (no intervals) is told in office hours.
+    other = Notifier(config)
+    other.raise_(0, alert("angry", "c-2"))
+    assert [x.receiver for x in other.look(30)] == ["leads"]
+
+
+def test_an_active_receiver_follows_its_time_zone_across_the_clock_change(tmp_path: Path) -> None:
+    """leads is active only in London office hours: 08:30 UTC is 08:30 there on the Friday before
+    summer time (held) and 09:30 on the Monday after (told)."""
+    config = with_receiver_intervals(tmp_path, "leads", "active_time_intervals: [office-hours]")
+    before = datetime(2026, 3, 27, 8, 30, tzinfo=UTC).timestamp() - T0
+    n = Notifier(config)
+    n.raise_(before - 30, alert("angry", "c-1"))
+    assert n.look(before) == []
+    after = datetime(2026, 3, 30, 8, 30, tzinfo=UTC).timestamp() - T0
+    n2 = Notifier(config)
+    n2.raise_(after - 30, alert("angry", "c-2"))
+    assert told(n2.look(after)) == [("leads", [("c-2", "firing")])]

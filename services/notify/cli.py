@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.notify.config import NotifyConfig, NotifyConfigError, check, load
-from services.notify.routing import RouteMatch, group_key, muted_by, receivers, route
+from services.notify.routing import RouteMatch, group_key, muted_by, receiver_muted_by, receivers, route
 
 notify_app = typer.Typer(help="Notifications: who hears about an alert (docs/notifications.md).", no_args_is_help=True)
 routes_app = typer.Typer(help="The routing tree.", no_args_is_help=True)
@@ -167,8 +167,13 @@ def _row(match: RouteMatch, config: NotifyConfig, labels: Mapping[str, str], at:
         "timing": f"{_seconds(match.group_wait_s)} / {_seconds(match.group_interval_s)} / {_seconds(match.repeat_interval_s)}",
         "mute_time_intervals": list(match.mute_time_intervals),
         "active_time_intervals": list(match.active_time_intervals),
-        "muted": muted_by(match, config.time_intervals, at),
+        "muted": muted_by(match, config.time_intervals, at) or _receiver_muted(config, match.receiver, at),
     }
+
+
+def _receiver_muted(config: NotifyConfig, name: str, at: datetime) -> str | None:
+    receiver = config.receivers.get(name)
+    return None if receiver is None else receiver_muted_by(receiver, config.time_intervals, at)
 
 
 def _seconds(value: float) -> str:

@@ -156,6 +156,15 @@ class ReceiverEntry(BaseModel):
 
     name: Name
     type: Name
+    # The file's, not the type's: judged where the routes' are (services/notify/groups.look_at),
+    # so every route that names the receiver holds its notifications while it is muted.
+    mute_time_intervals: list[Name] = Field(default_factory=list, description="Muted while any of these holds.")
+    active_time_intervals: list[Name] = Field(default_factory=list, description="Sends only while one of these holds.")
+
+
+#: The keys of a receiver entry that are not its type's options.
+ENTRY_KEYS = frozenset(f.alias or name for name, f in ReceiverEntry.model_fields.items())
+_TIME_INTERVAL_KEYS = ("mute_time_intervals", "active_time_intervals")
 
 
 class InhibitRuleSpec(_Strict):
@@ -219,6 +228,8 @@ class Receiver:
     type: str
     config: BaseModel  # the model of its type, from services.notify.receivers
     line: int = 0
+    mute_time_intervals: tuple[str, ...] = ()
+    active_time_intervals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -248,6 +259,7 @@ class NotifyConfig:
 
     def unused_time_intervals(self) -> list[str]:
         used = {n for node in self.routes() for n in (*node.mute_time_intervals, *node.active_time_intervals)}
+        used |= {n for r in self.receivers.values() for n in (*r.mute_time_intervals, *r.active_time_intervals)}
         return [name for name in self.time_intervals if name not in used]
 
 
@@ -314,6 +326,7 @@ def parse(path: Path, text: str, *, types: Mapping[str, type[BaseModel]] | None 
     if route is not None:
         _check_root(doc, route, errors)
         _check_routes(doc, route, ("route",), receiver_names, interval_names, errors)
+    _check_receiver_intervals(doc, raw_receivers, interval_names, errors)
 
     if errors or route is None:
         return None, sorted(set(errors), key=FileError.sort_key)
@@ -432,11 +445,18 @@ def _receiver(
         return None
     # The type's model gets the entry's options, and `name` and `type` only if it has such fields.
     fields = {f.alias or name for name, f in model.model_fields.items()}
-    options = {k: v for k, v in raw.items() if k not in ("name", "type") or k in fields}
+    options = {k: v for k, v in raw.items() if k not in ENTRY_KEYS or (k in ("name", "type") and k in fields)}
     config = _validate(doc, model, options, loc, errors)
     if config is None:
         return None
-    return Receiver(name=entry.name, type=entry.type, config=config, line=doc.position(loc).line)
+    return Receiver(
+        name=entry.name,
+        type=entry.type,
+        config=config,
+        line=doc.position(loc).line,
+        mute_time_intervals=tuple(entry.mute_time_intervals),
+        active_time_intervals=tuple(entry.active_time_intervals),
+    )
 
 
 def _crm_targets(doc: YamlDocument, data: Mapping[str, Any], errors: list[FileError]) -> tuple[Any, ...]:
@@ -488,6 +508,18 @@ def _check_routes(
                 errors.append(doc.error((*loc, key, j), _unknown("time interval", name, intervals)))
     for i, child in enumerate(node.routes):
         _check_routes(doc, child, (*loc, "routes", i), receivers, intervals, errors)
+
+
+def _check_receiver_intervals(doc: YamlDocument, raw: list[Any], intervals: list[str] | None, errors: list[FileError]) -> None:
+    """The time intervals receivers name are defined (a list that is not one is ReceiverEntry's error)."""
+    if intervals is None:
+        return
+    for i, entry in enumerate(raw):
+        for key in _TIME_INTERVAL_KEYS:
+            names = entry.get(key) if isinstance(entry, dict) else None
+            for j, name in enumerate(names if isinstance(names, list) else []):
+                if isinstance(name, str) and name and name not in intervals:
+                    errors.append(doc.error(("receivers", i, key, j), _unknown("time interval", name, intervals)))
 
 
 def _unknown(what: str, name: str, known: list[str]) -> str:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.notify.inhibition import alert_inhibited
 from services.notify.model import Alert, Notification
-from services.notify.routing import RouteMatch, group_key, group_labels, muted_by_intervals, route
+from services.notify.routing import RouteMatch, group_key, group_labels, muted_by_intervals, receiver_muted_by, route
 
 if TYPE_CHECKING:
     from services.notify.config import NotifyConfig
@@ -224,7 +224,8 @@ def flush(
 
 def look_at(group: AggregationGroup, config: NotifyConfig, firing: Iterable[Alert], now: float) -> Flush:
     """:func:`flush` with the notification file's say: the receiver's ``send_resolved``, the
-    route's time intervals, and the inhibition rules against the alerts ``firing`` now.
+    route's time intervals and then the receiver's (read from the file now, so an edit applies
+    at the next look), and the inhibition rules against the alerts ``firing`` now.
     A group whose receiver left the file is dropped (nothing to send it to)."""
     receiver = config.receivers.get(group.receiver)
     if receiver is None:
@@ -233,6 +234,8 @@ def look_at(group: AggregationGroup, config: NotifyConfig, firing: Iterable[Aler
     sources = list(firing)
     inhibited = frozenset(fp for fp, held in group.alerts.items() if alert_inhibited(held.alert, sources, config.inhibit_rules, at))
     muted = muted_by_intervals(group.mute_time_intervals, group.active_time_intervals, config.time_intervals, at)
+    if muted is None:
+        muted = receiver_muted_by(receiver, config.time_intervals, at)
     send_resolved = bool(getattr(receiver.config, "send_resolved", True))
     return flush(group, now, send_resolved=send_resolved, muted=muted, inhibited=inhibited)
 

@@ -20,7 +20,7 @@ from services.dsl.matchers import Matcher, matches_all
 from services.notify.time_intervals import TimeInterval, any_active
 
 if TYPE_CHECKING:
-    from services.notify.config import NotifyConfig
+    from services.notify.config import NotifyConfig, Receiver
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,13 @@ def muted_by_intervals(
     if known and not any(any_active(time_intervals[name], at) for name in known):
         return f"outside {', '.join(known)}"
     return None
+
+
+def receiver_muted_by(receiver: Receiver, time_intervals: Mapping[str, Sequence[TimeInterval]], at: datetime) -> str | None:
+    """Why the receiver takes nothing at ``at`` (None: it does), by its own time intervals: a
+    receiver's are a route's, on every route that names it (the route's are judged first)."""
+    why = muted_by_intervals(receiver.mute_time_intervals, receiver.active_time_intervals, time_intervals, at)
+    return None if why is None else f"receiver {receiver.name} {why}"
 
 
 def notify_now(match: RouteMatch, time_intervals: Mapping[str, Sequence[TimeInterval]], at: datetime) -> bool:

@@ -26,13 +26,14 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import httpx
-from pydantic import Field, HttpUrl, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
+from services.dsl.durations import parse_duration
 from services.notify.model import Notification
-from services.notify.receivers.base import Delivery, DeliveryError, ReceiverBase, SecretName, iso, post, sendable, skipped
+from services.notify.receivers.base import Delivery, DeliveryError, ReceiverBase, SecretName, Url, iso, post, sendable, skipped
 from services.notify.receivers.secrets import MissingSecret, SecretSource, reveal
 from services.notify.templates import alert_context
 
@@ -41,13 +42,20 @@ __all__ = ["AlertmanagerConfig", "payload", "send"]
 _ANNOTATIONS = ("callid", "caption_span", "rule_id", "ruleset_version", "decision_id", "input_id", "explain")
 
 
+def _ttl(value: object) -> object:
+    """A duration as the rest of the file writes them (``1h``, ``90m``), not ISO 8601's ``PT1H``."""
+    if isinstance(value, str):
+        return timedelta(seconds=parse_duration(value))
+    return value
+
+
 class AlertmanagerConfig(ReceiverBase):
     """Post alerts to an Alertmanager (API v2)."""
 
     type: Literal["alertmanager"] = "alertmanager"
-    url: HttpUrl = Field(description="The Alertmanager's base URL, e.g. `http://alertmanager:9093`.")
+    url: Url = Field(description="The Alertmanager's base URL, e.g. `http://alertmanager:9093`.")
     extra_labels: dict[str, str] = Field(default_factory=dict, description="Labels added to every alert (the alert's win).")
-    firing_ttl: timedelta | None = Field(
+    firing_ttl: Annotated[timedelta | None, BeforeValidator(_ttl)] = Field(
         default=None, description="endsAt of a firing alert, from its start; unset: Alertmanager's resolve_timeout."
     )
     username: str | None = Field(default=None, description="Basic auth user (with password_secret).")

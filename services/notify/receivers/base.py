@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,20 @@ from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, Final, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    PositiveFloat,
+    ValidationError,
+    WrapValidator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from services.notify.model import Alert, Notification
 from services.notify.receivers.secrets import SECRET_NAME, MissingSecret, SecretSource, redact, reveal
@@ -31,7 +45,9 @@ __all__ = [
     "Delivery",
     "DeliveryError",
     "ReceiverBase",
+    "ReceiverName",
     "SecretName",
+    "Url",
     "describe_url",
     "parse_retry_after",
     "post",
@@ -40,7 +56,56 @@ __all__ = [
 
 #: Receiver names: what routes refer to, and what logs and metrics say.
 RECEIVER_NAME: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-SecretName = Annotated[str, Field(pattern=SECRET_NAME, description="The name of a secret (settings or a file), never its value.")]
+_NAME_RULE: Final = "letters, digits, '_', '.' and '-', starting with a letter or digit, at most 64"
+
+
+def _receiver_name(value: str) -> str:
+    # Says what a name may be, rather than pydantic's "should match pattern '^...$'".
+    if not re.fullmatch(RECEIVER_NAME, value):
+        raise ValueError(f"{value!r} is not a receiver name ({_NAME_RULE})")
+    return value
+
+
+def _secret_name(value: str) -> str:
+    # Never echoes the value: what is written where a secret's name goes is often the secret.
+    if not re.fullmatch(SECRET_NAME, value):
+        raise ValueError(
+            f"not a secret name ({_NAME_RULE}): write the secret's name here, and its value in "
+            "notify.secrets or a file of notify.secrets_dir"
+        )
+    return value
+
+
+def _url(value: object, handler: ValidatorFunctionWrapHandler) -> HttpUrl:
+    """pydantic's URL check, saying which value it refused ("'ftp://x' is not an http or https
+    URL") rather than "Input should be a valid URL, relative URL without a base"."""
+    try:
+        url: HttpUrl = handler(value)
+    except ValidationError as exc:
+        if not isinstance(value, str):
+            raise
+        error = exc.errors(include_url=False)[0]
+        if error["type"] == "url_scheme":
+            raise ValueError(f"{value!r} is not an http or https URL") from None
+        reason = (error.get("ctx") or {}).get("error", error["msg"])
+        raise ValueError(f"{value!r} is not a URL ({reason})") from None
+    return url
+
+
+def _seconds(value: object) -> object:
+    # `timeout_s: 10s` is the likely mistake: the rest of the file writes durations so.
+    if isinstance(value, str):
+        raise ValueError(f"a number of seconds, like 10 or 2.5 (not {value!r})")
+    return value
+
+
+SecretName = Annotated[
+    str,
+    AfterValidator(_secret_name),
+    Field(description="The name of a secret (settings or a file), never its value."),
+]
+ReceiverName = Annotated[str, AfterValidator(_receiver_name)]
+Url = Annotated[HttpUrl, WrapValidator(_url)]
 #: Statuses worth another try besides 5xx: Request Timeout, Too Early, Too Many Requests.
 RETRYABLE_STATUSES: Final = frozenset({408, 425, 429})
 EXCERPT_CHARS: Final = 300
@@ -50,11 +115,33 @@ USER_AGENT: Final = "listenpost-notify/1"
 class ReceiverBase(BaseModel):
     """Fields every receiver has."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict as the rest of the notification file: `send_resolved: "no"` is a mistake to report,
+    # not a string to read as True.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    name: str = Field(pattern=RECEIVER_NAME, description="What routes refer to the receiver by.")
+    name: ReceiverName = Field(description="What routes refer to the receiver by.")
     send_resolved: bool = Field(default=True, description="Also notify when alerts resolve.")
-    timeout_s: PositiveFloat = Field(default=10.0, description="One attempt's time limit, connecting included.")
+    timeout_s: Annotated[PositiveFloat, BeforeValidator(_seconds)] = Field(
+        default=10.0, description="One attempt's time limit, connecting included."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secret(cls, value: Any) -> Any:
+        """``routing_key: ...`` where ``routing_key_secret`` is the option: the commonest mistake,
+        and one that puts a credential in a file that is committed and logged; say so."""
+        if not isinstance(value, dict):
+            return value
+        for key in value:
+            if isinstance(key, str) and key not in cls.model_fields and f"{key}_secret" in cls.model_fields:
+                # ctx["field"] points the error at this key (services/dsl/yaml_source.schema_errors).
+                raise PydanticCustomError(
+                    "inline_secret",
+                    f"{key} is a secret, never written in this file: name it with {key}_secret "
+                    "(its value in notify.secrets or a file of notify.secrets_dir)",
+                    {"field": key},
+                )
+        return value
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ import time
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
 import aiosmtplib
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from services.notify.model import Notification
 from services.notify.receivers.base import Delivery, DeliveryError, ReceiverBase, SecretName, sendable, skipped
@@ -35,6 +35,13 @@ if TYPE_CHECKING:
 __all__ = ["EmailConfig", "message", "send"]
 
 
+def _address_list(value: object) -> object:
+    # `to: qa@example.com` is the likely mistake: say how to write it.
+    if isinstance(value, str):
+        raise ValueError(f"a list of addresses: write [{value}]")
+    return value
+
+
 class EmailConfig(ReceiverBase):
     """Send each notification as an e-mail."""
 
@@ -43,13 +50,14 @@ class EmailConfig(ReceiverBase):
     send_resolved: bool = Field(default=False, description="Also notify when alerts resolve (off by default, as in Alertmanager).")
     host: str = Field(min_length=1, description="The SMTP server (a relay or submission server).")
     port: int = Field(default=587, ge=1, le=65535, description="587 for STARTTLS, 465 for implicit TLS.")
-    sender: str = Field(min_length=3, description="The From address, e.g. `listenpost <alerts@example.com>`.")
-    to: list[str] = Field(min_length=1, description="Recipients.")
+    sender: str = Field(description="The From address, e.g. `listenpost <alerts@example.com>`.")
+    to: Annotated[list[str], BeforeValidator(_address_list)] = Field(min_length=1, description="Recipients.")
     username: str | None = Field(default=None, description="Log in as this user (with password_secret).")
     password_secret: SecretName | None = Field(default=None, description="The secret holding the SMTP password.")
     starttls: bool = Field(default=True, description="Upgrade the connection with STARTTLS (and fail if the server cannot).")
     tls: bool = Field(default=False, description="Implicit TLS from the first byte (port 465), instead of STARTTLS.")
-    ca_file: Path | None = Field(default=None, description="Trust these CA certificates (PEM) instead of the system's.")
+    # A path is a string in YAML: the one option read leniently.
+    ca_file: Path | None = Field(default=None, strict=False, description="Trust these CA certificates (PEM) instead of the system's.")
     hello: str | None = Field(default=None, description="The name to greet the server with (EHLO); default the host's FQDN.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra message headers (not secrets).")
     template: dict[str, str] = Field(default_factory=dict, description="Override `subject`, `text` and/or `html` (Jinja).")
@@ -71,7 +79,8 @@ class EmailConfig(ReceiverBase):
     @model_validator(mode="after")
     def _tls(self) -> Self:
         if self.tls and self.starttls:
-            raise ValueError("set tls (implicit TLS) or starttls, not both")
+            # starttls is on by default, so `tls: true` alone lands here: say what to add.
+            raise ValueError("tls (implicit TLS, port 465) and starttls exclude each other: with tls: true, set starttls: false")
         if (self.username is None) != (self.password_secret is None):
             raise ValueError("username and password_secret go together")
         if self.password_secret is not None and not (self.tls or self.starttls):

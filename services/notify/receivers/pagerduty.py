@@ -22,7 +22,7 @@ import httpx
 from pydantic import Field, HttpUrl, ValidationInfo, field_validator
 
 from services.notify.model import Notification
-from services.notify.receivers.base import Delivery, DeliveryError, ReceiverBase, SecretName, iso, post, sendable, skipped
+from services.notify.receivers.base import Delivery, DeliveryError, ReceiverBase, SecretName, Url, iso, post, sendable, skipped
 from services.notify.receivers.secrets import MissingSecret, SecretSource, reveal
 from services.notify.templates import check_overrides, notification_context, render_field, with_alert
 
@@ -37,7 +37,7 @@ class PagerDutyConfig(ReceiverBase):
 
     type: Literal["pagerduty"] = "pagerduty"
     routing_key_secret: SecretName = Field(description="The secret holding the integration's routing key.")
-    url: HttpUrl = Field(default=HttpUrl(DEFAULT_URL), description="The Events API v2 endpoint.")
+    url: Url = Field(default=HttpUrl(DEFAULT_URL), description="The Events API v2 endpoint.")
     source: str = Field(default="listenpost", min_length=1, description="payload.source: where the events come from.")
     component: str | None = Field(default=None, description="payload.component, if set.")
     group: str | None = Field(default=None, description="payload.group, if set.")
@@ -45,7 +45,7 @@ class PagerDutyConfig(ReceiverBase):
         default_factory=dict, description="Alert severity label -> PagerDuty severity, beyond the identical names."
     )
     default_severity: PagerDutySeverity = Field(default="warning", description="For severities neither maps.")
-    client_url: HttpUrl | None = Field(default=None, description="A link to listenpost, shown as the event's client.")
+    client_url: Url | None = Field(default=None, description="A link to listenpost, shown as the event's client.")
     template: dict[str, str] = Field(default_factory=dict, description="Override `summary` (Jinja, per alert: `alert`).")
 
     @field_validator("template")

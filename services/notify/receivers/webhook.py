@@ -19,12 +19,12 @@ import time
 from typing import Any, Literal, Self
 
 import httpx
-from pydantic import Field, HttpUrl, model_validator
+from pydantic import Field, model_validator
 
 from services.events.binding import encode_binary, encode_structured, new_event
 from services.events.webhooks import WEBHOOK_HEADERS, sign_webhook
 from services.notify.model import Notification
-from services.notify.receivers.base import Delivery, DeliveryError, ReceiverBase, SecretName, post, sendable, skipped
+from services.notify.receivers.base import Delivery, DeliveryError, ReceiverBase, SecretName, Url, post, sendable, skipped
 from services.notify.receivers.secrets import MissingSecret, SecretSource, reveal
 from services.settings import webhook_secret_key
 
@@ -38,7 +38,7 @@ class WebhookConfig(ReceiverBase):
     """Post each notification as a CloudEvent to a URL."""
 
     type: Literal["webhook"] = "webhook"
-    url: HttpUrl | None = Field(default=None, description="Where to post, when the URL is not itself a secret.")
+    url: Url | None = Field(default=None, description="Where to post, when the URL is not itself a secret.")
     url_secret: SecretName | None = Field(default=None, description="The secret holding the URL (instead of url).")
     mode: Literal["binary", "structured"] = Field(default="binary", description="CloudEvents HTTP content mode.")
     signing_secret: SecretName | None = Field(
