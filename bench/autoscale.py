@@ -89,7 +89,9 @@ class AutoscaleReport(BaseModel):
     figures: Figures
 
 
-def bench_settings(tmp: Path, model: Path, *, up_s: float, down_s: float, captioners: int) -> Settings:
+def bench_settings(
+    tmp: Path, model: Path, *, up_s: float, down_s: float, captioners: int, in_flight: int = 8, target_backlog: int = 16
+) -> Settings:
     """1..2 replicas of the Ingress and Preprocessor, 1..``captioners`` of the Captioner, short
     delays, sized for a 2-CPU machine."""
     scaling = {"replicas": 1, "max_replicas": 2, "upscale_delay_s": up_s, "downscale_delay_s": down_s,
@@ -97,7 +99,7 @@ def bench_settings(tmp: Path, model: Path, *, up_s: float, down_s: float, captio
     return Settings(
         nats=NatsSettings(data_dir=tmp / "nats", secrets_dir=tmp / "nats-secrets"),
         # Few events per Ingress replica, so one replica cannot take the whole backlog in hand.
-        ingress=IngressSettings(**scaling, num_cpus=0.1, max_in_flight=8, target_backlog=16),
+        ingress=IngressSettings(**scaling, num_cpus=0.1, max_in_flight=in_flight, target_backlog=target_backlog),
         preprocess=PreprocessSettings(**scaling, num_cpus=0.25, target_ongoing_requests=4),
         captioner=CaptionerSettings(
             model=str(model), dtype="float32", enforce_eager=True, max_model_len=2048, max_num_seqs=8, max_tokens=32,
@@ -279,6 +281,8 @@ def main() -> None:
     parser.add_argument("--captioner-max-replicas", type=int, default=2,
                         help="1 leaves the Captioner fixed (a second vLLM engine takes minutes to start on 2 busy cores)")
     parser.add_argument("--idle-max", type=float, default=120.0, help="longest wait for the scale-down after the load")
+    parser.add_argument("--max-in-flight", type=int, default=8, help="events an Ingress replica holds at once")
+    parser.add_argument("--target-backlog", type=int, default=16, help="waiting messages per Ingress replica")
     parser.add_argument("--model", type=Path, help="the tiny checkpoint; default: build it under .cache/models")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/autoscale.json")
@@ -293,7 +297,8 @@ def main() -> None:
         args.model = build_tiny_checkpoint(REPO / ".cache/models/tiny-qwen3-omni")
     with tempfile.TemporaryDirectory() as tmp:
         settings = bench_settings(Path(tmp), args.model, up_s=args.upscale_delay, down_s=args.downscale_delay,
-                                  captioners=args.captioner_max_replicas)
+                                  captioners=args.captioner_max_replicas, in_flight=args.max_in_flight,
+                                  target_backlog=args.target_backlog)
         runtime_env = {"env_vars": {"PYTHONPATH": str(REPO), **SERVE_METRICS_ENV}}
         with running_service(settings, ray_num_cpus=8, runtime_env=runtime_env) as effective:
             report = asyncio.run(run(effective, rate=args.rate, duration=args.duration, idle_max_s=args.idle_max,

@@ -139,6 +139,9 @@ def test_the_service_scales_up_under_load_and_back_down_after_it(tmp_path: Path,
     run = subprocess.run(
         [sys.executable, str(REPO / "bench/autoscale.py"), "--model", str(tiny_checkpoint), "--quiet",
          "--rate", "15", "--duration", "20", "--upscale-delay", "2", "--downscale-delay", "10", "--idle-max", "60",
+         # Two events in flight per Ingress: one replica cannot keep up with 15/s on any machine this
+         # suite runs on, so the backlog (and the scale-up) does not depend on how fast the CPU is.
+         "--max-in-flight", "2", "--target-backlog", "4",
          "--captioner-max-replicas", "1",
          "--out", str(out)],
         capture_output=True, text=True, timeout=400, env=env, cwd=REPO,
@@ -154,4 +157,4 @@ def test_the_service_scales_up_under_load_and_back_down_after_it(tmp_path: Path,
     assert figures["scale_down_s"]["Ingress"] is not None, figures
     assert report["samples"][-1]["replicas"] == {"Ingress": 1, "Preprocessor": 1, "Captioner": 1}
     # The decision's premise, measured: Serve counts no requests to the Ingress, the backlog is there.
-    assert figures["peak_serve_ongoing"]["Ingress"] < 1 and figures["peak_backlog"] > 16, figures
+    assert figures["peak_serve_ongoing"]["Ingress"] < 1 and figures["peak_backlog"] > 4 * 2, figures
