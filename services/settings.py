@@ -18,6 +18,7 @@ import difflib
 import json
 import os
 import typing
+from abc import abstractmethod
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -166,9 +167,10 @@ class _ScalableReplicas(_FixedReplicas):
         }
         return {**options, "autoscaling_config": {**bounds, **self._scaling_signal()}}
 
+    @abstractmethod
     def _scaling_signal(self) -> dict[str, Any]:
-        """What the autoscaler compares with its target: Serve's names (the target, a policy)."""
-        raise NotImplementedError
+        """What the autoscaler compares with its target: Serve's names (the target, a policy).
+        Each scalable deployment says its own (pydantic's model metaclass is an ABCMeta)."""
 
 
 #: Who connects to NATS, each with its own permissions (services/events/permissions.py):

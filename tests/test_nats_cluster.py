@@ -7,6 +7,7 @@ stream's leader and of any server while events flow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import stat
 import subprocess
 import time
@@ -193,11 +194,9 @@ async def wait_for_copies(nc: NATS, settings: Settings, stream: str, wanted: int
     (it may have been connected to the server just killed) is asked again."""
     async with asyncio.timeout(timeout_s):
         while True:
-            try:
+            with contextlib.suppress(*TRANSIENT_NATS_ERRORS):
                 if await copies(nc, settings, stream) == wanted:
                     return
-            except TRANSIENT_NATS_ERRORS:
-                pass
             await asyncio.sleep(0.5)
 
 

@@ -113,7 +113,7 @@ class GroupStore:
             try:
                 await self._kv.delete(_store_key(key), last=self._revisions.get(key))
             except KeyNotFoundError:
-                pass
+                pass  # already gone (erased): what dropping it wanted
             except APIError as exc:  # nats-py's delete() does not turn this one into KeyWrongLastSequenceError
                 if exc.err_code not in _WRONG_LAST_SEQUENCE:
                     raise
