@@ -115,7 +115,7 @@ def replica_start(model: str) -> ReplicaStart:
 
     cap = CaptionerSettings(model=model, dtype="float32", enforce_eager=True, max_model_len=2048, cpu_kvcache_gib=1)
     settings = Settings(nats=NatsSettings(url="nats://127.0.0.1:1"), captioner=cap)  # the Captioner never uses NATS
-    ray.init(num_cpus=4, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    ray.init(address="local", num_cpus=4, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})  # never a stale cluster
     try:
         started = time.monotonic()
         serve.run(Captioner.options(**cap.deployment_options()).bind(settings), name="coldstart",

@@ -79,10 +79,7 @@ def running_service(
             provision_as_admin(settings)
         started_ray = not ray.is_initialized()
         if started_ray:
-            # A local Ray's dashboard (and its Jobs API, which runs any code it is sent) listens
-            # on loopback (ray.init's default, kept); a cluster's nodes use token auth
-            # (ray_cluster.yaml, SECURITY.md).
-            ray.init(address=settings.ray_address, num_cpus=ray_num_cpus, runtime_env=runtime_env)
+            start_ray(settings, num_cpus=ray_num_cpus, runtime_env=runtime_env)
         try:
             if settings.http.enabled:
                 serve.start(http_options={"host": settings.http.host, "port": settings.http.port})
@@ -90,6 +87,22 @@ def running_service(
             yield settings
         finally:
             stop_serving(started_ray)
+
+
+def start_ray(settings: Settings, *, num_cpus: int | None = None, runtime_env: dict[str, Any] | None = None) -> None:
+    """Join the cluster at ``settings.ray_address``, or start a new local Ray when it is unset.
+
+    A local Ray's dashboard (and its Jobs API, which runs any code it is sent) listens on
+    loopback (ray.init's default, kept); a cluster's nodes use token auth (ray_cluster.yaml,
+    SECURITY.md).
+    """
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, runtime_env=runtime_env)  # a cluster has its own size
+    else:
+        # "local", never None: ray.init(address=None) joins whatever cluster
+        # /tmp/ray/ray_current_cluster names (the last `ray start` or test cluster on this machine,
+        # alive or long gone) instead of the new local Ray these settings ask for.
+        ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env)
 
 
 def local_metrics_urls() -> list[str]:

@@ -1151,7 +1151,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_file=".env", extra="forbid")
 
-    ray_address: str | None = Field(default=None, description="Ray cluster address; unset starts a local Ray.")
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster address (`auto`: the one `ray start` began on this node); unset starts a new local Ray."
+    )
     source: str = Field(default="urn:listenpost", description="CloudEvents `source` of events we emit.")
     nats: NatsSettings = Field(default_factory=NatsSettings)
     ingress: IngressSettings = Field(default_factory=IngressSettings)

@@ -14,12 +14,14 @@ Run by tests/test_multinode.py (the pytest process already has a Ray of its own)
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import sys
 import time
 from pathlib import Path
 
 import ray
+from ray._common.utils import reset_ray_address
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
@@ -37,9 +39,21 @@ from tests.fault_checks import settled, submit_batch  # noqa: E402
 CAPTIONER = f"ServeReplica:{APP_NAME}:Captioner"
 #: What a worker node offers: the Captioner's stand-in for a GPU.
 WORKER_RESOURCES = {"captioner": 1.0}
-#: A worker's CPUs, all of which its Captioner replica takes: the CPU deployments stay on the
-#: head, as on a cluster whose GPU nodes run only Captioners.
-WORKER_CPUS = 1
+#: A worker offers no CPUs to schedule on, and the Captioner asks for none: the CPU
+#: deployments (which ask for fractions of a CPU) cannot land on a worker and keep the
+#: Captioner out of it, as they did with one CPU per worker (a Preprocessor taking half of a
+#: worker's only CPU left the Captioner unschedulable: the test's hang, one run in five). On a
+#: real cluster the GPU a Captioner asks for is what no CPU deployment can take.
+WORKER_CPUS = 0
+#: The driver's own bound, under the test's: past it, every thread's stack goes to stderr and the
+#: driver exits, so a hang says where it is.
+DRIVER_DEADLINE_S = 420.0
+STARTED = time.monotonic()
+
+
+def step(what: str) -> None:
+    """A timestamped line on stderr: the test shows the last ones when the driver fails."""
+    print(f"[{time.monotonic() - STARTED:6.1f} s] {what}", file=sys.stderr, flush=True)
 
 
 def captioner_nodes(gcs_address: str) -> list[str]:
@@ -67,6 +81,7 @@ def main(work: Path, checkpoint: Path) -> dict[str, object]:
         },  # fmt: skip
     )
     first = cluster.add_node(num_cpus=WORKER_CPUS, resources=WORKER_RESOURCES)
+    step(f"head and first worker up at {cluster.address}")
     settings = Settings(
         ray_address=cluster.address,
         nats=NatsSettings(data_dir=work / "nats", secrets_dir=work / "secrets", ack_wait_s=15, max_deliver=8,
@@ -81,6 +96,7 @@ def main(work: Path, checkpoint: Path) -> dict[str, object]:
     report: dict[str, object] = {}
     try:
         with running_service(settings, runtime_env=runtime_env) as effective:
+            step("service running")
             gcs = cluster.address
             head = cluster.head_node.node_id
             report["nodes"] = len(ray.nodes())
@@ -90,7 +106,9 @@ def main(work: Path, checkpoint: Path) -> dict[str, object]:
                 for a in list_actors(address=gcs, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
                 if a.class_name.startswith(f"ServeReplica:{APP_NAME}:")
             }
+            step(f"placement {report['placement']}")
             second = cluster.add_node(num_cpus=WORKER_CPUS, resources=WORKER_RESOURCES)
+            step("second worker up")
 
             async def run() -> dict[str, object]:
                 nc = await connect(effective.nats, role="admin", name="multinode")
@@ -99,10 +117,13 @@ def main(work: Path, checkpoint: Path) -> dict[str, object]:
                     await asyncio.sleep(1.0)
                     removed_at = time.monotonic()
                     cluster.remove_node(first, allow_graceful=False)  # the machine is gone
-                    moved = await asyncio.to_thread(wait_for_captioner_on, gcs, {second.node_id}, 300)
+                    step("first worker removed")
+                    moved = await asyncio.to_thread(wait_for_captioner_on, gcs, {second.node_id}, 150)
                     back_after_s = time.monotonic() - removed_at
+                    step(f"Captioner back after {back_after_s:.1f} s")
                     ids += await submit_batch(nc, effective, audio_dir, 4)
-                    accounting = await settled(nc, effective, ids, timeout_s=300)
+                    accounting = await settled(nc, effective, ids, timeout_s=150)
+                    step("every event settled")
                     return {
                         "moved_to_second_worker": moved == second.node_id,
                         "replica_back_after_s": round(back_after_s, 1),
@@ -112,10 +133,15 @@ def main(work: Path, checkpoint: Path) -> dict[str, object]:
                     await nc.close()
 
             report.update(asyncio.run(run()))
+            step("stopping the service")
     finally:
+        step("shutting the cluster down")
         cluster.shutdown()
+        reset_ray_address()  # Cluster wrote /tmp/ray/ray_current_cluster: a later ray.init() would join it
+        step("cluster down")
     return report
 
 
 if __name__ == "__main__":
+    faulthandler.dump_traceback_later(DRIVER_DEADLINE_S, exit=True)
     print(json.dumps(main(Path(sys.argv[1]), Path(sys.argv[2]))), flush=True)

@@ -543,11 +543,6 @@ async def test_erase_is_not_undone_by_a_running_notifier(env: Env, receiver: Rec
         await stop_notifier(notifier, nc)
 
 
-@pytest.mark.skip(
-    reason="hung once in a clean-clone CI rehearsal (600 s) after passing alone: unfinished until the hang is "
-    "found (README, Not finished yet); erase's search of LISTENPOST_NOTIFY is also covered by "
-    "test_erase_is_not_undone_by_a_running_notifier"
-)
 async def test_erase_removes_the_calls_queued_and_dead_lettered_notifications(env: Env, receiver: RecordingServer) -> None:
     """Notifications of the call waiting on LISTENPOST_NOTIFY (queued, or dead-lettered for a
     replay) are erased with it; the other call's stay and are delivered."""

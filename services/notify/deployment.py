@@ -32,6 +32,7 @@ from ray import serve
 from services.events.connection import connect
 from services.events.jetstream import ensure_provisioned
 from services.events.notifier_status import delete_notifier_status, write_notifier_status
+from services.events.tasks import cancel_and_wait
 from services.logcontext import configure_replica_logging
 from services.notify.config import NotifyConfig
 from services.notify.receivers import missing_secrets
@@ -166,8 +167,8 @@ class Notifier:
             if hasattr(self, "_nc"):
                 await self._nc.close()
             return
-        self._watch.cancel()
-        self._reporting.cancel()
+        await cancel_and_wait(self._watch)
+        await cancel_and_wait(self._reporting)
         with contextlib.suppress(Exception):  # a stopped notifier reports nothing rather than stale figures
             await delete_notifier_status(self._js, self._settings.rules.status_bucket)
         # Stop fetching; deliveries in flight finish within the bound, the rest are redelivered later.

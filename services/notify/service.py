@@ -15,6 +15,7 @@ import httpx
 from nats.js import JetStreamContext
 
 from services.events.consumer import PullConsumer
+from services.events.tasks import cancel_and_wait
 from services.notify.config import WatchedConfig
 from services.notify.crm_writer import CrmWriter
 from services.notify.firing import FiringAlerts
@@ -111,15 +112,9 @@ class Notifier:
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Stop fetching; let deliveries in flight finish (un-acked ones are redelivered later)."""
-        if self._waiting is not None:
-            self._waiting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._waiting
-        if self._looks is not None:
-            self._looks.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._looks
-            self._looks = None
+        await cancel_and_wait(self._waiting)
+        await cancel_and_wait(self._looks)
+        self._looks = None
         for consumer in self._consumers:
             # What is still in flight then is cancelled (and redelivered): the HTTP client closes next.
             await consumer.stop(drain_timeout_s, cancel=True)

@@ -42,6 +42,7 @@ from services.events.jetstream import TRANSIENT_NATS_ERRORS, ensure_provisioned
 from services.events.jsstate import poll_forever
 from services.events.models import AudioCaptioned, AudioSubmitted, ContextLimits, Facets, Window
 from services.events.retention import release_audio
+from services.events.tasks import cancel_and_wait
 from services.ingest.adapters import AdapterSet, load_adapters
 from services.ingest.http import HttpIngest, app_for
 from services.ingest.submitted import parse_submitted
@@ -278,8 +279,7 @@ class Ingress:
             if hasattr(self, "_nc"):
                 await self._nc.close()
             return
-        if self._poller is not None:
-            self._poller.cancel()
+        await cancel_and_wait(self._poller)
         await self._advisories.stop()
         await self._consumer.stop()
         await self._nc.drain()

@@ -52,6 +52,7 @@ from services.events.connection import connect
 from services.events.consumer import PullConsumer, Redelivery, stored_age_s
 from services.events.deadletter import dead_letter
 from services.events.jetstream import ensure_provisioned, evaluated_subject
+from services.events.tasks import cancel_and_wait
 from services.events.traced import publish_traced
 from services.logcontext import configure_replica_logging
 from services.rules import Decision, RuleSet, RuleSetError, load_ruleset, load_sources, rule_files
@@ -311,7 +312,7 @@ class RulesEngine:
                 await self._nc.close()
             return
         for task in self._tasks:
-            task.cancel()
+            await cancel_and_wait(task)
         with contextlib.suppress(Exception):
             await self._stores.status.delete(f"{STATUS_PREFIX}{_key(self._replica)}")
         if self._consuming:
