@@ -3,9 +3,9 @@
     serve run services.app:build            # needs LISTENPOST_NATS__URL
     listenpost serve                        # starts an embedded nats-server first
 
-Graph: Ingress -> Preprocessor -> Captioner, the RulesEngine and, when
-``notify.enabled``, the Notifier (both driven by NATS, handed to the Ingress only
-for status and so that Serve deploys them). Resources come from settings; the
+Graph: Ingress -> Preprocessor -> Captioner, the RulesEngine, the LiveStreams owners (which
+call the Captioner too) and, when ``notify.enabled``, the Notifier (driven by NATS, handed to
+the Ingress only for status and so that Serve deploys them). Resources come from settings; the
 defaults fit the whole graph on a 2-CPU machine.
 """
 
@@ -24,6 +24,7 @@ from services.orchestrator.deployment import Ingress
 from services.preprocess.deployment import Preprocessor
 from services.rules.deployment import RulesEngine
 from services.settings import Settings, capacity_warnings
+from services.streams.deployment import LiveStreams
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,13 @@ def build_app(settings: Settings) -> Application:
         if settings.notify.enabled
         else None
     )
+    streams = (
+        _deployment(LiveStreams).options(**settings.streams.deployment_options(), logging_config=logs).bind(settings, captioner)
+        if settings.streams.enabled
+        else None
+    )
     ingress = _deployment(Ingress).options(**settings.ingress.deployment_options(), logging_config=logs)
-    return ingress.bind(settings, preprocessor, captioner, rules, notifier)
+    return ingress.bind(settings, preprocessor, captioner, rules, notifier, streams)
 
 
 def _deployment(decorated: object) -> Deployment:

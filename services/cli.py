@@ -186,6 +186,82 @@ def submit(
         raise typer.Exit(1)
 
 
+@app.command()
+def stream(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    realtime: Annotated[bool, typer.Option("--realtime/--fast", help="Send at the audio's own pace (--fast: as fast as "
+                                           "allowed; the service refuses a stream much faster than real time).")] = True,
+    chunk_ms: Annotated[int, typer.Option(min=5, max=1000, help="Audio per chunk, milliseconds.")] = 20,
+    stream_id: Annotated[str | None, typer.Option(help="Default: cli-<random>.")] = None,
+    channels: Annotated[str | None, typer.Option(help="Roles by channel index, e.g. agent,customer.")] = None,
+    context: Annotated[list[str], typer.Option("--context", "-c", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006 -- typer reads the default, never mutates it
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a live view.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the summary after the last chunk.")] = 120.0,
+    nats_url: Annotated[str | None, typer.Option(help="Default: settings, else the running `listenpost serve`.")] = None,
+    ws: Annotated[bool, typer.Option("--ws", help="Through the WebSocket door (/streams/{id}) instead of NATS.")] = False,
+    ws_url: Annotated[str | None, typer.Option(help="With --ws; default: ws://127.0.0.1:<http.port>.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="LISTENPOST_API_KEY", help="With --ws: an HTTP ingress key.",
+                                                show_default=False)] = None,
+) -> None:
+    """Play FILE as a live stream over NATS (or a WebSocket with --ws); print each window's caption and each decision as it
+    arrives, with its latency from the audio's time, then the stream's summary."""
+    from services.events.connection import NatsConnectError, command_settings
+    from services.events.live import StreamIdError
+    from services.live_client import LiveReport, stream_file, stream_file_ws
+
+    settings = Settings()
+    if not ws:
+        try:
+            nats = command_settings(nats_url, settings.nats)
+        except NatsConnectError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+
+    def show(item: LiveReport) -> None:
+        if as_json:
+            console.print_json(item.model_dump_json(exclude={"data"}))
+        elif item.kind == "window":
+            console.print(f"[cyan]{item.at_s:7.1f} s[/] window {item.window} [{item.start:.1f}-{item.end:.1f} s] "
+                          f"latency {item.latency_s:.1f} s: {escape(item.text[:200])}", highlight=False)  # fmt: skip
+        elif item.kind == "decision":
+            console.print(f"[yellow]{item.at_s:7.1f} s[/] decision {item.data.get('type', '')}: {escape(item.text)}", highlight=False)
+        elif item.kind == "failed":
+            err.print(f"[red]{item.at_s:7.1f} s stream failed:[/] {escape(item.text)}", highlight=False)
+        else:
+            console.print(f"[green]{item.at_s:7.1f} s[/] summary of the stream received", highlight=False)
+
+    roles = [r.strip() for r in channels.split(",")] if channels else None
+    try:
+        if ws:
+            url = ws_url or f"ws://127.0.0.1:{settings.http.port}"
+            result = asyncio.run(stream_file_ws(
+                file, url=url, api_key=api_key, stream_id=stream_id, chunk_ms=chunk_ms, realtime=realtime,
+                context=_parse_context(context), channels=roles, wait_s=timeout, on_report=show,
+            ))  # fmt: skip
+        else:
+            result = asyncio.run(stream_file(
+                file, nats=nats, stream_id=stream_id, chunk_ms=chunk_ms, realtime=realtime, context=_parse_context(context),
+                channels=roles, wait_s=timeout, on_report=show,
+            ))  # fmt: skip
+    except (StreamIdError, ValueError, RuntimeError, OSError) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    windows = result.windows
+    latencies = sorted(w.latency_s for w in windows if w.latency_s is not None)
+    table = Table(title=f"stream {result.stream_id}: {result.chunks} chunks, {result.audio_s:.1f} s of audio")
+    for column in ("windows", "decisions", "latency p50", "latency max", "summary"):
+        table.add_column(column)
+    table.add_row(
+        str(len(windows)), str(sum(r.kind == "decision" for r in result.reports)),
+        f"{latencies[len(latencies) // 2]:.2f} s" if latencies else "-", f"{latencies[-1]:.2f} s" if latencies else "-",
+        "yes" if any(r.kind == "summary" for r in result.reports) else "no",
+    )  # fmt: skip
+    if not as_json:
+        console.print(table)
+    if any(r.kind == "failed" for r in result.reports) or not any(r.kind == "summary" for r in result.reports):
+        raise typer.Exit(1)
+
+
 def _print_result(result: Any) -> None:
     if result.failed is not None:
         data = result.failed.data

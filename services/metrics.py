@@ -157,6 +157,19 @@ METRICS: tuple[MetricSpec, ...] = (
         ("receiver",),
         _LATENCY_BUCKETS,
     ),  # fmt: skip
+    # --- live streams (services/streams/) ---
+    MetricSpec("listenpost_streams_open", "gauge", "Live streams a LiveStreams replica owns now."),
+    MetricSpec("listenpost_stream_chunks", "counter", "Live audio chunks read."),
+    MetricSpec(
+        "listenpost_stream_windows", "counter", "Live windows by outcome: captioned, silent (under the gate), dropped (behind).",
+        ("outcome",),
+    ),
+    MetricSpec("listenpost_stream_chunk_faults", "counter", "Chunks duplicated, out of order or missing, by label.", ("label",)),
+    MetricSpec("listenpost_streams_failed", "counter", "Live streams closed for bad input, by reason.", ("reason",)),
+    MetricSpec(
+        "listenpost_stream_window_latency_seconds", "histogram",
+        "From the end of a window in the audio (started_at + end) to its event being stored.", (), _LATENCY_BUCKETS,
+    ),
 )
 
 SPECS: dict[str, MetricSpec] = {spec.name: spec for spec in METRICS}

@@ -175,7 +175,7 @@ class _ScalableReplicas(_FixedReplicas):
 
 #: Who connects to NATS, each with its own permissions (services/events/permissions.py):
 #: producers (PBX, CRM) publish inputs; the deployments; operators' CLI; admin provisions.
-NatsRole = Literal["producer", "ingress", "preprocess", "rules", "notify", "operator", "admin"]
+NatsRole = Literal["producer", "ingress", "preprocess", "rules", "notify", "streams", "operator", "admin"]
 
 
 class NatsAuth(_Group):
@@ -674,8 +674,9 @@ class RulesSettings(_FixedReplicas):
 
     directory: Path = Field(default=Path("router_rules"), description="Rule files (*.yaml), re-read when they change.")
     consume_subjects: list[str] = Field(
-        default_factory=lambda: ["captioned"],
-        description="Subjects (below the prefix) of LISTENPOST_OUT that the rules engine evaluates.",
+        default_factory=lambda: ["captioned", "live.captioned.>"],
+        description="Subjects (below the prefix) of LISTENPOST_OUT that the rules engine evaluates: recordings' and "
+        "live streams' windows.",
     )
     reload_interval_s: PositiveFloat = Field(default=2.0, description="How often rule files are checked.")
     emit_subjects: list[str] = Field(
@@ -712,6 +713,51 @@ class RulesSettings(_FixedReplicas):
                     f"{name} {covering[0]!r} takes in {EVALUATED_MARKER!r}, the rules engine's own marker that an event "
                     "is evaluated: name narrower subjects"
                 )
+        return self
+
+
+class StreamsSettings(_FixedReplicas):
+    """The LiveStreams deployment: live audio cut into sliding windows, captioned as they close
+    (docs/streams.md)."""
+
+    enabled: bool = Field(default=True, description="Run the LiveStreams deployment (live audio over NATS and WebSocket).")
+    window_s: PositiveFloat = Field(default=10.0, le=30.0, description="Length of each window (the model hears at most 30 s).")
+    hop_s: PositiveFloat = Field(default=5.0, description="Time between window starts; below window_s, windows overlap.")
+    gate_dbfs: float | None = Field(
+        default=-50.0, description="A window whose loudest 20 ms is below this level is silent: counted, not captioned. "
+        "Unset: every window is captioned."
+    )
+    min_final_s: PositiveFloat = Field(default=1.0, description="Shortest last window captioned at the end of a stream.")
+    max_streams: PositiveInt = Field(default=16, description="Streams one replica owns at once; more wait for a replica.")
+    max_waiting_windows: PositiveInt = Field(
+        default=4, description="Windows of one stream waiting for the Captioner; beyond it the drop policy acts."
+    )
+    drop_policy: Literal["oldest", "alternate"] = Field(
+        default="oldest", description="When the Captioner is behind: drop the oldest waiting window, or every other new one."
+    )
+    max_speed: PositiveFloat = Field(default=1.5, description="Audio per second of sending accepted (1 = real time).")
+    speed_slack_s: PositiveFloat = Field(default=3.0, description="Audio a sender may be ahead of real time (its buffer).")
+    idle_timeout_s: PositiveFloat = Field(default=30.0, description="A stream with no chunk for this long is closed.")
+    max_chunk_bytes: PositiveInt = Field(default=64 * 1024, description="Largest chunk payload accepted.")
+    max_held_chunks: PositiveInt = Field(
+        default=50, description="Chunks held while waiting for a missing one; beyond it the missing one is counted lost."
+    )
+    max_stream_s: PositiveFloat = Field(default=4 * 3600.0, description="Longest a stream may stay open.")
+    summary: bool = Field(default=True, description="Publish one audio.captioned summary of each stream at its end.")
+    live_stream: str = Field(default="LISTENPOST_LIVE", description="JetStream stream of live chunks (`<prefix>.stream.>`).")
+    live_max_age_s: PositiveFloat = Field(default=3600.0, description="Chunks are kept this long (resuming after a restart).")
+    live_max_bytes: PositiveInt = Field(default=1024**3, description="Most bytes of chunks kept; the oldest go first.")
+    durable: str = Field(default="listenpost-streams", description="Durable consumer of stream starts (who owns which stream).")
+    owner_ack_wait_s: PositiveFloat = Field(
+        default=15.0, description="A stream whose owner stops heart-beating for this long moves to another replica."
+    )
+    max_owners: PositiveInt = Field(default=10, description="Owners a stream may have (restarts) before it is dead-lettered.")
+    state_bucket: str = Field(default="LISTENPOST_STREAMS_STATE", description="KV: each open stream's last captioned window.")
+
+    @model_validator(mode="after")
+    def _hop_within_window(self) -> StreamsSettings:
+        if self.hop_s > self.window_s:
+            raise ValueError(f"hop_s ({self.hop_s:g}) is longer than window_s ({self.window_s:g}): audio between windows would be lost")
         return self
 
 
@@ -1161,6 +1207,7 @@ class Settings(BaseSettings):
     captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    streams: StreamsSettings = Field(default_factory=StreamsSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     adapters: AdapterSettings = Field(default_factory=AdapterSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)

@@ -168,6 +168,8 @@ def service(
         rules=RulesSettings(directory=rules_dir, reload_interval_s=0.5),
         notify=notify_settings,
         ingress={"replicas": 2},
+        # Short live windows, and a lost stream owner noticed quickly (tests/test_streams_e2e.py).
+        streams={"window_s": 4.0, "hop_s": 2.0, "idle_timeout_s": 6.0, "owner_ack_wait_s": 6.0},
         http=HttpSettings(
             enabled=True,
             port=free_port(),

@@ -48,7 +48,7 @@ def test_app_needs_a_nats_url() -> None:
         build_app(Settings(_env_file=None, nats={"url": None}))
 
 
-def test_app_graph_has_the_four_named_deployments_and_fits_two_cpus(tmp_path: Path) -> None:
+def test_app_graph_has_the_five_named_deployments_and_fits_two_cpus(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, nats={"url": "nats://127.0.0.1:4222"})
     app = build_app(settings)
     ingress = app._bound_deployment
@@ -56,7 +56,7 @@ def test_app_graph_has_the_four_named_deployments_and_fits_two_cpus(tmp_path: Pa
     for arg in ingress.init_args:
         if hasattr(arg, "_bound_deployment"):
             deployments[arg._bound_deployment.name] = arg._bound_deployment
-    assert set(deployments) == {"Ingress", "Preprocessor", "Captioner", "RulesEngine"}
+    assert set(deployments) == {"Ingress", "Preprocessor", "Captioner", "RulesEngine", "LiveStreams"}
     cpus = sum(
         d.ray_actor_options.get("num_cpus", 1) * (d.num_replicas if isinstance(d.num_replicas, int) else 1)
         for d in deployments.values()
@@ -76,7 +76,7 @@ def test_the_notifier_joins_the_graph_when_enabled_with_one_replica_and_options_
     for arg in ingress.init_args:
         if hasattr(arg, "_bound_deployment"):
             deployments[arg._bound_deployment.name] = arg._bound_deployment
-    assert set(deployments) == {"Ingress", "Preprocessor", "Captioner", "RulesEngine", "Notifier"}
+    assert set(deployments) == {"Ingress", "Preprocessor", "Captioner", "RulesEngine", "Notifier", "LiveStreams"}
     notifier = deployments["Notifier"]
     assert notifier.num_replicas == 1 and notifier.ray_actor_options["num_cpus"] == 0.05
     assert notifier._deployment_config.health_check_timeout_s == 20

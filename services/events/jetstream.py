@@ -34,7 +34,15 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 from services.events.binding import encode_binary, encode_structured
 from services.events.bounds import StreamFullError, stream_full
 from services.events.placement import NotProvisionedError, converge_replicas, refusing_placement
-from services.settings import EVALUATED_MARKER, AuditSettings, NatsSettings, NotifySettings, RetentionSettings, Settings
+from services.settings import (
+    EVALUATED_MARKER,
+    AuditSettings,
+    NatsSettings,
+    NotifySettings,
+    RetentionSettings,
+    Settings,
+    StreamsSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +90,12 @@ def stream_configs(
     audit: AuditSettings | None = None,
     retention: RetentionSettings | None = None,
     notify: NotifySettings | None = None,
+    streams: StreamsSettings | None = None,
 ) -> list[StreamConfig]:
     audit = audit or AuditSettings()
     retention = retention or RetentionSettings()
     notify = notify or NotifySettings()
+    streams = streams or StreamsSettings()
     return [
         # Work-queue retention removes a message once acked; DiscardPolicy.NEW
         # refuses new input when full rather than deleting unconsumed input.
@@ -110,6 +120,7 @@ def stream_configs(
                 cfg.subject("alerts", ">"),
                 cfg.subject("tags"),
                 cfg.subject("rules", ">"),
+                cfg.subject("live", ">"),  # live streams' window events (services/events/live.py)
             ],
             retention=RetentionPolicy.LIMITS,
             # History: the oldest outputs make room for new ones (their inputs are already acked).
@@ -173,14 +184,29 @@ def stream_configs(
             max_bytes=notify.max_bytes,
             duplicate_window=cfg.duplicate_window_s,
         ),
+        # Live audio: chunks and stream starts/ends (services/events/live.py). Limits retention, the
+        # oldest going first: live audio is kept only to resume a stream after its owner restarts.
+        StreamConfig(
+            name=streams.live_stream,
+            subjects=[cfg.subject("stream", ">")],
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            max_age=streams.live_max_age_s,
+            max_bytes=streams.live_max_bytes,
+            max_msg_size=cfg.max_payload_bytes,
+            duplicate_window=cfg.duplicate_window_s,
+        ),
     ]
 
 
 def consumer_configs(
-    cfg: NatsSettings, rules_subjects: list[str], notify: NotifySettings | None = None
+    cfg: NatsSettings, rules_subjects: list[str], notify: NotifySettings | None = None, streams: StreamsSettings | None = None
 ) -> list[tuple[str, ConsumerConfig]]:
     """Durable pull consumers, as (stream, config). MaxDeliver is always bounded."""
     notify = notify or NotifySettings()
+    streams = streams or StreamsSettings()
     common: dict[str, Any] = {
         "ack_policy": AckPolicy.EXPLICIT,
         "ack_wait": cfg.ack_wait_s,
@@ -222,6 +248,19 @@ def consumer_configs(
                 **{**common, "max_deliver": notify.max_attempts + NOTIFY_DELIVER_MARGIN},
             ),
         ),
+        # Stream starts: the replica that takes one owns the stream, heart-beating while it is open
+        # (a short AckWait: a lost owner's streams move on quickly); each redelivery is a new owner.
+        (
+            streams.live_stream,
+            ConsumerConfig(
+                durable_name=streams.durable,
+                filter_subject=cfg.subject("stream", "*", "started"),
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=streams.owner_ack_wait_s,
+                max_deliver=streams.max_owners,
+                max_ack_pending=-1,
+            ),
+        ),
     ]
 
 
@@ -237,12 +276,13 @@ async def provision(
     audit: AuditSettings | None = None,
     retention: RetentionSettings | None = None,
     notify: NotifySettings | None = None,
+    streams: StreamsSettings | None = None,
 ) -> None:
     """Create or update the streams and durable consumers; safe to run at every start.
 
     ``audit``, ``retention`` and ``notify`` default to their default settings: services pass theirs.
     """
-    for config in stream_configs(cfg, audit=audit, retention=retention, notify=notify):
+    for config in stream_configs(cfg, audit=audit, retention=retention, notify=notify, streams=streams):
         assert config.name is not None, "stream_configs() names every stream"
         with refusing_placement(f"stream {config.name}", config.num_replicas or 1, config.max_bytes):
             try:
@@ -253,7 +293,7 @@ async def provision(
             else:
                 await js.update_stream(config)
     subjects = rules_subjects or [cfg.subject("captioned")]
-    for stream, consumer in consumer_configs(cfg, subjects, notify):
+    for stream, consumer in consumer_configs(cfg, subjects, notify, streams):
         # Creating a durable with an identical config is a no-op on the server;
         # a changed config is applied as an update.
         await js.add_consumer(stream, consumer)
@@ -265,7 +305,9 @@ async def ensure_provisioned(js: JetStreamContext, settings: Settings) -> None:
     if settings.nats.provision_on_start:
         await provision_everything(js, settings)
         return
-    for config in stream_configs(settings.nats, audit=settings.audit, retention=settings.retention, notify=settings.notify):
+    for config in stream_configs(
+        settings.nats, audit=settings.audit, retention=settings.retention, notify=settings.notify, streams=settings.streams
+    ):
         try:
             await js.stream_info(config.name or "")
         except NotFoundError:
@@ -289,6 +331,8 @@ def bucket_configs(settings: Settings) -> tuple[list[KeyValueConfig], list[Objec
         # Aggregation groups are dropped by the notifier when their last alert resolved: no TTL,
         # which could drop a group before it told its resolved alerts.
         KeyValueConfig(bucket=settings.notify.groups_bucket, history=1, **stored),
+        # Where each open stream is (its last captioned window): a stream's key outlives it by a day at most.
+        KeyValueConfig(bucket=settings.streams.state_bucket, history=1, ttl=settings.streams.max_stream_s + 86400, **stored),
     ]
     objects = [
         # An object lives as long as the event or dead letter that names it.
@@ -305,7 +349,8 @@ async def provision_everything(js: JetStreamContext, settings: Settings) -> None
 
     nats = settings.nats
     await provision(
-        js, nats, settings.rules.subjects(nats), audit=settings.audit, retention=settings.retention, notify=settings.notify
+        js, nats, settings.rules.subjects(nats), audit=settings.audit, retention=settings.retention, notify=settings.notify,
+        streams=settings.streams,
     )
     await provision_audio_buckets(js, settings.preprocess.object_buckets, settings.retention, replicas=nats.replicas)
     kv, objects = bucket_configs(settings)

@@ -265,7 +265,9 @@ class AudioCaptioned(BaseModel):
     )
 
 
-Stage = Literal["decode-event", "validate", "fetch", "decode-audio", "preprocess", "caption", "publish", "rules", "notify", "crm", "retry"]
+Stage = Literal[
+    "decode-event", "validate", "fetch", "decode-audio", "preprocess", "caption", "publish", "rules", "notify", "crm", "retry", "stream"
+]
 
 
 class AudioFailed(BaseModel):

@@ -104,7 +104,7 @@ def _object_deleter(bucket: str) -> list[str]:
 
 def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
     """Every role's permissions for these settings (prefix, stream, bucket and durable names)."""
-    nats, rules, notify = settings.nats, settings.rules, settings.notify
+    nats, rules, notify, live = settings.nats, settings.rules, settings.notify, settings.streams
     prefix = nats.subject_prefix
     inputs = nats.subject("in", ">")
     captioned = nats.subject("captioned")
@@ -118,9 +118,12 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
     ]
     audio_buckets = settings.preprocess.object_buckets
     notify_send, notify_dlq = notify_subject(nats, "send"), notify_subject(nats, "dlq")
-    event_streams = [nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, notify.stream]
+    event_streams = [nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, notify.stream, live.live_stream]
+    live_audio = nats.subject("stream", ">")  # stream starts, chunks and ends (services/events/live.py)
     streams = [*event_streams, settings.audit.stream]
-    kv_buckets = [rules.state_bucket, rules.silence_bucket, rules.status_bucket, notify.firing_bucket, notify.groups_bucket]
+    kv_buckets = [
+        rules.state_bucket, rules.silence_bucket, rules.status_bucket, notify.firing_bucket, notify.groups_bucket, live.state_bucket,
+    ]  # fmt: skip
     object_buckets = [*audio_buckets, nats.outputs_bucket, nats.dlq_bucket]
 
     def inbox(role: NatsRole) -> str:
@@ -128,6 +131,7 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
 
     ingress = [
         inputs,  # the HTTP door publishes inputs it admitted
+        live_audio,  # the WebSocket door (/streams/{id}) publishes the live audio it admitted
         captioned,
         dead_letters,
         audit,
@@ -190,7 +194,26 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
     ]
     # `dlq replay` republishes inputs, what the rules consume and evaluated markers (a CRM write
     # given up); `notify replay`, notifications.
+    # The LiveStreams owners: stream starts through their durable, each stream's chunks read
+    # from its position (ordered consumers), windows and summaries out, and where each stream is.
+    stream_owner = [
+        *(_api("STREAM.INFO", s) for s in streams),
+        *_durable(live.live_stream, live.durable),
+        *_stream_reader(live.live_stream),
+        nats.subject("live", "captioned", ">"),
+        captioned,
+        nats.subject("dlq", "stream"),
+        dead_letters,
+        audit,
+        *_kv_writer(live.state_bucket),
+        # The summary is made of the stream's window events as stored (a resumed owner has them all).
+        *_stream_reader(nats.out_stream),
+        *_object_deleter(nats.outputs_bucket),  # a summary too large for a message
+        *_object_deleter(nats.dlq_bucket),
+    ]
     replayable = [inputs, *(nats.subject(s) for s in rules.consume_subjects), evaluated_subject(nats), notify_send]
+    # `listenpost stream` plays a file as a live stream.
+    replayable.append(live_audio)
     operator = [
         *replayable,
         audit,
@@ -212,17 +235,25 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
     ]
     table: dict[NatsRole, Permissions] = {
         "producer": Permissions(
-            publish=[inputs, *(p for b in audio_buckets[:1] for p in _object_uploader(b))],
+            publish=[inputs, live_audio, *(p for b in audio_buckets[:1] for p in _object_uploader(b))],
             subscribe=[inbox("producer")],
             # The HTTP door's subject: what arrives there carries the API key that was checked.
             publish_deny=[nats.subject("in", "http")],
         ),
-        "ingress": Permissions(publish=ingress, subscribe=[inbox("ingress")]),
+        # The WebSocket door relays the stream's window events and decisions back to its client.
+        "ingress": Permissions(
+            publish=ingress,
+            subscribe=[
+                inbox("ingress"), nats.subject("live", "captioned", ">"), nats.subject("alerts", ">"),
+                nats.subject("routes", ">"), captioned, nats.subject("dlq", "stream"),
+            ],  # fmt: skip
+        ),
         "preprocess": Permissions(
             publish=[p for b in audio_buckets for p in _object_reader(b)], subscribe=[inbox("preprocess")]
         ),
         "rules": Permissions(publish=rules_engine, subscribe=[inbox("rules")]),
         "notify": Permissions(publish=notifier, subscribe=[inbox("notify")]),
+        "streams": Permissions(publish=stream_owner, subscribe=[inbox("streams")]),
         # `listenpost submit` watches the outcome of what it sent as core messages.
         "operator": Permissions(publish=operator, subscribe=[inbox("operator"), f"{prefix}.>"]),
         "admin": Permissions(publish=[">"], subscribe=[">"]),

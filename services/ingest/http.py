@@ -66,7 +66,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import nats.errors
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse
 from nats.js import JetStreamContext
 from pydantic import ValidationError
@@ -95,7 +95,8 @@ from services.events.models import (
 from services.ingest.adapters import AdapterError, AdapterSet, load_adapters, summarize
 from services.ingest.auth import Caller, Keyring, RateLimited, SourceNotAllowed, Unauthorized, verify_webhook
 from services.ingest.errors import IngestError
-from services.settings import HttpSettings, NatsSettings, Settings
+from services.ingest.live_ws import POLICY, UNAVAILABLE, WsClose, bearer, relay_stream
+from services.settings import HttpSettings, NatsSettings, Settings, StreamsSettings
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
@@ -223,6 +224,7 @@ class HttpIngest:
     http: HttpSettings
     adapters: AdapterSet = field(default_factory=AdapterSet)
     context_limits: ContextLimits = DEFAULT_CONTEXT_LIMITS
+    streams: StreamsSettings = field(default_factory=StreamsSettings)
 
     def __post_init__(self) -> None:
         if not self.http.keys and not self.http.allow_anonymous:
@@ -259,6 +261,7 @@ class HttpIngest:
             http=settings.http,
             adapters=adapters,
             context_limits=ContextLimits.from_settings(settings.ingress),
+            streams=settings.streams,
         )
 
     @property
@@ -591,6 +594,31 @@ async def post_events(request: Request) -> JSONResponse:
     duplicates = sum(1 for a in accepted if a["duplicate"])
     log.info("stored %d event(s) (%d duplicate) from key %s", len(accepted), duplicates, _key_label(caller.key_id))
     return JSONResponse({"accepted": accepted}, status_code=202)
+
+
+@http_app.websocket("/streams/{stream_id}")
+async def stream_socket(websocket: WebSocket, stream_id: str) -> None:
+    """Live audio over a WebSocket, relayed to the stream's NATS subjects (services/ingest/live_ws.py)."""
+    ingest: HttpIngest | None = websocket.app.state.ingest
+    if ingest is None or not ingest.streams.enabled:
+        await websocket.close(code=UNAVAILABLE, reason="live streams are not enabled here")
+        return
+    authorization, subprotocol = bearer(websocket)
+    try:
+        caller = ingest.authenticate(authorization)
+    except Problem as exc:
+        await websocket.close(code=POLICY, reason=exc.detail[:120])
+        return
+
+    def check_source(source: str) -> None:
+        try:
+            caller.check_source(source)
+        except SourceNotAllowed as exc:
+            raise WsClose(POLICY, str(exc)) from None
+
+    log.info("live stream %r over WebSocket from key %s", stream_id, _key_label(caller.key_id))
+    await relay_stream(websocket, stream_id, js=ingest.js, nats=ingest.nats, max_chunk_bytes=ingest.streams.max_chunk_bytes,
+                       check_source=check_source, subprotocol=subprotocol)  # fmt: skip
 
 
 def _key_label(key_id: str | None) -> str:

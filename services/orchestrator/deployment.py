@@ -91,6 +91,7 @@ class Ingress:
         captioner: DeploymentHandle,
         rules: DeploymentHandle,
         notifier: DeploymentHandle | None = None,
+        streams: DeploymentHandle | None = None,
     ) -> None:
         assert settings.nats.url, "the app builder always sets the NATS URL"
         configure_tracing("listenpost-ingress")  # OTEL_* only; nothing without an endpoint
@@ -100,6 +101,7 @@ class Ingress:
         self._captioner = captioner
         self._rules = rules
         self._notifier = notifier  # None: notify.enabled is false
+        self._streams = streams  # None: streams.enabled is false (held so that Serve deploys it)
         self._nc = await connect(settings.nats, role="ingress", name="listenpost-ingress", on_reconnect=self._on_reconnect)
         self._js = self._nc.jetstream()
         self._adapters = load_adapters(settings.adapters.directory) if settings.adapters.enabled else AdapterSet()

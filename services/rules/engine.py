@@ -230,6 +230,10 @@ def _rule_spans(evaluation: Evaluation) -> None:
 
 
 def _callid(attributes: Mapping[str, Any], data: Any) -> Any:
+    """What a ``for:`` streak runs over: the call, else the live stream (a camera's microphone
+    has no call: its windows' streak is the stream's, services/events/live.py)."""
     context = data.get("context") if isinstance(data, Mapping) else None
     callid = context.get("callid") if isinstance(context, Mapping) else None
-    return callid if callid is not None else attributes.get("callid")
+    if callid is None:
+        callid = attributes.get("callid")
+    return callid if callid is not None else attributes.get("streamid")

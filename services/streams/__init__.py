@@ -1,0 +1,1 @@
+"""Live audio streams: chunks in, sliding windows captioned as they close."""
