@@ -207,7 +207,7 @@ def stream(
     arrives, with its latency from the audio's time, then the stream's summary."""
     from services.events.connection import NatsConnectError, command_settings
     from services.events.live import StreamIdError
-    from services.live_client import LiveReport, stream_file, stream_file_ws
+    from services.live_client import LiveReport, Playback, stream_file, stream_file_ws
 
     settings = Settings()
     if not ws:
@@ -230,19 +230,14 @@ def stream(
         else:
             console.print(f"[green]{item.at_s:7.1f} s[/] summary of the stream received", highlight=False)
 
-    roles = [r.strip() for r in channels.split(",")] if channels else None
     try:
+        play = Playback(stream_id=stream_id, chunk_ms=chunk_ms, realtime=realtime, context=_parse_context(context),
+                        channels=[r.strip() for r in channels.split(",")] if channels else [], wait_s=timeout)  # fmt: skip
         if ws:
             url = ws_url or f"ws://127.0.0.1:{settings.http.port}"
-            result = asyncio.run(stream_file_ws(
-                file, url=url, api_key=api_key, stream_id=stream_id, chunk_ms=chunk_ms, realtime=realtime,
-                context=_parse_context(context), channels=roles, wait_s=timeout, on_report=show,
-            ))  # fmt: skip
+            result = asyncio.run(stream_file_ws(file, url=url, api_key=api_key, play=play, on_report=show))
         else:
-            result = asyncio.run(stream_file(
-                file, nats=nats, stream_id=stream_id, chunk_ms=chunk_ms, realtime=realtime, context=_parse_context(context),
-                channels=roles, wait_s=timeout, on_report=show,
-            ))  # fmt: skip
+            result = asyncio.run(stream_file(file, nats=nats, play=play, on_report=show))
     except (StreamIdError, ValueError, RuntimeError, OSError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None

@@ -15,7 +15,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,32 @@ class StreamResult(BaseModel):
         return [r for r in self.reports if r.kind == "window"]
 
 
+class Playback(BaseModel):
+    """How a file is played as a live stream, whichever door it goes through."""
+
+    stream_id: str | None = Field(default=None, description="Default: <prefix>-<random>.")
+    chunk_ms: int = Field(default=20, ge=5, le=1000)
+    realtime: bool = True
+    context: dict[str, Any] = Field(default_factory=dict)
+    channels: list[str] = Field(default_factory=list, description="Roles by channel index.")
+    source: str = "urn:listenpost:cli"
+    wait_s: float = Field(default=120.0, description="How long to wait for the summary after the last chunk.")
+
+    def id_or(self, prefix: str) -> str:
+        return check_stream_id(self.stream_id or f"{prefix}-{uuid.uuid4().hex[:12]}")
+
+
+async def paced_chunks(samples: np.ndarray, rate: int, play: Playback, origin: float) -> AsyncIterator[tuple[int, int, bytes]]:
+    """``(seq, audio time in ms, 16-bit PCM payload)`` of each chunk, at the audio's own pace
+    from ``origin`` (a ``time.time()``) when ``play.realtime``."""
+    frames = max(1, rate * play.chunk_ms // 1000)
+    for seq, first in enumerate(range(0, samples.shape[0], frames), start=1):
+        offset_s = first / rate
+        if play.realtime and (ahead := origin + offset_s - time.time()) > 0:
+            await asyncio.sleep(ahead)
+        yield seq, round(offset_s * 1000), samples[first:first + frames].astype("<i2").tobytes()
+
+
 def read_pcm16(path: Path) -> tuple[np.ndarray, int]:
     """``(int16 samples (frames, channels), rate)``; a rate the stream cannot carry is resampled."""
     with soundfile.SoundFile(str(path)) as f:
@@ -94,23 +120,13 @@ def read_pcm16(path: Path) -> tuple[np.ndarray, int]:
 
 
 async def stream_file(
-    path: Path,
-    *,
-    nats: NatsSettings,
-    stream_id: str | None = None,
-    chunk_ms: int = 20,
-    realtime: bool = True,
-    context: dict[str, Any] | None = None,
-    channels: list[str] | None = None,
-    source: str = "urn:listenpost:cli",
-    wait_s: float = 120.0,
-    on_report: Callable[[LiveReport], None] | None = None,
+    path: Path, *, nats: NatsSettings, play: Playback | None = None, on_report: Callable[[LiveReport], None] | None = None
 ) -> StreamResult:
-    """Send ``path`` as live stream ``stream_id``; return what came back once its summary (or
-    its failure) did, or after ``wait_s`` more."""
-    stream_id = check_stream_id(stream_id or f"cli-{uuid.uuid4().hex[:12]}")
+    """Send ``path`` as a live stream over NATS; return what came back once its summary (or its
+    failure) did, or after ``play.wait_s`` more."""
+    play = play or Playback()
+    stream_id, source = play.id_or("cli"), play.source
     samples, rate = read_pcm16(path)
-    frames_per_chunk = max(1, rate * chunk_ms // 1000)
     result = StreamResult(stream_id=stream_id)
     started_at = datetime.now(UTC)
     origin = time.time()
@@ -157,10 +173,10 @@ async def stream_file(
             for subject in (window_subject(nats, stream_id), nats.subject("captioned"), nats.subject("alerts", ">"),
                             nats.subject("routes", ">"), nats.subject("tags"), nats.subject("dlq", ">"))
         ]  # fmt: skip
-        ctx = {"callid": stream_id, **(context or {})}  # decisions name the call: the stream, unless given
+        ctx = {"callid": stream_id, **play.context}  # decisions name the call: the stream, unless given
         started = StreamStarted(
             stream_id=stream_id, started_at=started_at, context=ctx,
-            channels=[{"index": i, "role": r} for i, r in enumerate(channels or []) if r],  # type: ignore[misc]
+            channels=[{"index": i, "role": r} for i, r in enumerate(play.channels) if r],  # type: ignore[misc]
         )  # fmt: skip
         await publish_event(js, started_subject(nats, stream_id),
                             new_event(STREAM_STARTED, source, started.model_dump(mode="json"), id=start_id, subject=stream_id,
@@ -168,15 +184,8 @@ async def stream_file(
                             msg_id=derive_msg_id("stream-start", source, stream_id))  # fmt: skip
         subject = chunk_subject(nats, stream_id)
         headers = {CODEC_HEADER: "pcm16", RATE_HEADER: str(rate), CHANNELS_HEADER: str(samples.shape[1])}
-        for seq, first in enumerate(range(0, samples.shape[0], frames_per_chunk), start=1):
-            offset_s = first / rate
-            if realtime:
-                ahead = origin + offset_s - time.time()
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            payload = samples[first:first + frames_per_chunk].astype("<i2").tobytes()
-            chunk_headers = {**headers, SEQ_HEADER: str(seq), TIMESTAMP_HEADER: str(round(offset_s * 1000))}
-            await js.publish(subject, payload, headers=chunk_headers)
+        async for seq, timestamp_ms, payload in paced_chunks(samples, rate, play, origin):
+            await js.publish(subject, payload, headers={**headers, SEQ_HEADER: str(seq), TIMESTAMP_HEADER: str(timestamp_ms)})
             result.chunks = seq
         result.audio_s = round(samples.shape[0] / rate, 3)
         ended = StreamEnded(stream_id=stream_id, chunks=result.chunks)
@@ -184,7 +193,7 @@ async def stream_file(
                                                    extensions={"streamid": stream_id}),
                             msg_id=derive_msg_id("stream-end", source, stream_id))  # fmt: skip
         try:
-            await asyncio.wait_for(done.wait(), wait_s)
+            await asyncio.wait_for(done.wait(), play.wait_s)
             await asyncio.sleep(1.0)  # decisions on the summary come just after it
         except TimeoutError:
             pass
@@ -196,28 +205,19 @@ async def stream_file(
 
 
 async def stream_file_ws(
-    path: Path,
-    *,
-    url: str,
-    api_key: str | None,
-    stream_id: str | None = None,
-    chunk_ms: int = 20,
-    realtime: bool = True,
-    context: dict[str, Any] | None = None,
-    channels: list[str] | None = None,
-    source: str = "urn:listenpost:cli",
-    wait_s: float = 120.0,
+    path: Path, *, url: str, api_key: str | None, play: Playback | None = None,
     on_report: Callable[[LiveReport], None] | None = None,
 ) -> StreamResult:
-    """Send ``path`` as live stream ``stream_id`` through ``url`` (``ws://host:port``); the
-    replies come on the same socket. A refusal is a ``failed`` report with the close code and reason."""
+    """Send ``path`` as a live stream through the WebSocket door at ``url`` (``ws://host:port``);
+    the replies come on the same socket. A refusal is a ``failed`` report with the close code
+    and reason."""
     import struct
 
     import websockets
 
-    stream_id = check_stream_id(stream_id or f"ws-{uuid.uuid4().hex[:12]}")
+    play = play or Playback()
+    stream_id = play.id_or("ws")
     samples, rate = read_pcm16(path)
-    frames_per_chunk = max(1, rate * chunk_ms // 1000)
     result = StreamResult(stream_id=stream_id)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     origin = time.time()
@@ -248,18 +248,14 @@ async def stream_file_ws(
 
         receiver = asyncio.get_running_loop().create_task(receive())
         try:
-            await socket.send(json.dumps({"codec": "pcm16", "rate": rate, "channels": int(samples.shape[1]), "source": source,
-                                          "context": context or {}, "roles": channels or []}))  # fmt: skip
-            for seq, first in enumerate(range(0, samples.shape[0], frames_per_chunk), start=1):
-                offset_s = first / rate
-                if realtime and (ahead := origin + offset_s - time.time()) > 0:
-                    await asyncio.sleep(ahead)
-                payload = samples[first:first + frames_per_chunk].astype("<i2").tobytes()
-                await socket.send(struct.pack(">II", seq, round(offset_s * 1000)) + payload)
+            await socket.send(json.dumps({"codec": "pcm16", "rate": rate, "channels": int(samples.shape[1]),
+                                          "source": play.source, "context": play.context, "roles": play.channels}))  # fmt: skip
+            async for seq, timestamp_ms, payload in paced_chunks(samples, rate, play, origin):
+                await socket.send(struct.pack(">II", seq, timestamp_ms) + payload)
                 result.chunks = seq
             result.audio_s = round(samples.shape[0] / rate, 3)
             await socket.send(json.dumps({"type": "end"}))
-            await asyncio.wait_for(receiver, wait_s)
+            await asyncio.wait_for(receiver, play.wait_s)
         except websockets.ConnectionClosedError as exc:
             if exc.rcvd is not None:
                 report(LiveReport(kind="failed", at_s=round(time.time() - origin, 3),

@@ -743,6 +743,9 @@ class StreamsSettings(_FixedReplicas):
         default=50, description="Chunks held while waiting for a missing one; beyond it the missing one is counted lost."
     )
     max_stream_s: PositiveFloat = Field(default=4 * 3600.0, description="Longest a stream may stay open.")
+    stray_check_s: PositiveFloat = Field(
+        default=15.0, description="How often chunks for a stream that is not open (never started, or ended) are looked for."
+    )
     summary: bool = Field(default=True, description="Publish one audio.captioned summary of each stream at its end.")
     live_stream: str = Field(default="LISTENPOST_LIVE", description="JetStream stream of live chunks (`<prefix>.stream.>`).")
     live_max_age_s: PositiveFloat = Field(default=3600.0, description="Chunks are kept this long (resuming after a restart).")

@@ -210,6 +210,50 @@ async def test_two_replicas_share_streaks_rate_limits_and_silences(nats_url: str
             await nc.drain()
 
 
+LIVE_RULES = """apiVersion: listenpost/v1
+kind: RuleSet
+metadata: {name: t, owner: security}
+rules:
+  - id: alarm-held
+    description: an alarm over two windows of a live stream
+    match: {types: [com.listenpost.stream.captioned]}
+    when: 'sound(["alarm"], 0.5)'
+    for: {windows: 2}
+    actions:
+      - alert: {severity: critical, summary: "alarm on {{ data.stream.id }}", labels: {stream: "{{ data.stream.id }}"}}
+"""
+
+
+def live_window(i: int, stream_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A live window of a camera's microphone: no call id, only the stream's."""
+    return (
+        {"specversion": "1.0", "id": f"{stream_id}-w{i}", "source": "/test", "type": "com.listenpost.stream.captioned",
+         "streamid": stream_id},
+        {
+            "context": {"site": "depot"},
+            "stream": {"id": stream_id, "window": i, "start": 5.0 * i, "end": 5.0 * i + 10.0},
+            "caption": "an alarm rings",
+            "windows": [{"index": i, "start": 5.0 * i, "end": 5.0 * i + 10.0, "caption": "an alarm rings"}],
+            "facets": {"emotions": [], "sound_events": [{"label": "alarm", "confidence": 0.9, "window": i}]},
+            "acoustics": {"silence_ratio": 0.1},
+        },
+    )  # fmt: skip
+
+
+async def test_a_for_streak_runs_over_the_windows_of_one_live_stream_without_a_call_id(nats_url: str, tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text(LIVE_RULES)
+    rules = load_ruleset(tmp_path)
+    nc = await nats.connect(nats_url)
+    try:
+        engine = RulesProcessor(await stores(nc.jetstream(), uuid.uuid4().hex[:8]), silence_refresh_s=0.0)
+        assert (await engine.process(rules, *live_window(0, "cam-1"))).publish == []
+        assert (await engine.process(rules, *live_window(0, "cam-2"))).publish == []  # another stream's first
+        fired = await engine.process(rules, *live_window(1, "cam-1"))
+        assert [(d.kind, d.data["summary"]) for d in fired.publish] == [("alert", "alarm on cam-1")]
+    finally:
+        await nc.drain()
+
+
 async def test_backtest_replays_history_without_side_effects(js: Any, tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(RULES)
     rules = load_ruleset(tmp_path)

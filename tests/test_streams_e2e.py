@@ -14,7 +14,7 @@ import pytest
 import soundfile
 from conftest import HTTP_API_KEY
 
-from services.live_client import stream_file, stream_file_ws
+from services.live_client import Playback, stream_file, stream_file_ws
 from services.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -35,8 +35,7 @@ def live_file(path: Path, seconds: float = 11.0) -> Path:
 
 async def test_a_stream_played_live_yields_windows_in_order_an_alert_and_a_summary(service: Settings, tmp_path: Path) -> None:
     result = await asyncio.wait_for(
-        stream_file(live_file(tmp_path / "live.wav"), nats=service.nats, stream_id="e2e-live-1", chunk_ms=20, realtime=True,
-                    wait_s=90),
+        stream_file(live_file(tmp_path / "live.wav"), nats=service.nats, play=Playback(stream_id="e2e-live-1", wait_s=90)),
         timeout=150,
     )  # fmt: skip
     failed = [r for r in result.reports if r.kind == "failed"]
@@ -74,7 +73,7 @@ def ws_url(service: Settings) -> str:
 async def test_a_stream_played_over_the_websocket_door_gets_its_windows_and_summary_back(service: Settings, tmp_path: Path) -> None:
     result = await asyncio.wait_for(
         stream_file_ws(live_file(tmp_path / "live.wav", seconds=8.0), url=ws_url(service), api_key=HTTP_API_KEY,
-                       stream_id="e2e-ws-1", source="urn:test:ws", realtime=True, wait_s=90),
+                       play=Playback(stream_id="e2e-ws-1", source="urn:test:ws", wait_s=90)),
         timeout=150,
     )  # fmt: skip
     assert not [r for r in result.reports if r.kind == "failed"], result.reports
@@ -131,8 +130,8 @@ async def test_the_stream_owning_replica_killed_mid_stream_resumes_without_losin
     from services.app import APP_NAME
 
     playing = asyncio.create_task(
-        stream_file(live_file(tmp_path / "long.wav", seconds=16.0), nats=service.nats, stream_id="e2e-live-killed",
-                    chunk_ms=20, realtime=True, wait_s=120)
+        stream_file(live_file(tmp_path / "long.wav", seconds=16.0), nats=service.nats,
+                    play=Playback(stream_id="e2e-live-killed", wait_s=120))
     )  # fmt: skip
     async with asyncio.timeout(60):  # until the owner has captioned a window or two
         while True:

@@ -107,10 +107,10 @@ def chunks_of(samples: np.ndarray) -> list[tuple[int, int, bytes]]:
 
 
 async def play(env: Env, stream_id: str, chunks: Iterable[tuple[int, int, bytes]], *, fmt: ChunkFormat | None = None,
-               end: bool = True, pace_s: float = 0.0) -> None:  # fmt: skip
+               end: bool = True, pace_s: float = 0.0, context: dict[str, Any] | None = None) -> None:  # fmt: skip
     js = env.admin.jetstream()
     nats = env.settings.nats
-    started = StreamStarted(stream_id=stream_id, started_at=datetime.now(UTC), context={"site": "test"})
+    started = StreamStarted(stream_id=stream_id, started_at=datetime.now(UTC), context=context or {"site": "test"})
     await publish_event(js, started_subject(nats, stream_id),
                         new_event(STREAM_STARTED, "urn:test", started.model_dump(mode="json"), id=f"start-{stream_id}",
                                   extensions={"streamid": stream_id}), msg_id=f"start-{stream_id}")  # fmt: skip
@@ -319,3 +319,65 @@ async def test_a_started_event_that_is_not_valid_is_dead_lettered(env: Env) -> N
     finally:
         await stop_owner(service, nc)
     assert letter["reason"] == "stream.started for 'another-one' published on the subject of 's-wrong'"
+
+
+# --- chunks nobody will read ---------------------------------------------------------------------
+
+
+async def test_chunks_for_a_stream_never_started_or_already_ended_are_reported_once(env: Env, memory: MemoryBackend) -> None:
+    from services.streams.strays import report_strays
+
+    settings = env.with_streams(idle_timeout_s=0.5)
+    service, nc = await start_owner(settings, Captioner())
+    js = env.admin.jetstream()
+    fmt = ChunkFormat(codec="pcm16", sample_rate=RATE, channels=1)
+    try:
+        await play(env, "s-done", chunks_of(hum(2.0)))
+        await summary_of(env, "s-done")
+        # One chunk after the end of s-done; three for s-ghost, which no one started.
+        await js.publish(chunk_subject(env.settings.nats, "s-done"), encode_pcm16(hum(0.1)), headers=format_headers(21, 2000, fmt))
+        for seq in (1, 2, 3):
+            await js.publish(chunk_subject(env.settings.nats, "s-ghost"), encode_pcm16(hum(0.1)),
+                             headers=format_headers(seq, (seq - 1) * 100, fmt))  # fmt: skip
+        await asyncio.sleep(0.6)  # past the idle timeout: a late start would have come by now
+        state = await nc.jetstream().key_value(settings.streams.state_bucket)
+        reported = await report_strays(nc.jetstream(), settings, state)
+        again = await report_strays(nc.jetstream(), settings, state)  # nothing new since
+    finally:
+        await stop_owner(service, nc)
+    assert sorted((s.stream_id, s.chunks, s.why) for s in reported) == [
+        ("s-done", 1, "after the stream ended"), ("s-ghost", 3, "never started"),
+    ]  # fmt: skip
+    assert again == []
+    letters = {d["original"]["subject"]: d for d in await stored(env, env.settings.nats.subject("dlq", "stream"))}
+    ghost = letters["listenpost.stream.s-ghost"]
+    assert ghost["stage"] == "stream" and ghost["error"] == "StrayChunks"
+    assert ghost["reason"] == "3 chunk(s) on listenpost.stream.s-ghost for stream 's-ghost', which was never started: nobody reads them"
+    assert "had already ended" in letters["listenpost.stream.s-done"]["reason"]
+    assert memory.get("listenpost_streams_failed", reason="stray-chunks") == 2
+
+
+async def test_erasing_a_call_removes_its_live_streams_chunks_and_windows(env: Env) -> None:
+    from services.events.audit import Actor
+    from services.events.erasure import erase_call
+
+    service, nc = await start_owner(env.settings, Captioner())
+    try:
+        await play(env, "s-private", chunks_of(hum(3.0)), context={"callid": "c-private"})
+        await summary_of(env, "s-private")
+    finally:
+        await stop_owner(service, nc)
+    js = env.admin.jetstream()
+    live = env.settings.streams.live_stream
+    assert (await js.stream_info(live, subjects_filter=chunk_subject(env.settings.nats, "s-private"))).state.subjects
+    operator = await connect(env.settings.nats, role="operator", name="test-erase-live")
+    try:
+        report = await erase_call(operator.jetstream(), env.settings, "c-private", actor=Actor.cli())
+    finally:
+        await operator.close()
+    assert report.ok, report.failed
+    chunks = [r for r in report.removed if r.item == "listenpost.stream.s-private (live audio)"]
+    assert chunks and chunks[0].messages == 31  # 30 chunks and the end
+    assert not (await js.stream_info(live, subjects_filter="listenpost.stream.s-private.>")).state.subjects
+    assert not (await js.stream_info(live, subjects_filter=chunk_subject(env.settings.nats, "s-private"))).state.subjects
+    assert await stored(env, window_subject(env.settings.nats, "s-private")) == []

@@ -6,7 +6,9 @@ than where a call's data is expected to be:
 - **every stream** but the audit trail (IN, OUT, DLQ, ADVISORIES and any other): each
   stored message is decoded (binary or structured CloudEvent, else JSON) and belongs to
   the call when a ``callid``/``call_id`` field, an extension or any string value equals
-  the call id; a dead letter's embedded original is decoded and searched too;
+  the call id; a dead letter's embedded original is decoded and searched too. A live
+  stream's chunks carry no call id: when the call's ``stream.started`` is found, every
+  message on that stream's chunk subject goes with it (services/events/live.py);
 - **every object store**: objects referenced by those messages (``audio.object``,
   ``dataref``), objects named ``<event id>/...`` after one of the call's events (how
   ``listenpost submit`` names uploads), and objects whose metadata names the call;
@@ -43,6 +45,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -68,6 +71,8 @@ _CALL_KEYS = frozenset({"callid", "call_id"})
 _KV_PREFIX, _OBJ_PREFIX = "KV_", "OBJ_"
 _MAX_DEPTH = 64  # a stored value nested deeper is searched no further (and does not recurse forever)
 _KV_ATTEMPTS = 3  # a key rewritten by its owner meanwhile (the notifier) is judged again, this many times
+#: A live stream's start (services/events/live.py): ``<prefix>.stream.<id>.started``.
+_LIVE_START = re.compile(r"\.stream\.[A-Za-z0-9_-]{1,64}\.started$")
 
 
 class ErasureError(EventsError):
@@ -179,6 +184,8 @@ class CallRefs:
 
     objects: set[tuple[str, str]] = field(default_factory=set)
     event_ids: set[str] = field(default_factory=set)
+    #: (stream, chunk subject) of the call's live streams: their chunks carry no call id.
+    live_audio: set[tuple[str, str]] = field(default_factory=set)
 
     def add_message(self, headers: Mapping[str, str] | None, body: bytes, depth: int = 0) -> None:
         decoded = _decoded(headers, body)
@@ -320,6 +327,8 @@ async def erase_call(
         await _erase_kv(js, stream, call_id, frozenset(key_tokens), report)
     for stream in event_streams:
         await _erase_messages(js, stream, call_id, refs, report)
+    for stream, subject in sorted(refs.live_audio):
+        await _erase_live_audio(js, stream, subject, report)
     for stream in (s for s in streams if s.startswith(_OBJ_PREFIX)):
         await _erase_objects(js, stream.removeprefix(_OBJ_PREFIX), call_id, refs, report)
     # Again: a decision of the call consumed while the streams were searched (its group, its
@@ -349,12 +358,31 @@ async def _erase_messages(js: JetStreamContext, stream: str, call_id: str, refs:
         if not message_mentions(raw.subject or "", raw.headers, body, call_id):
             continue
         refs.add_message(raw.headers, body)
+        if _LIVE_START.search(raw.subject or ""):
+            refs.live_audio.add((stream, (raw.subject or "").removesuffix(".started")))
         try:
             await _delete(js, stream, int(raw.seq or 0), report.dry_run)
         except (nats.errors.Error, TimeoutError) as exc:
             report.failed.append(f"{stream} #{raw.seq}: not deleted ({exc})")
             continue
         report.removed.append(Removal(place=stream, kind="message", item=f"#{raw.seq} {raw.subject}"))
+
+
+async def _erase_live_audio(js: JetStreamContext, stream: str, subject: str, report: ErasureReport) -> None:
+    """A live stream of the call: its chunks (and its end), found by the subject its start named."""
+    try:
+        messages = await _messages(js, stream, subject)
+    except (nats.errors.Error, TimeoutError) as exc:
+        report.failed.append(f"{stream} {subject}: not read ({exc})")
+        return
+    for raw in messages:
+        try:
+            await _delete(js, stream, int(raw.seq or 0), report.dry_run)
+        except (nats.errors.Error, TimeoutError) as exc:
+            report.failed.append(f"{stream} #{raw.seq}: not deleted ({exc})")
+            continue
+    if messages:
+        report.removed.append(Removal(place=stream, kind="message", item=f"{subject} (live audio)", messages=len(messages)))
 
 
 async def _erase_objects(js: JetStreamContext, bucket: str, call_id: str, refs: CallRefs, report: ErasureReport) -> None:

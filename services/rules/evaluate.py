@@ -12,8 +12,9 @@ Semantics (Alertmanager's routing tree flattened to a list):
   that slot's own; ``acoustics``, ``context``, ``event`` and ``data`` are the whole event's.
   The rule fires when its condition held in ``windows`` consecutive slots, or for
   ``duration`` of call time. The streak carries over to the next event of the same call
-  (the engine keeps it in NATS KV); an event without windows counts as one window, and
-  windows more than :data:`STREAK_GAP_S` apart break a streak.
+  (the engine keeps it in NATS KV); an event without windows counts as one window, and a
+  window starting more than :data:`STREAK_GAP_S` after the last one ended breaks a streak
+  (overlapping windows, as a live stream's, continue it).
 - Every decision is built by :mod:`services.rules.decisions`: deterministic ids, the
   ruleset version, the evidence the rule matched.
 
@@ -255,7 +256,7 @@ def _debounce(run: EventRun, rule: CompiledRule, streak: Streak) -> tuple[bool, 
         t = run.event_time()
         spans = [(t, t)]
     for index, (start, end) in enumerate(spans):
-        if windowed and start is not None and last_end is not None and abs(start - last_end) > STREAK_GAP_S:
+        if windowed and start is not None and last_end is not None and _breaks(start, last_end, since):
             count, since, first = 0, None, {}  # a gap in the call: the streak starts over
         verdict: Verdict = run.held_in(rule, index) if windowed else run.held(rule)
         held, error = verdict
@@ -277,6 +278,14 @@ def _debounce(run: EventRun, rule: CompiledRule, streak: Streak) -> tuple[bool, 
             count, since, first = 0, None, {}
         last_end = end
     return fired, None, _streak(count, since, last_end, first), evidence
+
+
+def _breaks(start: float, last_end: float, since: float | None) -> bool:
+    """Whether a slot starting at ``start`` breaks a streak that last ended at ``last_end``: a gap
+    of more than STREAK_GAP_S does, and so does time going back before the streak began.
+    Overlap does not: a live stream's windows overlap (10 s every 5 s), and so do a recording's
+    windows cut inside speech (preprocess ``overlap_s``)."""
+    return start - last_end > STREAK_GAP_S or (since is not None and start < since - STREAK_GAP_S)
 
 
 def _streak(count: int, since: float | None, last_end: float | None, first: dict[str, Any]) -> Streak:

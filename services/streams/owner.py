@@ -59,6 +59,7 @@ from services.streams.backlog import DropPolicy, WindowBacklog
 from services.streams.errors import StreamError
 from services.streams.measure import WindowMeasurer
 from services.streams.session import Checkpoint, StreamSession, WindowGroup
+from services.streams.strays import ended_key
 from services.streams.summary import merge_acoustics
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class StreamOwner:
             config=ConsumerConfig(**deliver),
         )  # fmt: skip
         ended_by = "ended"
+        last_seq = checkpoint.js_seq  # the LISTENPOST_LIVE sequence of the last message read (the end's, at the end)
         faults: dict[str, float] = dict.fromkeys(_FAULTS, 0.0)
         try:
             opened_at = time.monotonic()
@@ -175,9 +177,10 @@ class StreamOwner:
                     ended_by = "idle"
                     log.info("stream %s: no chunk for %.0f s, closed (idle_timeout_s)", stream_id, cfg.idle_timeout_s)
                     break
+                meta = chunk.metadata
+                last_seq = int(meta.sequence.stream)
                 if _is_end(chunk):
                     break
-                meta = chunk.metadata
                 published = meta.timestamp.timestamp() if meta.timestamp else time.time()
                 try:
                     groups = session.push(chunk.headers or {}, chunk.data, js_seq=int(meta.sequence.stream), published_s=published)
@@ -198,6 +201,8 @@ class StreamOwner:
             if cfg.summary:
                 await self._summary(stream_id, started, start_event, session, progress, state, ended_by)
             await self._state.delete(stream_id)
+            # A chunk stored after this is for a stream that has ended (services/streams/strays.py).
+            await self._state.put(ended_key(stream_id), str(last_seq).encode())
             log.info("stream %s %s: %d chunk(s), %.1f s of audio, %d window(s) published by this owner, %d dropped, %d silent",
                      stream_id, ended_by, session.chunks, session.audio_s, state["published"],
                      state["dropped"], state["silent"])  # fmt: skip

@@ -4,6 +4,7 @@ it in-process against a real nats-server with a captioner of their own."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -12,10 +13,12 @@ from nats.js import JetStreamContext
 from services.captioner.redaction import RedactionPolicy
 from services.events.consumer import Poison, PullConsumer, Redelivery
 from services.events.deadletter import dead_letter
+from services.events.tasks import cancel_and_wait
 from services.preprocess.vad import default_detector
 from services.settings import Settings
 from services.streams.measure import WindowMeasurer
 from services.streams.owner import Caption, StreamOwner
+from services.streams.strays import sweep_forever
 
 
 class StreamService:
@@ -25,11 +28,13 @@ class StreamService:
         self._caption = caption
         self.owner: StreamOwner | None = None
         self._consumer: PullConsumer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg, nats = self._settings.streams, self._settings.nats
+        state = await self._js.key_value(cfg.state_bucket)
         self.owner = StreamOwner(
-            self._js, self._settings, caption=self._caption, state=await self._js.key_value(cfg.state_bucket),
+            self._js, self._settings, caption=self._caption, state=state,
             measurer=WindowMeasurer(default_detector(), self._settings.preprocess),
             redaction=RedactionPolicy.from_settings(self._settings.captioner),
         )  # fmt: skip
@@ -49,6 +54,7 @@ class StreamService:
             batch=1,
         )
         self._consumer.start()
+        self._sweeper = asyncio.get_running_loop().create_task(sweep_forever(self._js, self._settings, state), name="stray-chunks")
 
     async def _dead_letter(self, msg: Msg, poison: Poison) -> None:
         await dead_letter(self._js, self._settings.nats, self._settings.source, msg, poison)
@@ -69,5 +75,6 @@ class StreamService:
 
     async def stop(self) -> None:
         """Streams in flight are cancelled un-acked: each goes to the next owner after owner_ack_wait_s."""
+        await cancel_and_wait(self._sweeper)
         if self._consumer is not None:
             await self._consumer.stop(0.0, cancel=True)
