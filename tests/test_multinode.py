@@ -38,7 +38,9 @@ def test_the_captioner_runs_on_a_worker_node_and_comes_back_elsewhere_when_it_is
     assert report["nodes"] == 2  # the head and the first worker, before the second joins
     assert report["first_worker_placed"] is True
     # A head with the CPU deployments, the Captioner on the worker that offers its resource.
-    assert report["placement"] == {"Ingress": "head", "Preprocessor": "head", "RulesEngine": "head", "Captioner": "worker"}
+    assert report["placement"] == {
+        "Ingress": "head", "Preprocessor": "head", "RulesEngine": "head", "LiveStreams": "head", "Captioner": "worker",
+    }  # fmt: skip
     assert report["moved_to_second_worker"] is True
     accounting = report["accounting"]
     assert accounting["missing"] == [] and accounting["duplicates"] == {}

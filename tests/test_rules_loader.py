@@ -221,7 +221,7 @@ def test_shipped_rules_load_cleanly() -> None:
     ruleset = load_ruleset(SHIPPED)
     ids = [r.id for r in ruleset.rules]
     assert {"dead-air", "gold-tier-priority", "angry-customer-to-escalations"} <= set(ids)
-    assert {p.name for p in ruleset.files} == {"contact-centre.yaml", "emotional.yaml", "quality.yaml", "security.yaml"}
+    assert {p.name for p in ruleset.files} == {"contact-centre.yaml", "emotional.yaml", "live.yaml", "quality.yaml", "security.yaml"}
 
 
 def test_load_sources_matches_the_directory() -> None:
