@@ -125,11 +125,16 @@ class StreamOwner:
         progress.cut = checkpoint.next_window
         state = {"dropped": checkpoint.dropped_windows, "silent": checkpoint.silent_windows, "published": 0}
         ready = asyncio.Event()
+        room = asyncio.Event()
         reading_done = asyncio.Event()
+        # Audio stored before this owner took the stream (a previous owner's, lost) is caught up
+        # on, never dropped: the drop policy is for audio the Captioner falls behind on live.
+        took_over_at = time.time()
 
         async def caption_windows() -> None:
             while True:
                 group = backlog.take()
+                room.set()
                 if group is None:
                     if reading_done.is_set():
                         return
@@ -139,11 +144,14 @@ class StreamOwner:
                 await self._window(stream_id, started, start_event, group, session, progress, state)
                 await self._save(stream_id, session, progress, state)
 
-        def offer(groups: list[WindowGroup]) -> None:
+        async def offer(groups: list[WindowGroup], *, catching_up: bool = False) -> None:
             for group in groups:
                 progress.cut = max(progress.cut, group.index + 1)
                 if group.final:
                     progress.final = group.index
+                while catching_up and len(backlog) >= cfg.max_waiting_windows and not worker.done():
+                    room.clear()
+                    await room.wait()
                 for dropped in backlog.offer(group):
                     state["dropped"] += 1
                     progress.done.add(dropped.index)
@@ -189,10 +197,10 @@ class StreamOwner:
                     raise Poison("stream", f"stream {stream_id}: {exc}", error=type(exc).__name__) from exc
                 recorder().inc("listenpost_stream_chunks")
                 faults = _count_faults(session, faults)
-                offer(groups)
+                await offer(groups, catching_up=published < took_over_at)
             try:
                 if not checkpoint.finished:
-                    offer(session.finish())
+                    await offer(session.finish())
             except StreamError as exc:
                 raise Poison("stream", f"stream {stream_id}: {exc}", error=type(exc).__name__) from exc
             reading_done.set()
