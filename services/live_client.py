@@ -37,6 +37,7 @@ from services.events.live import (
     STREAM_ENDED,
     STREAM_STARTED,
     TIMESTAMP_HEADER,
+    WS_FRAME_HEADER,
     StreamEnded,
     StreamStarted,
     check_stream_id,
@@ -211,8 +212,6 @@ async def stream_file_ws(
     """Send ``path`` as a live stream through the WebSocket door at ``url`` (``ws://host:port``);
     the replies come on the same socket. A refusal is a ``failed`` report with the close code
     and reason."""
-    import struct
-
     import websockets
 
     play = play or Playback()
@@ -251,7 +250,7 @@ async def stream_file_ws(
             await socket.send(json.dumps({"codec": "pcm16", "rate": rate, "channels": int(samples.shape[1]),
                                           "source": play.source, "context": play.context, "roles": play.channels}))  # fmt: skip
             async for seq, timestamp_ms, payload in paced_chunks(samples, rate, play, origin):
-                await socket.send(struct.pack(">II", seq, timestamp_ms) + payload)
+                await socket.send(WS_FRAME_HEADER.pack(seq, timestamp_ms) + payload)
                 result.chunks = seq
             result.audio_s = round(samples.shape[0] / rate, 3)
             await socket.send(json.dumps({"type": "end"}))

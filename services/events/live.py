@@ -21,6 +21,7 @@ cannot go on (an unknown codec, audio faster than real time) ends with a dead le
 from __future__ import annotations
 
 import re
+import struct
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,9 @@ TIMESTAMP_HEADER = "Listenpost-Timestamp-Ms"  # audio time of the chunk's first 
 CODEC_HEADER = "Listenpost-Codec"  # pcm16 | mulaw | alaw | opus
 RATE_HEADER = "Listenpost-Rate"  # samples per second
 CHANNELS_HEADER = "Listenpost-Channels"  # 1 or 2
+#: A WebSocket chunk's header (services/ingest/live_ws.py): sequence number and audio time in
+#: milliseconds, unsigned, big-endian; the payload follows.
+WS_FRAME_HEADER = struct.Struct(">II")
 
 
 class StreamIdError(ValueError):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import struct
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +46,7 @@ from services.events.live import (
     STREAM_ENDED,
     STREAM_STARTED,
     TIMESTAMP_HEADER,
+    WS_FRAME_HEADER,
     StreamIdError,
     StreamStarted,
     check_stream_id,
@@ -59,7 +59,7 @@ from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED
 log = logging.getLogger(__name__)
 
 POLICY, TOO_BIG, UNSUPPORTED, UNAVAILABLE = 1008, 1009, 1003, 1011
-_FRAME_HEADER = struct.Struct(">II")
+_FRAME_HEADER = WS_FRAME_HEADER
 #: How long after the end the door waits for the summary before it closes anyway.
 SUMMARY_WAIT_S = 120.0
 

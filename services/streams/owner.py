@@ -88,7 +88,7 @@ class StreamOwner:
                  measurer: WindowMeasurer, redaction: RedactionPolicy) -> None:  # fmt: skip
         self._js = js
         self._settings = settings
-        self._caption_fn = caption
+        self._caption = caption
         self._state = state
         self._measurer = measurer
         self._redaction = redaction
@@ -279,9 +279,6 @@ class StreamOwner:
         if started.started_at is not None:
             lag = time.time() - (started.started_at.timestamp() + group.end)
             recorder().observe("listenpost_stream_window_latency_seconds", max(0.0, lag))
-
-    async def _caption(self, samples: np.ndarray, request_id: str) -> Any:
-        return await self._caption_fn(samples, request_id)
 
     async def _save(self, stream_id: str, session: StreamSession, progress: _Progress, state: dict[str, int]) -> None:
         next_window = min((i for i in range(progress.cut + 1) if i not in progress.done), default=progress.cut)
