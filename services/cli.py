@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from services.batch.cli import batch_command
 from services.events.cli import audit_app, dlq_app
 from services.events.nats_cli import nats_app
 from services.notify.cli import notify_app, rule_test_routes
@@ -52,6 +53,7 @@ app.add_typer(audio_app, name="audio")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(nats_app, name="nats")
 app.add_typer(audit_app, name="audit")
+app.command("batch")(batch_command)
 app.command("facets")(__import__("services.captioner.cli", fromlist=["facets_command"]).facets_command)
 
 console = Console()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import time
 import uuid
@@ -11,19 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent
-from nats.js.api import ObjectStoreConfig
-from nats.js.errors import BucketNotFoundError
 from pydantic import BaseModel, Field
 
 from services.events.binding import BindingError, decode, new_event
 from services.events.bounds import StreamFullError
-from services.events.claimcheck import ClaimCheckError, object_dataref, resolve_data
+from services.events.claimcheck import ClaimCheckError, audio_reference, object_dataref, resolve_data
 from services.events.connection import connect
 from services.events.jetstream import derive_msg_id, publish_event
 from services.events.models import AUDIO_CAPTIONED, AUDIO_FAILED, AUDIO_SUBMITTED, AudioSubmitted
 from services.settings import NatsSettings
-
-INLINE_LIMIT_BYTES = 256 * 1024  # beyond this, audio rides in the object store (claim check)
 
 
 class ReceivedEvent(BaseModel):
@@ -93,7 +88,7 @@ async def submit_file(
 
         # Subscribe before publishing, so nothing about our event is missed.
         sub = await nc.subscribe(f"{nats.subject_prefix}.>", cb=on_message)
-        audio = await _audio_ref(js, path, event_id, bucket, replicas=nats.replicas)
+        audio = await audio_reference(js, path.read_bytes(), filename=path.name, event_id=event_id, bucket=bucket, replicas=nats.replicas)
         data = AudioSubmitted.model_validate(
             {
                 "audio": audio,
@@ -142,19 +137,3 @@ async def submit_file(
         return result
     finally:
         await nc.drain()
-
-
-async def _audio_ref(js: Any, path: Path, event_id: str, bucket: str, *, replicas: int) -> dict[str, Any]:
-    data = path.read_bytes()
-    fmt = path.suffix.lstrip(".").lower() or None
-    if len(data) <= INLINE_LIMIT_BYTES:
-        return {"data_base64": base64.b64encode(data).decode(), "format": fmt}
-    try:
-        # Bind first: the Ingress creates the bucket with its TTL (retention settings), and
-        # creating it again with another configuration is an error.
-        store = await js.object_store(bucket)
-    except BucketNotFoundError:
-        store = await js.create_object_store(bucket, config=ObjectStoreConfig(replicas=replicas))
-    name = f"{event_id}/{path.name}"
-    await store.put(name, data)
-    return {"object": {"bucket": bucket, "name": name}, "format": fmt}

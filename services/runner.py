@@ -83,10 +83,17 @@ def running_service(
         try:
             if settings.http.enabled:
                 serve.start(http_options={"host": settings.http.host, "port": settings.http.port})
-            serve.run(build_app(settings), name=APP_NAME, route_prefix="/" if settings.http.enabled else None)
+            deploy_app(settings)
             yield settings
         finally:
             stop_serving(started_ray)
+
+
+def deploy_app(settings: Settings) -> None:
+    """Deploy (or redeploy) the Serve app. Its HTTP route is "/" when the HTTP doors are on: a
+    redeploy that dropped it would leave the proxy answering 404 to webhooks and HTTP 500 to
+    WebSocket handshakes (uvicorn's answer to a 404 body on a WebSocket scope)."""
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/" if settings.http.enabled else None)
 
 
 def start_ray(settings: Settings, *, num_cpus: int | None = None, runtime_env: dict[str, Any] | None = None) -> None:

@@ -271,6 +271,18 @@ class NatsSettings(_Group):
     )
     advisory_durable: str = Field(default="listenpost-advisories", description="Durable consumer of the advisories.")
     ingest_durable: str = Field(default="listenpost-ingest", description="Durable consumer of the inputs (Ingress).")
+    batch_stream: str = Field(
+        default="LISTENPOST_BATCH",
+        description="Stream of batch inputs (`<prefix>.batch.<batch-id>`, `listenpost batch`), work-queue retention.",
+    )
+    batch_durable: str = Field(default="listenpost-batch", description="Durable consumer of the batch inputs (Ingress).")
+    batch_duplicate_window_s: PositiveFloat = Field(
+        default=48 * 3600.0,
+        description="Dedup window of batch inputs: a batch re-run within it never submits a recording twice, even one "
+        "still in flight.",
+    )
+    batch_max_msgs: PositiveInt = Field(default=100_000, description="Most batch inputs waiting; beyond it a submission is refused.")
+    batch_max_bytes: PositiveInt = Field(default=2 * 1024**3, description="Most bytes of batch inputs waiting.")
     rules_durable: str = Field(default="listenpost-rules", description="Durable consumer of the rules engine.")
     ack_wait_s: PositiveFloat = Field(default=300.0, description="Redelivery if not acked within this time.")
     max_deliver: PositiveInt = Field(default=5, description="Bounded redelivery; never -1 (forever).")
@@ -922,6 +934,11 @@ class IngressSettings(_ScalableReplicas):
         description="Events in flight per replica. The engine batches only windows of events in flight: with "
         "one-window events, replicas x max_in_flight must exceed the Captioner's max_num_seqs x replicas, or its "
         "batches never fill (bench/README.md, pipeline). Each event in flight holds its decoded windows.",
+    )
+    batch_max_in_flight: PositiveInt = Field(
+        default=4,
+        description="Batch inputs in flight per replica (docs/batch.md). Kept well below max_in_flight: batch work "
+        "takes few of the Captioner's batch slots, so live and event-driven inputs keep priority.",
     )
     # Bounds on an input's `context`, checked at the HTTP door and again on every input consumed
     # (a 300-level context used to be accepted and fail only after captioning, five times).

@@ -40,7 +40,7 @@ PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 NOT_AUDIO = b"this is a text file, not a recording\n" * 40
 DECODE_REASON = (
     "audio could not be decoded: unrecognised audio format (first bytes 74 68 69 73 20 69 73 20 61 20 74 65); "
-    "expected WAV, FLAC, Ogg (Vorbis, Opus), MP3, M4A/AAC, WebM, AIFF or CAF"
+    "expected WAV, FLAC, Ogg (Vorbis, Opus), MP3, M4A/AAC, WebM, AIFF, CAF or NIST SPHERE"
 )
 
 

@@ -18,9 +18,10 @@ from nats.aio.client import Client as NATS
 from ray import serve
 from ray.util.state import list_actors
 
-from services.app import APP_NAME, build_app
+from services.app import APP_NAME
 from services.events.connection import connect
 from services.events.embedded import EmbeddedNatsServer
+from services.runner import deploy_app
 from services.settings import Settings
 from tests.fault_checks import assert_exactly_once_captioned, captioned_field, settled, submit_batch
 
@@ -79,5 +80,5 @@ async def test_whole_service_restarted_mid_run(
     await asyncio.to_thread(serve.delete, APP_NAME)  # every deployment, the engine included
     nats_server.kill()
     nats_server.start()
-    await asyncio.to_thread(serve.run, build_app(service), name=APP_NAME, route_prefix=None)
+    await asyncio.to_thread(deploy_app, service)  # as `listenpost serve` deploys it, HTTP route included
     assert_exactly_once_captioned(await settled(nc, service, ids), ids)

@@ -70,10 +70,6 @@ def ws_url(service: Settings) -> str:
     return f"ws://127.0.0.1:{service.http.port}"
 
 
-@pytest.mark.skip(
-    reason="passes alone and after the HTTP e2e test, but the Serve proxy answered HTTP 500 to the WebSocket handshake "
-    "late in the full suite's run (cause not found yet): README, Not finished yet"
-)
 async def test_a_stream_played_over_the_websocket_door_gets_its_windows_and_summary_back(service: Settings, tmp_path: Path) -> None:
     result = await asyncio.wait_for(
         stream_file_ws(live_file(tmp_path / "live.wav", seconds=8.0), url=ws_url(service), api_key=HTTP_API_KEY,
@@ -88,10 +84,6 @@ async def test_a_stream_played_over_the_websocket_door_gets_its_windows_and_summ
     assert summary.data["context"]["stream"]["id"] == "e2e-ws-1"
 
 
-@pytest.mark.skip(
-    reason="passes alone and after the HTTP e2e test, but the Serve proxy answered HTTP 500 to the WebSocket handshake "
-    "late in the full suite's run (cause not found yet): README, Not finished yet"
-)
 async def test_the_websocket_door_refuses_without_a_key_or_out_of_turn(service: Settings, tmp_path: Path) -> None:
     import websockets
 
@@ -113,10 +105,6 @@ async def test_the_websocket_door_refuses_without_a_key_or_out_of_turn(service: 
     assert socket.close_code == 1009
 
 
-@pytest.mark.skip(
-    reason="passes alone and after the HTTP e2e test, but the Serve proxy answered HTTP 500 to the WebSocket handshake "
-    "late in the full suite's run (cause not found yet): README, Not finished yet"
-)
 async def test_an_unknown_codec_over_the_websocket_is_closed_with_the_owners_reason(service: Settings) -> None:
     import websockets
 

@@ -17,6 +17,7 @@ originals too large to embed (see :mod:`services.events.deadletter`).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Collection
@@ -115,6 +116,29 @@ async def put_object(
             raise StreamFullError(f"object-store bucket {bucket}", limit) from exc
         raise
     return object_dataref(bucket, name)
+
+
+#: Beyond this, a client's audio rides in the object store (claim check), not inline in the event.
+INLINE_LIMIT_BYTES = 256 * 1024
+
+
+async def audio_reference(
+    js: JetStreamContext, data: bytes, *, filename: str, event_id: str, bucket: str, replicas: int
+) -> dict[str, Any]:
+    """The ``audio`` of an ``audio.submitted`` for a client's file: inline when small, else
+    uploaded as ``bucket/<event_id>/<filename>`` (the event's ``dataref`` names it)."""
+    fmt = filename.rsplit(".", 1)[-1].lower() if "." in filename else None
+    if len(data) <= INLINE_LIMIT_BYTES:
+        return {"data_base64": base64.b64encode(data).decode(), "format": fmt}
+    try:
+        # Bind first: the Ingress creates the bucket with its TTL (retention settings), and
+        # creating it again with another configuration is an error.
+        store = await js.object_store(bucket)
+    except BucketNotFoundError:
+        store = await js.create_object_store(bucket, config=ObjectStoreConfig(replicas=replicas))
+    name = f"{event_id}/{filename}"
+    await store.put(name, data)
+    return {"object": {"bucket": bucket, "name": name}, "format": fmt}
 
 
 async def by_reference(

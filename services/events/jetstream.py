@@ -63,7 +63,11 @@ TRANSIENT_NATS_ERRORS: tuple[type[BaseException], ...] = (
 
 def advisory_subjects(cfg: NatsSettings) -> list[str]:
     """JetStream advisories about input messages that failed for good (see ingest/advisories.py)."""
-    return [f"$JS.EVENT.ADVISORY.CONSUMER.{kind}.{cfg.in_stream}.*" for kind in ("MAX_DELIVERIES", "MSG_TERMINATED")]
+    return [
+        f"$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream}.*"
+        for stream in (cfg.in_stream, cfg.batch_stream)
+        for kind in ("MAX_DELIVERIES", "MSG_TERMINATED")
+    ]
 
 
 #: The notifier's status record in the rules status bucket, beside the engines' ``status.<replica>``.
@@ -111,6 +115,20 @@ def stream_configs(
             # Without these, discard: new never applies and IN grows until the disk is full.
             max_msgs=cfg.in_max_msgs,
             max_bytes=cfg.in_max_bytes,
+        ),
+        # Batch inputs (`listenpost batch`): their own stream and durable, so that a quarter's archive
+        # waits here, not in front of live inputs. A long dedup window makes a re-run idempotent.
+        StreamConfig(
+            name=cfg.batch_stream,
+            subjects=[cfg.subject("batch", ">")],
+            retention=RetentionPolicy.WORK_QUEUE,
+            discard=DiscardPolicy.NEW,
+            storage=StorageType.FILE,
+            num_replicas=cfg.replicas,
+            duplicate_window=cfg.batch_duplicate_window_s,
+            max_msg_size=cfg.max_payload_bytes,
+            max_msgs=cfg.batch_max_msgs,
+            max_bytes=cfg.batch_max_bytes,
         ),
         StreamConfig(
             name=cfg.out_stream,
@@ -214,6 +232,7 @@ def consumer_configs(
     }
     return [
         (cfg.in_stream, ConsumerConfig(durable_name=cfg.ingest_durable, filter_subject=cfg.subject("in", ">"), **common)),
+        (cfg.batch_stream, ConsumerConfig(durable_name=cfg.batch_durable, filter_subject=cfg.subject("batch", ">"), **common)),
         (cfg.out_stream, ConsumerConfig(durable_name=cfg.rules_durable, filter_subjects=rules_subjects, **common)),
         (cfg.advisory_stream, ConsumerConfig(durable_name=cfg.advisory_durable, **common)),
         # Alert decisions, turned into notifications (services/notify/queue.py).

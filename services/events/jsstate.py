@@ -43,7 +43,7 @@ async def poll(js: JetStreamContext, settings: Settings) -> list[Reading]:
     """One reading of every stream, durable and bucket listenpost works with."""
     nats, notify = settings.nats, settings.notify
     out: list[Reading] = []
-    for stream in (nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, notify.stream):
+    for stream in (nats.in_stream, nats.batch_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, notify.stream):
         info = await js.stream_info(stream)
         state = info.state
         out.append(Reading("listenpost_stream_bytes", state.bytes, (("stream", stream),)))
@@ -57,6 +57,7 @@ async def poll(js: JetStreamContext, settings: Settings) -> list[Reading]:
     out.append(Reading("listenpost_notify_dead_letters", sum(by_subject.values())))
     for stream, durable in (
         (nats.in_stream, nats.ingest_durable),
+        (nats.batch_stream, nats.batch_durable),
         (nats.advisory_stream, nats.advisory_durable),
         (nats.out_stream, nats.rules_durable),
         (nats.out_stream, notify.queue_durable),
@@ -115,7 +116,7 @@ async def snapshot(js: JetStreamContext, settings: Settings) -> Snapshot:
     """Streams, durables and buckets read once (the same server calls as :func:`poll`)."""
     nats = settings.nats
     streams: dict[str, dict[str, int]] = {}
-    for stream in (nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream):
+    for stream in (nats.in_stream, nats.batch_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream):
         info = await js.stream_info(stream)
         streams[stream] = {
             "messages": int(info.state.messages),
@@ -126,6 +127,7 @@ async def snapshot(js: JetStreamContext, settings: Settings) -> Snapshot:
     consumers: dict[str, ConsumerState] = {}
     for stream, durable in (
         (nats.in_stream, nats.ingest_durable),
+        (nats.batch_stream, nats.batch_durable),
         (nats.out_stream, nats.rules_durable),
         (nats.advisory_stream, nats.advisory_durable),
     ):

@@ -151,7 +151,7 @@ class AudioFacts(BaseModel):
     duration_s: float
     sample_rate: int = Field(description="Rate of the recording as received.")
     channels: int = Field(description="Channels of the recording as received.")
-    format: str | None = Field(default=None, description="Container: wav, flac, ogg, mp3, m4a, aac, webm, aiff, caf.")
+    format: str | None = Field(default=None, description="Container: wav, flac, ogg, mp3, m4a, aac, webm, aiff, caf, sph (NIST SPHERE).")
     codec: str | None = Field(default=None, description="Codec or sample encoding, e.g. pcm_16, ulaw, opus, aac.")
 
 

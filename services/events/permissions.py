@@ -107,6 +107,7 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
     nats, rules, notify, live = settings.nats, settings.rules, settings.notify, settings.streams
     prefix = nats.subject_prefix
     inputs = nats.subject("in", ">")
+    batch_inputs = nats.subject("batch", ">")  # `listenpost batch` (services/batch/)
     captioned = nats.subject("captioned")
     dead_letters = nats.subject("dlq", ">")
     audit = nats.subject("audit", ">")
@@ -118,7 +119,9 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
     ]
     audio_buckets = settings.preprocess.object_buckets
     notify_send, notify_dlq = notify_subject(nats, "send"), notify_subject(nats, "dlq")
-    event_streams = [nats.in_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, notify.stream, live.live_stream]
+    event_streams = [
+        nats.in_stream, nats.batch_stream, nats.out_stream, nats.dlq_stream, nats.advisory_stream, notify.stream, live.live_stream,
+    ]  # fmt: skip
     live_audio = nats.subject("stream", ">")  # stream starts, chunks and ends (services/events/live.py)
     streams = [*event_streams, settings.audit.stream]
     kv_buckets = [
@@ -136,6 +139,7 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         dead_letters,
         audit,
         *_durable(nats.in_stream, nats.ingest_durable),
+        *_durable(nats.batch_stream, nats.batch_durable),
         *_durable(nats.advisory_stream, nats.advisory_durable),
         *(_api("STREAM.INFO", s) for s in streams),
         # The metrics poller (services/events/jsstate.py) reads the rules engine's and notifier's lag too.
@@ -144,8 +148,7 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         _api("CONSUMER.INFO", notify.stream, notify.send_durable),
         _api("CONSUMER.INFO", nats.out_stream, notify.crm_durable),
         # An advisory names an input by sequence: read it to dead-letter it, then remove it.
-        _api("STREAM.MSG.GET", nats.in_stream),
-        _api("STREAM.MSG.DELETE", nats.in_stream),
+        *(_api(op, s) for s in (nats.in_stream, nats.batch_stream) for op in ("STREAM.MSG.GET", "STREAM.MSG.DELETE")),
         # Large captions and dead letters' originals by reference (a redelivery replaces the
         # object: purge); uploaded audio deleted once it has served (retention).
         *_object_deleter(nats.outputs_bucket),
@@ -211,7 +214,7 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
         *_object_deleter(nats.outputs_bucket),  # a summary too large for a message
         *_object_deleter(nats.dlq_bucket),
     ]
-    replayable = [inputs, *(nats.subject(s) for s in rules.consume_subjects), evaluated_subject(nats), notify_send]
+    replayable = [inputs, batch_inputs, *(nats.subject(s) for s in rules.consume_subjects), evaluated_subject(nats), notify_send]
     # `listenpost stream` plays a file as a live stream.
     replayable.append(live_audio)
     operator = [
@@ -235,7 +238,7 @@ def role_permissions(settings: Settings) -> dict[NatsRole, Permissions]:
     ]
     table: dict[NatsRole, Permissions] = {
         "producer": Permissions(
-            publish=[inputs, live_audio, *(p for b in audio_buckets[:1] for p in _object_uploader(b))],
+            publish=[inputs, batch_inputs, live_audio, *(p for b in audio_buckets[:1] for p in _object_uploader(b))],
             subscribe=[inbox("producer")],
             # The HTTP door's subject: what arrives there carries the API key that was checked.
             publish_deny=[nats.subject("in", "http")],

@@ -120,6 +120,18 @@ class Ingress:
             max_in_flight=settings.ingress.max_in_flight,
             batch=cfg.fetch_batch,
         )
+        # Batch inputs (`listenpost batch`): the same handling, few at a time, so that an archive's
+        # thousands of recordings never hold the Captioner's batch slots that live inputs need.
+        self._batch = PullConsumer(
+            self._js,
+            stream=cfg.batch_stream,
+            durable=cfg.batch_durable,
+            handler=self._handle,
+            dead_letter=self._dead_letter,
+            redelivery=redelivery,
+            max_in_flight=settings.ingress.batch_max_in_flight,
+            batch=min(cfg.fetch_batch, settings.ingress.batch_max_in_flight),
+        )
         self._advisories = PullConsumer(
             self._js,
             stream=cfg.advisory_stream,
@@ -131,6 +143,7 @@ class Ingress:
             batch=cfg.fetch_batch,
         )
         self._consumer.start()
+        self._batch.start()
         self._advisories.start()
         self._windows_waiting = 0
         self._poller: asyncio.Task[None] | None = None
@@ -147,7 +160,7 @@ class Ingress:
         return app_for(HttpIngest.from_settings(self._js, cfg, adapters=self._adapters))
 
     async def _on_reconnect(self) -> None:
-        for consumer in (self._consumer, self._advisories):
+        for consumer in (self._consumer, self._batch, self._advisories):
             consumer.resubscribe()
 
     async def _dead_letter(self, msg: Msg, poison: Poison) -> None:
@@ -247,9 +260,10 @@ class Ingress:
     async def status(self) -> dict[str, Any]:
         """What an operator asks first: is it consuming, which rules are active, and (when it runs)
         the Notifier's receivers, queue and last reload error."""
-        stats = self._consumer.stats
+        stats, batch = self._consumer.stats, self._batch.stats
         status: dict[str, Any] = {
             "ingress": {"acked": stats.acked, "naked": stats.naked, "dead_lettered": stats.dead_lettered},
+            "batch": {"acked": batch.acked, "naked": batch.naked, "dead_lettered": batch.dead_lettered},
             "rules": await self._rules.status.remote(),
         }
         if self._notifier is not None:
@@ -283,5 +297,6 @@ class Ingress:
             return
         await cancel_and_wait(self._poller)
         await self._advisories.stop()
+        await self._batch.stop()
         await self._consumer.stop()
         await self._nc.drain()

@@ -26,7 +26,7 @@ from services.preprocess.errors import (
     TruncatedAudioError,
     ZeroChannelsError,
 )
-from services.preprocess.formats import Container, mp3_declares_length, sniff, wav_header
+from services.preprocess.formats import Container, SphereHeader, mp3_declares_length, sniff, sphere_header, wav_header
 
 BLOCK_FRAMES = 1 << 16  # ~1.4-8 s per block, depending on the rate: few Python round trips, bounded memory
 # A decoder may end a little short of what its header declares (codec delay and padding); more than
@@ -133,15 +133,19 @@ def _check_finite(block: np.ndarray, info: StreamInfo, decoded_frames: int) -> N
 
 
 class _SndfileReader:
-    def __init__(self, handle: soundfile.SoundFile, info: StreamInfo) -> None:
+    def __init__(self, handle: soundfile.SoundFile, info: StreamInfo, *, last_frame: int | None = None) -> None:
         self._handle = handle
         self.info = info
+        self._last_frame = last_frame  # read no further (SPHERE: its sample_count); None: to the end
 
     def blocks(self) -> Iterator[np.ndarray]:
         decoded = 0
         while True:
+            want = BLOCK_FRAMES if self._last_frame is None else min(BLOCK_FRAMES, self._last_frame - decoded)
+            if want <= 0:
+                return
             try:
-                block = self._handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+                block = self._handle.read(want, dtype="float32", always_2d=True)
             except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
                 raise _decode_failure(exc, self.info, decoded, header_ok=True) from exc
             if block.shape[0] == 0:
@@ -151,10 +155,40 @@ class _SndfileReader:
             yield block
 
 
+def _check_sphere(data: bytes) -> SphereHeader:
+    """Read and check a SPHERE header; refuse a file cut short of its sample_count before decoding it.
+
+    The figures the limits check (duration, channel-seconds, samples per byte) then come from a
+    sample_count the bytes can hold: a header claiming billions of samples stops here.
+    """
+    header = sphere_header(data)
+    if header.sample_count is not None:
+        present = max(0, len(data) - header.header_size) // header.frame_bytes
+        info = StreamInfo("sph", header.sample_coding, header.sample_rate, header.channel_count, header.sample_count)
+        check_complete(info, max(present, 1))
+    return header
+
+
+def _check_sndfile_read_sphere(handle: soundfile.SoundFile, header: SphereHeader) -> None:
+    # libsndfile parses only the first 1024 bytes of a SPHERE header, by substring: a field it missed
+    # or read elsewhere would decode the samples as something else. Both readings must agree.
+    theirs = (int(handle.samplerate), int(handle.channels), str(handle.subtype))
+    ours = (header.sample_rate, header.channel_count, header.subtype)
+    if theirs != ours:
+        raise AudioDecodeError(
+            "audio could not be decoded: libsndfile reads this SPHERE header as "
+            f"{theirs[0]} Hz x {theirs[1]} {theirs[2]}, not {ours[0]} Hz x {ours[1]} {ours[2]} as written"
+        )
+
+
 @contextmanager
 def _open_sndfile(data: bytes, container: Container) -> Iterator[AudioReader]:
     declared: int | None = None
-    if container.name == "wav":
+    sphere: SphereHeader | None = None
+    if container.name == "sph":
+        sphere = _check_sphere(data)
+        declared = sphere.sample_count  # libsndfile ignores sample_count: its length is the file's size
+    elif container.name == "wav":
         header = wav_header(data)  # libsndfile reads a truncated WAV silently: check its header ourselves
         declared = header.declared_frames
         if declared is not None:  # refuse a cut file before decoding it
@@ -173,6 +207,8 @@ def _open_sndfile(data: bytes, container: Container) -> Iterator[AudioReader]:
     with handle:
         if handle.channels <= 0:
             raise ZeroChannelsError(f"audio has zero channels ({container.name})")
+        if sphere is not None:
+            _check_sndfile_read_sphere(handle, sphere)
         if handle.frames >= _SF_UNKNOWN_FRAMES:
             # libsndfile cannot read such a stream (it seeks to its unknown end); FFmpeg decodes it,
             # and the decode limits count what it produces.
@@ -188,13 +224,15 @@ def _open_sndfile(data: bytes, container: Container) -> Iterator[AudioReader]:
             declared_frames=declared,
             estimated_frames=None if declared is not None or handle.frames <= 0 else int(handle.frames),
         )
-        yield _SndfileReader(handle, info)
+        # Bytes after a SPHERE file's sample_count are no samples of it: read no further.
+        yield _SndfileReader(handle, info, last_frame=None if sphere is None else sphere.sample_count)
 
 
 def _sndfile_reason(exc: Exception) -> str:
     # libsndfile names our BytesIO object in its message; the reason is what follows.
     text = str(exc)
-    return text.split(": ", 1)[1] if text.startswith("Error opening") and ": " in text else text
+    reason = text.split(": ", 1)[1] if text.startswith("Error opening") and ": " in text else text
+    return reason or "libsndfile refused it without giving a reason"  # its NIST reader says nothing
 
 
 # --- FFmpeg (PyAV) ---------------------------------------------------------------------------------
