@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from load import LoadReport, run_load  # noqa: E402 -- after the path is set
+from stack import write_results  # noqa: E402
 
 from services.app import APP_NAME  # noqa: E402
 from services.events.connection import connect  # noqa: E402
@@ -304,10 +305,7 @@ def main() -> None:
             report = asyncio.run(run(effective, rate=args.rate, duration=args.duration, idle_max_s=args.idle_max,
                                      progress=not args.quiet))  # fmt: skip
     print_report(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report.model_dump_json(indent=1) + "\n")
-    plot(report, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    write_results(report, args.out, plot)
 
 
 if __name__ == "__main__":

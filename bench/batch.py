@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import soundfile
 from pydantic import BaseModel
-from stack import REPO, STACK, local_nats, tiny_captioner, tiny_model
+from stack import REPO, STACK, cli_env, local_nats, tiny_captioner, tiny_model, write_results
 
 from services.client import submit_file
 from services.events.binding import decode, event_data_json
@@ -93,16 +92,6 @@ async def live_submissions(nats: NatsSettings, clip: Path, every_s: float, until
         except TimeoutError:
             pass
     return [r.elapsed_s if r.captioned is not None else None for r in await asyncio.gather(*results)]
-
-
-def cli_env(nats: NatsSettings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTENPOST_")}
-    env["LISTENPOST_NATS__URL"] = str(nats.url)
-    if nats.tls_ca_file:
-        env["LISTENPOST_NATS__TLS_CA_FILE"] = str(nats.tls_ca_file)
-    if "operator" in nats.roles and nats.roles["operator"].nkey_seed_file:
-        env["LISTENPOST_NATS__ROLES__OPERATOR__NKEY_SEED_FILE"] = str(nats.roles["operator"].nkey_seed_file)
-    return env
 
 
 async def duplicates(nats: NatsSettings, batch_id: str) -> tuple[int, int]:
@@ -205,6 +194,8 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=64, help="the batch's --max-in-flight")
     parser.add_argument("--live-every", type=float, default=2.0, help="seconds between live submissions")
     parser.add_argument("--baseline-s", type=float, default=60.0, help="how long the live path is measured alone")
+    parser.add_argument("--batch-in-flight", type=int, default=None,
+                        help="the Ingress's batch_max_in_flight per replica (default: the setting's default)")
     parser.add_argument("--model", type=Path, help="the tiny checkpoint; default: build it under .cache/models")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/batch.json")
     args = parser.parse_args()
@@ -213,14 +204,12 @@ def main() -> None:
 
     model = tiny_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(_env_file=None, nats=local_nats(Path(tmp)), captioner=tiny_captioner(model))
+        ingress = {"batch_max_in_flight": args.batch_in_flight} if args.batch_in_flight else {}
+        settings = Settings(_env_file=None, nats=local_nats(Path(tmp)), captioner=tiny_captioner(model), ingress=ingress)
         with running_service(settings, ray_num_cpus=8, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}) as effective:
             report = asyncio.run(measure(effective, args, Path(tmp)))
     print_report(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report.model_dump_json(indent=1) + "\n")
-    plot(report, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    write_results(report, args.out, plot)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,13 @@ nats-server in a temporary folder. One place, so every benchmark measures the sa
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -36,3 +40,24 @@ def tiny_captioner(model: Path, **overrides: Any) -> CaptionerSettings:
 def local_nats(tmp: Path) -> NatsSettings:
     """An embedded nats-server whose store and identities live in ``tmp``."""
     return NatsSettings(data_dir=tmp / "nats", secrets_dir=tmp / "nats-secrets")
+
+
+def write_results(report: BaseModel, out: Path, plot: Callable[[Any, Path], None]) -> None:
+    """A benchmark's JSON (``out``) and its plot beside it (``out`` with ``.png``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.model_dump_json(indent=1) + "\n")
+    plot(report, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def cli_env(nats: NatsSettings) -> dict[str, str]:
+    """The environment of a `listenpost` command pointed at a running service's NATS as the
+    operator: its URL, its CA and the operator's NKey seed file (no other LISTENPOST_ variable)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTENPOST_")}
+    env["LISTENPOST_NATS__URL"] = str(nats.url)
+    if nats.tls_ca_file:
+        env["LISTENPOST_NATS__TLS_CA_FILE"] = str(nats.tls_ca_file)
+    operator = nats.roles.get("operator")
+    if operator is not None and operator.nkey_seed_file:
+        env["LISTENPOST_NATS__ROLES__OPERATOR__NKEY_SEED_FILE"] = str(operator.nkey_seed_file)
+    return env

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
-from stack import STACK, local_nats, tiny_captioner, tiny_model  # noqa: E402
+from stack import STACK, local_nats, tiny_captioner, tiny_model, write_results  # noqa: E402
 
 from services.events.binding import decode, event_data_json, new_event  # noqa: E402 -- after the path is set
 from services.events.connection import connect  # noqa: E402
@@ -244,10 +244,7 @@ def main() -> None:
     report = Report(stack=STACK, window_s=args.window, hop_s=args.hop,
                     seconds=args.seconds, onsets_s=onsets, points=points, sustained_streams=sustained)  # fmt: skip
     print_report(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report.model_dump_json(indent=1) + "\n")
-    plot(report, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    write_results(report, args.out, plot)
 
 
 if __name__ == "__main__":

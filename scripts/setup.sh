@@ -56,6 +56,34 @@ fetch_alertmanager() {
   rm -rf "$dl"
 }
 
+# Headless Chromium for the report's browser check (tests/test_analytics_report.py): Debian's
+# chromium-headless-shell with chromium-common (its ICU data and V8 snapshot), unpacked into
+# .cache/chromium with the library packages this machine lacks (those apt would install with it,
+# asked by a simulation: no root needed). tests/chromium.py runs it with LD_LIBRARY_PATH set there.
+CHROMIUM_DIR=.cache/chromium
+fetch_chromium() {
+  [ -x "$CHROMIUM_DIR/usr/lib/chromium/chromium-headless-shell" ] && [ -f "$CHROMIUM_DIR/usr/lib/chromium/icudtl.dat" ] && return 0
+  local dl pkgs libdirs missing
+  dl=$(mktemp -d)
+  pkgs=$( (apt-get -s -o Debug::NoLocking=1 install --no-install-recommends chromium-headless-shell 2>/dev/null || true) \
+    | awk '/^Inst /{print $2}' | grep '^lib' || true)
+  # shellcheck disable=SC2086  # one word per package
+  if (cd "$dl" && apt-get download chromium-headless-shell chromium-common $pkgs >/dev/null 2>&1); then
+    mkdir -p "$CHROMIUM_DIR"
+    for deb in "$dl"/*.deb; do dpkg -x "$deb" "$CHROMIUM_DIR"; done
+    libdirs=$(find "$CHROMIUM_DIR/usr/lib" "$CHROMIUM_DIR/lib" -maxdepth 2 -type d \( -name '*-linux-gnu' -o -name pulseaudio \) 2>/dev/null | tr '\n' ':' || true)
+    missing=$(LD_LIBRARY_PATH="$libdirs" ldd "$CHROMIUM_DIR/usr/lib/chromium/chromium-headless-shell" 2>/dev/null | awk '/not found/{print $1}' | tr '\n' ' ' || true)
+    if [ -n "$missing" ]; then
+      echo "setup: chromium-headless-shell in $CHROMIUM_DIR still lacks: $missing(tests/test_analytics_report.py's browser check needs them; remove the folder to retry)" >&2
+    else
+      echo "setup: $(LD_LIBRARY_PATH="$libdirs" "$CHROMIUM_DIR/usr/lib/chromium/chromium-headless-shell" --version 2>/dev/null | head -1 || true) in $CHROMIUM_DIR"
+    fi
+  else
+    echo "setup: could not download Debian's chromium-headless-shell (apt-get download; 'apt-get update' may be due); tests/test_analytics_report.py's browser check needs it" >&2
+  fi
+  rm -rf "$dl"
+}
+
 stamp_inputs() {
   cat pyproject.toml requirements/*.txt scripts/setup.sh
   echo "$flavour"
@@ -65,6 +93,7 @@ stamp="$VENV/.listenpost-setup"
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   fetch_prometheus
   fetch_alertmanager
+  fetch_chromium
   echo "setup: $VENV is up to date ($flavour)"
   exit 0
 fi
@@ -88,5 +117,6 @@ fi
 "${pip[@]}" -e ".[test,bench]"
 fetch_prometheus
 fetch_alertmanager
+fetch_chromium
 echo "$want" >"$stamp"
 echo "setup: done ($flavour)"

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from services.analytics.cli import export_command, report_command
 from services.batch.cli import batch_command
 from services.events.cli import audit_app, dlq_app
 from services.events.nats_cli import nats_app
@@ -54,6 +55,8 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(nats_app, name="nats")
 app.add_typer(audit_app, name="audit")
 app.command("batch")(batch_command)
+app.command("export")(export_command)
+app.command("report")(report_command)
 app.command("facets")(__import__("services.captioner.cli", fromlist=["facets_command"]).facets_command)
 
 console = Console()
@@ -153,14 +156,10 @@ def submit(
     """Publish an audio.submitted event for FILE, wait for its caption and decisions, print them."""
     from services.client import submit_file
     from services.events.bounds import StreamFullError
-    from services.events.connection import NatsConnectError, command_settings
+    from services.events.cli import command_nats
 
     settings = Settings()
-    try:
-        nats = command_settings(nats_url, settings.nats)
-    except NatsConnectError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+    nats = command_nats(nats_url, settings.nats)
     ctx = _parse_context(context)
     ctx.setdefault("callid", file.stem)
     roles = [r.strip() for r in channels.split(",")] if channels else None
@@ -207,17 +206,13 @@ def stream(
 ) -> None:
     """Play FILE as a live stream over NATS (or a WebSocket with --ws); print each window's caption and each decision as it
     arrives, with its latency from the audio's time, then the stream's summary."""
-    from services.events.connection import NatsConnectError, command_settings
+    from services.events.cli import command_nats
     from services.events.live import StreamIdError
     from services.live_client import LiveReport, Playback, stream_file, stream_file_ws
 
     settings = Settings()
     if not ws:
-        try:
-            nats = command_settings(nats_url, settings.nats)
-        except NatsConnectError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(2) from exc
+        nats = command_nats(nats_url, settings.nats)
 
     def show(item: LiveReport) -> None:
         if as_json:
@@ -358,13 +353,9 @@ def _erasure_table(report: Any, *, title: str) -> Table:
 
 def _operator_view(nats_url: str | None) -> Any:
     """The NATS settings a status command reads with (as the operator), or a usage error."""
-    from services.events.connection import NatsConnectError, command_settings
+    from services.events.cli import command_nats
 
-    try:
-        return command_settings(nats_url, Settings().nats)
-    except NatsConnectError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+    return command_nats(nats_url, Settings().nats)
 
 
 async def _read_state(cfg: Any, settings: Settings) -> tuple[Any, list[dict[str, Any]], dict[str, Any] | None]:

@@ -1,13 +1,13 @@
 """`listenpost batch` end to end on the session's service: a manifest of mixed formats (some not
 audio at all), interrupted with Ctrl-C (SIGINT to the real command) and run again; every file is
 captioned or failed exactly once, a third run submits nothing, --retry-failed submits the failed
-ones anew (docs/batch.md)."""
+ones anew (docs/batch.md); then the batch is exported as Parquet (docs/analytics.md) and rendered
+as a report (docs/report.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 import soundfile
+from stack import cli_env
 
 from services.events.connection import connect
 from services.settings import NatsSettings, Settings
@@ -57,18 +58,6 @@ def make_archive(root: Path) -> Path:
     manifest = root / "audit.csv"
     manifest.write_text("\n".join(rows) + "\n")
     return manifest
-
-
-def cli_env(nats: NatsSettings) -> dict[str, str]:
-    """The running service's NATS for a `listenpost` subprocess: its URL, CA and the operator's identity."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTENPOST_")}
-    env["LISTENPOST_NATS__URL"] = str(nats.url)
-    if nats.tls_ca_file:
-        env["LISTENPOST_NATS__TLS_CA_FILE"] = str(nats.tls_ca_file)
-    seed = nats.roles["operator"].nkey_seed_file if "operator" in nats.roles else None
-    if seed:
-        env["LISTENPOST_NATS__ROLES__OPERATOR__NKEY_SEED_FILE"] = str(seed)
-    return env
 
 
 def batch_cli(*args: str) -> list[str]:
@@ -169,3 +158,36 @@ async def test_a_batch_interrupted_and_resumed_captions_or_fails_every_file_exac
     assert await stored(service.nats, service.nats.dlq_stream, service.nats.subject("dlq", ">"), record) == Counter(
         dict.fromkeys(BAD, 2)
     )
+    # The batch as tables: one call per captioned file, its windows, a dead letter per failure
+    # (two attempts each), every file of its table's declared schema.
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from services.analytics.tables import FILE_SCHEMAS, TABLES
+
+    out = tmp_path / "export"
+    export = await asyncio.to_thread(subprocess.run, [*batch_cli()[:3], "export", str(out), "--since", "1d", "--batch", "e2e-batch"],
+                                     cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert export.returncode == 0, (export.stdout, export.stderr)
+    for table in TABLES:
+        for path in (out / table).rglob("*.parquet"):
+            assert pq.read_schema(path).equals(FILE_SCHEMAS[table]), path
+    db = duckdb.connect()
+
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        return db.execute(sql.replace("OUT", str(out))).fetchall()
+
+    assert rows("select batch_path, batch_id from read_parquet('OUT/calls/**/*.parquet', hive_partitioning = true) order by 1") == [
+        (name, "e2e-batch") for name in sorted(GOOD)
+    ]
+    windows = rows("select count(*), count(distinct event_id) from read_parquet('OUT/windows/**/*.parquet', hive_partitioning = true)")
+    assert windows[0][0] >= len(GOOD) and windows[0][1] == len(GOOD)
+    assert rows("select batch_path, stage, count(*) from read_parquet('OUT/dead_letters/**/*.parquet', hive_partitioning = true) "
+                "group by all order by 1") == [("calls/cut.flac", "decode-audio", 2), ("calls/notes.wav", "decode-audio", 2)]  # fmt: skip
+    # ... and as a report, rendered from that export.
+    page = tmp_path / "report.html"
+    report = await asyncio.to_thread(subprocess.run, [*batch_cli()[:3], "report", str(page), "--from", str(out)],
+                                     cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert report.returncode == 0, (report.stdout, report.stderr)
+    assert f"{len(GOOD)} calls" in report.stdout and "4 dead letters" in report.stdout, report.stdout
+    assert page.read_text().startswith("<!DOCTYPE html>")

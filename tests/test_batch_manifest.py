@@ -125,3 +125,23 @@ def test_the_run_record_round_trips_merges_new_files_and_refuses_another_batch(t
     assert {k: v.status for k, v in again.items.items()} == {"a.wav": "captioned", "b.wav": "pending", "c.wav": "pending"}
     with pytest.raises(RecordMismatch, match="is the record of batch b-1 over '/archive', not b-2 over '/archive'"):
         load(path, batch_id="b-2", source="/archive")
+
+
+def test_a_manifest_is_fetched_over_http_and_a_missing_one_is_refused(tmp_path: Path) -> None:
+    import http.server
+    import threading
+    from functools import partial
+
+    (tmp_path / "m.jsonl").write_text('{"path": "q3/a.wav", "callid": "A"}\n')
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        listing, label = load_listing(f"{base}/m.jsonl")
+        assert label == f"{base}/m.jsonl"
+        assert [(i.url, i.context) for i in listing.items] == [(f"{base}/q3/a.wav", {"callid": "A"})]
+        with pytest.raises(ManifestRefused, match=r"/gone.csv: could not be fetched \(Client error '404 File not found'"):
+            load_listing(f"{base}/gone.csv")
+    finally:
+        server.shutdown()

@@ -42,7 +42,7 @@ def batch_command(
     from services.batch.runner import BatchOptions, BatchStopped, run_batch
     from services.batch.sources import load_listing
     from services.events.bounds import StreamFullError
-    from services.events.connection import NatsConnectError, command_settings
+    from services.events.cli import command_nats
     from services.settings import Settings
 
     settings = Settings()
@@ -56,10 +56,10 @@ def batch_command(
         err.print(f"[red]error:[/] batch id {bid!r}: letters, digits, '-' and '_', at most 64", highlight=False)
         raise typer.Exit(2)
     path = record_path or default_record_path(bid)
+    nats = command_nats(nats_url, settings.nats)
     try:
-        nats = command_settings(nats_url, settings.nats)
         record = load(path, batch_id=bid, source=label)
-    except (NatsConnectError, RecordMismatch) as exc:
+    except RecordMismatch as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     record.merge(listing.items, listing.problems)

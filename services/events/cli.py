@@ -19,7 +19,7 @@ from rich.table import Table
 from services.events.audit import ACTIONS, AuditError, list_records, parse_since
 from services.events.connection import NatsConnectError, command_settings, with_jetstream
 from services.events.dlq import PAGE_SIZE, DeadLetterError, DeadLetterPage, ReplayReport, page_dead_letters, replay
-from services.settings import Settings
+from services.settings import NatsSettings, Settings
 
 dlq_app = typer.Typer(help="Dead letters: events that failed for good, kept whole for replay.", no_args_is_help=True)
 console = Console()
@@ -31,6 +31,15 @@ NatsUrl = Annotated[
     str | None, typer.Option("--nats-url", help="Default: settings, else the running `listenpost serve`.")
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def command_nats(option: str | None, cfg: NatsSettings) -> NatsSettings:
+    """The NATS a command talks to (:func:`command_settings`), or a sentence and exit status 2."""
+    try:
+        return command_settings(option, cfg)
+    except NatsConnectError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def run_as_operator(
