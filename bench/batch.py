@@ -31,6 +31,7 @@ import soundfile
 from pydantic import BaseModel
 from stack import REPO, STACK, cli_env, local_nats, tiny_captioner, tiny_model, write_results
 
+from services.analytics.source import stored_messages
 from services.client import submit_file
 from services.events.binding import decode, event_data_json
 from services.events.connection import connect
@@ -99,20 +100,10 @@ async def duplicates(nats: NatsSettings, batch_id: str) -> tuple[int, int]:
     nc = await connect(nats, role="operator", name="bench-batch")
     paths: Counter[str] = Counter()
     try:
-        js = nc.jetstream()
-        last = (await js.stream_info(nats.out_stream)).state.last_seq
-        sub = await js.subscribe(nats.subject("captioned"), ordered_consumer=True)
-        seq = 0
-        while seq < last:
-            try:
-                msg = await sub.next_msg(timeout=5)
-            except TimeoutError:
-                break
-            seq = msg.metadata.sequence.stream
-            batch = (event_data_json(decode(msg.data, msg.headers)).get("context") or {}).get("batch") or {}
+        async for msg in stored_messages(nc.jetstream(), nats.out_stream, [nats.subject("captioned")]):
+            batch = (event_data_json(decode(msg.data, msg.headers)).get("context") or {}).get("batch") or {} if msg else {}
             if batch.get("id") == batch_id:
                 paths[batch["path"]] += 1
-        await sub.unsubscribe()
     finally:
         await nc.close()
     return sum(paths.values()), sum(n - 1 for n in paths.values())

@@ -22,6 +22,7 @@ import pytest
 import soundfile
 from stack import cli_env
 
+from services.analytics.source import stored_messages
 from services.events.connection import connect
 from services.settings import NatsSettings, Settings
 
@@ -75,19 +76,9 @@ async def stored(nats: NatsSettings, stream: str, subject: str, record: Path) ->
     nc = await connect(nats, role="operator", name="test-batch")
     found: Counter[str] = Counter()
     try:
-        js = nc.jetstream()
-        last = (await js.stream_info(stream)).state.last_seq
-        sub = await js.subscribe(subject, ordered_consumer=True, headers_only=True)
-        seen = 0
-        while seen < last:
-            try:
-                msg = await sub.next_msg(timeout=2)
-            except TimeoutError:
-                break
-            seen = msg.metadata.sequence.stream
-            if (key := whose.get(unquote((msg.headers or {}).get("ce-inputid", "")))) is not None:
+        async for msg in stored_messages(nc.jetstream(), stream, [subject]):
+            if msg is not None and (key := whose.get(unquote((msg.headers or {}).get("ce-inputid", "")))) is not None:
                 found[key] += 1
-        await sub.unsubscribe()
     finally:
         await nc.close()
     return found
