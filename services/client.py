@@ -88,7 +88,9 @@ async def submit_file(
 
         # Subscribe before publishing, so nothing about our event is missed.
         sub = await nc.subscribe(f"{nats.subject_prefix}.>", cb=on_message)
-        audio = await audio_reference(js, path.read_bytes(), filename=path.name, event_id=event_id, bucket=bucket, replicas=nats.replicas)
+        fmt = path.suffix.lstrip(".").lower() or None  # a file named by its sender: the name is a declaration
+        audio = await audio_reference(js, path.read_bytes(), filename=path.name, event_id=event_id, bucket=bucket,
+                                      replicas=nats.replicas, fmt=fmt)  # fmt: skip
         data = AudioSubmitted.model_validate(
             {
                 "audio": audio,

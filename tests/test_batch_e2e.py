@@ -36,6 +36,9 @@ GOOD = {  # name: (format, subtype, rate, channels)
     "calls/d.mp3": ("MP3", "MPEG_LAYER_III", 16000, 1),
     "calls/e.wav": ("WAV", "PCM_U8", 11025, 1),
     "calls/f.aiff": ("AIFF", "PCM_16", 22050, 1),
+    # Archives name files by habit: a FLAC and an LDC-style NIST SPHERE file, both named .wav.
+    "calls/g.wav": ("FLAC", "PCM_16", 16000, 1),
+    "calls/h.wav": ("NIST", "PCM_16", 8000, 1),
 }
 BAD = {"calls/notes.wav": b"these are notes, not audio\n" * 40, "calls/cut.flac": None}  # None: a truncated FLAC
 
@@ -122,7 +125,7 @@ async def test_a_batch_interrupted_and_resumed_captions_or_fails_every_file_exac
     assert [(p["where"], p["reason"]) for p in final["problems"]] == [
         (f"{manifest}:1", "unknown column 'mood' ignored (known: agent, call_id, callid, channels, context, customer_tier, "
                           "format, language, path, queue, url, context.<key>)"),
-        (f"{manifest}:11", "no 'path' or 'url'"),
+        (f"{manifest}:{len(GOOD) + len(BAD) + 3}", "no 'path' or 'url'"),  # after the header, the files and the missing one
     ]  # fmt: skip
     # Exactly once, as the streams hold it: one caption per good file, one dead letter per bad one.
     captioned = await stored(service.nats, service.nats.out_stream, service.nats.subject("captioned"), record)

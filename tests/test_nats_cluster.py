@@ -140,7 +140,8 @@ async def test_provisioning_makes_three_copies_of_everything_and_is_idempotent(
     # What `listenpost status` prints in its copies column.
     state = await snapshot(admin.jetstream(), settings)
     assert {name: (s["replicas_current"], s["replicas"]) for name, s in state.streams.items()} == dict.fromkeys(
-        (settings.nats.in_stream, settings.nats.out_stream, settings.nats.dlq_stream, settings.nats.advisory_stream), (3, 3)
+        (settings.nats.in_stream, settings.nats.batch_stream, settings.nats.out_stream, settings.nats.dlq_stream,
+         settings.nats.advisory_stream), (3, 3)
     )
 
 

@@ -457,6 +457,7 @@ async def test_submit_uploads_into_the_bucket_the_ingress_created_with_its_ttl(e
     path = tmp_path / f"{CALL_A}.wav"
     path.write_bytes(wav_with_title(CALL_A, seconds=INLINE_LIMIT_BYTES / 16000 + 1))
     # Creating the bucket again with the default configuration used to fail here.
-    ref = await audio_reference(env.js, path.read_bytes(), filename=path.name, event_id="ev-up", bucket=BUCKET, replicas=1)
+    ref = await audio_reference(env.js, path.read_bytes(), filename=path.name, event_id="ev-up", bucket=BUCKET, replicas=1,
+                                fmt="wav")
     assert ref["object"] == {"bucket": BUCKET, "name": f"ev-up/{CALL_A}.wav"}
     assert (await env.js.stream_info(f"OBJ_{BUCKET}")).config.max_age == 30 * 24 * 3600

@@ -260,6 +260,34 @@ async def test_a_stream_whose_owner_is_lost_resumes_without_losing_or_repeating_
     assert len(summary["windows"]) == 7
 
 
+async def test_a_new_owner_catches_up_on_a_stream_stored_to_its_end_without_dropping_a_window(env: Env) -> None:
+    """The owner is lost and the sender finishes before a new owner takes the stream: every window,
+    the last ones cut at the end included, is audio stored before the takeover and waits for the
+    Captioner rather than meeting the drop policy (the replica-kill e2e test once lost window 2
+    so: the end's windows were offered as live ones)."""
+    settings = env.with_streams(max_waiting_windows=1, drop_policy="oldest")
+    first = Captioner(delay_s=0.3)
+    service, nc = await start_owner(settings, first)
+    sender = asyncio.create_task(play(env, "s-stored", chunks_of(hum(10.5)), pace_s=CHUNK_S))
+    try:
+        async with asyncio.timeout(30):
+            while len(await stored(env, window_subject(env.settings.nats, "s-stored"))) < 1:
+                await asyncio.sleep(0.1)
+    finally:
+        await stop_owner(service, nc)
+    await sender  # the whole stream, its end included, is stored before anyone owns it again
+    second = Captioner(delay_s=0.3)
+    service, nc = await start_owner(settings, second)
+    try:
+        summary = await summary_of(env, "s-stored", timeout_s=60)
+    finally:
+        await stop_owner(service, nc)
+    windows = await stored(env, window_subject(env.settings.nats, "s-stored"))
+    counts = Counter(w["stream"]["window"] for w in windows)
+    assert sorted(counts) == list(range(10)) and set(counts.values()) == {1}, counts  # [0,2) ... [8,10), [9,10.5)
+    assert summary["context"]["stream"]["dropped_windows"] == 0
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 

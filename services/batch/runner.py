@@ -134,10 +134,11 @@ async def _submit(
         event_id = event_id_for(item.key, sha256=entry.sha256, attempt=len(entry.event_ids))
     context = {**item.context, "batch": {"id": batch_id, "path": item.key}}
     if data is not None:
+        # An archive's file names are not declarations (LDC's SPHERE files are named .wav, a FLAC
+        # may be too): only a manifest's `format` column declares; otherwise the bytes decide.
         name = item.path.name if item.path else "audio"
-        audio = await audio_reference(js, data, filename=name, event_id=event_id, bucket=options.bucket, replicas=nats.replicas)
-        if item.format:
-            audio["format"] = item.format
+        audio = await audio_reference(js, data, filename=name, event_id=event_id, bucket=options.bucket,
+                                      replicas=nats.replicas, fmt=item.format)  # fmt: skip
     else:
         audio = {"uri": item.url, **({"format": item.format} if item.format else {})}
     submitted = AudioSubmitted.model_validate(

@@ -123,11 +123,12 @@ INLINE_LIMIT_BYTES = 256 * 1024
 
 
 async def audio_reference(
-    js: JetStreamContext, data: bytes, *, filename: str, event_id: str, bucket: str, replicas: int
+    js: JetStreamContext, data: bytes, *, filename: str, event_id: str, bucket: str, replicas: int, fmt: str | None
 ) -> dict[str, Any]:
     """The ``audio`` of an ``audio.submitted`` for a client's file: inline when small, else
-    uploaded as ``bucket/<event_id>/<filename>`` (the event's ``dataref`` names it)."""
-    fmt = filename.rsplit(".", 1)[-1].lower() if "." in filename else None
+    uploaded as ``bucket/<event_id>/<filename>`` (the event's ``dataref`` names it). ``fmt``
+    is the declared format, which the Preprocessor checks against the bytes; None lets the
+    bytes alone decide."""
     if len(data) <= INLINE_LIMIT_BYTES:
         return {"data_base64": base64.b64encode(data).decode(), "format": fmt}
     try:

@@ -129,11 +129,16 @@ class StreamOwner:
         reading_done = asyncio.Event()
         # Audio stored before this owner took the stream (a previous owner's, lost) is caught up
         # on, never dropped: the drop policy is for audio the Captioner falls behind on live.
+        # Until the last window cut from that audio is taken, new windows wait for room too: they
+        # would otherwise evict the catch-up windows still waiting (a CI run lost window 2 so).
         took_over_at = time.time()
+        catching_up: set[int] = set()  # windows cut from audio stored before the takeover, still waiting
 
         async def caption_windows() -> None:
             while True:
                 group = backlog.take()
+                if group is not None:
+                    catching_up.discard(group.index)
                 room.set()
                 if group is None:
                     if reading_done.is_set():
@@ -144,12 +149,15 @@ class StreamOwner:
                 await self._window(stream_id, started, start_event, group, session, progress, state)
                 await self._save(stream_id, session, progress, state)
 
-        async def offer(groups: list[WindowGroup], *, catching_up: bool = False) -> None:
+        async def offer(groups: list[WindowGroup], *, stored_before: bool = False) -> None:
             for group in groups:
                 progress.cut = max(progress.cut, group.index + 1)
                 if group.final:
                     progress.final = group.index
-                while catching_up and len(backlog) >= cfg.max_waiting_windows and not worker.done():
+                wait = stored_before or bool(catching_up)
+                if stored_before:
+                    catching_up.add(group.index)
+                while wait and len(backlog) >= cfg.max_waiting_windows and not worker.done():
                     room.clear()
                     await room.wait()
                 for dropped in backlog.offer(group):
@@ -197,7 +205,7 @@ class StreamOwner:
                     raise Poison("stream", f"stream {stream_id}: {exc}", error=type(exc).__name__) from exc
                 recorder().inc("listenpost_stream_chunks")
                 faults = _count_faults(session, faults)
-                await offer(groups, catching_up=published < took_over_at)
+                await offer(groups, stored_before=published < took_over_at)
             try:
                 if not checkpoint.finished:
                     await offer(session.finish())
