@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -88,10 +89,8 @@ async def live_submissions(nats: NatsSettings, clip: Path, every_s: float, until
     results: list[asyncio.Task[Any]] = []
     while not until.is_set():
         results.append(asyncio.create_task(submit_file(clip, nats=nats, wait_s=120, settle_s=0, context={"callid": "live"})))
-        try:
+        with contextlib.suppress(TimeoutError):  # the pace: the next one after every_s
             await asyncio.wait_for(until.wait(), every_s)
-        except TimeoutError:
-            pass
     return [r.elapsed_s if r.captioned is not None else None for r in await asyncio.gather(*results)]
 
 

@@ -12,6 +12,7 @@ from the audio's own time: when the window's last sample was spoken (``started_a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -193,11 +194,9 @@ async def stream_file(
         await publish_event(js, subject, new_event(STREAM_ENDED, source, ended.model_dump(mode="json"), subject=stream_id,
                                                    extensions={"streamid": stream_id}),
                             msg_id=derive_msg_id("stream-end", source, stream_id))  # fmt: skip
-        try:
+        with contextlib.suppress(TimeoutError):  # no summary within wait_s: the result says so
             await asyncio.wait_for(done.wait(), play.wait_s)
             await asyncio.sleep(1.0)  # decisions on the summary come just after it
-        except TimeoutError:
-            pass
         for sub in subs:
             await sub.unsubscribe()
         return result
@@ -260,7 +259,7 @@ async def stream_file_ws(
                 report(LiveReport(kind="failed", at_s=round(time.time() - origin, 3),
                                   text=f"closed {exc.rcvd.code}: {exc.rcvd.reason}"))  # fmt: skip
         except TimeoutError:
-            pass
+            pass  # no summary within wait_s: the result has what came (no summary report)
         finally:
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)

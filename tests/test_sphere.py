@@ -356,14 +356,30 @@ def test_damaged_sphere_files_never_crash(subtype: str) -> None:
     """Cut and bit-flipped SPHERE files either decode or raise a PreprocessError: never anything else."""
     good = sndfile_bytes(call(), RATE, "NIST", subtype)
     rng = np.random.default_rng(7)
+    refusals: dict[str, list[str]] = {"cut": [], "flipped": []}
+    decoded = 0
+    bytes_per_second = (len(good) - 1024) / 3.0  # call() is 3 s after a 1024-byte header
+    refused_cuts, expected_refused_cuts = [], []
     for trial in range(24):
         damaged = bytearray(good)
-        if trial % 3 == 0:
+        kind = "cut" if trial % 3 == 0 else "flipped"
+        if kind == "cut":
             damaged = damaged[: int(rng.integers(1, len(good)))]
+            # The decoder tolerates a quarter second missing at the end (decode.py), no more.
+            expected_refused_cuts.append((len(good) - len(damaged)) / bytes_per_second > 0.25)
         else:  # flip bytes in the header, where a flip changes what the file claims to be
             for at in rng.integers(0, 160, size=int(rng.integers(1, 6))):
                 damaged[at] = int(rng.integers(0, 256))
         try:
             prepare(bytes(damaged), submitted(), PreprocessSettings())
-        except PreprocessError:
-            pass
+            decoded += 1
+            refused = False
+        except PreprocessError as exc:  # anything else fails the test
+            refusals[kind].append(str(exc))
+            refused = True
+        if kind == "cut":
+            refused_cuts.append(refused)
+    # A file cut by more than the tolerance holds fewer samples than its header promises: refused.
+    assert refused_cuts == expected_refused_cuts and any(refused_cuts)
+    assert all(r.startswith("audio is truncated") for r in refusals["cut"]), refusals["cut"]
+    assert all(refusals["flipped"]) and decoded + len(refusals["cut"]) + len(refusals["flipped"]) == 24

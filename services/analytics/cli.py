@@ -149,7 +149,7 @@ def _follow(settings: Settings, out: Path, since: timedelta, batch: str | None, 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
                 loop.add_signal_handler(signum, stop.set)
         try:
             # Reconnects without end once connected (a follow outlives a nats-server restart), but

@@ -24,8 +24,6 @@ import base64
 import datetime as dt
 import io
 import math
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,8 +39,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel
 
+from services.analytics.tables import TABLES
+from services.files import write_atomically
+
 #: The tables of an export, in the order the header lists them.
-TABLES: Final = ("calls", "windows", "facets", "decisions", "dead_letters")
 #: Categories drawn on their own in a legend or on an axis; the rest are summed as :data:`OTHER`.
 TOP_CATEGORIES: Final = 8
 #: Rules drawn in the decisions chart (and listed in its table).
@@ -786,20 +786,6 @@ def build_sections(export: Export) -> list[Section]:
     ]
 
 
-def _write_atomically(out: Path, text: str) -> int:
-    data = text.encode("utf-8")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return len(data)
-
-
 def render_report(
     export_dir: Path,
     out: Path,
@@ -818,7 +804,7 @@ def render_report(
         sections = build_sections(export)
     stamp = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     html = render_html(title=title, since_label=since_label, totals=totals, sections=sections, generated=stamp)
-    size = _write_atomically(Path(out), html)
+    size = write_atomically(Path(out), html.encode("utf-8"))
     return ReportSummary(
         out=Path(out),
         calls=totals.calls,

@@ -49,6 +49,7 @@ from services.analytics.tables import (
     Tabulator,
     dates_between,
 )
+from services.files import write_atomically
 
 Format = Literal["parquet", "jsonl", "csv"]
 FORMATS: Final[tuple[Format, ...]] = get_args(Format)
@@ -427,10 +428,8 @@ class HourlySink:
         self._rows = 0
         self._flushed_at = self._clock()
         if self._read != self.checkpoint:
-            self.out.mkdir(parents=True, exist_ok=True)
-            temp = self.state_path.with_name(f".{FOLLOW_STATE}.tmp")
-            temp.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "format": self.fmt, "sequences": self._read}) + "\n")
-            os.replace(temp, self.state_path)
+            state = {"schema_version": SCHEMA_VERSION, "format": self.fmt, "sequences": self._read}
+            write_atomically(self.state_path, (json.dumps(state) + "\n").encode())
             self.checkpoint = dict(self._read)
         report.sequences = dict(self.checkpoint)
         return report

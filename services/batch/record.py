@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from services.batch.manifest import BatchItem, RowProblem
+from services.files import write_atomically
 
 Status = Literal["pending", "submitted", "captioned", "failed", "invalid"]
 #: A result is final: a re-run skips these (failed ones again with ``--retry-failed``).
@@ -108,10 +109,7 @@ def load(path: Path, *, batch_id: str, source: str) -> RunRecord:
 def save(record: RunRecord, path: Path) -> None:
     """Write atomically: a Ctrl-C mid-write never leaves a truncated record."""
     record.updated = datetime.now(UTC)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(record.model_dump_json(indent=1))
-    partial.replace(path)
+    write_atomically(path, record.model_dump_json(indent=1).encode())
 
 
 class RecordMismatch(ValueError):
