@@ -32,6 +32,7 @@ from services.events.jetstream import derive_msg_id, publish_event
 from services.events.live import (
     CHANNELS_HEADER,
     CODEC_HEADER,
+    DECISIONS_AFTER_SUMMARY_S,
     RATE_HEADER,
     SEQ_HEADER,
     STREAM_CAPTIONED,
@@ -196,7 +197,7 @@ async def stream_file(
                             msg_id=derive_msg_id("stream-end", source, stream_id))  # fmt: skip
         with contextlib.suppress(TimeoutError):  # no summary within wait_s: the result says so
             await asyncio.wait_for(done.wait(), play.wait_s)
-            await asyncio.sleep(1.0)  # decisions on the summary come just after it
+            await asyncio.sleep(DECISIONS_AFTER_SUMMARY_S)
         for sub in subs:
             await sub.unsubscribe()
         return result

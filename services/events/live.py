@@ -46,6 +46,10 @@ CHANNELS_HEADER = "Listenpost-Channels"  # 1 or 2
 #: milliseconds, unsigned, big-endian; the payload follows.
 WS_FRAME_HEADER = struct.Struct(">II")
 
+#: How long a listener (the WebSocket door, `listenpost stream`) keeps listening after a stream's
+#: summary: the decisions on its last window and on the summary itself are stored just after it.
+DECISIONS_AFTER_SUMMARY_S = 3.0
+
 
 class StreamIdError(ValueError):
     """Not a usable stream id."""

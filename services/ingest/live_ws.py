@@ -41,6 +41,7 @@ from services.events.jetstream import derive_msg_id, publish_event
 from services.events.live import (
     CHANNELS_HEADER,
     CODEC_HEADER,
+    DECISIONS_AFTER_SUMMARY_S,
     RATE_HEADER,
     SEQ_HEADER,
     STREAM_CAPTIONED,
@@ -180,6 +181,8 @@ async def relay_stream(websocket: WebSocket, stream_id: str, *, js: Any, nats: A
                              headers={**headers, SEQ_HEADER: str(seq), TIMESTAMP_HEADER: str(timestamp_ms)})  # fmt: skip
         with contextlib.suppress(TimeoutError):  # no summary in time: the socket closes without it
             await asyncio.wait_for(ended.wait(), SUMMARY_WAIT_S)
+        if not failure:
+            await asyncio.sleep(DECISIONS_AFTER_SUMMARY_S)
         await _drain(outbox)
         if failure:
             await websocket.close(code=POLICY, reason=failure[0][:120])
