@@ -40,7 +40,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 #: The captioner fixtures (the tiny checkpoint, a running CPU vLLM engine), for every test module.
-pytest_plugins = ["captioner_fixtures", "hard_exit"]
+pytest_plugins = ["captioner_fixtures", "hard_exit", "ray_log_relay"]
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that start and stop their own Ray in this process (``own_ray``) run first: once the
