@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 import typer
 from nats.aio.client import Client as NATS
+from stack import cli_env
 from test_analytics_tables import (
     DECISION_TYPES,
     SOURCE,
@@ -458,3 +462,45 @@ def test_the_command_prints_the_rows_per_table(env: Env, tmp_path: Path, monkeyp
     assert lines["dead_letters"][:3] == ["│", "3", "│"]
     refused = CliRunner().invoke(app, [str(tmp_path / "out"), "--since", "soon"])
     assert refused.exit_code == 2 and "not a duration" in refused.output
+
+
+async def test_the_follow_command_writes_at_its_flush_options_and_stops_on_ctrl_c(env: Env, tmp_path: Path) -> None:
+    """`export --follow --flush-rows 1`: files and a checkpoint while it runs (the default, 5,000 rows
+    or 60 s, would write nothing for a minute), and SIGINT stops it with its table printed."""
+    out = tmp_path / "lake"
+    command = [sys.executable, "-c", "from services.cli import main; main()", "export", str(out), "--follow",
+               "--flush-rows", "1", "--flush-every", "1h"]  # fmt: skip
+    follow = subprocess.Popen(command, cwd=tmp_path, env=cli_env(env.settings.nats), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        for _ in range(600):  # 60 s at most: the command's imports on two shared CPUs
+            if (out / FOLLOW_STATE).exists() and follow.poll() is None:
+                break
+            await asyncio.sleep(0.1)
+        assert (out / FOLLOW_STATE).exists(), follow.communicate(timeout=5) if follow.poll() is not None else "no checkpoint"
+    finally:
+        follow.send_signal(signal.SIGINT)
+        stdout, stderr = await asyncio.to_thread(follow.communicate, timeout=60)
+    assert follow.returncode == 0, (stdout, stderr)
+    assert "files every 3600 s or 1 rows" in stderr
+    assert "stopped" in stdout and "calls" in stdout
+    assert list(out.glob("calls/date=*/hour=*/part-*.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--flush-rows", "10"], "--flush-rows and --flush-every are for --follow"),
+        (["--follow", "--flush-every", "0s"], "'0s' is outside 1s..1h"),
+        (["--follow", "--flush-every", "2h"], "'2h' is outside 1s..1h"),
+        (["--follow", "--flush-every", "soon"], "not a duration"),
+        (["--follow", "--flush-rows", "0"], "should be greater than or equal to 1"),
+    ],
+)
+def test_the_flush_options_are_checked_before_anything_runs(tmp_path: Path, args: list[str], message: str) -> None:
+    app = typer.Typer()
+    app.command()(export_command)
+    result = CliRunner().invoke(app, [str(tmp_path / "out"), "--nats-url", "nats://127.0.0.1:1", *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.replace("│", " ").split())
+    assert not (tmp_path / "out").exists()

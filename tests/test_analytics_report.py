@@ -24,10 +24,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import typer
 from chromium import MISSING, Chromium, find_chromium
 from PIL import Image
+from typer.testing import CliRunner
 
+from services.analytics.cli import report_command
+from services.analytics.errors import ExportError
 from services.analytics.report import NONE_LABEL, OTHER, ReportSummary, day_axis, no_data, render_report, top_categories
+from services.analytics.tables import SCHEMAS as EXPORT_SCHEMAS
+from services.analytics.writer import ExportWriter, Format
 
 HOSTILE = "<script>alert(1)</script> The customer sounds angry."
 DAYS = ["2025-03-03", "2025-03-04", "2025-03-05"]
@@ -510,3 +516,73 @@ def test_in_chromium_screenshot(chromium: Chromium, report: tuple[Path, ReportSu
         assert shot.size == (1280, 2400)
         colours = shot.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 50  # charts and text, not a blank page
+
+
+# ---------------------------------------------------------------------------- JSON lines and CSV exports
+
+
+def rewrite_export(export: Path, dest: Path, fmt: Format) -> Path:
+    """The test export written again by the export's own writer in ``fmt`` (same rows, same layout)."""
+    with ExportWriter(dest, fmt) as writer:
+        for table in EXPORT_SCHEMAS:
+            for path in sorted((export / table).glob("date=*/*.parquet")):
+                for row in pq.read_table(path).to_pylist():
+                    writer.add(table, {name: row.get(name) for name in EXPORT_SCHEMAS[table].names})
+        writer.commit({})
+    return dest
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_jsonl_or_csv_export_draws_the_same_page_as_parquet(export: Path, tmp_path: Path, fmt: Format) -> None:
+    """Read back with the export's schema (services/analytics/reader.py): every number, table and
+    figure of the page is the one the Parquet export gives, byte for byte."""
+    now = dt.datetime(2025, 3, 10, tzinfo=dt.UTC)
+    parquet = rewrite_export(export, tmp_path / "parquet", "parquet")
+    other = rewrite_export(export, tmp_path / fmt, fmt)
+    assert list(other.glob(f"calls/date=*/*.{fmt}")) and not list(other.glob("**/*.parquet"))
+    expected = render_report(parquet, tmp_path / "parquet.html", now=now)
+    summary = render_report(other, tmp_path / f"{fmt}.html", now=now)
+    assert summary.model_dump(exclude={"out"}) == expected.model_dump(exclude={"out"})
+    assert (summary.calls, summary.facets, summary.dead_letters, summary.sections) == (9, 12, 3, 6)
+    assert (tmp_path / f"{fmt}.html").read_bytes() == (tmp_path / "parquet.html").read_bytes()
+
+
+def test_an_export_folder_of_two_formats_is_refused(export: Path, tmp_path: Path) -> None:
+    mixed = rewrite_export(export, tmp_path / "mixed", "jsonl")
+    rewrite_export(export, mixed, "csv")
+    with pytest.raises(ExportError, match=r"mixed holds jsonl and csv files: export each format into a folder of its own"):
+        render_report(mixed, tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "damage", "cause"),
+    [
+        ("jsonl", '{"event_id": "ev-x", "time": "not a time"}\n', "not a calls table in jsonl"),
+        ("jsonl", "{truncated\n", "not a calls table in jsonl"),
+        ("csv", "event_id,time\nev-x,yesterday\n", "not a calls table in csv"),
+        ("csv", "event_id,languages\nev-x,[not json\n", "not a calls table in csv"),
+    ],
+)
+def test_a_damaged_file_is_named_with_its_cause(export: Path, tmp_path: Path, fmt: Format, damage: str, cause: str) -> None:
+    root = rewrite_export(export, tmp_path / fmt, fmt)
+    bad = root / "calls" / "date=2025-03-04" / f"part-all.{fmt}"
+    bad.write_text(damage, encoding="utf-8")
+    with pytest.raises(ExportError) as raised:
+        render_report(root, tmp_path / "r.html")
+    assert str(raised.value).startswith(f"{bad}: {cause}: ")
+
+
+def test_the_command_says_what_is_wrong_with_the_export_without_a_traceback(export: Path, tmp_path: Path) -> None:
+    mixed = rewrite_export(export, tmp_path / "mixed", "jsonl")
+    rewrite_export(export, mixed, "csv")
+    app = typer.Typer()
+    app.command()(report_command)
+    result = CliRunner().invoke(app, [str(tmp_path / "r.html"), "--from", str(mixed)])
+    assert result.exit_code == 2
+    assert "error: " in result.stderr and "holds jsonl and csv files" in result.stderr
+    assert "Traceback" not in result.output
+    csv_only = rewrite_export(export, tmp_path / "csv", "csv")
+    drawn = CliRunner().invoke(app, [str(tmp_path / "r.html"), "--from", str(csv_only)])
+    assert drawn.exit_code == 0, drawn.output
+    assert "9 calls, 6 decisions, 3 dead letters, 6 sections with data" in drawn.stdout

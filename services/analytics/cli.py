@@ -8,7 +8,7 @@ import contextlib
 import signal
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 import typer
 from rich.console import Console
@@ -17,10 +17,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from services.analytics.tables import SCHEMA_VERSION, TABLES, TableName
-from services.analytics.writer import FORMATS, Format
+from services.analytics.writer import FOLLOW_FLUSH_ROWS, FOLLOW_FLUSH_S, FORMATS, Format
 
 if TYPE_CHECKING:
     from services.settings import Settings
+
+#: ``--follow``'s flush bounds: rows buffered (the memory it holds) and seconds between flushes.
+MAX_FLUSH_ROWS: Final = 1_000_000
+FLUSH_EVERY: Final = f"{FOLLOW_FLUSH_S:g}s"
+MIN_FLUSH_S: Final = 1.0
+MAX_FLUSH_S: Final = 3600.0
 
 console = Console()
 err = Console(stderr=True)
@@ -37,6 +43,20 @@ def parse_since(text: str) -> timedelta:
     if seconds <= 0:
         raise typer.BadParameter(f"{text!r} is no time at all", param_hint="--since")
     return timedelta(seconds=seconds)
+
+
+def parse_flush_every(text: str) -> float:
+    """``--flush-every``: a duration from 1 s to 1 h (services/dsl/durations.py), in seconds."""
+    from services.dsl.durations import parse_duration
+
+    try:
+        seconds = parse_duration(text.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--flush-every") from None
+    if not MIN_FLUSH_S <= seconds <= MAX_FLUSH_S:
+        raise typer.BadParameter(f"{text!r} is outside 1s..1h: files at most an hour apart, and no more than one a second",
+                                 param_hint="--flush-every")  # fmt: skip
+    return seconds
 
 
 def parse_format(text: str) -> Format:
@@ -59,6 +79,15 @@ def export_command(
         bool,
         typer.Option("--follow", help="Keep going: append files by hour as events are stored, until Ctrl-C (a re-run resumes)."),
     ] = False,
+    flush_rows: Annotated[
+        int | None,
+        typer.Option("--flush-rows", min=1, max=MAX_FLUSH_ROWS,
+                     help=f"With --follow: write files at this many rows buffered (default {FOLLOW_FLUSH_ROWS:,}, its memory bound)."),
+    ] = None,
+    flush_every: Annotated[
+        str | None,
+        typer.Option("--flush-every", help=f"With --follow: write files at least this often, e.g. 30s, 5m (default {FLUSH_EVERY})."),
+    ] = None,
     nats_url: Annotated[str | None, typer.Option("--nats-url", help="Default: settings, else the running `listenpost serve`.")] = None,
 ) -> None:
     """Export calls, windows, facets, decisions and dead letters from the output streams as tables partitioned by date.
@@ -68,10 +97,14 @@ def export_command(
     from services.settings import Settings
 
     span, fmt = parse_since(since), parse_format(format)
+    if not follow and (flush_rows is not None or flush_every is not None):
+        raise typer.BadParameter("--flush-rows and --flush-every are for --follow: a one-off export writes each date's files once",
+                                 param_hint="--flush-rows/--flush-every")  # fmt: skip
+    every = parse_flush_every(flush_every or FLUSH_EVERY)
     settings = Settings()
     settings = settings.model_copy(update={"nats": command_nats(nats_url, settings.nats)})
     if follow:
-        _follow(settings, out, span, batch, fmt)
+        _follow(settings, out, span, batch, fmt, flush_rows=flush_rows or FOLLOW_FLUSH_ROWS, flush_s=every)
     else:
         _export(settings, out, span, batch, fmt)
 
@@ -130,7 +163,7 @@ def _export(settings: Settings, out: Path, since: timedelta, batch: str | None, 
         err.print(f"[yellow]skipped {' and '.join(skipped)} (the log names each)[/]", highlight=False)
 
 
-def _follow(settings: Settings, out: Path, since: timedelta, batch: str | None, fmt: Format) -> None:
+def _follow(settings: Settings, out: Path, since: timedelta, batch: str | None, fmt: Format, *, flush_rows: int, flush_s: float) -> None:
     from services.analytics.errors import ExportError
     from services.analytics.source import follow_streams
     from services.analytics.writer import FlushReport, FollowReport
@@ -159,9 +192,10 @@ def _follow(settings: Settings, out: Path, since: timedelta, batch: str | None, 
         except TimeoutError as exc:
             raise NatsConnectError(f"cannot reach NATS at {settings.nats.url} as operator within 15 s") from exc
         try:
-            err.print(f"following into {escape(str(out))} ({fmt}); Ctrl-C stops after writing what was read", highlight=False)
+            err.print(f"following into {escape(str(out))} ({fmt}, files every {flush_s:g} s or {flush_rows:,} rows); "
+                      "Ctrl-C stops after writing what was read", highlight=False)  # fmt: skip
             return await follow_streams(nc.jetstream(), settings, out, since=since, stop=stop, batch=batch, fmt=fmt,
-                                        on_flush=flushed)  # fmt: skip
+                                        on_flush=flushed, flush_rows=flush_rows, flush_s=flush_s)  # fmt: skip
         finally:
             await nc.close()
 
@@ -184,7 +218,8 @@ def report_command(
     since: Annotated[str, typer.Option("--since", help="How far back: 7d, 36h, 90m... (from midnight UTC of that day).")] = "7d",
     batch: Annotated[str | None, typer.Option("--batch", help="Only this batch (`listenpost batch`).")] = None,
     export_dir: Annotated[
-        Path | None, typer.Option("--from", help="Render an existing parquet export instead of exporting from NATS first.")
+        Path | None,
+        typer.Option("--from", help="Render an existing export (parquet, jsonl or csv) instead of exporting from NATS first."),
     ] = None,
     title: Annotated[str | None, typer.Option(help="The report's title.")] = None,
     nats_url: Annotated[str | None, typer.Option("--nats-url", help="Default: settings, else the running `listenpost serve`.")] = None,
@@ -194,6 +229,7 @@ def report_command(
     (docs/report.md)."""
     import tempfile
 
+    from services.analytics.errors import ExportError
     from services.analytics.report import DEFAULT_TITLE, render_report
     from services.events.cli import command_nats
     from services.settings import Settings
@@ -206,7 +242,11 @@ def report_command(
             source = Path(tmp)
             _export(settings.model_copy(update={"nats": command_nats(nats_url, settings.nats)}), source, span, batch, "parquet")
         label = since + (f", batch {batch}" if batch else "")
-        summary = render_report(source, out, title=title or DEFAULT_TITLE, since_label=label)
+        try:
+            summary = render_report(source, out, title=title or DEFAULT_TITLE, since_label=label)
+        except (ExportError, OSError) as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(2) from None
     console.print(
         f"wrote {escape(str(out))} ({summary.bytes // 1024} KiB): {summary.calls} calls, {summary.decisions} decisions, "
         f"{summary.dead_letters} dead letters, {summary.sections} sections with data"

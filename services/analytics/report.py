@@ -1,12 +1,13 @@
 """`listenpost report OUT.html`: one self-contained HTML page of figures over an export (docs/report.md).
 
-The input is what `listenpost export` writes: ``EXPORT_DIR/<table>/date=YYYY-MM-DD/*.parquet`` for the
+The input is what `listenpost export` writes: ``EXPORT_DIR/<table>/date=YYYY-MM-DD/*.parquet`` (or
+``.jsonl``, ``.csv``, read back with their schemas by :mod:`services.analytics.reader`) for the
 tables ``calls``, ``windows``, ``facets``, ``decisions`` and ``dead_letters``. Any of them may be missing
 or empty; its sections then say so ("No data: ...") instead of drawing.
 
 Three layers, each testable alone:
 
-- reading: :class:`Export` runs DuckDB over the Parquet files (hive partitions) and returns plain rows;
+- reading: :class:`Export` runs DuckDB over the export's files (hive partitions) and returns plain rows;
 - drawing: ``_plot_*`` turn plain rows into PNG images with :class:`matplotlib.figure.Figure` (the Agg
   canvas, no pyplot and no global backend switch, so it is safe in threads and in a server process);
 - rendering: :func:`render_html` fills a Jinja2 template with autoescaping on. Captions, spans, queue
@@ -39,7 +40,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel
 
-from services.analytics.tables import TABLES
+from services.analytics.reader import export_format, read_table, table_files
+from services.analytics.tables import TABLES, TableName
+from services.analytics.writer import Format
 from services.files import write_atomically
 
 #: The tables of an export, in the order the header lists them.
@@ -140,7 +143,8 @@ def no_data(table: str) -> str:
 
 
 class Export:
-    """An export folder opened with DuckDB: one view per table that has Parquet files.
+    """An export folder opened with DuckDB: one view per table that has files (Parquet, JSON lines or
+    CSV: one format per folder, :func:`services.analytics.reader.export_format`).
 
     Queries return plain rows (lists of tuples); nothing here draws or formats.
     """
@@ -151,16 +155,26 @@ class Export:
         self.con.execute("SET TimeZone = 'UTC'")  # a timestamp's day is its UTC day, as the partitions are
         self.columns: dict[str, set[str]] = {}
         try:
-            for table in TABLES:
-                files = sorted(str(p) for p in (export_dir / table).glob("**/*.parquet") if p.is_file())
-                if not files:
-                    continue
-                relation = self.con.read_parquet(files, hive_partitioning=True, union_by_name=True)
-                relation.create_view(table)
-                self.columns[table] = set(relation.columns)
+            fmt = export_format(export_dir)
+            if fmt is not None:  # else no table file at all: every section says "No data"
+                for table in TABLES:
+                    self._open(table, fmt)
         except BaseException:
             self.con.close()
             raise
+
+    def _open(self, table: TableName, fmt: Format) -> None:
+        files = table_files(self.dir, table, fmt)
+        if not files:
+            return
+        if fmt == "parquet":
+            relation = self.con.read_parquet([str(f) for f in files], hive_partitioning=True, union_by_name=True)
+            relation.create_view(table)
+            self.columns[table] = set(relation.columns)
+        else:  # JSON lines or CSV: typed by the export's schema (services/analytics/reader.py)
+            arrow = read_table(files, table, fmt)
+            self.con.register(table, arrow)  # the connection holds the table while it is open
+            self.columns[table] = set(arrow.column_names)
 
     def close(self) -> None:
         self.con.close()

@@ -47,6 +47,8 @@ from services.analytics.tables import (
     utc,
 )
 from services.analytics.writer import (
+    FOLLOW_FLUSH_ROWS,
+    FOLLOW_FLUSH_S,
     DateSpan,
     ExportWriter,
     FlushReport,
@@ -319,8 +321,8 @@ async def follow_streams(
     progress: ProgressCallback | None = None,
     on_flush: Callable[[FlushReport], None] | None = None,
     now: datetime | None = None,
-    flush_rows: int = 5_000,
-    flush_s: float = 60.0,
+    flush_rows: int = FOLLOW_FLUSH_ROWS,
+    flush_s: float = FOLLOW_FLUSH_S,
 ) -> FollowReport:
     """Append the tables to ``out`` by hour as events are stored, until ``stop`` is set.
 

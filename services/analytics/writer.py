@@ -55,6 +55,9 @@ Format = Literal["parquet", "jsonl", "csv"]
 FORMATS: Final[tuple[Format, ...]] = get_args(Format)
 #: The follow sink's checkpoint, at the root of its output folder.
 FOLLOW_STATE: Final = "_follow.json"
+#: The follow sink writes its buffered rows at this many rows, or after this many seconds.
+FOLLOW_FLUSH_ROWS: Final = 5_000
+FOLLOW_FLUSH_S: Final = 60.0
 #: What a batch id may be in a file name; anything else is replaced (batch ids are letters, digits,
 #: '-' and '_' anyway). No dot: ``.<n>`` numbers a date's further parts.
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -346,8 +349,8 @@ class HourlySink:
         fmt: Format,
         *,
         streams: Mapping[TableName, str],
-        flush_rows: int = 5_000,
-        flush_s: float = 60.0,
+        flush_rows: int = FOLLOW_FLUSH_ROWS,
+        flush_s: float = FOLLOW_FLUSH_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if fmt not in FORMATS:
