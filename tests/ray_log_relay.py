@@ -36,10 +36,7 @@ def pin_ray_log_relay() -> None:
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     with dispatcher._lock:
-        names = [name for name, _ in dispatcher.handlers]
-        handlers = [(name, _relay if name == _HANDLER else handler) for name, handler in dispatcher.handlers]
-        if _HANDLER in names:
-            dispatcher.handlers = handlers
+        dispatcher.handlers = [(name, _relay if name == _HANDLER else handler) for name, handler in dispatcher.handlers]
 
 
 @pytest.fixture(autouse=True)

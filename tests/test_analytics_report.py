@@ -29,6 +29,7 @@ from chromium import MISSING, Chromium, find_chromium
 from PIL import Image
 from typer.testing import CliRunner
 
+from services.analytics import reader
 from services.analytics.cli import report_command
 from services.analytics.errors import ExportError
 from services.analytics.report import NONE_LABEL, OTHER, ReportSummary, day_axis, no_data, render_report, top_categories
@@ -562,6 +563,7 @@ def test_an_export_folder_of_two_formats_is_refused(export: Path, tmp_path: Path
         ("jsonl", "{truncated\n", "not a calls table in jsonl"),
         ("csv", "event_id,time\nev-x,yesterday\n", "not a calls table in csv"),
         ("csv", "event_id,languages\nev-x,[not json\n", "not a calls table in csv"),
+        ("csv", "event_id,languages\nev-x,7\n", "not a calls table in csv: column languages"),
     ],
 )
 def test_a_damaged_file_is_named_with_its_cause(export: Path, tmp_path: Path, fmt: Format, damage: str, cause: str) -> None:
@@ -586,3 +588,11 @@ def test_the_command_says_what_is_wrong_with_the_export_without_a_traceback(expo
     drawn = CliRunner().invoke(app, [str(tmp_path / "r.html"), "--from", str(csv_only)])
     assert drawn.exit_code == 0, drawn.output
     assert "9 calls, 6 decisions, 3 dead letters, 6 sections with data" in drawn.stdout
+
+
+def test_a_text_export_beyond_what_a_report_loads_is_refused(export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JSON lines and CSV are loaded whole: beyond the bound the report says to export parquet."""
+    root = rewrite_export(export, tmp_path / "jsonl", "jsonl")
+    monkeypatch.setattr(reader, "MAX_TEXT_EXPORT_BYTES", 1024)
+    with pytest.raises(ExportError, match=r"of jsonl, more than the .* a report reads into memory: export it as parquet"):
+        render_report(root, tmp_path / "r.html")

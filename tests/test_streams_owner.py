@@ -232,16 +232,25 @@ async def test_a_captioner_that_is_behind_makes_the_drop_policy_act_and_the_drop
     assert indices == sorted(indices) and len(set(indices)) == len(indices)
 
 
-async def test_a_stream_whose_owner_is_lost_resumes_without_losing_or_repeating_a_window(env: Env) -> None:
+async def lose_the_owner_once_stored(
+    env: Env, settings: Settings, stream_id: str, *, seconds: float, windows: int
+) -> tuple[Captioner, asyncio.Task[None]]:
+    """A first owner (a slow Captioner) takes a stream played at real-time pace and is lost once
+    ``windows`` of its windows are stored; the sender goes on. Returns that Captioner and the sender."""
     first = Captioner(delay_s=0.3)
-    service, nc = await start_owner(env.settings, first)
-    sender = asyncio.create_task(play(env, "s-moved", chunks_of(hum(8.0)), pace_s=CHUNK_S))
+    service, nc = await start_owner(settings, first)
+    sender = asyncio.create_task(play(env, stream_id, chunks_of(hum(seconds)), pace_s=CHUNK_S))
     try:
         async with asyncio.timeout(30):
-            while len(await stored(env, window_subject(env.settings.nats, "s-moved"))) < 2:
+            while len(await stored(env, window_subject(env.settings.nats, stream_id))) < windows:
                 await asyncio.sleep(0.1)
     finally:
         await stop_owner(service, nc)  # the replica is gone: its stream is not acked
+    return first, sender
+
+
+async def test_a_stream_whose_owner_is_lost_resumes_without_losing_or_repeating_a_window(env: Env) -> None:
+    first, sender = await lose_the_owner_once_stored(env, env.settings, "s-moved", seconds=8.0, windows=2)
     second = Captioner()
     service, nc = await start_owner(env.settings, second)
     try:
@@ -266,15 +275,7 @@ async def test_a_new_owner_catches_up_on_a_stream_stored_to_its_end_without_drop
     Captioner rather than meeting the drop policy (the replica-kill e2e test once lost window 2
     so: the end's windows were offered as live ones)."""
     settings = env.with_streams(max_waiting_windows=1, drop_policy="oldest")
-    first = Captioner(delay_s=0.3)
-    service, nc = await start_owner(settings, first)
-    sender = asyncio.create_task(play(env, "s-stored", chunks_of(hum(10.5)), pace_s=CHUNK_S))
-    try:
-        async with asyncio.timeout(30):
-            while len(await stored(env, window_subject(env.settings.nats, "s-stored"))) < 1:
-                await asyncio.sleep(0.1)
-    finally:
-        await stop_owner(service, nc)
+    _, sender = await lose_the_owner_once_stored(env, settings, "s-stored", seconds=10.5, windows=1)
     await sender  # the whole stream, its end included, is stored before anyone owns it again
     second = Captioner(delay_s=0.3)
     service, nc = await start_owner(settings, second)

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 #: ``--follow``'s flush bounds: rows buffered (the memory it holds) and seconds between flushes.
 MAX_FLUSH_ROWS: Final = 1_000_000
-FLUSH_EVERY: Final = f"{FOLLOW_FLUSH_S:g}s"
 MIN_FLUSH_S: Final = 1.0
 MAX_FLUSH_S: Final = 3600.0
 
@@ -86,7 +85,7 @@ def export_command(
     ] = None,
     flush_every: Annotated[
         str | None,
-        typer.Option("--flush-every", help=f"With --follow: write files at least this often, e.g. 30s, 5m (default {FLUSH_EVERY})."),
+        typer.Option("--flush-every", help=f"With --follow: write files at least this often, e.g. 30s, 5m (default {FOLLOW_FLUSH_S:g}s)."),
     ] = None,
     nats_url: Annotated[str | None, typer.Option("--nats-url", help="Default: settings, else the running `listenpost serve`.")] = None,
 ) -> None:
@@ -100,11 +99,11 @@ def export_command(
     if not follow and (flush_rows is not None or flush_every is not None):
         raise typer.BadParameter("--flush-rows and --flush-every are for --follow: a one-off export writes each date's files once",
                                  param_hint="--flush-rows/--flush-every")  # fmt: skip
-    every = parse_flush_every(flush_every or FLUSH_EVERY)
+    flush_s = parse_flush_every(flush_every) if flush_every is not None else FOLLOW_FLUSH_S
     settings = Settings()
     settings = settings.model_copy(update={"nats": command_nats(nats_url, settings.nats)})
     if follow:
-        _follow(settings, out, span, batch, fmt, flush_rows=flush_rows or FOLLOW_FLUSH_ROWS, flush_s=every)
+        _follow(settings, out, span, batch, fmt, flush_rows=flush_rows or FOLLOW_FLUSH_ROWS, flush_s=flush_s)
     else:
         _export(settings, out, span, batch, fmt)
 
@@ -182,7 +181,9 @@ def _follow(settings: Settings, out: Path, since: timedelta, batch: str | None, 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows: no loop signal handlers
+            # Where the loop cannot take signals (Windows; a thread), Ctrl-C interrupts without the last
+            # flush: the checkpoint still makes the next run exact.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
         try:
             # Reconnects without end once connected (a follow outlives a nats-server restart), but

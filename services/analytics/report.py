@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel
 
-from services.analytics.reader import export_format, read_table, table_files
+from services.analytics.reader import export_files, read_table
 from services.analytics.tables import TABLES, TableName
 from services.analytics.writer import Format
 from services.files import write_atomically
@@ -144,7 +144,7 @@ def no_data(table: str) -> str:
 
 class Export:
     """An export folder opened with DuckDB: one view per table that has files (Parquet, JSON lines or
-    CSV: one format per folder, :func:`services.analytics.reader.export_format`).
+    CSV: one format per folder, :func:`services.analytics.reader.export_files`).
 
     Queries return plain rows (lists of tuples); nothing here draws or formats.
     """
@@ -155,18 +155,15 @@ class Export:
         self.con.execute("SET TimeZone = 'UTC'")  # a timestamp's day is its UTC day, as the partitions are
         self.columns: dict[str, set[str]] = {}
         try:
-            fmt = export_format(export_dir)
-            if fmt is not None:  # else no table file at all: every section says "No data"
-                for table in TABLES:
-                    self._open(table, fmt)
+            found = export_files(export_dir)
+            if found is not None:  # else no table file at all: every section says "No data"
+                for table, files in found.tables.items():
+                    self._open(table, files, found.format)
         except BaseException:
             self.con.close()
             raise
 
-    def _open(self, table: TableName, fmt: Format) -> None:
-        files = table_files(self.dir, table, fmt)
-        if not files:
-            return
+    def _open(self, table: TableName, files: list[Path], fmt: Format) -> None:
         if fmt == "parquet":
             relation = self.con.read_parquet([str(f) for f in files], hive_partitioning=True, union_by_name=True)
             relation.create_view(table)
